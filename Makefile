@@ -1,0 +1,27 @@
+# kube-skydns: the two commands of the quick start are `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: deps run test unit lint bench clean
+
+deps:
+	@./scripts/install-deps.sh
+
+## run: the whole stack locally in the foreground (etcd + kube2sky + skydns + healthz); Ctrl-C stops it
+run: deps
+	@$(PY) scripts/run_local.py $(RUN_ARGS)
+
+## test: every test (unit tables, real etcd + sockets integration, presubmit checks)
+test: deps
+	@$(VENV)/bin/lint-imports --config setup.cfg
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: deps
+	@$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+bench: deps
+	@$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

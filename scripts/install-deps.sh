@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Everything `make run` and `make test` need on a fresh Debian/Ubuntu machine:
+# the etcd server and client, dig, python3-venv, then a virtualenv in .venv with the project.
+# Idempotent: a second run only checks. Uses sudo when not root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+need_apt=()
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
+command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)
+if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "install-deps: need ${need_apt[*]} but apt-get is not available; install them by hand" >&2
+        exit 1
+    fi
+    echo "install-deps: apt-get install ${need_apt[*]}"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "install-deps: $PYTHON is $("$PYTHON" --version 2>&1); kube-skydns needs Python 3.11+" >&2
+    exit 1
+fi
+
+stamp="$VENV/.installed"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+    touch "$stamp"
+fi
