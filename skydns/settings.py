@@ -75,7 +75,66 @@ class Settings:
     version: str = "kube-skydns"
     # Hostmaster mailbox of the SOA, as a name; empty -> hostmaster.<zone>.
     hostmaster: str = ""
-    # Graceful stop: keep answering this long after SIGTERM while /ready says 503, seconds.
-    lameduck: float = 0.0
+    # Graceful stop: keep answering this long after SIGTERM while /ready says 503, seconds
+    # (CoreDNS health lameduck 5s).
+    lameduck: float = 5.0
     # Reconnect schedule for etcd, seconds; the last value repeats.
     backoff: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+    # ---- forwarding, forwarded-answer cache, loop check, hosts file (FORWARD helper) ----
+    # Order in which upstreams are tried: "random", "round_robin" or "sequential".
+    # Empty: follow ns_rotate (true -> round_robin, false -> sequential), as SkyDNS did.
+    forward_policy: str = ""
+    # Most distinct upstream exchanges in flight; beyond it queries get REFUSED (CoreDNS
+    # stock Corefile: 1000). 0 means no limit.
+    max_concurrent: int = 1000
+    # Consecutive failures after which an upstream is marked down (CoreDNS max_fails 2).
+    forward_max_fails: int = 2
+    # How often a down upstream is checked with ". IN NS", seconds (CoreDNS 0.5 s).
+    forward_health_interval: float = 0.5
+    # Upstream rcodes that make us try the next upstream (numeric: 2 SERVFAIL, 5 REFUSED;
+    # add 3 NXDOMAIN when one of the upstreams cannot resolve public names).
+    forward_failover_rcodes: tuple[int, ...] = (2, 5)
+    # Whole time one forwarded query may take across all upstreams, seconds (CoreDNS 5 s).
+    forward_deadline: float = 5.0
+    # Stub domains: (domain, upstreams) pairs; the longest matching suffix wins.
+    stub_domains: tuple[tuple[str, tuple[Upstream, ...]], ...] = ()
+    # Cache of forwarded answers: entries (0 turns it off), positive TTL cap and negative TTL
+    # cap (SOA minimum otherwise), seconds.
+    cache_size: int = 10000
+    cache_max_ttl: int = 3600
+    cache_max_negative_ttl: int = 30
+    # Serve an expired cached answer for up to this long after expiry when every upstream
+    # fails, seconds (RFC 8767; 0 turns it off).
+    cache_serve_stale: float = 3600.0
+    # Loop check: a random HINFO probe through each upstream at start and then this often,
+    # seconds (0 turns it off).
+    loop_check_interval: float = 60.0
+    # Hosts file answered before forwarding ("" = none), its record TTL (seconds) and how
+    # often it is checked for changes (seconds).
+    hosts_file: str = ""
+    hosts_ttl: int = 3600
+    hosts_reload: float = 5.0
+    # /ready also needs at least one healthy upstream (a detected loop always makes it fail).
+    ready_requires_upstream: bool = False
+
+    # ---- etcd mirror (MIRROR helper) ----
+    # Deadline of one etcd request (a page of the list, opening the watch) and of the answer
+    # to a watch probe, seconds.
+    etcd_timeout: float = 5.0
+    # A quiet watch is probed (etcd progress request) this often; no answer within
+    # etcd_timeout means the connection is dead (a frozen or partitioned etcd), seconds.
+    etcd_watch_check: float = 5.0
+    # Keys per range request when listing the prefix (one consistent revision for all pages).
+    etcd_page_size: int = 2000
+
+    # ---- serving edge (SERVER helper) ----
+    # Encoded answers of local names kept for the hot path (0 turns the cache off: every query
+    # is parsed and rendered by dnspython; for benchmarks and debugging).
+    answer_cache_size: int = 10000
+    # A TCP connection with no complete query for this long is closed, seconds.
+    tcp_idle_timeout: float = 10.0
+    # Most TCP connections open at once; more are closed at once.
+    tcp_max_connections: int = 1000
+    # Log level name: debug, info, warning, error.
+    log_level: str = "info"

@@ -1,0 +1,1 @@
+"""Deployment tooling: the manifest generator (render.py) and its templates."""

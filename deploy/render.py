@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""Render the kube-skydns manifests for one cluster, like CoreDNS's deploy.sh.
+
+    python deploy/render.py --cluster-dns 10.96.0.10 --domain cluster.local \\
+        --reverse-cidrs 10.96.0.0/12 --image kube-skydns:latest --replicas 1 | kubectl apply -f -
+
+Rules:
+1. Stdlib only: `python3 deploy/render.py` runs on any machine with Python 3.11, no venv.
+2. The manifests go to stdout (RBAC, the kube-dns Service, then the controller), ready for
+   `kubectl apply -f -`; the kubelet flags that must match go to stderr. With --out-dir the
+   four files are written instead (that is how manifests/ is produced: the checked-in files
+   are exactly this script's output for the kind defaults, and a test holds them to it).
+3. Bad input (an address outside the service CIDR, a bad domain, a bad replica count, a
+   CIDR that is not a network) prints one line `render.py: error: ...` and exits 2.
+4. Every container's arguments are built here, in one place (`container_args`); the tests
+   parse them with the daemons' own click commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import json
+import pathlib
+import re
+import string
+import sys
+
+TEMPLATES = pathlib.Path(__file__).resolve().parent / "templates"
+
+# The etcd that runs inside the pod (the official image; it ships etcdctl too).
+ETCD_IMAGE = "registry.k8s.io/etcd:3.5.21-0"
+# Defaults: a default kind (kubeadm) cluster.
+DEFAULT_CLUSTER_DNS = "10.96.0.10"
+DEFAULT_SERVICE_CIDR = "10.96.0.0/12"
+DEFAULT_DOMAIN = "cluster.local"
+DEFAULT_IMAGE = "kube-skydns:latest"
+DEFAULT_REPLICAS = 1
+MAX_REPLICAS = 100
+# More reverse zones than this from --reverse-cidrs is surely a mistake (a /1 gives 128).
+MAX_REVERSE_ZONES = 256
+PULL_POLICIES = ("IfNotPresent", "Always", "Never")
+CONTROLLERS = ("replicationcontroller", "deployment")
+
+# Where each part goes: file name in manifests/ and template in deploy/templates/.
+FILES = {
+    "rbac": "rbac.yaml",
+    "service": "skydns-svc.yaml",
+    "replicationcontroller": "skydns-rc.yaml",
+    "deployment": "skydns-deployment.yaml",
+}
+
+# Addresses and ports inside the pod, shared by every container (one network namespace).
+ETCD_URL = "http://127.0.0.1:2379"
+DNS_LISTEN = "0.0.0.0:53"
+DNS_PROBE_SERVER = "127.0.0.1:53"
+SKYDNS_HTTP = "0.0.0.0:9153"
+KUBE2SKY_HEALTHZ_PORT = 8081
+# Seconds skydns keeps answering after SIGTERM while /ready says 503 (no query lost in a
+# rollout); well inside terminationGracePeriodSeconds (30).
+SKYDNS_LAMEDUCK = 5
+HEALTHZ_PORT = 8080
+
+_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
+_PLAIN_RE = re.compile(r"^[A-Za-z0-9-][A-Za-z0-9._:/=@,+-]*$")
+
+
+class RenderError(ValueError):
+    """A parameter that cannot make a working deployment; the message says what to fix."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Params:
+    """What differs between clusters. Validated by `check`, rendered by `render`."""
+
+    cluster_dns: str = DEFAULT_CLUSTER_DNS
+    service_cidr: str = DEFAULT_SERVICE_CIDR
+    domain: str = DEFAULT_DOMAIN
+    # CIDRs whose reverse zones skydns answers authoritatively (NXDOMAIN for addresses it
+    # holds no PTR for); empty: PTRs it holds are answered, other reverse names forwarded.
+    reverse_cidrs: tuple[str, ...] = ()
+    image: str = DEFAULT_IMAGE
+    pull_policy: str = "IfNotPresent"
+    replicas: int = DEFAULT_REPLICAS
+    etcd_image: str = ETCD_IMAGE
+
+
+def normalize_domain(domain: str) -> str:
+    """The cluster domain lower-case without the trailing dot; RenderError when invalid."""
+    name = domain.strip().lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name:
+        raise RenderError(f"bad domain {domain!r}: empty")
+    if len(name) > 253:
+        raise RenderError(f"bad domain {domain!r}: longer than 253 characters")
+    for label in name.split("."):
+        if not _LABEL_RE.match(label):
+            raise RenderError(
+                f"bad domain {domain!r}: label {label!r} is not a DNS label "
+                "(a-z, 0-9 and '-', 1-63 characters, no '-' at either end)"
+            )
+    if name == "arpa" or name.endswith(".arpa"):
+        raise RenderError(f"bad domain {domain!r}: a reverse zone cannot be the cluster domain")
+    return name
+
+
+def _network(text: str, flag: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise RenderError(f"bad {flag} {text!r}: {exc}") from None
+
+
+def reverse_zones(cidr: str) -> list[str]:
+    """The reverse zones covering a CIDR, on octet (IPv4) or nibble (IPv6) boundaries.
+
+    10.96.0.0/12 -> 96.10.in-addr.arpa. ... 111.10.in-addr.arpa. (16 zones); at most 256
+    zones per CIDR (8 bits to round up for IPv4, 3 for IPv6).
+    """
+    net = _network(cidr, "--reverse-cidrs")
+    step = 8 if net.version == 4 else 4
+    prefix = -(-net.prefixlen // step) * step
+    if prefix == 0:
+        return ["in-addr.arpa." if net.version == 4 else "ip6.arpa."]
+    zones = []
+    for sub in net.subnets(new_prefix=prefix):
+        labels = sub.network_address.reverse_pointer.split(".")
+        # reverse_pointer names the address; keep only the labels of the prefix.
+        keep = prefix // step
+        host_labels = len(labels) - 2 - keep  # minus in-addr/ip6 and arpa
+        zones.append(".".join(labels[host_labels:]) + ".")
+    return zones
+
+
+def check(params: Params) -> Params:
+    """Validate every parameter; return them normalized. Raises RenderError."""
+    domain = normalize_domain(params.domain)
+    service_cidr = _network(params.service_cidr, "--service-cidr")
+    try:
+        dns_ip = ipaddress.ip_address(params.cluster_dns.strip())
+    except ValueError:
+        raise RenderError(f"bad --cluster-dns {params.cluster_dns!r}: not an IP address") from None
+    if dns_ip.version != service_cidr.version or dns_ip not in service_cidr:
+        raise RenderError(
+            f"--cluster-dns {dns_ip} is outside the service CIDR {service_cidr} "
+            "(pass the cluster's --service-cidr, the kube-apiserver's --service-cluster-ip-range)"
+        )
+    if dns_ip == service_cidr.network_address or (
+        service_cidr.version == 4 and dns_ip == service_cidr.broadcast_address
+    ):
+        raise RenderError(f"--cluster-dns {dns_ip} is not a usable address of {service_cidr}")
+    if dns_ip == service_cidr.network_address + 1:
+        raise RenderError(
+            f"--cluster-dns {dns_ip} is the kubernetes Service's address in {service_cidr}; "
+            "pick another (kubeadm uses the tenth, e.g. 10.96.0.10)"
+        )
+    cidrs = []
+    zones: list[str] = []
+    for cidr in params.reverse_cidrs:
+        for part in cidr.split(","):
+            if part.strip():
+                cidrs.append(str(_network(part, "--reverse-cidrs")))
+                zones.extend(reverse_zones(part))
+    if len(zones) > MAX_REVERSE_ZONES:
+        raise RenderError(f"bad --reverse-cidrs: {len(zones)} reverse zones, at most {MAX_REVERSE_ZONES}")
+    if isinstance(params.replicas, bool) or not isinstance(params.replicas, int):
+        raise RenderError(f"bad --replicas {params.replicas!r}: not a whole number")
+    if not 1 <= params.replicas <= MAX_REPLICAS:
+        raise RenderError(f"bad --replicas {params.replicas}: must be 1..{MAX_REPLICAS}")
+    for flag, image in (("--image", params.image), ("--etcd-image", params.etcd_image)):
+        if not _IMAGE_RE.match(image) or image.endswith((":", "@", "/")):
+            raise RenderError(f"bad {flag} {image!r}: not an image reference")
+    if params.pull_policy not in PULL_POLICIES:
+        raise RenderError(f"bad --pull-policy {params.pull_policy!r}: one of {', '.join(PULL_POLICIES)}")
+    return dataclasses.replace(
+        params,
+        cluster_dns=str(dns_ip),
+        service_cidr=str(service_cidr),
+        domain=domain,
+        reverse_cidrs=tuple(cidrs),
+    )
+
+
+def skydns_domains(params: Params) -> list[str]:
+    """The zones skydns serves: the cluster domain, then the reverse zones of the CIDRs."""
+    zones = [params.domain + "."]
+    for cidr in params.reverse_cidrs:
+        for zone in reverse_zones(cidr):
+            if zone not in zones:
+                zones.append(zone)
+    return zones
+
+
+def container_args(params: Params) -> dict[str, list[str]]:
+    """Container name -> args, for the daemons built from this repo (params already checked)."""
+    return {
+        "kube2sky": [
+            f"--domain={params.domain}",
+            f"--etcd-server={ETCD_URL}",
+            f"--healthz-port={KUBE2SKY_HEALTHZ_PORT}",
+            "--dns-service=kube-system/kube-dns",
+        ],
+        "skydns": [
+            f"-machines={ETCD_URL}",
+            f"-addr={DNS_LISTEN}",
+            f"-domain={','.join(skydns_domains(params))}",
+            f"--http-addr={SKYDNS_HTTP}",
+            f"--lameduck={SKYDNS_LAMEDUCK}",
+        ],
+        "healthz": [
+            f"--probe=kubernetes=kubernetes.default.svc.{params.domain}/A@{DNS_PROBE_SERVER}",
+            f"-port={HEALTHZ_PORT}",
+        ],
+    }
+
+
+def _yaml_scalar(text: str) -> str:
+    return text if _PLAIN_RE.match(text) else json.dumps(text)
+
+
+def _yaml_list(items: list[str], indent: int) -> str:
+    pad = " " * indent
+    return "\n".join(f"{pad}- {_yaml_scalar(item)}" for item in items)
+
+
+def _indent(text: str, indent: int) -> str:
+    pad = " " * indent
+    return "\n".join(pad + line if line.strip() else "" for line in text.rstrip("\n").split("\n"))
+
+
+def _template(name: str) -> string.Template:
+    return string.Template((TEMPLATES / name).read_text(encoding="utf-8"))
+
+
+def render(params: Params) -> dict[str, str]:
+    """Part name (see FILES) -> manifest text. Validates first (RenderError)."""
+    params = check(params)
+    args = container_args(params)
+    pod = _template("pod.yaml").substitute(
+        image=params.image,
+        pull_policy=params.pull_policy,
+        etcd_image=params.etcd_image,
+        **{f"{name}_args": _yaml_list(values, 8) for name, values in args.items()},
+    )
+    values = {
+        "cluster_dns": params.cluster_dns,
+        "replicas": str(params.replicas),
+        "pod": _indent(pod, 4),
+    }
+    return {part: _template(file).substitute(values) for part, file in FILES.items()}
+
+
+def kubelet_flags(params: Params) -> str:
+    """The kubelet flags that send pods to this DNS (params already checked)."""
+    return f"--cluster-dns={params.cluster_dns} --cluster-domain={params.domain}"
+
+
+def stream(parts: dict[str, str], controller: str) -> str:
+    """One multi-document YAML for `kubectl apply -f -`: RBAC, Service, controller."""
+    docs = [parts["rbac"], parts["service"], parts[controller]]
+    return "---\n".join(doc if doc.endswith("\n") else doc + "\n" for doc in docs)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _replicas(text: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad --replicas {text!r}: not a whole number") from None
+
+
+def parse_args(argv: list[str] | None) -> tuple[Params, str, str]:
+    """argv -> (Params, controller, out_dir)."""
+    parser = _Parser(
+        prog="render.py",
+        description="Render the kube-skydns manifests (RBAC, kube-dns Service, controller) to stdout "
+        "and print the kubelet flags to stderr.",
+    )
+    parser.add_argument("--cluster-dns", default=DEFAULT_CLUSTER_DNS,
+                        help="clusterIP of the kube-dns Service (kubelet --cluster-dns); default %(default)s")
+    parser.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR,
+                        help="the cluster's service CIDR; --cluster-dns must be inside it; default %(default)s")
+    parser.add_argument("--domain", default=DEFAULT_DOMAIN,
+                        help="cluster domain (kubelet --cluster-domain); default %(default)s")
+    parser.add_argument("--reverse-cidrs", action="append", default=[], metavar="CIDR[,CIDR...]",
+                        help="CIDRs whose reverse zones skydns answers authoritatively "
+                        "(repeatable, comma lists allowed); default none: reverse names without "
+                        "records are forwarded")
+    parser.add_argument("--image", default=DEFAULT_IMAGE, help="the kube-skydns image; default %(default)s")
+    parser.add_argument("--pull-policy", default="IfNotPresent", choices=PULL_POLICIES,
+                        help="imagePullPolicy of the kube-skydns containers; default %(default)s")
+    parser.add_argument("--etcd-image", default=ETCD_IMAGE, help="the etcd image; default %(default)s")
+    parser.add_argument("--replicas", type=_replicas, default=DEFAULT_REPLICAS,
+                        help="pods; default %(default)s")
+    parser.add_argument("--controller", default="replicationcontroller", choices=CONTROLLERS,
+                        help="what runs the pods; default %(default)s")
+    parser.add_argument("--out-dir", default="",
+                        help="write rbac.yaml, skydns-svc.yaml, skydns-rc.yaml and "
+                        "skydns-deployment.yaml into this directory instead of stdout")
+    ns = parser.parse_args(argv)
+    params = Params(
+        cluster_dns=ns.cluster_dns,
+        service_cidr=ns.service_cidr,
+        domain=ns.domain,
+        reverse_cidrs=tuple(ns.reverse_cidrs),
+        image=ns.image,
+        pull_policy=ns.pull_policy,
+        replicas=ns.replicas,
+        etcd_image=ns.etcd_image,
+    )
+    return params, ns.controller, ns.out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    params, controller, out_dir = parse_args(argv)
+    try:
+        checked = check(params)
+        parts = render(checked)
+    except RenderError as exc:
+        sys.stderr.write(f"render.py: error: {exc}\n")
+        return 2
+    if out_dir:
+        out = pathlib.Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for part, file in FILES.items():
+            (out / file).write_text(parts[part], encoding="utf-8")
+            sys.stderr.write(f"wrote {out / file}\n")
+    else:
+        sys.stdout.write(stream(parts, controller))
+    sys.stderr.write(
+        "# Set these kubelet flags (or clusterDNS/clusterDomain in the KubeletConfiguration):\n"
+        f"{kubelet_flags(checked)}\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

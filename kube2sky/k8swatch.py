@@ -1,0 +1,432 @@
+"""List then watch Kubernetes resources; hand every listing and change to a sink.
+
+Rules (STYLE 5.7, kopf's continuous watch, client-go's reflector):
+1. List first, emit Listed(items, cause), then watch from the list's resourceVersion with
+   allowWatchBookmarks. A BOOKMARK only moves the resourceVersion forward.
+2. 410 Gone (an ERROR event with a Status of code 410, or an HTTP 410 on list/watch) means the
+   history we hold is gone: list again (cause "410 Gone"); the sink replaces the whole kind and the
+   writer reconciles the whole prefix, deleting orphans.
+3. A watch that ends normally (server timeout) is restarted from the last resourceVersion.
+   A broken stream or transport error backs off on the schedule (with jitter) and re-watches from
+   the last resourceVersion; a list error backs off and lists again. Attempts are logged "#n".
+   An ERROR event that is not a 410 backs off and relists (cause "watch error").
+4. Unknown event types and events without an object are skipped with a warning, never fatal.
+5. Runs in a plain thread with the synchronous kubernetes client (streaming responses); stop()
+   on the transport unblocks a pending read. Nothing here raises out of follow() except the stop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class WatchError(Exception):
+    """Base of this module's errors."""
+
+
+class Expired(WatchError):
+    """The resourceVersion is too old (HTTP 410 Gone), or the source changed wholesale: list again."""
+
+    def __init__(self, message: str = "", cause: str = "410 Gone") -> None:
+        super().__init__(message or cause)
+        self.cause = cause
+
+
+class ApiError(WatchError):
+    """A transient API error (connection, 5xx, bad stream): back off and retry."""
+
+
+class NotServed(WatchError):
+    """The API does not serve this resource (404)."""
+
+
+class ConfigError(WatchError):
+    """The API client cannot be configured (bad kubeconfig, token, URL): fix the flags."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resource:
+    """One kind we list and watch."""
+
+    kind: str  # "Service"
+    plural: str  # "services"
+    group_version: str  # "/api/v1" or "/apis/discovery.k8s.io/v1"
+
+    def path(self, namespace: str | None = None) -> str:
+        if namespace:
+            return f"{self.group_version}/namespaces/{namespace}/{self.plural}"
+        return f"{self.group_version}/{self.plural}"
+
+
+SERVICES = Resource("Service", "services", "/api/v1")
+ENDPOINT_SLICES = Resource("EndpointSlice", "endpointslices", "/apis/discovery.k8s.io/v1")
+ENDPOINTS = Resource("Endpoints", "endpoints", "/api/v1")
+PODS = Resource("Pod", "pods", "/api/v1")
+NAMESPACES = Resource("Namespace", "namespaces", "/api/v1")
+ALL = (SERVICES, ENDPOINT_SLICES, ENDPOINTS, PODS, NAMESPACES)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listed:
+    """A full listing of one kind: the sink replaces everything it holds for that kind."""
+
+    resource: Resource
+    items: tuple[dict, ...]
+    resource_version: str
+    cause: str  # "start", "410 Gone", "watch error", "manifests changed"
+    received: float  # time.monotonic() when the listing completed
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Changed:
+    """One watch event for one object."""
+
+    resource: Resource
+    type: str  # ADDED | MODIFIED | DELETED
+    obj: dict
+    received: float  # time.monotonic() when the event was read
+
+
+Event = Listed | Changed
+
+
+class Transport(Protocol):
+    def list(self, resource: Resource) -> tuple[list[dict], str]: ...
+    def watch(self, resource: Resource, resource_version: str) -> Iterator[dict]: ...
+    def stop(self) -> None: ...
+
+
+# ---------------------------------------------------------------- the loop
+
+def delay(schedule: tuple[float, ...], attempt: int, rng: random.Random, jitter: float = 0.2) -> float:
+    """Seconds to wait before retry number attempt (1-based): the schedule's entry, the last one
+    beyond its end, times a random factor in [1-jitter, 1+jitter]."""
+    if not schedule:
+        return 0.0
+    base = schedule[min(attempt, len(schedule)) - 1]
+    return max(0.0, base * (1 + rng.uniform(-jitter, jitter)))
+
+
+def follow(
+    resource: Resource,
+    transport: Transport,
+    emit: Callable[[Event], None],
+    stop: threading.Event,
+    backoff: tuple[float, ...] = (0.5, 1, 2, 5, 10, 30),
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    on_relist: Callable[[Resource, str], None] | None = None,
+    on_error: Callable[[Resource, str], None] | None = None,
+) -> None:
+    """List and watch resource until stop is set. Never raises (but for programming errors)."""
+    rng = rng or random.Random()
+    cause = "start"
+    attempt = 0
+
+    def wait(what: str, err: object) -> None:
+        nonlocal attempt
+        attempt += 1
+        seconds = delay(backoff, attempt, rng)
+        logger.warning("%s %s failed: %s; retry #%d in %.1fs", resource.plural, what, err, attempt, seconds)
+        if on_error is not None:
+            on_error(resource, what)
+        stop.wait(seconds)
+
+    while not stop.is_set():
+        # ---- list
+        try:
+            items, rv = transport.list(resource)
+        except WatchError as err:
+            if stop.is_set():
+                return
+            wait("list", err)
+            continue
+        if stop.is_set():
+            return
+        if cause != "start":
+            logger.info("relisted %s (cause: %s): %d objects at resourceVersion %s", resource.plural, cause, len(items), rv)
+        else:
+            logger.info("listed %s: %d objects at resourceVersion %s", resource.plural, len(items), rv)
+        if on_relist is not None:
+            on_relist(resource, cause)
+        emit(Listed(resource, tuple(items), rv, cause, clock()))
+        attempt = 0
+        # ---- watch until the history is gone or the server reports an error
+        while not stop.is_set():
+            try:
+                for event in transport.watch(resource, rv):
+                    if stop.is_set():
+                        return
+                    rv = _handle(resource, event, rv, emit, clock)
+                    attempt = 0
+            except Expired as err:
+                cause = err.cause
+                logger.info("%s watch from resourceVersion %s ended (%s): relisting", resource.plural, rv, err)
+                break
+            except _ServerError as err:
+                cause = "watch error"
+                if stop.is_set():
+                    return
+                wait("watch", err)
+                break
+            except WatchError as err:
+                if stop.is_set():
+                    return
+                wait("watch", err)
+                # a re-watch from rv; a 410 then makes us relist
+                continue
+            # stream ended normally (timeoutSeconds): watch again from rv
+
+
+class _ServerError(WatchError):
+    """An ERROR event other than 410: relist after a backoff."""
+
+
+def _handle(resource: Resource, event: dict, rv: str, emit: Callable[[Event], None], clock: Callable[[], float]) -> str:
+    """Process one raw watch event; return the resourceVersion to resume from."""
+    etype = event.get("type") if isinstance(event, dict) else None
+    obj = event.get("object") if isinstance(event, dict) else None
+    if etype == "ERROR":
+        status = obj if isinstance(obj, dict) else {}
+        if status.get("code") == 410 or status.get("reason") in ("Expired", "Gone"):
+            raise Expired(status.get("message") or "410 Gone")
+        raise _ServerError(f"ERROR event: {status.get('code')} {status.get('reason')} {status.get('message')}")
+    if not isinstance(obj, dict):
+        logger.warning("%s watch: event %r without an object skipped", resource.plural, etype)
+        return rv
+    new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+    if etype == "BOOKMARK":
+        return new_rv
+    if etype not in ("ADDED", "MODIFIED", "DELETED"):
+        meta = obj.get("metadata") or {}
+        logger.warning("%s watch: unknown event type %r for %s/%s skipped", resource.plural, etype,
+                       meta.get("namespace", ""), meta.get("name", ""))
+        return rv
+    emit(Changed(resource, etype, obj, clock()))
+    return new_rv
+
+
+# ---------------------------------------------------------------- the kubernetes client transport
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Connection:
+    """How to reach the API (from the CLI flags)."""
+
+    master_url: str = ""  # --kube-master-url; env vars expanded
+    kubeconfig: str = ""  # --kubecfg-file, else $KUBECONFIG
+    token_file: str = ""
+    ca_file: str = ""
+    insecure: bool = False
+    context: str = ""
+
+
+def make_api_client(conn: Connection):
+    """A kubernetes.client.ApiClient: --kube-master-url (+token/CA), else kubeconfig, else in-cluster,
+    else $KUBERNETES_SERVICE_HOST/_PORT without credentials. Raises ConfigError."""
+    from kubernetes import client, config  # imported here: the pure tests never load it
+
+    configuration = client.Configuration()
+    try:
+        if conn.master_url:
+            configuration.host = os.path.expandvars(conn.master_url).rstrip("/")
+            token_file = conn.token_file
+            ca_file = conn.ca_file
+            if not token_file and os.path.exists(_SA_TOKEN) and configuration.host.startswith("https"):
+                token_file = _SA_TOKEN
+                ca_file = ca_file or (_SA_CA if os.path.exists(_SA_CA) else "")
+            if token_file:
+                with open(token_file, encoding="utf-8") as fh:
+                    configuration.api_key = {"BearerToken": "Bearer " + fh.read().strip()}
+                    configuration.api_key_prefix = {}
+            if ca_file:
+                configuration.ssl_ca_cert = ca_file
+        elif conn.kubeconfig or os.environ.get("KUBECONFIG"):
+            config.load_kube_config(config_file=conn.kubeconfig or None, context=conn.context or None,
+                                    client_configuration=configuration)
+        elif os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(_SA_TOKEN):
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            raise ConfigError("no API to talk to: give --kube-master-url, --kubecfg-file (or KUBECONFIG), "
+                              "or run in a pod with a service account; or use --manifests DIR")
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the config loaders raise many kinds
+        raise ConfigError(f"cannot configure the Kubernetes client: {err}") from err
+    if conn.insecure:
+        configuration.verify_ssl = False
+    if conn.ca_file and not conn.master_url:
+        configuration.ssl_ca_cert = conn.ca_file
+    return client.ApiClient(configuration)
+
+
+_SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+_SA_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+
+
+def explain(err: BaseException, host: str) -> str:
+    """A one-line explanation of a connection error, naming the host and the fix for TLS name errors."""
+    text = str(err)
+    lowered = text.lower()
+    if "hostname" in lowered and ("match" in lowered or "mismatch" in lowered) or "ip address mismatch" in lowered:
+        return (f"TLS: the API server certificate is not valid for {host} ({_short(text)}); point --kube-master-url "
+                f"at a name in the certificate (e.g. https://kubernetes.default.svc), or set "
+                f"KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT, or give --ca-file / --insecure-skip-tls-verify")
+    if "certificate verify failed" in lowered:
+        return (f"TLS: cannot verify the API server certificate of {host} ({_short(text)}); give --ca-file, "
+                f"or --insecure-skip-tls-verify for a test cluster")
+    return f"{host}: {_short(text)}"
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class ApiTransport:
+    """List and watch through the official client's ApiClient (raw JSON, streaming watches)."""
+
+    def __init__(self, api_client, page_size: int = 500, watch_timeout: int = 300,
+                 connect_timeout: float = 10.0, read_timeout: float = 120.0,
+                 on_progress: Callable[[Resource, int, int | None], None] | None = None) -> None:
+        self.api_client = api_client
+        self.page_size = page_size
+        self.watch_timeout = watch_timeout
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.on_progress = on_progress
+        self._lock = threading.Lock()
+        self._open: set = set()
+        self._stopped = False
+
+    @property
+    def host(self) -> str:
+        return str(self.api_client.configuration.host)
+
+    def _get(self, path: str, query: list[tuple[str, str]], stream: bool):
+        from kubernetes.client import exceptions
+
+        timeout = (self.connect_timeout, self.read_timeout)
+        try:
+            params = self.api_client.param_serialize(
+                method="GET", resource_path=path, query_params=query,
+                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+            resp = self.api_client.call_api(*params, _request_timeout=timeout)
+        except exceptions.ApiException as err:
+            raise _api_error(err.status, str(err.reason), path) from err
+        except Exception as err:  # noqa: BLE001 - urllib3/ssl/socket errors of every kind
+            raise ApiError(explain(err, self.host)) from err
+        if not 200 <= resp.status <= 299:
+            body = resp.read()
+            raise _api_error(resp.status, _status_message(body), path)
+        if not stream:
+            try:
+                return json.loads(resp.read())
+            except (ValueError, OSError, Exception) as err:  # noqa: BLE001
+                raise ApiError(f"{path}: bad response: {err}") from err
+        return resp.response
+
+    def served(self, resource: Resource) -> bool:
+        """Whether API discovery lists resource (for EndpointSlices vs Endpoints)."""
+        try:
+            doc = self._get(resource.group_version, [], stream=False)
+        except NotServed:
+            return False
+        return any(r.get("name") == resource.plural for r in doc.get("resources") or ())
+
+    def list(self, resource: Resource) -> tuple[list[dict], str]:
+        items: list[dict] = []
+        token = ""
+        while True:
+            query = [("limit", str(self.page_size))]
+            if token:
+                query.append(("continue", token))
+            doc = self._get(resource.path(), query, stream=False)
+            meta = doc.get("metadata") or {}
+            items.extend(i for i in doc.get("items") or () if isinstance(i, dict))
+            token = meta.get("continue") or ""
+            remaining = meta.get("remainingItemCount")
+            if self.on_progress is not None:
+                self.on_progress(resource, len(items), len(items) + remaining if isinstance(remaining, int) else None)
+            if not token:
+                kind = resource.kind
+                for item in items:  # list items carry no kind; the sink wants it
+                    item.setdefault("kind", kind)
+                return items, str(meta.get("resourceVersion") or "")
+
+    def watch(self, resource: Resource, resource_version: str) -> Iterator[dict]:
+        from kubernetes import watch as k8s_watch
+
+        query = [("watch", "true"), ("allowWatchBookmarks", "true"),
+                 ("timeoutSeconds", str(self.watch_timeout))]
+        if resource_version:
+            query.append(("resourceVersion", resource_version))
+        raw = self._get(resource.path(), query, stream=True)
+        with self._lock:
+            if self._stopped:
+                raw.release_conn()
+                return
+            self._open.add(raw)
+        try:
+            for line in k8s_watch.watch.iter_resp_lines(raw):
+                if not line:
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError as err:
+                    raise ApiError(f"{resource.plural} watch: bad JSON line: {_short(line, 120)}") from err
+                obj = event.get("object") if isinstance(event, dict) else None
+                if isinstance(obj, dict) and event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                    obj.setdefault("kind", resource.kind)
+                yield event
+        except WatchError:
+            raise
+        except Exception as err:  # noqa: BLE001 - ProtocolError, ReadTimeout, socket errors
+            if self._stopped:
+                return
+            raise ApiError(f"{resource.plural} watch stream broke: {_short(str(err))}") from err
+        finally:
+            with self._lock:
+                self._open.discard(raw)
+            try:
+                raw.release_conn()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            pending = list(self._open)
+        for raw in pending:
+            try:
+                raw.shutdown()
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+
+
+def _status_message(body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+        return f"{doc.get('reason', '')}: {doc.get('message', '')}"
+    except (ValueError, AttributeError):
+        return _short(body.decode(errors="replace") if isinstance(body, bytes) else str(body), 200)
+
+
+def _api_error(status: int | None, text: str, path: str) -> WatchError:
+    if status == 410:
+        return Expired(f"{path}: 410 {text}")
+    if status == 404:
+        return NotServed(f"{path}: 404 {text}")
+    if status in (401, 403):
+        return ApiError(f"{path}: {status} {text} (check the token / RBAC: kube2sky needs list and watch)")
+    return ApiError(f"{path}: {status} {text}")
+

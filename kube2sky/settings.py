@@ -1,0 +1,140 @@
+"""kube2sky settings: one frozen value built by the CLI; every default lives here.
+
+PURE: no I/O, imports nothing from the project. The CLI validates and converts flags into
+this; ``app.run()`` takes it. Times are seconds. Other modules append fields (append only,
+so positional construction never shifts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+class PodsMode(str, enum.Enum):
+    """Which pod records kube2sky writes (``--pods``)."""
+
+    # No pod records at all.
+    DISABLED = "disabled"
+    # a-b-c-d.<ns>.pod.<zone> for every running pod IP (kube2sky 1.12's pod records).
+    VERIFIED = "verified"
+
+
+class EndpointSource(str, enum.Enum):
+    """Where headless services' endpoints come from (``--endpoint-source``)."""
+
+    # EndpointSlices when the API serves discovery.k8s.io/v1, else core/v1 Endpoints.
+    AUTO = "auto"
+    ENDPOINTSLICES = "endpointslices"
+    ENDPOINTS = "endpoints"
+
+
+# Namespaces whose legacy name <svc>.<ns>.<zone> would land in a subtree kube2sky or skydns
+# uses for something else: svc and pod (the spec's subtrees), dns (ns.dns.<zone>,
+# apex.dns.<zone>) and dns-version (the schema TXT record).
+RESERVED_LEGACY_NAMESPACES = frozenset({"svc", "pod", "dns", "dns-version"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything kube2sky needs to run."""
+
+    # ---- records (records.py) ----
+    # Cluster zone, lower-case, fully qualified (kube2sky --domain, default cluster.local).
+    domain: str = "cluster.local."
+    # etcd key prefix of the records, without slashes ("skydns" -> /skydns/...).
+    prefix: str = "skydns"
+    # TTL written into every record, seconds (kube2sky wrote 30).
+    ttl: int = 30
+    # Priority and weight written into every record (kube2sky wrote 10 and 10).
+    priority: int = 10
+    weight: int = 10
+    # Also publish <svc>.<ns>.<zone> (the pre-spec kube2sky name); never for the namespaces
+    # in RESERVED_LEGACY_NAMESPACES.
+    legacy_names: bool = True
+    # Pod records a-b-c-d.<ns>.pod.<zone>.
+    pods: PodsMode = PodsMode.DISABLED
+    # Publish only these namespaces; empty means all.
+    namespaces: frozenset[str] = frozenset()
+    # "<namespace>/<name>" of the cluster DNS service; its ClusterIPs become ns.dns.<zone>.
+    # Empty: no ns.dns records.
+    dns_service: str = "kube-system/kube-dns"
+    # Schema version published as TXT at dns-version.<zone> (DNS spec 1.1.0).
+    schema_version: str = "1.1.0"
+    # Named ports per service that get SRV records; the rest are skipped with a log line.
+    max_ports_per_service: int = 256
+    # Records per service (A/AAAA, SRV, PTR together); beyond it the service is cut to a
+    # deterministic subset with a log line (keeps one huge headless service from flooding etcd).
+    max_records_per_service: int = 20000
+    # Where endpoints come from.
+    endpoint_source: EndpointSource = EndpointSource.AUTO
+
+    # ---- etcd (etcdwriter.py) ----
+    # etcd endpoints as host:port pairs (http:// and https:// accepted on the CLI).
+    etcd_endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
+    etcd_ca_cert: str = ""
+    etcd_tls_pem: str = ""
+    etcd_tls_key: str = ""
+    # Most operations in one etcd transaction; etcd's --max-txn-ops defaults to 128.
+    max_txn_ops: int = 128
+    # Timeout of one etcd request, seconds (kube2sky --etcd-mutation-timeout; never fatal here).
+    etcd_mutation_timeout: float = 10.0
+    # Retry schedule for API and etcd errors, seconds; the last value repeats.
+    backoff: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+    # Elect one writer among replicas with an etcd lease.
+    leader_elect: bool = False
+    # Print the records instead of writing them.
+    dry_run: bool = False
+
+    # ---- health (app.py) ----
+    # HTTP port for /readiness, /healthz and /metrics (kube2sky --healthz-port).
+    healthz_port: int = 8081
+    healthz_host: str = "0.0.0.0"
+
+    # ---- Kubernetes API (k8swatch.py) ----
+    # API server URL (kube2sky --kube-master-url); empty -> kubeconfig or in-cluster.
+    kube_master_url: str = ""
+    # kubeconfig file (kube2sky --kubecfg-file, or KUBECONFIG).
+    kubecfg_file: str = ""
+    # Bearer token file and CA bundle used with kube_master_url.
+    kube_token_file: str = ""
+    kube_ca_file: str = ""
+
+    # ---- sources and lifecycle (app.py, k8swatch.py, manifests.py, leader.py) ----
+    # Folder (or file) of YAML manifests read instead of the Kubernetes API; "" = use the API.
+    manifests: str = ""
+    # Seconds between scans of the manifests folder for changes.
+    manifests_poll: float = 1.0
+    # Range from which manifest Services without a clusterIP get one (so the demo resolves).
+    service_cidr: str = "10.96.0.0/12"
+    # Skip TLS verification of the API server certificate (test clusters only).
+    kube_insecure: bool = False
+    # Seconds a watch request lasts before the server ends it; re-watched from the last
+    # resourceVersion (the API server caps it anyway).
+    watch_timeout: int = 300
+    # etcd key naming the leader with leader_elect; "" = /<prefix>-leader/kube2sky (outside
+    # the records prefix, so reconciling never touches it).
+    leader_key: str = ""
+    # Lease TTL of the leader key, seconds: a dead leader is replaced within about this.
+    leader_ttl: int = 15
+    # Seconds allowed for in-flight work after SIGTERM/SIGINT (keep below the pod's
+    # terminationGracePeriodSeconds).
+    grace_period: float = 5.0
+
+    @property
+    def zone(self) -> str:
+        """The cluster zone, lower-case and fully qualified (``cluster.local.``)."""
+        zone = self.domain.strip().lower().rstrip(".")
+        return zone + "." if zone else "."
+
+    @property
+    def dns_service_ref(self) -> tuple[str, str] | None:
+        """``dns_service`` as (namespace, name), or None when unset or malformed."""
+        ns, sep, name = self.dns_service.strip().partition("/")
+        if not sep or not ns or not name:
+            return None
+        return ns, name
+
+    def publishes(self, namespace: str) -> bool:
+        """Whether objects of this namespace are published (``--namespaces``)."""
+        return not self.namespaces or namespace in self.namespaces

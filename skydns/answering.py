@@ -1,0 +1,580 @@
+"""Answering a DNS query from the in-memory mirror: a pure function.
+
+PURE: no I/O, no clock, no randomness. ``answer(query, view, settings)`` returns what to do:
+
+- ``Reply(message, cacheable)``: send this message. Everything derived only from the store is
+  cacheable (the edge invalidates cached answers by ``view.generation``); errors that depend on
+  the packet rather than the name (FORMERR, NOTIMP, BADVERS) and SERVFAIL are not.
+- ``Forward(query)``: the name is outside every served zone (or a reverse name we hold no PTR
+  for); the edge forwards it, or answers SERVFAIL when it cannot.
+- ``Resolve(message, name, rdtype)``: an in-zone answer whose CNAME chain leaves our zones; the
+  edge appends the forwarders' answer for (name, rdtype) to ``message.answer``.
+
+Rules (DESIGN section 3; SkyDNS semantics where DESIGN is silent):
+
+1. Never raises on a parsed query: an unexpected error is logged and answered SERVFAIL.
+   Opcode other than QUERY -> NOTIMP; a question count other than one (or QR set) -> FORMERR;
+   EDNS version > 0 -> BADVERS. The reply has an OPT record only when the query had one,
+   advertising ``settings.edns_payload``. RA is set whenever forwarding is possible
+   (``not settings.no_rec``); AA on every answer from our zones.
+2. Zones: the longest of ``settings.domains`` containing the name wins. Names matched
+   case-insensitively; answers whose owner is the query name use the query's own name object,
+   so its spelling is kept; other owner names are lower-case.
+3. Class CHAOS: TXT (or ANY) ``version.bind.``/``version.server.`` -> ``settings.version``,
+   ``hostname.bind.``/``id.server.`` -> ``localhost`` (TTL 0, AA). Every other CHAOS query is
+   REFUSED (SkyDNS answered SERVFAIL; REFUSED says "not here" without suggesting a failure).
+   Classes other than IN and CH are REFUSED. AXFR/IXFR are REFUSED. ANY in our zones is
+   answered with one ``HINFO "RFC8482" ""`` (RFC 8482) or REFUSED (``settings.any_minimal``).
+4. A name answers with the records the store returns for it (subtree, ``_`` hidden below the
+   name, wildcards, group), capped at ``settings.max_answers``. A name with nothing at or
+   below it is NXDOMAIN; a name whose records do not fit the type is NODATA. Both carry the
+   zone's SOA in authority (TTL = ``settings.negative_ttl``).
+5. A/AAAA/TXT: addresses (text) of the matching family, and for the first record (in store
+   order) whose host is a name and whose chain leads somewhere (text-bearing records are TXT,
+   not aliases, for TXT queries): ``owner CNAME host`` plus the target's answer, chased in-zone
+   from memory up to 8 CNAMEs. A name never gets two CNAMEs. A CNAME to the owner or below it
+   is skipped (SRV data, not an alias), a repeated target (loop) is dropped, and a chain that
+   ends in nothing is dropped entirely. A target outside our zones keeps its CNAME and the
+   reply becomes a Resolve for that target.
+6. CNAME and every other type not listed here (HINFO, CAA, DS, ...): only a name that is a pure
+   alias (all its records have name hosts and no text) answers with its CNAME; for types other
+   than CNAME the chain is chased as in rule 5. CNAME queries are not chased.
+7. SRV: one per record with a host; priority 0 -> ``settings.default_priority``; weight 0 counts
+   as 100 and the weight is floor(100 * w / sum of w in the same priority), at least 1. A name
+   host is the target; an IP host gets the name of its key; ``targetstrip`` applies to both.
+   Additional: A/AAAA glue for IP hosts, and the in-zone A/AAAA (with CNAMEs) of name targets.
+   MX: the same for records with ``mail`` true (preference = priority).
+8. PTR: for complete reverse names (in-addr.arpa with 4 octets, ip6.arpa with 32 nibbles) the
+   records under ``/<prefix>/arpa/...`` with name hosts; nothing held -> Forward unless the
+   reverse zone is one of ``settings.domains``. Forward names: records at exactly the name.
+9. Zone apex: SOA ``ns.dns.<zone>. hostmaster.<zone>. <view.revision> 7200 1800 86400 <negative
+   ttl>`` (TTL negative ttl); NS from the records under ``ns.dns.<zone>`` (an IP host names the
+   server by its key, with glue) or ``ns.dns.<zone>.`` when none is stored; A/AAAA from
+   ``apex.dns.<zone>`` when that name has records, else as any other name. SOA and NS elsewhere
+   are NODATA.
+10. ``settings.pods == "insecure"``: ``a-b-c-d.<ns>.pod.<zone>`` (or the dashed IPv6 form) with
+    nothing stored answers A/AAAA parsed from the name (TTL ``settings.ttl``); any namespace.
+11. Before the store's first load, names in our zones get SERVFAIL (not cacheable).
+12. Identical records are answered once; an RRset has one TTL (the smallest of its records).
+    Address answers are not shuffled here (a pure function); the edge may rotate them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import ipaddress
+import logging
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from skydns import msg, rrs, settings as settings_mod, store
+
+logger = logging.getLogger(__name__)
+
+# Longest CNAME chain followed from memory (SkyDNS: 8).
+MAX_CHAIN = 8
+_IN = dns.rdataclass.IN
+_CH = dns.rdataclass.CH
+_A, _AAAA, _CNAME = dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.CNAME
+_SRV, _MX, _TXT, _PTR = dns.rdatatype.SRV, dns.rdatatype.MX, dns.rdatatype.TXT, dns.rdatatype.PTR
+_NS, _SOA, _ANY = dns.rdatatype.NS, dns.rdatatype.SOA, dns.rdatatype.ANY
+_AXFR, _IXFR = dns.rdatatype.AXFR, dns.rdatatype.IXFR
+_ADDRESS = {_A: msg.HostType.IPV4, _AAAA: msg.HostType.IPV6}
+_CHAOS_TEXT = {"hostname.bind.": "localhost", "id.server.": "localhost"}
+_CHAOS_VERSION = frozenset({"version.bind.", "version.server."})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    """Send ``message``; ``cacheable`` says whether the edge may reuse its encoded bytes."""
+
+    message: dns.message.Message
+    cacheable: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Forward:
+    """The name is not ours: forward the query upstream (or SERVFAIL when that is impossible)."""
+
+    query: dns.message.Message
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resolve:
+    """Append the forwarders' answer for (name, rdtype) to ``message.answer``, then send it."""
+
+    message: dns.message.Message
+    name: str
+    rdtype: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Zone:
+    """A served zone, precomputed once per Settings."""
+
+    name: dns.name.Name
+    path: tuple[str, ...]          # key segments below the prefix ("local", "cluster")
+    ns_path: tuple[str, ...]       # ns.dns.<zone>
+    apex_path: tuple[str, ...]     # apex.dns.<zone>
+    default_ns: dns.name.Name      # ns.dns.<zone>.
+
+
+@functools.lru_cache(maxsize=16)
+def _zones(domains: tuple[str, ...]) -> tuple[_Zone, ...]:
+    zones = []
+    for domain in domains:
+        try:
+            labels = msg.labels(domain)
+        except msg.PathError:
+            logger.error("ignoring bad zone %r", domain)
+            continue
+        path = tuple(reversed(labels))
+        zones.append(_Zone(
+            name=dns.name.from_text(msg.normalize(domain)),
+            path=path,
+            ns_path=path + ("dns", "ns"),
+            apex_path=path + ("dns", "apex"),
+            default_ns=dns.name.from_text("ns.dns." + msg.normalize(domain)),
+        ))
+    zones.sort(key=lambda z: len(z.path), reverse=True)
+    return tuple(zones)
+
+
+def _zone_of(path: tuple[str, ...], zones: tuple[_Zone, ...]) -> _Zone | None:
+    for zone in zones:
+        if path[:len(zone.path)] == zone.path:
+            return zone
+    return None
+
+
+def _path_of(name: dns.name.Name) -> tuple[str, ...]:
+    """Lower-case key segments of a name (labels reversed, root dropped)."""
+    labels = name.labels
+    if labels and labels[-1] == b"":
+        labels = labels[:-1]
+    return tuple(label.lower().decode("latin-1") for label in reversed(labels))
+
+
+def _text_path(text: str) -> tuple[str, ...] | None:
+    try:
+        return tuple(reversed(msg.labels(text)))
+    except msg.PathError:
+        return None
+
+
+def _name(text: str) -> dns.name.Name | None:
+    """A dnspython name for a host/target from a record, or None when it is not a valid name."""
+    try:
+        return rrs.name(text)
+    except dns.exception.DNSException:
+        return None
+
+
+def _is_reverse_path(path: tuple[str, ...]) -> bool:
+    return path[:2] in (("arpa", "in-addr"), ("arpa", "ip6"))
+
+
+def _complete_reverse(path: tuple[str, ...]) -> bool:
+    head = path[:2]
+    return (head == ("arpa", "in-addr") and len(path) == 6) or (head == ("arpa", "ip6") and len(path) == 34)
+
+
+class _Section:
+    """Ordered RRsets of one section with de-duplication and an RR count cap."""
+
+    __slots__ = ("sets", "count", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.sets: dict[tuple[dns.name.Name, int], dns.rrset.RRset] = {}
+        self.count = 0
+        self.limit = limit
+
+    def add(self, owner: dns.name.Name, rdtype: int, ttl: int, rdata: dns.rdata.Rdata,
+            rdclass: int = _IN) -> None:
+        if self.count >= self.limit:
+            return
+        key = (owner, rdtype)
+        rrset = self.sets.get(key)
+        if rrset is None:
+            rrset = self.sets[key] = dns.rrset.RRset(owner, rdclass, rdtype)
+        before = len(rrset)
+        rrset.add(rdata, ttl)
+        self.count += len(rrset) - before
+
+    def extend(self, items: list[tuple[dns.name.Name, int, int, dns.rdata.Rdata]]) -> None:
+        for owner, rdtype, ttl, rdata in items:
+            self.add(owner, rdtype, ttl, rdata)
+
+    def rrsets(self) -> list[dns.rrset.RRset]:
+        return list(self.sets.values())
+
+
+# (owner, rdtype, ttl, rdata) of one answer RR.
+_RR = tuple[dns.name.Name, int, int, dns.rdata.Rdata]
+
+
+class _Ctx:
+    """What one answer() call needs everywhere."""
+
+    __slots__ = ("view", "settings", "zones", "limit")
+
+    def __init__(self, view: store.Store, settings: settings_mod.Settings,
+                 zones: tuple[_Zone, ...]) -> None:
+        self.view = view
+        self.settings = settings
+        self.zones = zones
+        self.limit = max(1, settings.max_answers)
+
+
+def answer(query: dns.message.Message, view: store.Store,
+           settings: settings_mod.Settings) -> Reply | Forward | Resolve:
+    """Answer one parsed query from the store (see the module rules)."""
+    try:
+        return _answer(query, view, settings)
+    except Exception:  # rule 1: one bad case must never take the server down
+        logger.exception("answering %s failed", _describe(query))
+        return Reply(_skeleton(query, settings, rcode=dns.rcode.SERVFAIL), cacheable=False)
+
+
+def _describe(query: dns.message.Message) -> str:
+    try:
+        q = query.question[0]
+        return f"{q.name} {dns.rdatatype.to_text(q.rdtype)}"
+    except Exception:
+        return f"query id {getattr(query, 'id', '?')}"
+
+
+def _skeleton(query: dns.message.Message, settings: settings_mod.Settings, aa: bool = False,
+              rcode: int = dns.rcode.NOERROR) -> dns.message.Message:
+    """A reply with the question copied, QR/RD/RA/AA flags, and OPT when the query had one."""
+    resp = dns.message.Message(id=query.id)
+    flags = dns.flags.QR | (query.flags & dns.flags.RD)
+    if not settings.no_rec:
+        flags |= dns.flags.RA
+    if aa:
+        flags |= dns.flags.AA
+    resp.flags = flags
+    resp.set_opcode(query.opcode())
+    resp.question = list(query.question)
+    if query.edns >= 0:
+        resp.use_edns(0, 0, settings.edns_payload, query.payload)
+    if rcode:
+        resp.set_rcode(rcode)
+    return resp
+
+
+def _answer(query: dns.message.Message, view: store.Store,
+            settings: settings_mod.Settings) -> Reply | Forward | Resolve:
+    if query.opcode() != dns.opcode.QUERY:
+        return Reply(_skeleton(query, settings, rcode=dns.rcode.NOTIMP), cacheable=False)
+    if len(query.question) != 1 or query.flags & dns.flags.QR:
+        return Reply(_skeleton(query, settings, rcode=dns.rcode.FORMERR), cacheable=False)
+    if query.edns > 0:
+        return Reply(_skeleton(query, settings, rcode=dns.rcode.BADVERS), cacheable=False)
+    question = query.question[0]
+    qname, qtype, qclass = question.name, question.rdtype, question.rdclass
+    if qclass == _CH:
+        return _chaos(query, qname, qtype, settings)
+    if qclass != _IN or qtype in (_AXFR, _IXFR):
+        return Reply(_skeleton(query, settings, rcode=dns.rcode.REFUSED))
+    path = _path_of(qname)
+    ctx = _Ctx(view, settings, _zones(settings.domains))
+    zone = _zone_of(path, ctx.zones)
+    if zone is None:
+        if qtype == _PTR and _complete_reverse(path) and view.loaded:
+            records = _ptr_records(ctx, path, reverse=True)
+            if records:
+                resp = _skeleton(query, settings, aa=True)
+                section = _Section(ctx.limit)
+                for rec in records:
+                    target = _name(rec.host) if msg.host_type(rec.host) is msg.HostType.NAME else None
+                    if target is not None:
+                        section.add(qname, _PTR, rrs.ttl(rec, settings), rrs.ptr(target))
+                if section.count:
+                    resp.answer = section.rrsets()
+                    return Reply(resp)
+        return Forward(query)
+    if not view.loaded:
+        return Reply(_skeleton(query, settings, rcode=dns.rcode.SERVFAIL), cacheable=False)
+    return _in_zone(ctx, query, qname, qtype, path, zone)
+
+
+def _chaos(query: dns.message.Message, qname: dns.name.Name, qtype: int,
+           settings: settings_mod.Settings) -> Reply:
+    text = qname.to_text().lower()
+    if qtype in (_TXT, _ANY) and (text in _CHAOS_VERSION or text in _CHAOS_TEXT):
+        value = settings.version if text in _CHAOS_VERSION else _CHAOS_TEXT[text]
+        resp = _skeleton(query, settings, aa=True)
+        rrset = dns.rrset.RRset(qname, _CH, _TXT)
+        rrset.add(rrs.txt(value, _CH), 0)
+        resp.answer = [rrset]
+        return Reply(resp)
+    return Reply(_skeleton(query, settings, rcode=dns.rcode.REFUSED))
+
+
+def _negative(ctx: _Ctx, query: dns.message.Message, zone: _Zone, exists: bool) -> Reply:
+    """NODATA (the name exists) or NXDOMAIN, with the zone's SOA in authority."""
+    resp = _skeleton(query, ctx.settings, aa=True,
+                     rcode=dns.rcode.NOERROR if exists else dns.rcode.NXDOMAIN)
+    resp.authority = [_soa_rrset(ctx, zone, zone.name)]
+    return Reply(resp)
+
+
+def _soa_rrset(ctx: _Ctx, zone: _Zone, owner: dns.name.Name) -> dns.rrset.RRset:
+    rrset = dns.rrset.RRset(owner, _IN, _SOA)
+    rrset.add(rrs.soa(zone.name, ctx.view.revision, ctx.settings), ctx.settings.negative_ttl)
+    return rrset
+
+
+def _in_zone(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, qtype: int,
+             path: tuple[str, ...], zone: _Zone) -> Reply | Resolve:
+    settings = ctx.settings
+    apex = len(path) == len(zone.path)
+    if apex and qtype == _SOA:
+        resp = _skeleton(query, settings, aa=True)
+        resp.answer = [_soa_rrset(ctx, zone, qname)]
+        return Reply(resp)
+    if apex and qtype == _NS:
+        return _ns(ctx, query, qname, zone)
+    if qtype == _ANY:
+        if not settings.any_minimal:
+            return Reply(_skeleton(query, settings, rcode=dns.rcode.REFUSED))
+        if not (apex or ctx.view.exists_path(path) or _records_for(ctx, path, zone, _A)):
+            return _negative(ctx, query, zone, exists=False)
+        resp = _skeleton(query, settings, aa=True)
+        rrset = dns.rrset.RRset(qname, _IN, dns.rdatatype.HINFO)
+        rrset.add(rrs.hinfo("RFC8482", ""), settings.ttl)
+        resp.answer = [rrset]
+        return Reply(resp)
+
+    if qtype == _PTR:
+        records = _ptr_records(ctx, path, reverse=_is_reverse_path(path))
+    else:
+        records = _records_for(ctx, path, zone, qtype)
+    answer = _Section(ctx.limit)
+    additional = _Section(ctx.limit)
+    resolve: tuple[str, int] | None = None
+    qtext = ".".join(reversed(path)) + "."
+
+    if qtype in (_A, _AAAA, _TXT):
+        items, resolve = _chase(ctx, qname, qtext, records, qtype, frozenset((qtext,)), 0)
+        answer.extend(items)
+    elif qtype in (_SRV, _MX):
+        _targets(ctx, qname, records, qtype, answer, additional)
+    elif qtype == _PTR:
+        for rec in records:
+            target_name = _name(rec.host) if msg.host_type(rec.host) is msg.HostType.NAME else None
+            if target_name is not None:
+                answer.add(qname, _PTR, rrs.ttl(rec, settings), rrs.ptr(target_name))
+    elif qtype not in (_NS, _SOA) and records and _pure_alias(records):
+        if qtype == _CNAME:
+            for rec in records:
+                target = msg.normalize(rec.host)
+                target_name = _name(target)
+                if target_name is not None and not _below(target, qtext):
+                    answer.add(qname, _CNAME, rrs.ttl(rec, settings), rrs.cname(target_name))
+                    break
+        else:
+            items, resolve = _chase(ctx, qname, qtext, records, qtype, frozenset((qtext,)), 0)
+            answer.extend(items)
+
+    if not answer.count:
+        exists = bool(records) or ctx.view.exists_path(path)
+        return _negative(ctx, query, zone, exists)
+    resp = _skeleton(query, settings, aa=True)
+    resp.answer = answer.rrsets()
+    resp.additional = additional.rrsets()
+    if resolve is not None:
+        return Resolve(resp, resolve[0], resolve[1])
+    return Reply(resp)
+
+
+def _records_for(ctx: _Ctx, path: tuple[str, ...], zone: _Zone, qtype: int) -> list[msg.Service]:
+    """The records a name in ``zone`` answers with, with the apex and pod rules applied."""
+    view = ctx.view
+    if qtype in _ADDRESS and len(path) == len(zone.path):
+        apex = view.find(zone.apex_path, limit=ctx.limit)
+        if apex:
+            return apex
+    records = view.find(path, limit=ctx.limit)
+    if (not records and ctx.settings.pods == "insecure" and len(path) == len(zone.path) + 3
+            and path[len(zone.path)] == "pod" and not view.exists_path(path)):
+        ip = _dashed_ip(path[-1])
+        if ip is not None:
+            return [msg.Service(host=ip, ttl=ctx.settings.ttl, key=msg.name_to_key(
+                ".".join(reversed(path)) + ".", view.prefix))]
+    return records
+
+
+def _dashed_ip(label: str) -> str | None:
+    """``10-1-2-3`` -> ``10.1.2.3``; ``fd00--1`` -> ``fd00::1``; None when it is not an address."""
+    try:
+        if label.count("-") == 3 and ":" not in label:
+            return str(ipaddress.IPv4Address(label.replace("-", ".")))
+        return str(ipaddress.IPv6Address(label.replace("-", ":")))
+    except ValueError:
+        return None
+
+
+def _ptr_records(ctx: _Ctx, path: tuple[str, ...], reverse: bool) -> list[msg.Service]:
+    if not reverse:
+        return ctx.view.find(path, exact=True, limit=ctx.limit)
+    if not _complete_reverse(path):
+        return []
+    return ctx.view.find(path, limit=ctx.limit)
+
+
+def _below(target: str, owner: str) -> bool:
+    """Whether ``target`` is ``owner`` or a name below it (both lower-case, fully qualified)."""
+    return target == owner or target.endswith("." + owner)
+
+
+def _pure_alias(records: list[msg.Service]) -> bool:
+    return all(not rec.text and msg.host_type(rec.host) is msg.HostType.NAME for rec in records)
+
+
+def _chase(ctx: _Ctx, owner: dns.name.Name, owner_text: str, records: list[msg.Service],
+           qtype: int, seen: frozenset[str], depth: int) -> tuple[list[_RR], tuple[str, int] | None]:
+    """Answer RRs for ``owner``: direct records of ``qtype`` plus CNAME chains (rule 5).
+
+    Returns the RRs (CNAMEs before what they lead to) and the first out-of-zone target.
+    """
+    settings = ctx.settings
+    want = _ADDRESS.get(qtype)
+    out: list[_RR] = []
+    resolve: tuple[str, int] | None = None
+    linked = False  # a name has at most one CNAME: the first alias that leads somewhere
+    for rec in records:
+        kind = msg.host_type(rec.host)
+        if qtype == _TXT and rec.text:
+            out.append((owner, _TXT, rrs.ttl(rec, settings), rrs.txt(rec.text)))
+            continue
+        if want is not None and kind is want:
+            out.append((owner, qtype, rrs.ttl(rec, settings), rrs.address(rec, qtype)))
+            continue
+        if kind is not msg.HostType.NAME or linked:
+            continue
+        target = msg.normalize(rec.host)
+        if _below(target, owner_text) or target in seen or depth >= MAX_CHAIN:
+            continue
+        target_path = _text_path(target)
+        target_name = _name(target)
+        if target_path is None or target_name is None:
+            continue
+        link: _RR = (owner, _CNAME, rrs.ttl(rec, settings), rrs.cname(target_name))
+        zone = _zone_of(target_path, ctx.zones)
+        if zone is None:
+            out.append(link)
+            resolve, linked = (target, qtype), True
+            continue
+        next_records = _records_for(ctx, target_path, zone, qtype)
+        sub, sub_resolve = _chase(ctx, target_name, target, next_records, qtype, seen | {target},
+                                  depth + 1)
+        if sub:
+            out.append(link)
+            out.extend(sub)
+            resolve, linked = sub_resolve, True
+    return out, resolve
+
+
+def _glue(ctx: _Ctx, target: str, additional: _Section) -> None:
+    """In-zone A/AAAA (with CNAMEs) of an SRV/MX/NS target name into ``additional``."""
+    target_path = _text_path(target)
+    target_name = _name(target)
+    if target_path is None or target_name is None:
+        return
+    zone = _zone_of(target_path, ctx.zones)
+    if zone is None:
+        return
+    for rdtype in (_A, _AAAA):
+        records = _records_for(ctx, target_path, zone, rdtype)
+        items, _ = _chase(ctx, target_name, target, records, rdtype, frozenset((target,)), 0)
+        additional.extend(items)
+
+
+def _targets(ctx: _Ctx, qname: dns.name.Name, records: list[msg.Service], qtype: int,
+             answer: _Section, additional: _Section) -> None:
+    """SRV or MX answers with SkyDNS weights and glue (rule 7)."""
+    settings = ctx.settings
+    prefix = ctx.view.prefix
+    seen: set[tuple[int, int, int, str]] = set()
+    chosen: list[tuple[int, int, str, dns.name.Name, msg.Service, msg.HostType]] = []
+    sums: dict[int, int] = {}
+    for rec in records:
+        kind = msg.host_type(rec.host)
+        if kind is msg.HostType.NONE or (qtype == _MX and not rec.mail):
+            continue
+        try:
+            target = rrs.target(rec, prefix)
+        except msg.PathError:
+            continue
+        target_name = _name(target)
+        if target_name is None:
+            continue
+        prio = rrs.priority(rec, settings)
+        weight = rec.weight or 100
+        ident = (prio, weight, rec.port, target)
+        if ident in seen:
+            continue
+        seen.add(ident)
+        chosen.append((prio, weight, target, target_name, rec, kind))
+        sums[prio] = sums.get(prio, 0) + weight
+    glued: set[str] = set()
+    for prio, weight, target, target_name, rec, kind in chosen:
+        ttl = rrs.ttl(rec, settings)
+        if qtype == _SRV:
+            share = min(0xFFFF, max(1, 100 * weight // sums[prio]))
+            answer.add(qname, _SRV, ttl, rrs.srv(prio, share, rec.port, target_name))
+        else:
+            answer.add(qname, _MX, ttl, rrs.mx(prio, target_name))
+        if kind is msg.HostType.NAME:
+            if target not in glued:
+                glued.add(target)
+                _glue(ctx, target, additional)
+        else:
+            rdtype = _A if kind is msg.HostType.IPV4 else _AAAA
+            additional.add(target_name, rdtype, ttl, rrs.address(rec, rdtype))
+
+
+def _ns(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, zone: _Zone) -> Reply:
+    """NS at the apex from ``ns.dns.<zone>`` (rule 9)."""
+    settings = ctx.settings
+    resp = _skeleton(query, settings, aa=True)
+    answer = _Section(ctx.limit)
+    additional = _Section(ctx.limit)
+    glued: set[str] = set()
+    for rec in ctx.view.find(zone.ns_path, limit=ctx.limit):
+        kind = msg.host_type(rec.host)
+        if kind is msg.HostType.NONE:
+            continue
+        try:
+            target = rrs.target(rec, ctx.view.prefix)
+        except msg.PathError:
+            continue
+        target_name = _name(target)
+        if target_name is None:
+            continue
+        ttl = rrs.ttl(rec, settings)
+        answer.add(qname, _NS, ttl, rrs.ns(target_name))
+        if kind is msg.HostType.NAME:
+            if target not in glued:
+                glued.add(target)
+                _glue(ctx, target, additional)
+        else:
+            rdtype = _A if kind is msg.HostType.IPV4 else _AAAA
+            additional.add(target_name, rdtype, ttl, rrs.address(rec, rdtype))
+    if not answer.count:
+        answer.add(qname, _NS, settings.ttl, rrs.ns(zone.default_ns))
+    resp.answer = answer.rrsets()
+    resp.additional = additional.rrsets()
+    return Reply(resp)

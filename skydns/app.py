@@ -1,0 +1,230 @@
+"""skydns wiring and lifecycle: store + etcd mirror + forwarder + DNS transport + HTTP.
+
+Rules:
+1. ``run(settings)`` binds every listening socket before the event loop starts. A listen
+   address in use (or any other broken configuration found at start) ends the process at
+   once with exit code 1 and one line on stderr saying what to fix.
+2. Root tasks: the etcd mirror (and, in the parent of --workers N, the watcher of the worker
+   processes). A root task that returns or raises before a stop was asked for is a bug: it is
+   logged and the process exits non-zero.
+3. One stop path for SIGTERM and SIGINT: /ready turns 503 "shutting down", DNS keeps being
+   answered for settings.lameduck seconds (a second signal cuts it short), then the
+   listeners close, the mirror stops and the process exits 0.
+4. etcd unreachable at start is not fatal: the mirror keeps retrying, /ready says
+   "etcd: not loaded yet", and names outside our zones are still forwarded.
+5. --workers N: the first process binds the port with SO_REUSEPORT, then forks N-1 workers
+   that bind their own sockets on the same port, each with its own mirror. Only the first
+   process serves HTTP, so /metrics counts its own queries; workers stop when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from skydns import etcdwatch, forwarding, httpserver, metrics, settings as settings_mod, store, transport
+
+logger = logging.getLogger(__name__)
+
+# Time allowed to the tasks and listeners to finish after the stop, seconds.
+STOP_GRACE = 5.0
+# How often the first process checks on its workers, seconds.
+WORKER_CHECK = 0.5
+
+
+class StartError(Exception):
+    """A configuration problem found at start-up; the text is the one line to print."""
+
+
+class State:
+    """What /ready reports; shared by the HTTP server and the lifecycle."""
+
+    def __init__(self, view: store.Store, forwarder: forwarding.Forwarder | None) -> None:
+        self.view = view
+        self.forwarder = forwarder
+        self.stopping = False
+
+    def not_ready(self) -> str:
+        """"" when ready, else the reason (the /ready 503 body)."""
+        if self.stopping:
+            return "shutting down"
+        if not self.view.loaded:
+            return "etcd: not loaded yet"
+        if self.forwarder is not None:
+            ok, reason = self.forwarder.ready()
+            if not ok:
+                return f"forward: {reason}"
+        return ""
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(text: str, code: int = 1) -> None:
+    print(f"skydns: {text}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def _loop_factory():
+    try:
+        import uvloop  # noqa: PLC0415 - optional
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def run(settings: settings_mod.Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then exit: 0 after a clean stop, 1 on a failure."""
+    _setup_logging(settings.log_level)
+    reuseport = settings.workers > 1
+    try:
+        udp, tcp = transport.bind(settings.addr_host, settings.addr_port, reuseport=reuseport)
+        http_sock = httpserver.bind(settings.http_host, settings.http_port) if settings.http_port >= 0 else None
+        forwarder = forwarding.Forwarder(settings)
+    except (transport.ListenError, httpserver.ListenError, ValueError, OSError) as exc:
+        _fail(str(exc))
+        return
+    children: list[int] = []
+    if settings.workers > 1:
+        port = udp.getsockname()[1]
+        for number in range(1, settings.workers):
+            pid = os.fork()
+            if pid == 0:  # a worker: own sockets on the same port, no HTTP
+                code = 1
+                try:
+                    udp.close()
+                    tcp.close()
+                    if http_sock is not None:
+                        http_sock.close()
+                    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                    wudp, wtcp = transport.bind(settings.addr_host, port, reuseport=True)
+                    code = _run_loop(settings, wudp, wtcp, None, forwarding.Forwarder(settings), [], number)
+                except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
+                    logger.exception("worker %d failed", number)
+                finally:
+                    logging.shutdown()
+                    os._exit(code)
+            children.append(pid)
+    code = _run_loop(settings, udp, tcp, http_sock, forwarder, children, 0)
+    if code:
+        raise SystemExit(code)
+
+
+def _run_loop(settings: settings_mod.Settings, udp: socket.socket, tcp: socket.socket,
+              http_sock: socket.socket | None, forwarder: forwarding.Forwarder,
+              children: list[int], worker: int) -> int:
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        try:
+            return runner.run(main(settings, udp, tcp, http_sock, forwarder, children, worker))
+        except StartError as exc:
+            print(f"skydns: {exc}", file=sys.stderr, flush=True)
+            return 1
+
+
+async def _watch_children(children: list[int]) -> None:
+    """Return when a worker process has exited (a failure unless we are stopping)."""
+    while True:
+        for pid in children:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                children.remove(pid)
+                raise RuntimeError(f"worker process {pid} exited with status {os.waitstatus_to_exitcode(status)}")
+        await asyncio.sleep(WORKER_CHECK)
+
+
+async def _stop_children(children: list[int]) -> None:
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE + 1.0
+    while children and time.monotonic() < deadline:
+        for pid in list(children):
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                children.remove(pid)
+        await asyncio.sleep(0.05)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+async def main(settings: settings_mod.Settings, udp: socket.socket, tcp: socket.socket,
+               http_sock: socket.socket | None, forwarder: forwarding.Forwarder,
+               children: list[int] | None = None, worker: int = 0) -> int:
+    """Serve until a signal (returns 0) or a root task failure (returns 1)."""
+    children = children if children is not None else []
+    loop = asyncio.get_running_loop()
+    view = store.Store(settings.prefix)
+    state = State(view, forwarder)
+    handler = transport.Handler(settings, view, forwarder, cache_size=settings.answer_cache_size)
+    dns_server = transport.Server(handler, udp, tcp, idle_timeout=settings.tcp_idle_timeout,
+                                  max_connections=settings.tcp_max_connections)
+    http = httpserver.HttpServer(http_sock, state.not_ready) if http_sock is not None else None
+    metrics.build_info.labels(settings.version).set(1)
+
+    signalled = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signalled.set)
+    stop = asyncio.Event()
+
+    await dns_server.start()
+    await forwarder.start()
+    if http is not None:
+        await http.start()
+    roots = [asyncio.create_task(etcdwatch.run(settings, view, stop), name="etcd mirror")]
+    if children:
+        roots.append(asyncio.create_task(_watch_children(children), name="worker watch"))
+    signal_task = asyncio.create_task(signalled.wait(), name="signal")
+    logger.info("skydns %s started (worker %d, pid %d): zones %s, etcd %s, prefix /%s",
+                settings.version, worker, os.getpid(), ",".join(settings.domains),
+                ",".join(settings.etcd_endpoints), settings.prefix)
+
+    code = 0
+    done, _ = await asyncio.wait([*roots, signal_task], return_when=asyncio.FIRST_COMPLETED)
+    if signal_task not in done:
+        code = 1
+        for task in done:
+            exc = task.exception() if not task.cancelled() else None
+            if isinstance(exc, etcdwatch.ConfigError):
+                print(f"skydns: {exc}", file=sys.stderr, flush=True)
+            logger.error("root task %r ended (%s); stopping", task.get_name(),
+                         f"{type(exc).__name__}: {exc}" if exc else "returned, which is a bug")
+    else:
+        state.stopping = True
+        if settings.lameduck > 0:
+            logger.info("stopping: lameduck for %ss (/ready is 503, DNS still answered)", settings.lameduck)
+            signalled.clear()
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(signalled.wait(), settings.lameduck)
+        logger.info("stopping")
+    state.stopping = True
+
+    stop.set()
+    if children:
+        await _stop_children(children)
+    await dns_server.close()
+    if http is not None:
+        await http.close()
+    with contextlib.suppress(Exception):
+        await forwarder.close()
+    signal_task.cancel()
+    pending = [t for t in roots if not t.done()]
+    if pending:
+        _, still = await asyncio.wait(pending, timeout=STOP_GRACE)
+        for task in still:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    logger.info("stopped")
+    return code

@@ -1,0 +1,501 @@
+"""The etcd mirror: keep a store.Store equal to the etcd prefix ``/<prefix>/``.
+
+Rules of this module:
+
+1. List, then watch. The prefix is read page by page at one fixed revision (a consistent
+   snapshot, even while etcd is being written) and handed to ``view.replace()`` whole; the
+   watch then starts at that revision + 1 and applies each event with ``view.put()`` /
+   ``view.delete()`` at the event's revision.
+2. The view only ever changes by a complete snapshot or by a watch event. An error never
+   empties it: while etcd is unreachable the view keeps serving its last good data, and it
+   stays ``loaded`` once the first full snapshot is in.
+3. A compacted watch start revision means "relist now" (no back-off). Anything else that goes
+   wrong (connection refused or lost, a timeout, a frozen etcd, a cancelled watch, an error
+   reply) closes the connection, waits on ``settings.backoff`` with +-20 % jitter (attempts
+   logged as ``#n``), moves to the next endpoint and lists again. Relisting after a reconnect
+   (instead of resuming the watch) is deliberate: it is also right when etcd was restored
+   from a backup or replaced by an empty one.
+4. Silence is not health. A quiet watch is probed with an etcd progress request every
+   ``settings.etcd_watch_check`` seconds; no answer within ``settings.etcd_timeout`` seconds
+   is a lost watch (a frozen or partitioned etcd never closes the TCP connection).
+5. One bad value is skipped by the store (``view.put`` returns False; the store logs it with
+   its key and keeps it in ``view.bad``), counted here in ``skydns_etcd_bad_values_total``
+   (each time it is read); the rest of the data keeps flowing.
+6. ``run()`` returns only when ``stop`` is set (or it is cancelled); transient errors never
+   leave it. Only a broken TLS configuration raises (``ConfigError``), at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import logging
+import random
+import time
+import typing
+from collections.abc import Callable, Iterable, Sequence
+
+import aetcd
+import aetcd.utils
+import grpc
+from aetcd import rpc
+
+from skydns import settings as settings_mod
+
+if typing.TYPE_CHECKING:
+    from skydns import store
+
+try:  # the SERVER helper's module; the mirror works (without metrics) before it exists
+    from skydns import metrics as default_metrics
+except ImportError:  # pragma: no cover - only while the tree is being assembled
+    default_metrics = None
+
+logger = logging.getLogger(__name__)
+
+# Responses larger than gRPC's 4 MiB default happen with big pages and big transactions.
+_CHANNEL_OPTIONS = {
+    "grpc.max_receive_message_length": -1,
+    "grpc.max_send_message_length": -1,
+    # Detect dead TCP connections below the application probe too.
+    "grpc.keepalive_time_ms": 30_000,
+    "grpc.keepalive_timeout_ms": 10_000,
+}
+# Defaults for settings fields this module reads with getattr (older Settings lack them).
+_DEFAULT_TIMEOUT = 5.0
+_DEFAULT_WATCH_CHECK = 5.0
+_DEFAULT_PAGE_SIZE = 2000
+_JITTER = 0.2
+
+
+class Error(Exception):
+    """Base of this module's errors."""
+
+
+class ConfigError(Error):
+    """The etcd client configuration is broken (bad endpoint, unreadable TLS file)."""
+
+
+class WatchLost(Error):
+    """The watch stream ended, was cancelled by etcd, or stopped answering."""
+
+
+class Compacted(Error):
+    """The revision to watch from is compacted away; the caller relists."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"etcd keeps revisions from {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+class Change(enum.Enum):
+    """What happened to the view."""
+
+    REPLACE = "replace"
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Update:
+    """One change applied to the view, passed to ``run(on_event=...)`` after it is applied.
+
+    ``key`` is the etcd key ("" for REPLACE); ``ok`` is False for a bad value that was skipped.
+    """
+
+    change: Change
+    key: str
+    revision: int
+    ok: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One etcd server address."""
+
+    host: str
+    port: int = 2379
+    tls: bool = False
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse ``host:port``, ``[v6]:port``, ``host`` or ``http(s)://host:port[/]``.
+
+    Raises:
+        ConfigError: not an address.
+    """
+    rest = text.strip()
+    tls = False
+    if "://" in rest:
+        scheme, rest = rest.split("://", 1)
+        if scheme.lower() not in ("http", "https"):
+            raise ConfigError(f"etcd endpoint {text!r}: scheme must be http or https")
+        tls = scheme.lower() == "https"
+    rest = rest.rstrip("/")
+    port = 2379
+    if rest.startswith("["):
+        host, sep, tail = rest[1:].partition("]")
+        if not sep or (tail and not tail.startswith(":")):
+            raise ConfigError(f"etcd endpoint {text!r}: expected [address]:port")
+        port_text = tail[1:]
+    elif rest.count(":") == 1:
+        host, port_text = rest.split(":")
+    else:
+        host, port_text = rest, ""
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ConfigError(f"etcd endpoint {text!r}: bad port {port_text!r}")
+        port = int(port_text)
+    if not host:
+        raise ConfigError(f"etcd endpoint {text!r}: no host")
+    return Endpoint(host, port, tls)
+
+
+def endpoints(settings: settings_mod.Settings) -> list[Endpoint]:
+    """The configured endpoints, in order (ConfigError when there are none or one is bad)."""
+    found = [parse_endpoint(item) for item in settings.etcd_endpoints if item.strip()]
+    if not found:
+        raise ConfigError("no etcd endpoint configured (-machines)")
+    return found
+
+
+def retry_delay(schedule: Sequence[float], attempt: int, rng: random.Random) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based); the last step repeats."""
+    base = schedule[min(max(attempt, 1), len(schedule)) - 1] if schedule else 1.0
+    return max(0.0, base * rng.uniform(1 - _JITTER, 1 + _JITTER))
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from exc
+
+
+def credentials(settings: settings_mod.Settings, tls: bool = False) -> grpc.ChannelCredentials | None:
+    """TLS credentials from -ca-cert / -tls-pem / -tls-key, or None for plain text.
+
+    TLS is on when any of the files is given or ``tls`` (an https:// endpoint) is set;
+    without -ca-cert the system roots are used.
+
+    Raises:
+        ConfigError: a file is unreadable, or only one of -tls-pem / -tls-key is given.
+    """
+    ca, pem, key = settings.etcd_ca_cert, settings.etcd_tls_pem, settings.etcd_tls_key
+    if not (ca or pem or key or tls):
+        return None
+    if bool(pem) != bool(key):
+        raise ConfigError("etcd TLS: give both -tls-pem (client certificate) and -tls-key (its key)")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca, "-ca-cert file") if ca else None,
+        private_key=_read(key, "-tls-key file") if key else None,
+        certificate_chain=_read(pem, "-tls-pem file") if pem else None,
+    )
+
+
+class _Client(aetcd.Client):
+    """aetcd.Client on a channel we build: TLS when configured, our channel options."""
+
+    def __init__(self, endpoint: Endpoint, creds: grpc.ChannelCredentials | None, timeout: float) -> None:
+        super().__init__(host=endpoint.host, port=endpoint.port, timeout=timeout, options=_CHANNEL_OPTIONS)
+        self.endpoint = endpoint
+        self._creds = creds
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        target = str(self.endpoint)
+        options = list(self._options.items())
+        if self._creds is None:
+            self.channel = rpc.insecure_channel(target, options=options)
+        else:
+            self.channel = rpc.secure_channel(target, self._creds, options=options)
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = aetcd.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
+        self._connected.set()
+
+
+def make_client(settings: settings_mod.Settings, endpoint: Endpoint | str | None = None) -> aetcd.Client:
+    """An aetcd client for ``endpoint`` (default: the first configured one), TLS as configured.
+
+    The connection is opened lazily by the first request.
+
+    Raises:
+        ConfigError: bad endpoint or TLS files.
+    """
+    if endpoint is None:
+        endpoint = endpoints(settings)[0]
+    elif isinstance(endpoint, str):
+        endpoint = parse_endpoint(endpoint)
+    timeout = getattr(settings, "etcd_timeout", _DEFAULT_TIMEOUT)
+    return _Client(endpoint, credentials(settings, endpoint.tls), timeout)
+
+
+class _Meters:
+    """The skydns_etcd_* metrics, each optional (no-op when the metrics module lacks it)."""
+
+    def __init__(self, module: object | None) -> None:
+        def find(*names: str) -> object | None:
+            for name in names:
+                found = getattr(module, name, None) if module is not None else None
+                if found is not None:
+                    return found
+            return None
+
+        self.keys = find("etcd_keys", "ETCD_KEYS")
+        self.revision = find("etcd_revision", "ETCD_REVISION")
+        self.last_event = find("etcd_last_event_timestamp_seconds", "etcd_last_event_timestamp",
+                               "ETCD_LAST_EVENT_TIMESTAMP_SECONDS")
+        self.reconnects = find("etcd_watch_reconnects_total", "etcd_watch_reconnects",
+                               "ETCD_WATCH_RECONNECTS_TOTAL")
+        self.bad = find("etcd_bad_values_total", "etcd_bad_values", "ETCD_BAD_VALUES_TOTAL")
+        self.ready = find("etcd_ready", "ETCD_READY")
+        self.connected_gauge = find("etcd_connected", "ETCD_CONNECTED")
+
+    @staticmethod
+    def _call(metric: object | None, method: str, *args: float) -> None:
+        if metric is None:
+            return
+        try:
+            getattr(metric, method)(*args)
+        except Exception:  # noqa: BLE001 - metrics never break the mirror
+            logger.debug("etcd: metric update failed", exc_info=True)
+
+    def view_changed(self, view: store.Store, event_time: float | None = None) -> None:
+        self._call(self.keys, "set", len(view))
+        self._call(self.revision, "set", view.revision)
+        if event_time is not None:
+            self._call(self.last_event, "set", event_time)
+
+    def bad_value(self, count: int = 1) -> None:
+        if count:
+            self._call(self.bad, "inc", count)
+
+    def loaded(self, view: store.Store) -> None:
+        self._call(self.ready, "set", 1 if view.loaded else 0)
+
+    def connected(self, up: bool) -> None:
+        self._call(self.connected_gauge, "set", 1 if up else 0)
+
+    def reconnect(self) -> None:
+        self._call(self.reconnects, "inc")
+
+
+def _describe(exc: BaseException) -> str:
+    """A short text for a log line."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        details = (exc.details() or "").strip()
+        return f"{exc.code().name}: {details}" if details else exc.code().name
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _Mirror:
+    """One mirror loop; all state of run() lives here."""
+
+    def __init__(self, settings: settings_mod.Settings, view: store.Store,
+                 on_event: Callable[[Update], object] | None, meters: _Meters,
+                 rng: random.Random) -> None:
+        self.settings = settings
+        self.view = view
+        self.on_event = on_event
+        self.meters = meters
+        self.rng = rng
+        self.prefix = f"/{settings.prefix.strip('/')}/".encode()
+        self.range_end = aetcd.utils.prefix_range_end(self.prefix)
+        self.timeout = float(getattr(settings, "etcd_timeout", _DEFAULT_TIMEOUT))
+        self.watch_check = float(getattr(settings, "etcd_watch_check", _DEFAULT_WATCH_CHECK))
+        self.page_size = int(getattr(settings, "etcd_page_size", _DEFAULT_PAGE_SIZE))
+        self.endpoints = endpoints(settings)
+        credentials(settings, any(ep.tls for ep in self.endpoints))  # fail now on bad TLS files
+
+    def _notify(self, update: Update) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(update)
+        except Exception:  # noqa: BLE001 - a callback bug must not stop the mirror
+            logger.exception("etcd: on_event callback failed for %s %s", update.change.value, update.key)
+
+    async def loop(self) -> None:
+        attempt = 0
+        index = 0
+        delay = 0.0
+        while True:
+            endpoint = self.endpoints[index]
+            client: _Client | None = None
+            phase = "connect to"
+            try:
+                client = make_client(self.settings, endpoint)  # type: ignore[assignment]
+                await client.connect()
+                phase = "list"
+                revision = await self._load(client)
+                attempt = 0
+                phase = "watch"
+                while True:
+                    try:
+                        await self._watch(client, revision + 1)
+                    except Compacted as exc:
+                        self.meters.reconnect()
+                        logger.info("etcd: revision %d compacted, relisting (history starts at %d)",
+                                    revision + 1, exc.compact_revision)
+                        phase = "list"
+                        revision = await self._load(client)
+                        phase = "watch"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is retried; rule 3
+                attempt += 1
+                self.meters.connected(False)
+                self.meters.reconnect()
+                delay = retry_delay(self.settings.backoff, attempt, self.rng)
+                if phase == "watch":
+                    logger.warning("etcd: watch lost (%s) on %s, retry #%d in %.2fs",
+                                   _describe(exc), endpoint, attempt, delay)
+                else:
+                    logger.warning("etcd: cannot %s %s (%s), retry #%d in %.2fs",
+                                   phase, endpoint, _describe(exc), attempt, delay)
+                if not isinstance(exc, (grpc.RpcError, aetcd.ClientError, Error, OSError,
+                                        asyncio.TimeoutError)):
+                    logger.error("etcd: unexpected error", exc_info=exc)
+                index = (index + 1) % len(self.endpoints)
+            finally:
+                if client is not None:
+                    await _close(client)
+            await asyncio.sleep(delay)
+
+    async def _load(self, client: _Client) -> int:
+        """Read the whole prefix at one revision, replace the view; return the revision."""
+        items: list[tuple[str, bytes]] = []
+        key = self.prefix
+        revision = 0
+        while True:
+            request = rpc.RangeRequest(key=key, range_end=self.range_end, limit=self.page_size,
+                                       revision=revision)
+            response = await client.kvstub.Range(request, timeout=self.timeout, metadata=client.metadata)
+            if revision == 0:
+                revision = response.header.revision
+            items.extend((kv.key.decode("utf-8", "replace"), kv.value) for kv in response.kvs)
+            if not response.more or not response.kvs:
+                break
+            key = response.kvs[-1].key + b"\0"
+        self.view.replace(items, revision)  # the store logs each bad value with its key
+        bad = self.view.bad
+        self.meters.bad_value(len(bad))
+        self.meters.view_changed(self.view, time.time())
+        self.meters.loaded(self.view)
+        self.meters.connected(True)
+        logger.info("etcd: loaded %d records at revision %d from %s%s", len(items), revision,
+                    client.endpoint, f" ({len(bad)} bad values skipped)" if bad else "")
+        self._notify(Update(Change.REPLACE, "", revision))
+        return revision
+
+    async def _watch(self, client: _Client, start_revision: int) -> None:
+        """Apply watch events from start_revision on; return never (raises on any end)."""
+        create = rpc.WatchCreateRequest(key=self.prefix, range_end=self.range_end,
+                                        start_revision=start_revision, progress_notify=True,
+                                        fragment=True)
+        call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
+        reading: asyncio.Future | None = None
+        try:
+            await asyncio.wait_for(call.write(rpc.WatchRequest(create_request=create)), self.timeout)
+            probe_sent: float | None = None
+            loop = asyncio.get_running_loop()
+            pending: list = []
+            while True:
+                if reading is None:
+                    reading = asyncio.ensure_future(call.read())
+                wait = self.watch_check if probe_sent is None else probe_sent + self.timeout - loop.time()
+                done, _ = await asyncio.wait({reading}, timeout=max(wait, 0.0))
+                if not done:
+                    if probe_sent is not None:
+                        raise WatchLost(f"no answer from etcd for {self.watch_check + self.timeout:.1f}s")
+                    probe = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+                    await asyncio.wait_for(call.write(probe), self.timeout)
+                    probe_sent = loop.time()
+                    continue
+                response = reading.result()
+                reading = None
+                probe_sent = None
+                if response is grpc.aio.EOF:
+                    raise WatchLost("watch stream closed by etcd")
+                if response.compact_revision:
+                    raise Compacted(response.compact_revision)
+                if response.canceled:
+                    raise WatchLost(f"watch cancelled by etcd: {response.cancel_reason or 'no reason'}")
+                if response.created or not response.events:
+                    continue  # created, or a progress answer
+                pending.extend(response.events)
+                if response.fragment:
+                    continue  # more of the same revision follows
+                self._apply(pending)
+                pending = []
+        finally:
+            if reading is not None:
+                reading.cancel()
+            call.cancel()
+
+    def _apply(self, events: Iterable) -> None:
+        view = self.view
+        for event in events:
+            key = event.kv.key.decode("utf-8", "replace")
+            revision = event.kv.mod_revision
+            if event.type == rpc.Event.DELETE:
+                view.delete(key, revision)
+                self._notify(Update(Change.DELETE, key, revision))
+            elif view.put(key, event.kv.value, revision):
+                self._notify(Update(Change.PUT, key, revision))
+            else:  # the store logged it with its key
+                self.meters.bad_value()
+                self._notify(Update(Change.PUT, key, revision, ok=False))
+        self.meters.view_changed(view, time.time())
+
+
+async def _close(client: aetcd.Client) -> None:
+    try:
+        await asyncio.wait_for(client.close(), 2.0)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - closing a dead connection may fail in many ways
+        logger.debug("etcd: closing the client failed", exc_info=True)
+
+
+async def run(settings: settings_mod.Settings, view: store.Store, stop: asyncio.Event,
+              on_event: Callable[[Update], object] | None = None, *,
+              metrics_module: object | None = None, rng: random.Random | None = None) -> None:
+    """Mirror the etcd prefix into ``view`` until ``stop`` is set.
+
+    Args:
+        on_event: called with an Update after each change to the view (a bad value too).
+        metrics_module: where the skydns_etcd_* metric objects live (default skydns.metrics).
+        rng: jitter source for the back-off (tests pass a seeded one).
+
+    Raises:
+        ConfigError: bad endpoints or TLS files (at once, before any connection).
+    """
+    mirror = _Mirror(settings, view, on_event,
+                     _Meters(metrics_module if metrics_module is not None else default_metrics),
+                     rng or random.Random())
+    mirror.meters.connected(False)
+    mirror.meters.loaded(view)
+    task = asyncio.ensure_future(mirror.loop())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, stopped):
+            pending.cancel()
+        await asyncio.gather(task, stopped, return_exceptions=True)
+        mirror.meters.connected(False)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # a bug in the loop; app treats it as a dead root task

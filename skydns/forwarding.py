@@ -1,0 +1,753 @@
+"""Forwarding names outside our zones to upstream resolvers.
+
+EDGE: asyncio sockets of its own (one UDP socket per exchange, so every query gets a fresh
+random source port and ID from the kernel and the RNG).
+
+Rules:
+1. forward() never raises. It returns the client's reply: same ID and question, RA set, the
+   client's EDNS honoured. SERVFAIL when no upstream gave a usable answer (and no stale cache
+   entry exists), REFUSED when more than max_concurrent distinct exchanges are in flight.
+2. Order of upstreams per query comes from the policy: sequential (configured order),
+   round_robin (start rotates by one per query), random (a fresh permutation). Healthy
+   upstreams come first, down ones after them (if all are down they are tried anyway);
+   upstreams found to loop back to us are never used until a later loop check clears them.
+3. One attempt per upstream: UDP, then TCP when the reply is truncated. A reply counts only
+   when its ID, QR flag and question match what we sent; anything else is ignored and the
+   attempt ends at its timeout. Timeout, network error and an rcode in
+   forward_failover_rcodes (SERVFAIL, REFUSED) move on to the next upstream; all of this
+   within forward_deadline.
+4. Consecutive failures (timeouts, network errors, failover rcodes) mark an upstream down
+   after forward_max_fails; a background check (". IN NS") brings it back.
+5. Identical queries in flight (same cache key) share one upstream exchange.
+6. NOERROR/NXDOMAIN answers go through fwdcache (TTL count-down, serve-stale).
+7. Stub domains: the longest configured suffix of the qname picks its own upstream group.
+8. The hosts file (when configured) is answered before any of this.
+9. Loop check: a random "<hex>.<hex>.loop-check." HINFO goes through each upstream; when
+   that probe reaches forward() here it is answered SERVFAIL (never forwarded again) and the
+   upstream it was sent through is marked as looping: logged, not used, ready() false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import socket
+import struct
+import time
+from typing import Any
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from skydns import fwdcache
+from skydns import hosts as hostsfile
+from skydns import settings as settings_mod
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("random", "round_robin", "sequential")
+LOOP_SUFFIX = "loop-check."
+CACHE_NAME = "forward"  # the cache label of skydns_cache_{hits,misses}_total / skydns_cache_entries
+_LOOP_NAME = dns.name.from_text(LOOP_SUFFIX)
+_UDP_MAX = 65535
+_EDNS_PAYLOAD = 1232
+
+# Probe names this process sent and has not finished with: lower-case text -> (forwarder, upstream).
+_probes: dict[str, tuple[Forwarder, Upstream]] = {}
+
+
+class ForwardError(Exception):
+    """One upstream exchange failed (timeout, network error, unusable reply)."""
+
+
+def is_loop_probe(qname: dns.name.Name | str) -> bool:
+    """True for names shaped like our loop probes (cheap; for the transport's miss path)."""
+    if isinstance(qname, dns.name.Name):
+        return qname.is_subdomain(_LOOP_NAME)
+    text = qname.lower()
+    return text.endswith("." + LOOP_SUFFIX) or text.endswith(".loop-check") or text in ("loop-check", LOOP_SUFFIX)
+
+
+def policy_of(settings: settings_mod.Settings) -> str:
+    """The effective forward policy (an explicit policy wins over -ns-rotate)."""
+    if settings.forward_policy:
+        return settings.forward_policy
+    return "round_robin" if settings.ns_rotate else "sequential"
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics: objects live in skydns.metrics (its FORWARD section); absent ones are skipped
+
+
+class _Noop:
+    def labels(self, *args: Any, **kwargs: Any) -> _Noop:
+        return self
+
+    def inc(self, *args: Any) -> None:
+        pass
+
+    def set(self, *args: Any) -> None:
+        pass
+
+    def observe(self, *args: Any) -> None:
+        pass
+
+
+_NOOP = _Noop()
+
+
+class _Metrics:
+    NAMES = (
+        "forward_requests", "forward_responses", "forward_duration", "forward_healthcheck_failures",
+        "forward_upstream_healthy", "forward_max_concurrent_rejects", "forward_loop_detected",
+        "forward_loop_probes_received", "hosts_entries",
+    )
+
+    def __init__(self, module: Any) -> None:
+        for name in self.NAMES:
+            setattr(self, name, getattr(module, name, None) or _NOOP)
+        self.dns = getattr(module, "DNS", None)
+
+    def cache_hit(self, cache: str) -> None:
+        if self.dns is not None:
+            self.dns.hit(cache)
+
+    def cache_miss(self, cache: str) -> None:
+        if self.dns is not None:
+            self.dns.miss(cache)
+
+    def cache_entries(self, cache: str, n: int) -> None:
+        if self.dns is not None:
+            self.dns.cache_entries[cache] = n
+
+
+def _default_metrics() -> Any:
+    try:
+        from skydns import metrics
+    except ImportError:  # metrics.py not there yet
+        return None
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# one upstream
+
+
+@dataclasses.dataclass(slots=True)
+class Upstream:
+    """An upstream resolver and what we know about its health."""
+
+    address: settings_mod.Upstream
+    label: str = ""
+    fails: int = 0
+    down: bool = False
+    looped: bool = False
+
+    def __post_init__(self) -> None:
+        self.label = str(self.address)
+
+    @property
+    def sockaddr(self) -> tuple[str, int]:
+        return (self.address.host, self.address.port)
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.address.host else socket.AF_INET
+
+
+@dataclasses.dataclass(slots=True)
+class _Group:
+    """Upstreams serving one domain ("." for the default group)."""
+
+    domain: dns.name.Name
+    upstreams: list[Upstream]
+    next_start: int = 0
+
+
+def _question_end(wire: bytes) -> int:
+    """Offset just past the (single, uncompressed) question of a message we built."""
+    offset = 12
+    while wire[offset]:
+        offset += wire[offset] + 1
+    return offset + 5
+
+
+def _matches(wire: bytes, qend: int, data: bytes) -> bool:
+    """Same ID, QR set, one question, and the question we sent (names compared case-insensitively).
+
+    A question name is never compressed (nothing precedes it) and label lengths are below 64,
+    so bytes.lower() only folds the letters of the name.
+    """
+    return (
+        len(data) >= qend
+        and data[:2] == wire[:2]
+        and data[2] & 0x80 != 0
+        and data[4:6] == b"\x00\x01"
+        and data[12:qend].lower() == wire[12:qend].lower()
+    )
+
+
+def _parse(data: bytes, upstream: Upstream) -> dns.message.Message | None:
+    try:
+        return dns.message.from_wire(data, ignore_trailing=True)
+    except dns.exception.DNSException as exc:
+        logger.debug("forward: unparsable reply from %s ignored: %s", upstream.label, exc)
+        return None
+
+
+async def _udp(wire: bytes, qend: int, upstream: Upstream) -> dns.message.Message:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.connect(upstream.sockaddr)
+        await loop.sock_sendall(sock, wire)
+        while True:
+            data = await loop.sock_recv(sock, _UDP_MAX)
+            if not _matches(wire, qend, data):
+                logger.debug("forward: reply from %s with wrong id/question ignored", upstream.label)
+                continue
+            reply = _parse(data, upstream)
+            if reply is not None:
+                return reply
+    finally:
+        sock.close()
+
+
+async def _tcp(wire: bytes, qend: int, upstream: Upstream) -> dns.message.Message:
+    reader, writer = await asyncio.open_connection(upstream.address.host, upstream.address.port)
+    try:
+        writer.write(struct.pack("!H", len(wire)) + wire)
+        await writer.drain()
+        while True:
+            (length,) = struct.unpack("!H", await reader.readexactly(2))
+            data = await reader.readexactly(length)
+            if not _matches(wire, qend, data):
+                logger.debug("forward: TCP reply from %s with wrong id/question ignored", upstream.label)
+                continue
+            reply = _parse(data, upstream)
+            if reply is not None:
+                return reply
+    finally:
+        writer.close()
+
+
+def query_wire(qid: int, name: dns.name.Name, rdtype: int, rdclass: int, flags: int = dns.flags.RD,
+               do: bool = False, payload: int = _EDNS_PAYLOAD) -> bytes:
+    """A query with one question and an EDNS0 OPT record, built without dnspython's renderer."""
+    header = struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 1)
+    opt = b"\x00" + struct.pack("!HHIH", 41, payload, dns.flags.DO if do else 0, 0)
+    return header + name.to_wire() + struct.pack("!HH", rdtype, rdclass) + opt
+
+
+async def exchange(
+    query: dns.message.Message | bytes, upstream: Upstream, timeout: float, tcp: bool = False
+) -> dns.message.Message:
+    """Send query to one upstream (UDP, TCP on truncation); the matching reply or ForwardError."""
+    wire = query if isinstance(query, bytes) else query.to_wire()
+    try:
+        qend = _question_end(wire)
+        async with asyncio.timeout(timeout):
+            if not tcp:
+                reply = await _udp(wire, qend, upstream)
+                if not reply.flags & dns.flags.TC:
+                    return reply
+            return await _tcp(wire, qend, upstream)
+    except TimeoutError as exc:
+        raise ForwardError(f"timeout after {timeout}s") from exc
+    except (OSError, EOFError, IndexError, asyncio.IncompleteReadError, struct.error) as exc:
+        raise ForwardError(f"network error: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# replies to clients
+
+
+def _rcode_reply(query: dns.message.Message, rcode: int, payload: int) -> dns.message.Message:
+    reply = dns.message.make_response(query, recursion_available=True, our_payload=payload)
+    reply.set_rcode(rcode)
+    return reply
+
+
+def respond(query: dns.message.Message, answer: fwdcache.Answer, payload: int = _EDNS_PAYLOAD) -> dns.message.Message:
+    """The client's reply carrying an upstream answer (ID, question, RD, EDNS from the query)."""
+    reply = dns.message.make_response(query, recursion_available=True, our_payload=payload)
+    if query.edns >= 0 and query.ednsflags & dns.flags.DO:
+        reply.ednsflags |= dns.flags.DO
+    reply.set_rcode(answer.rcode)
+    reply.flags |= answer.flags
+    reply.answer = list(answer.answer)
+    reply.authority = list(answer.authority)
+    reply.additional = list(answer.additional)
+    return reply
+
+
+_REJECTED = object()
+
+
+class Forwarder:
+    """Upstream forwarding with policies, health, cache, collapse, stub domains and loop check."""
+
+    def __init__(
+        self,
+        settings: settings_mod.Settings,
+        metrics_module: Any = None,
+        *,
+        clock: Any = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy_of(settings)
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown forward policy {self.policy!r}: use one of {', '.join(POLICIES)}")
+        self.metrics = _Metrics(metrics_module if metrics_module is not None else _default_metrics())
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.payload = settings.edns_payload or _EDNS_PAYLOAD
+        self.default = _Group(dns.name.root, [Upstream(a) for a in settings.nameservers])
+        self.stubs = sorted(
+            (_Group(dns.name.from_text(domain), [Upstream(a) for a in addrs]) for domain, addrs in settings.stub_domains),
+            key=lambda g: len(g.domain),
+            reverse=True,
+        )
+        self.cache = fwdcache.Cache(
+            settings.cache_size, settings.cache_max_ttl, settings.cache_max_negative_ttl, settings.cache_serve_stale
+        )
+        self.hosts = hostsfile.Hosts(settings.hosts_file, settings.hosts_ttl) if settings.hosts_file else None
+        self._inflight: dict[fwdcache.Key, asyncio.Future] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._probe_seen: set[str] = set()
+        for upstream in self.upstreams():
+            self.metrics.forward_upstream_healthy.labels(upstream.label).set(1)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def upstreams(self) -> list[Upstream]:
+        """Every upstream of every group (default group first)."""
+        return [u for g in (self.default, *self.stubs) for u in g.upstreams]
+
+    async def start(self) -> None:
+        """Start the background health checks, loop checks and hosts-file reloads."""
+        if self.hosts is not None:
+            self.hosts.reload()
+            self.metrics.hosts_entries.set(len(self.hosts))
+            self._tasks.append(asyncio.create_task(self._reload_hosts(), name="hosts-reload"))
+        if self.upstreams() and not self.settings.no_rec:
+            self._tasks.append(asyncio.create_task(self._check_health(), name="forward-health"))
+            if self.settings.loop_check_interval > 0:
+                self._tasks.append(asyncio.create_task(self._check_loops(), name="forward-loop-check"))
+
+    async def close(self) -> None:
+        """Stop the background tasks."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def ready(self) -> tuple[bool, str]:
+        """(True, "") or (False, reason): a forwarding loop, or (if configured) no healthy upstream."""
+        looped = [u.label for u in self.upstreams() if u.looped]
+        if looped:
+            return False, "forwarding loop via " + ", ".join(looped)
+        if self.settings.ready_requires_upstream and self.default.upstreams and not self.settings.no_rec:
+            if all(u.down for u in self.default.upstreams):
+                return False, "no healthy upstream"
+        return True, ""
+
+    # -- the query path ------------------------------------------------------------------------
+
+    async def forward(self, query: dns.message.Message, proto: str = "udp") -> dns.message.Message:
+        """The reply to a query for a name outside our zones. Never raises."""
+        try:
+            return await self._forward(query)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - rule 1: a bug here must not cost the client its reply
+            logger.exception("forward: unexpected error for %s", query.question[0] if query.question else "?")
+            return _rcode_reply(query, dns.rcode.SERVFAIL, self.payload)
+
+    async def lookup(self, name: str | dns.name.Name, rdtype: int) -> list[dns.rrset.RRset]:
+        """Answer RRsets for (name, rdtype) through the forwarders; [] on any failure."""
+        try:
+            query = dns.message.make_query(name, rdtype)
+            reply = await self._forward(query)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            logger.exception("forward: lookup of %s %s failed", name, rdtype)
+            return []
+        if reply.rcode() != dns.rcode.NOERROR:
+            return []
+        return list(reply.answer)
+
+    async def _forward(self, query: dns.message.Message) -> dns.message.Message:
+        if len(query.question) != 1:
+            return _rcode_reply(query, dns.rcode.FORMERR, self.payload)
+        qname = query.question[0].name
+        if is_loop_probe(qname):
+            self.metrics.forward_loop_probes_received.inc()
+            text = qname.to_text().lower()
+            owner = _probes.get(text)
+            if owner is not None:
+                owner[0]._probe_seen.add(text)
+            logger.debug("forward: loop probe %s reached us; answering SERVFAIL", text)
+            return _rcode_reply(query, dns.rcode.SERVFAIL, self.payload)
+        if self.hosts is not None:
+            reply = self.hosts.answer(query)
+            if reply is not None:
+                return reply
+        group = self._group_for(qname)
+        if self.settings.no_rec or not group.upstreams:
+            return _rcode_reply(query, dns.rcode.SERVFAIL, self.payload)
+        key = fwdcache.key_for(query)
+        assert key is not None
+        hit = self.cache.get(key, self.clock())
+        if hit is not None:
+            self.metrics.cache_hit(CACHE_NAME)
+            return respond(query, hit[0], self.payload)
+        self.metrics.cache_miss(CACHE_NAME)
+        answer = await self._resolve(key, group, query)
+        if answer is _REJECTED:
+            return _rcode_reply(query, dns.rcode.REFUSED, self.payload)
+        if answer is None:
+            stale = self.cache.get_stale(key, self.clock())
+            if stale is not None:
+                logger.info("forward: every upstream failed for %s; serving a stale answer", key.name)
+                self.metrics.cache_hit(CACHE_NAME + "_stale")
+                return respond(query, stale[0], self.payload)
+            return _rcode_reply(query, dns.rcode.SERVFAIL, self.payload)
+        return respond(query, answer, self.payload)
+
+    def _group_for(self, qname: dns.name.Name) -> _Group:
+        for group in self.stubs:
+            if qname.is_subdomain(group.domain):
+                return group
+        return self.default
+
+    async def _resolve(self, key: fwdcache.Key, group: _Group, query: dns.message.Message) -> Any:
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        if 0 < self.settings.max_concurrent <= len(self._inflight):
+            self.metrics.forward_max_concurrent_rejects.inc()
+            return _REJECTED
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        answer = None
+        try:
+            answer = await self._ask_group(group, query)
+            if answer is not None:
+                if self.cache.put(key, answer, self.clock()) is not None:
+                    self.metrics.cache_entries(CACHE_NAME, len(self.cache))
+        finally:
+            del self._inflight[key]
+            future.set_result(answer)
+        return answer
+
+    def order(self, group: _Group) -> list[Upstream]:
+        """Upstreams to try for one query, in order (rule 2)."""
+        upstreams = group.upstreams
+        n = len(upstreams)
+        if self.policy == "sequential" or n == 1:
+            ordered = list(upstreams)
+        elif self.policy == "round_robin":
+            start = group.next_start % n
+            group.next_start = start + 1
+            ordered = upstreams[start:] + upstreams[:start]
+        else:
+            ordered = self.rng.sample(upstreams, n)
+        usable = [u for u in ordered if not u.looped]
+        return [u for u in usable if not u.down] + [u for u in usable if u.down]
+
+    def _upstream_query(self, query: dns.message.Message) -> bytes:
+        question = query.question[0]
+        return query_wire(
+            self.rng.getrandbits(16), question.name, question.rdtype, question.rdclass,
+            dns.flags.RD | (query.flags & dns.flags.CD),
+            do=bool(query.edns >= 0 and query.ednsflags & dns.flags.DO),
+        )
+
+    async def _ask_group(self, group: _Group, query: dns.message.Message) -> fwdcache.Answer | None:
+        deadline = self.clock() + self.settings.forward_deadline
+        last: fwdcache.Answer | None = None
+        for upstream in self.order(group):
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                break
+            sent = self._upstream_query(query)
+            started = time.perf_counter()
+            self.metrics.forward_requests.labels(upstream.label).inc()
+            try:
+                reply = await exchange(sent, upstream, min(self.settings.forward_timeout, remaining))
+            except ForwardError as exc:
+                logger.debug("forward: %s via %s failed: %s", query.question[0].name, upstream.label, exc)
+                self._failed(upstream, str(exc))
+                continue
+            finally:
+                self.metrics.forward_duration.labels(upstream.label).observe(time.perf_counter() - started)
+            rcode = reply.rcode()
+            self.metrics.forward_responses.labels(upstream.label, dns.rcode.to_text(rcode)).inc()
+            answer = fwdcache.answer_from(reply)
+            if rcode in self.settings.forward_failover_rcodes:
+                if rcode in (dns.rcode.SERVFAIL, dns.rcode.REFUSED):
+                    self._failed(upstream, dns.rcode.to_text(rcode))
+                else:
+                    last = answer  # e.g. NXDOMAIN: relayed if no upstream does better
+                continue
+            self._succeeded(upstream)
+            return answer
+        return last
+
+    def _failed(self, upstream: Upstream, why: str) -> None:
+        upstream.fails += 1
+        if not upstream.down and upstream.fails >= self.settings.forward_max_fails:
+            upstream.down = True
+            self.metrics.forward_upstream_healthy.labels(upstream.label).set(0)
+            logger.warning("forward: upstream %s marked down after %d failures (last: %s)", upstream.label, upstream.fails, why)
+
+    def _succeeded(self, upstream: Upstream) -> None:
+        upstream.fails = 0
+        if upstream.down:
+            upstream.down = False
+            self.metrics.forward_upstream_healthy.labels(upstream.label).set(1)
+            logger.info("forward: upstream %s is healthy again", upstream.label)
+
+    # -- background ----------------------------------------------------------------------------
+
+    async def check_upstream(self, upstream: Upstream) -> bool:
+        """One ". IN NS" health check; True when the upstream answered NOERROR or NXDOMAIN."""
+        query = dns.message.make_query(dns.name.root, dns.rdatatype.NS, id=self.rng.getrandbits(16))
+        try:
+            reply = await exchange(query, upstream, self.settings.forward_timeout)
+        except ForwardError:
+            return False
+        return reply.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+
+    async def _check_health(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.forward_health_interval)
+            down = [u for u in self.upstreams() if u.down]
+            if not down:
+                continue
+            results = await asyncio.gather(*(self.check_upstream(u) for u in down))
+            for upstream, ok in zip(down, results):
+                if ok:
+                    self._succeeded(upstream)
+                else:
+                    self.metrics.forward_healthcheck_failures.labels(upstream.label).inc()
+
+    async def check_loop(self, upstream: Upstream) -> bool:
+        """Send one loop probe through upstream; True when it came back to us (a loop)."""
+        name = f"{self.rng.getrandbits(64):016x}.{self.rng.getrandbits(64):016x}.{LOOP_SUFFIX}"
+        _probes[name] = (self, upstream)
+        try:
+            query = dns.message.make_query(name, dns.rdatatype.HINFO, id=self.rng.getrandbits(16))
+            try:
+                await exchange(query, upstream, self.settings.forward_timeout)
+            except ForwardError:
+                pass
+            looped = name in self._probe_seen
+        finally:
+            _probes.pop(name, None)
+            self._probe_seen.discard(name)
+        if looped and not upstream.looped:
+            logger.error(
+                "forward: loop detected: a query sent to %s came back to us; not forwarding to it "
+                "(point skydns at a real resolver, not at a stub that forwards to skydns)", upstream.label,
+            )
+        elif not looped and upstream.looped:
+            logger.info("forward: loop via %s is gone; forwarding to it again", upstream.label)
+        upstream.looped = looped
+        self.metrics.forward_loop_detected.labels(upstream.label).set(1 if looped else 0)
+        return looped
+
+    async def check_loops(self) -> None:
+        """One loop check of every upstream, concurrently."""
+        await asyncio.gather(*(self.check_loop(u) for u in self.upstreams()))
+
+    async def _check_loops(self) -> None:
+        while True:
+            try:
+                await self.check_loops()
+            except Exception:  # noqa: BLE001 - a background check never ends the process
+                logger.exception("forward: loop check failed")
+            await asyncio.sleep(self.settings.loop_check_interval)
+
+    async def _reload_hosts(self) -> None:
+        assert self.hosts is not None
+        while True:
+            await asyncio.sleep(self.settings.hosts_reload)
+            try:
+                if self.hosts.reload():
+                    self.metrics.hosts_entries.set(len(self.hosts))
+            except Exception:  # noqa: BLE001
+                logger.exception("hosts: reload of %s failed", self.settings.hosts_file)
+
+
+# ---------------------------------------------------------------------------------------------
+# command-line options (applied by skydns.cli; defaults come from settings.Settings)
+
+
+def parse_upstream(text: str) -> settings_mod.Upstream:
+    """"10.0.0.1", "10.0.0.1:5353", "fd00::1", "[fd00::1]:5353" -> Upstream; ValueError if bad."""
+    import ipaddress
+
+    text = text.strip()
+    host, port = text, 53
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad address {text!r}")
+        if rest:
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = int(port_text)
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in {text!r}")
+    return settings_mod.Upstream(host, port)
+
+
+def parse_stub_domain(text: str) -> tuple[str, tuple[settings_mod.Upstream, ...]]:
+    """"corp.example=10.1.2.3:53,10.1.2.4" -> ("corp.example.", (Upstream, Upstream)); ValueError if bad."""
+    domain, sep, servers = text.partition("=")
+    domain = domain.strip().lower()
+    if not sep or not domain or not servers.strip():
+        raise ValueError(f"{text!r} is not DOMAIN=IP[:PORT][,IP[:PORT]...]")
+    domain = domain if domain.endswith(".") else domain + "."
+    dns.name.from_text(domain)
+    return domain, tuple(parse_upstream(s) for s in servers.split(",") if s.strip())
+
+
+def parse_rcodes(values: tuple[str, ...] | list[str]) -> tuple[int, ...]:
+    """("SERVFAIL", "REFUSED,NXDOMAIN") -> (2, 5, 3); ValueError for unknown names."""
+    out: list[int] = []
+    for value in values:
+        for name in value.replace(",", " ").split():
+            code = int(dns.rcode.from_text(name.upper()))
+            if code not in out:
+                out.append(code)
+    return tuple(out)
+
+
+# click parameter name -> Settings field, for the options below.
+OPTION_FIELDS = {
+    "forward_policy": "forward_policy",
+    "max_concurrent": "max_concurrent",
+    "forward_timeout": "forward_timeout",
+    "forward_deadline": "forward_deadline",
+    "forward_max_fails": "forward_max_fails",
+    "forward_health_interval": "forward_health_interval",
+    "forward_failover": "forward_failover_rcodes",
+    "stub_domains": "stub_domains",
+    "cache_size": "cache_size",
+    "cache_max_ttl": "cache_max_ttl",
+    "cache_max_negative_ttl": "cache_max_negative_ttl",
+    "cache_serve_stale": "cache_serve_stale",
+    "loop_check_interval": "loop_check_interval",
+    "hosts": "hosts_file",
+    "hosts_ttl": "hosts_ttl",
+    "hosts_reload": "hosts_reload",
+    "ready_requires_upstream": "ready_requires_upstream",
+}
+
+
+def click_options(command: Any) -> Any:
+    """Decorator adding the forwarding/cache/loop/hosts options to a click command.
+
+    Env vars follow the parameter names with the command's auto_envvar_prefix (SKYDNS_...).
+    Pass the parsed values through settings_from_click() to get Settings fields.
+    """
+    import click
+
+    d = settings_mod.Settings()
+    options = [
+        click.option("--forward-policy", "forward_policy", type=click.Choice(POLICIES), default=None,
+                     help="Order in which upstreams are tried. Default: round_robin, or sequential with -ns-rotate=false."),
+        click.option("--max-concurrent", "max_concurrent", type=click.IntRange(min=0), default=d.max_concurrent,
+                     show_default=True, help="Most upstream exchanges in flight; beyond it REFUSED (0: no limit)."),
+        click.option("--forward-timeout", "forward_timeout", type=click.FloatRange(min=0, min_open=True),
+                     default=d.forward_timeout, show_default=True, help="Timeout of one upstream exchange, seconds."),
+        click.option("--forward-deadline", "forward_deadline", type=click.FloatRange(min=0, min_open=True),
+                     default=d.forward_deadline, show_default=True,
+                     help="Whole time for one forwarded query across upstreams, seconds."),
+        click.option("--forward-max-fails", "forward_max_fails", type=click.IntRange(min=1),
+                     default=d.forward_max_fails, show_default=True,
+                     help="Consecutive failures that mark an upstream down."),
+        click.option("--forward-health-interval", "forward_health_interval", type=click.FloatRange(min=0, min_open=True),
+                     default=d.forward_health_interval, show_default=True,
+                     help="How often a down upstream is checked with '. IN NS', seconds."),
+        click.option("--forward-failover", "forward_failover", multiple=True,
+                     default=tuple(dns.rcode.to_text(c) for c in d.forward_failover_rcodes), show_default=True,
+                     help="Upstream rcodes that make us try the next upstream (repeat or comma-separate; "
+                          "add NXDOMAIN when an upstream cannot resolve public names)."),
+        click.option("--stub-domain", "stub_domains", multiple=True, metavar="DOMAIN=IP[:PORT][,...]",
+                     help="Send names under DOMAIN to these resolvers (repeatable; longest suffix wins)."),
+        click.option("--cache-size", "cache_size", type=click.IntRange(min=0), default=d.cache_size,
+                     show_default=True, help="Forwarded answers kept (0 turns the cache off)."),
+        click.option("--cache-max-ttl", "cache_max_ttl", type=click.IntRange(min=0), default=d.cache_max_ttl,
+                     show_default=True, help="Cap on the cached lifetime of positive answers, seconds."),
+        click.option("--cache-max-negative-ttl", "cache_max_negative_ttl", type=click.IntRange(min=0),
+                     default=d.cache_max_negative_ttl, show_default=True,
+                     help="Cap on the cached lifetime of NXDOMAIN/NODATA answers, seconds."),
+        click.option("--cache-serve-stale", "cache_serve_stale", type=click.FloatRange(min=0),
+                     default=d.cache_serve_stale, show_default=True,
+                     help="Serve expired answers this long when every upstream fails, seconds (0: off)."),
+        click.option("--loop-check-interval", "loop_check_interval", type=click.FloatRange(min=0),
+                     default=d.loop_check_interval, show_default=True,
+                     help="Forwarding-loop probe through each upstream at start and this often, seconds (0: off)."),
+        click.option("--hosts", "hosts", type=click.Path(dir_okay=False), default=d.hosts_file,
+                     help="Hosts-format file answered before forwarding; reloaded on change."),
+        click.option("--hosts-ttl", "hosts_ttl", type=click.IntRange(min=0), default=d.hosts_ttl,
+                     show_default=True, help="TTL of answers from the hosts file, seconds."),
+        click.option("--hosts-reload", "hosts_reload", type=click.FloatRange(min=0, min_open=True),
+                     default=d.hosts_reload, show_default=True, help="How often the hosts file is checked, seconds."),
+        click.option("--ready-requires-upstream/--no-ready-requires-upstream", "ready_requires_upstream",
+                     default=d.ready_requires_upstream, show_default=True,
+                     help="/ready also needs at least one healthy upstream."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def settings_from_click(params: dict[str, Any]) -> dict[str, Any]:
+    """Pop this module's click parameters from params; return the Settings fields they set.
+
+    Raises click.BadParameter naming the flag for a bad value.
+    """
+    import click
+
+    fields: dict[str, Any] = {}
+    for param, field in OPTION_FIELDS.items():
+        if param in params:
+            fields[field] = params.pop(param)
+    if fields.get("forward_policy") is None:
+        fields.pop("forward_policy", None)
+    if "forward_failover_rcodes" in fields:
+        try:
+            fields["forward_failover_rcodes"] = parse_rcodes(fields["forward_failover_rcodes"])
+        except (ValueError, dns.exception.DNSException) as exc:
+            raise click.BadParameter(str(exc), param_hint="--forward-failover") from None
+    if "stub_domains" in fields:
+        stubs = []
+        for value in fields["stub_domains"]:
+            for item in value.split():
+                try:
+                    stubs.append(parse_stub_domain(item))
+                except (ValueError, dns.exception.DNSException) as exc:
+                    raise click.BadParameter(f"{item!r}: {exc}", param_hint="--stub-domain") from None
+        fields["stub_domains"] = tuple(stubs)
+    if fields.get("hosts_file") is None:
+        fields["hosts_file"] = ""
+    return fields

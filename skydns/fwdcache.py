@@ -1,0 +1,226 @@
+"""Cache of forwarded answers, keyed like CoreDNS's cache plugin.
+
+PURE: no I/O, no clock, no randomness; every call that needs the time takes `now`
+(seconds, any monotonic origin).
+
+Rules:
+1. The key is (lower-cased qname, qtype, qclass, DO, CD): the question and the two flags that
+   change what an upstream returns.
+2. Only NOERROR and NXDOMAIN answers are kept, never truncated ones. A positive answer
+   (NOERROR with answer records) lives for the lowest TTL among its records, capped at
+   max_ttl. A negative answer (NXDOMAIN, or NOERROR without answer records) lives for
+   min(SOA TTL, SOA MINIMUM) of the SOA in authority (RFC 2308), capped at max_negative_ttl;
+   without an SOA it is not kept. A lifetime of 0 is not kept.
+3. Served answers have every TTL counted down by the whole seconds spent in the cache.
+4. The cache holds at most `capacity` entries; a new entry evicts the least recently used
+   (and any dead entries that come next in that order).
+5. An expired entry stays usable for `stale` seconds after expiry through get_stale(), which
+   the forwarder calls only when every upstream failed (RFC 8767); such answers carry
+   STALE_TTL.
+6. Entries are never mutated after put(); get() returns fresh RRset copies, so callers may
+   keep what they get.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+# TTL of an answer served stale (RFC 8767 section 4 recommends 30 s).
+STALE_TTL = 30
+
+
+class Kind(str, enum.Enum):
+    """Cache entry type, the `type` label of the cache metrics (CoreDNS names)."""
+
+    SUCCESS = "success"
+    DENIAL = "denial"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Key:
+    """What a cached answer is filed under."""
+
+    name: str  # lower-cased, fully qualified text
+    rdtype: int
+    rdclass: int
+    do: bool = False
+    cd: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    """The parts of an upstream reply that are relayed to a client.
+
+    `flags` are the header flags worth relaying (AA, AD); the question, ID, RD, RA and EDNS
+    come from the client's query when the reply is built.
+    """
+
+    rcode: int
+    flags: int
+    answer: tuple[dns.rrset.RRset, ...] = ()
+    authority: tuple[dns.rrset.RRset, ...] = ()
+    additional: tuple[dns.rrset.RRset, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Entry:
+    answer: Answer
+    kind: Kind
+    stored: float
+    lifetime: int
+
+
+RELAYED_FLAGS = dns.flags.AA | dns.flags.AD
+
+
+def key_for(query: dns.message.Message) -> Key | None:
+    """Cache key of a query, or None when it has not exactly one question."""
+    if len(query.question) != 1:
+        return None
+    question = query.question[0]
+    do = bool(query.ednsflags & dns.flags.DO) if query.edns >= 0 else False
+    return Key(
+        question.name.to_text().lower(),
+        int(question.rdtype),
+        int(question.rdclass),
+        do,
+        bool(query.flags & dns.flags.CD),
+    )
+
+
+def answer_from(reply: dns.message.Message) -> Answer:
+    """Keep what a client needs from an upstream reply."""
+    return Answer(
+        reply.rcode(),
+        reply.flags & RELAYED_FLAGS,
+        tuple(reply.answer),
+        tuple(reply.authority),
+        tuple(reply.additional),
+    )
+
+
+def classify(answer: Answer) -> Kind | None:
+    """SUCCESS, DENIAL, or None for answers that are never cached (errors)."""
+    if answer.rcode == dns.rcode.NXDOMAIN:
+        return Kind.DENIAL
+    if answer.rcode != dns.rcode.NOERROR:
+        return None
+    return Kind.SUCCESS if answer.answer else Kind.DENIAL
+
+
+def lifetime(answer: Answer, kind: Kind, max_ttl: int, max_negative_ttl: int) -> int:
+    """Seconds an answer may be cached (0: do not cache)."""
+    if kind is Kind.SUCCESS:
+        ttls = [rrset.ttl for section in (answer.answer, answer.authority, answer.additional) for rrset in section]
+        return max(0, min([max_ttl, *ttls]))
+    for rrset in answer.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            soa_min = min(rdata.minimum for rdata in rrset)
+            return max(0, min(max_negative_ttl, rrset.ttl, soa_min))
+    return 0
+
+
+def _aged(section: tuple[dns.rrset.RRset, ...], elapsed: int, fixed: int | None) -> tuple[dns.rrset.RRset, ...]:
+    out = []
+    for rrset in section:
+        copy = rrset.copy()
+        copy.ttl = fixed if fixed is not None else max(0, rrset.ttl - elapsed)
+        out.append(copy)
+    return tuple(out)
+
+
+def _served(entry: _Entry, elapsed: int, fixed: int | None = None) -> Answer:
+    answer = entry.answer
+    return Answer(
+        answer.rcode,
+        answer.flags,
+        _aged(answer.answer, elapsed, fixed),
+        _aged(answer.authority, elapsed, fixed),
+        _aged(answer.additional, elapsed, fixed),
+    )
+
+
+class Cache:
+    """Bounded LRU of forwarded answers with TTL count-down and serve-stale."""
+
+    def __init__(
+        self, capacity: int = 10000, max_ttl: int = 3600, max_negative_ttl: int = 30, stale: float = 0.0
+    ) -> None:
+        self.capacity = capacity
+        self.max_ttl = max_ttl
+        self.max_negative_ttl = max_negative_ttl
+        self.stale = stale
+        self._entries: collections.OrderedDict[Key, _Entry] = collections.OrderedDict()
+        self._counts = {Kind.SUCCESS: 0, Kind.DENIAL: 0}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def count(self, kind: Kind) -> int:
+        """Entries of one kind (the skydns_cache_entries gauge)."""
+        return self._counts[kind]
+
+    def put(self, key: Key, answer: Answer, now: float) -> Kind | None:
+        """File an answer; return its kind, or None when it is not cacheable."""
+        if self.capacity <= 0:
+            return None
+        kind = classify(answer)
+        if kind is None:
+            return None
+        seconds = lifetime(answer, kind, self.max_ttl, self.max_negative_ttl)
+        if seconds <= 0:
+            return None
+        self._remove(key)
+        if len(self._entries) >= self.capacity:
+            self._evict(now)
+        self._entries[key] = _Entry(answer, kind, now, seconds)
+        self._counts[kind] += 1
+        return kind
+
+    def get(self, key: Key, now: float) -> tuple[Answer, Kind] | None:
+        """A fresh answer with TTLs counted down, or None (expired entries stay for get_stale)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        elapsed = int(now - entry.stored)
+        if elapsed >= entry.lifetime or elapsed < 0:
+            if now - entry.stored - entry.lifetime > self.stale:
+                self._remove(key)
+            return None
+        self._entries.move_to_end(key)
+        return _served(entry, elapsed), entry.kind
+
+    def get_stale(self, key: Key, now: float) -> tuple[Answer, Kind] | None:
+        """An expired answer still inside the serve-stale window, TTLs set to STALE_TTL."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expired_for = now - entry.stored - entry.lifetime
+        if expired_for > self.stale:
+            self._remove(key)
+            return None
+        if expired_for < 0:
+            return _served(entry, int(now - entry.stored)), entry.kind
+        return _served(entry, 0, fixed=STALE_TTL), entry.kind
+
+    def _remove(self, key: Key) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._counts[entry.kind] -= 1
+
+    def _evict(self, now: float) -> None:
+        # Least recently used first; an entry past its stale window goes too if it is next.
+        while self._entries:
+            key, entry = next(iter(self._entries.items()))
+            if len(self._entries) < self.capacity and now - entry.stored - entry.lifetime <= self.stale:
+                return
+            self._remove(key)

@@ -1,0 +1,472 @@
+"""DNS over UDP and TCP: bytes in, bytes out, with a cache of encoded answers in front.
+
+Rules:
+1. No packet can kill the server. ``Handler.handle`` catches every exception, counts it in
+   skydns_panics_total, logs it (rate-limited) and answers SERVFAIL when the header is readable.
+2. Dropped without an answer: packets shorter than a DNS header (12 bytes) and responses
+   (QR=1), so two servers can never ping-pong. Anything else unreadable gets FORMERR.
+3. The hot path (DESIGN section 5): ``wire.parse`` -> cache of encoded answers -> ``wire.patch``.
+   dnspython parses and renders only on a miss or for unusual messages. The cache is dropped
+   whenever the store's generation moves, so a changed record is served on the very next query.
+4. Only ``answering.Reply`` with ``cacheable`` set is cached. Forwarded and resolved answers
+   go through the forwarder (it keeps its own TTL cache) and are never cached here.
+5. Size limits: UDP 512 without EDNS, else min(client payload, our payload) and at least 512;
+   TCP 65535. Too big: additional records are dropped first, then the answer is cut at an RRset
+   boundary and TC is set (dnspython's prefer_truncation).
+6. Round robin: A/AAAA RRsets with several records are rotated per response, cached
+   answers included (a few rotations are cached); RRset order, so CNAMEs first, never changes.
+7. Sockets are bound before the event loop serves anything, so "address in use" is known at once
+   (``ListenError``). SO_REUSEPORT is set only when several workers share the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+from skydns import answering, forwarding, metrics, store, settings as settings_mod, wire
+
+logger = logging.getLogger(__name__)
+
+# Most encoded answers kept; the oldest entry goes first when full.
+CACHE_SIZE = 10000
+# Most rotations of one round-robin answer kept in the cache.
+ROTATIONS = 8
+# A TCP connection with no complete query for this long is closed, seconds.
+TCP_IDLE_TIMEOUT = 10.0
+# Most TCP connections open at once; more are closed as soon as they are accepted.
+TCP_MAX_CONNECTIONS = 1000
+# At most one "exception in packet handler" log line per this many seconds.
+_PANIC_LOG_INTERVAL = 10.0
+
+_ROTATE_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+_CACHE = "answers"
+
+
+class ListenError(Exception):
+    """The DNS listen address cannot be bound (in use, not local, no permission)."""
+
+
+def error_reply(data: bytes, rcode: int) -> bytes | None:
+    """A header-only error answer (FORMERR, SERVFAIL) to data; None if data has no header.
+
+    When data is a plain query (``wire.parse`` reads it), the question is echoed too.
+    """
+    head = wire.formerr(data)
+    if head is None:
+        return None
+    head = head[:3] + bytes(((head[3] & 0xF0) | rcode,)) + head[4:]
+    query = wire.parse(data)
+    if query is None:
+        return head
+    question_end = wire.HEADER_SIZE + len(query.qname) + 4
+    return head[:4] + b"\x00\x01" + head[6:] + data[wire.HEADER_SIZE:question_end]
+
+
+def render(message: dns.message.Message, limit: int) -> bytes:
+    """Encode message in at most limit bytes: additional dropped first, then TC."""
+    try:
+        # want_shuffle=False: dnspython would shuffle every RRset; the order is ours (rule 6)
+        return message.to_wire(max_size=limit, prefer_truncation=True, want_shuffle=False)
+    except dns.exception.TooBig:
+        # Not even the question and OPT fit (a huge qname against a 512-byte limit): TC alone.
+        short = dns.message.Message(id=message.id)
+        short.flags = message.flags | dns.flags.TC
+        return short.to_wire()
+
+
+def _rotated(message: dns.message.Message, turn: int) -> list[tuple[int, dns.rrset.RRset]]:
+    """Replace each multi-record A/AAAA answer RRset by its turn-th rotation; returns the originals."""
+    saved = []
+    for index, rrset in enumerate(message.answer):
+        if rrset.rdtype in _ROTATE_TYPES and len(rrset) > 1:
+            items = list(rrset)
+            shift = turn % len(items)
+            if shift:
+                saved.append((index, rrset))
+                message.answer[index] = dns.rrset.from_rdata_list(
+                    rrset.name, rrset.ttl, items[shift:] + items[:shift])
+    return saved
+
+
+def _rotations(message: dns.message.Message) -> int:
+    """How many distinct rotations the round robin can make of this message (1 = none)."""
+    most = 1
+    for rrset in message.answer:
+        if rrset.rdtype in _ROTATE_TYPES and len(rrset) > most:
+            most = len(rrset)
+    return min(most, ROTATIONS)
+
+
+class Handler:
+    """Answers one DNS message at a time; shared by the UDP and TCP servers of a process.
+
+    ``handle`` returns the answer bytes, None (drop), or an awaitable giving bytes or None
+    when the answer needs the network (forwarding).
+    """
+
+    def __init__(
+        self,
+        settings: settings_mod.Settings,
+        view: store.Store,
+        forwarder: forwarding.Forwarder | None = None,
+        *,
+        answer: Callable[..., Any] | None = None,
+        stats: metrics.DnsStats | None = None,
+        cache_size: int = CACHE_SIZE,
+    ) -> None:
+        self.settings = settings
+        self.view = view
+        self.forwarder = forwarder
+        self.answer = answer or answering.answer
+        self.stats = stats or metrics.DNS
+        self.cache_size = cache_size
+        self.cache: dict[tuple, tuple[list[bytes], str]] = {}
+        self.generation = -1
+        self.turn = 0
+        self.payload = max(wire.CLASSIC_UDP, settings.edns_payload)
+        self.round_robin = settings.round_robin
+        self._zones = sorted(
+            ((dns.name.from_text(z), z) for z in settings.domains),
+            key=lambda pair: len(pair[0]), reverse=True)
+        self._last_panic_log = 0.0
+
+    # -- the packet path ----------------------------------------------------------------------
+
+    def handle(self, data: bytes, proto: str, family: str = "1") -> bytes | None | Awaitable[bytes | None]:
+        """Answer data (one DNS message) received over proto ("udp"/"tcp"); never raises."""
+        start = time.perf_counter()
+        try:
+            if len(data) < wire.HEADER_SIZE:
+                self.stats.drop("short")
+                return None
+            if data[2] & 0x80:
+                self.stats.drop("response")
+                return None
+            query = wire.parse(data)
+            if query is not None:
+                limit = wire.udp_limit(query, self.payload) if proto == "udp" else wire.TCP_MAX
+                if self.cache_size:
+                    generation = self.view.generation
+                    if generation != self.generation:
+                        self.cache.clear()
+                        self.generation = generation
+                    key = wire.cache_key(query, limit)
+                    entry = self.cache.get(key)
+                    if entry is not None:
+                        variants, zone = entry
+                        if len(variants) > 1:
+                            self.turn += 1
+                            cached = variants[self.turn % len(variants)]
+                        else:
+                            cached = variants[0]
+                        out = wire.patch(cached, query)
+                        stats = self.stats
+                        stats.hit(_CACHE)
+                        stats.request(zone, proto, family, query.qtype, query.size)
+                        stats.response(zone, proto, query.qtype, out[3] & 0x0F, len(out),
+                                       time.perf_counter() - start)
+                        return out
+                    self.stats.miss(_CACHE)
+                else:
+                    key = None
+            else:
+                key = None
+                limit = wire.TCP_MAX
+            return self._slow(data, query, key, limit, proto, family, start)
+        except Exception:  # noqa: BLE001 - rule 1: nothing escapes a packet handler
+            return self._panic(data, "handling")
+
+    def _panic(self, data: bytes, where: str) -> bytes | None:
+        self.stats.panic()
+        now = time.monotonic()
+        if now - self._last_panic_log >= _PANIC_LOG_INTERVAL:
+            self._last_panic_log = now
+            logger.exception("exception while %s a %d-byte packet; answered SERVFAIL "
+                             "(further ones are counted in skydns_panics_total, logged every %ss)",
+                             where, len(data), _PANIC_LOG_INTERVAL)
+        try:
+            return error_reply(data, dns.rcode.SERVFAIL)
+        except Exception:  # noqa: BLE001
+            return None
+
+    def zone_of(self, name: dns.name.Name) -> str:
+        """The served zone holding name (the metrics' zone label), "." when none."""
+        for zone, text in self._zones:
+            if name.is_subdomain(zone):
+                return text
+        return "."
+
+    def _slow(self, data: bytes, parsed: wire.Query | None, key: tuple | None, limit: int,
+              proto: str, family: str, start: float) -> bytes | None | Awaitable[bytes | None]:
+        try:
+            query = dns.message.from_wire(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's
+            logger.debug("FORMERR for a %d-byte %s packet: %s", len(data), proto, exc)
+            out = error_reply(data, dns.rcode.FORMERR)
+            self._count(".", proto, family, 0, len(data), out, start)
+            return out
+        if parsed is None and proto == "udp":
+            limit = wire.CLASSIC_UDP
+            if query.edns >= 0:
+                limit = max(wire.CLASSIC_UDP, min(query.payload, self.payload))
+        qtype = query.question[0].rdtype if query.question else 0
+        zone = self.zone_of(query.question[0].name) if query.question else "."
+        result = self.answer(query, self.view, self.settings)
+        if isinstance(result, answering.Reply):
+            message = result.message
+            if self.round_robin and (count := _rotations(message)) > 1:
+                variants = []
+                for turn in range(count):
+                    saved = _rotated(message, turn)
+                    variants.append(render(message, limit))
+                    for index, rrset in saved:
+                        message.answer[index] = rrset
+                self.turn += 1
+                out = variants[self.turn % count]
+            else:
+                variants = [render(message, limit)]
+                out = variants[0]
+            if key is not None and result.cacheable:
+                if len(self.cache) >= self.cache_size:
+                    del self.cache[next(iter(self.cache))]
+                self.cache[key] = (variants, zone)
+                self.stats.cache_entries[_CACHE] = len(self.cache)
+            self._count(zone, proto, family, qtype, len(data), out, start)
+            return out
+        if isinstance(result, answering.Forward):
+            if self.forwarder is None:
+                out = render(self._servfail(query), limit)
+                self._count(zone, proto, family, qtype, len(data), out, start)
+                return out
+            return self._forward(data, query, limit, proto, family, zone, qtype, start)
+        if isinstance(result, answering.Resolve):
+            if self.forwarder is None:
+                out = render(result.message, limit)
+                self._count(zone, proto, family, qtype, len(data), out, start)
+                return out
+            return self._resolve(data, result, limit, proto, family, zone, qtype, start)
+        raise TypeError(f"answering.answer returned {type(result).__name__}")
+
+    def _servfail(self, query: dns.message.Message) -> dns.message.Message:
+        reply = dns.message.make_response(query, recursion_available=True,
+                                          our_payload=self.settings.edns_payload)
+        reply.set_rcode(dns.rcode.SERVFAIL)
+        return reply
+
+    def _count(self, zone: str, proto: str, family: str, qtype: int, size: int,
+               out: bytes | None, start: float) -> None:
+        if out is None:
+            return
+        self.stats.request(zone, proto, family, qtype, size)
+        self.stats.response(zone, proto, qtype, out[3] & 0x0F, len(out), time.perf_counter() - start)
+
+    async def _forward(self, data: bytes, query: dns.message.Message, limit: int, proto: str,
+                       family: str, zone: str, qtype: int, start: float) -> bytes | None:
+        try:
+            reply = await self.forwarder.forward(query, proto)
+            reply.id = query.id
+            out = render(reply, limit)
+        except Exception:  # noqa: BLE001 - rule 1
+            return self._panic(data, "forwarding")
+        self._count(zone, proto, family, qtype, len(data), out, start)
+        return out
+
+    async def _resolve(self, data: bytes, result: Any, limit: int, proto: str,
+                       family: str, zone: str, qtype: int, start: float) -> bytes | None:
+        try:
+            rrsets = await self.forwarder.lookup(result.name, result.rdtype)
+            message = result.message
+            message.answer.extend(rrsets)
+            out = render(message, limit)
+        except Exception:  # noqa: BLE001 - rule 1
+            return self._panic(data, "resolving")
+        self._count(zone, proto, family, qtype, len(data), out, start)
+        return out
+
+
+# -- sockets ----------------------------------------------------------------------------------
+
+
+def _fmt(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _new_socket(family: int, kind: int, reuseport: bool) -> socket.socket:
+    sock = socket.socket(family, kind)
+    if kind == socket.SOCK_STREAM:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
+
+
+def bind(host: str, port: int, reuseport: bool = False) -> tuple[socket.socket, socket.socket]:
+    """Bind the UDP and TCP sockets of host:port (port 0: one free port for both).
+
+    Raises ListenError with a one-line reason.
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {_fmt(host, port)}: {exc.strerror} (use -addr to pick another)") from None
+    family, _, _, _, sockaddr = infos[0]
+    for _attempt in range(20):
+        udp = _new_socket(family, socket.SOCK_DGRAM, reuseport)
+        try:
+            udp.bind(sockaddr)
+        except OSError as exc:
+            udp.close()
+            raise ListenError(_listen_message(host, port, "udp", exc)) from None
+        bound_port = udp.getsockname()[1]
+        tcp = _new_socket(family, socket.SOCK_STREAM, reuseport)
+        try:
+            tcp.bind((sockaddr[0], bound_port, *sockaddr[2:]))
+            tcp.listen(1024)
+        except OSError as exc:
+            tcp.close()
+            udp.close()
+            if port == 0 and exc.errno == errno.EADDRINUSE:
+                continue  # the free UDP port is taken for TCP: pick another pair
+            raise ListenError(_listen_message(host, port, "tcp", exc)) from None
+        udp.setblocking(False)
+        tcp.setblocking(False)
+        return udp, tcp
+    raise ListenError(f"cannot listen on {_fmt(host, port)}: no port free for both UDP and TCP")
+
+
+def _listen_message(host: str, port: int, proto: str, exc: OSError) -> str:
+    reason = (exc.strerror or str(exc)).lower()
+    return f"cannot listen on {_fmt(host, port)}/{proto}: {reason} (use -addr to pick another)"
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, handler: Handler, family: str) -> None:
+        self.handler = handler
+        self.family = family
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: set[asyncio.Task] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        out = self.handler.handle(data, "udp", self.family)
+        if out is None:
+            return
+        if isinstance(out, bytes):
+            try:
+                self.transport.sendto(out, addr)  # type: ignore[union-attr]
+            except Exception as exc:  # noqa: BLE001 - a send error must not stop the server
+                logger.debug("UDP send to %s failed: %s", addr, exc)
+            return
+        task = asyncio.ensure_future(self._finish(out, addr))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _finish(self, pending: Awaitable[bytes | None], addr: Any) -> None:
+        out = await pending
+        if out is not None and self.transport is not None and not self.transport.is_closing():
+            try:
+                self.transport.sendto(out, addr)
+            except Exception as exc:  # noqa: BLE001
+                logger.debug("UDP send to %s failed: %s", addr, exc)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("UDP error: %s", exc)
+
+
+class Server:
+    """The UDP and TCP listeners of one process, on sockets bound by ``bind``."""
+
+    def __init__(self, handler: Handler, udp: socket.socket, tcp: socket.socket, *,
+                 idle_timeout: float = TCP_IDLE_TIMEOUT, max_connections: int = TCP_MAX_CONNECTIONS) -> None:
+        self.handler = handler
+        self.udp_sock = udp
+        self.tcp_sock = tcp
+        self.family = "2" if udp.family == socket.AF_INET6 else "1"
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.connections: set[asyncio.Task] = set()
+        self._udp_transport: asyncio.DatagramTransport | None = None
+        self._udp_protocol: _UdpProtocol | None = None
+        self._tcp_server: asyncio.base_events.Server | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port)."""
+        host, port = self.udp_sock.getsockname()[:2]
+        return host, port
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._udp_transport, self._udp_protocol = await loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(self.handler, self.family), sock=self.udp_sock)
+        self._tcp_server = await asyncio.start_server(self._serve_tcp, sock=self.tcp_sock)
+        host, port = self.address
+        self.handler.stats.server = f"dns://{_fmt(host, port)}"
+        logger.info("serving DNS on %s (udp, tcp)", _fmt(host, port))
+
+    async def close(self) -> None:
+        """Stop listening, drop open TCP connections and wait for pending forwarded answers briefly."""
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        for task in list(self.connections):
+            task.cancel()
+        if self._udp_protocol is not None and self._udp_protocol.pending:
+            await asyncio.wait(list(self._udp_protocol.pending), timeout=2.0)
+        if self._udp_transport is not None:
+            self._udp_transport.close()
+        if self.connections:
+            await asyncio.wait(list(self.connections), timeout=2.0)
+        if self._tcp_server is not None:
+            try:
+                await asyncio.wait_for(self._tcp_server.wait_closed(), 2.0)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if len(self.connections) >= self.max_connections:
+            self.handler.stats.drop("tcp_max_connections")
+            writer.close()
+            return
+        self.connections.add(task)  # type: ignore[arg-type]
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(2), self.idle_timeout)
+                    data = await asyncio.wait_for(
+                        reader.readexactly(int.from_bytes(head, "big")), self.idle_timeout)
+                except (asyncio.IncompleteReadError, TimeoutError, asyncio.TimeoutError, ConnectionError):
+                    break
+                out = self.handler.handle(data, "tcp", self.family)
+                if out is not None and not isinstance(out, bytes):
+                    out = await out
+                if out is None:
+                    continue
+                writer.write(len(out).to_bytes(2, "big") + out)
+                await writer.drain()
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - a broken connection ends only itself
+            logger.debug("TCP connection ended: %s", exc)
+        finally:
+            self.connections.discard(task)  # type: ignore[arg-type]
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001
+                pass

@@ -1,0 +1,187 @@
+"""The hot path on bytes (DESIGN section 5): parse a plain query by hand, key the cache of
+encoded answers, patch a cached answer for a new query.
+
+Rules:
+1. PURE: no I/O, no clock, no dnspython. Only bytes in, values out.
+2. ``parse`` accepts only the common shape: a QUERY (opcode 0) with QR=0, TC=0, exactly one
+   question whose name has no compression pointer, no answer or authority records, and at most
+   one additional record which must be an EDNS version 0 OPT at the root with no extended
+   rcode, and nothing after it. Anything else returns None, and the caller takes the
+   dnspython path, which knows every corner of the protocol.
+3. The cache key holds everything an answer depends on besides the store: the lower-cased
+   qname wire, qtype, qclass, whether EDNS was present, the DO bit, and the size limit the
+   transport will apply (512, the EDNS payload class, or 65535 for TCP).
+4. ``patch`` never changes a message's length: it writes the ID, the RD bit and the
+   query's exact qname bytes (same length as the cached one, since the keys match) at
+   offset 12. Names in the answer compressed to that offset take the query's letter case
+   with it, exactly as if dnspython had rendered the answer for this query.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+HEADER_SIZE = 12
+MAX_NAME = 255
+MAX_LABEL = 63
+TYPE_OPT = 41
+# Flags in the first flag byte (offset 2) and the DO bit in the OPT TTL field.
+_QR = 0x80
+_OPCODE = 0x78
+_TC = 0x02
+_RD = 0x01
+_DO = 0x8000
+
+# The UDP payload of a query without EDNS (RFC 1035), and the TCP message limit, bytes.
+CLASSIC_UDP = 512
+TCP_MAX = 65535
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Query:
+    """A plain query's header and question, as read from the wire."""
+
+    id: int
+    flags: int            # the 16 header flag bits
+    qname: bytes          # the question name's wire bytes, exactly as received (letter case kept)
+    qtype: int
+    qclass: int
+    edns: bool            # an OPT record was present
+    payload: int          # the client's EDNS UDP payload size (512 without EDNS), bytes
+    do: bool              # DNSSEC OK bit
+    size: int             # bytes in the whole message
+
+    @property
+    def rd(self) -> bool:
+        return bool(self.flags & 0x0100)
+
+    @property
+    def name_text(self) -> str:
+        """The qname as dotted text ("www.example.", "." for the root), for logs."""
+        return name_to_text(self.qname)
+
+
+def parse(data: bytes) -> Query | None:
+    """Read the header and single question of a plain query; None for anything unusual."""
+    size = len(data)
+    if size < HEADER_SIZE + 5:
+        return None
+    flag_byte = data[2]
+    if flag_byte & (_QR | _OPCODE | _TC):
+        return None
+    # qdcount == 1, ancount == 0, nscount == 0, arcount in (0, 1)
+    if data[4:10] != b"\x00\x01\x00\x00\x00\x00" or data[10] != 0 or data[11] > 1:
+        return None
+    arcount = data[11]
+    pos = HEADER_SIZE
+    while True:
+        if pos >= size:
+            return None
+        length = data[pos]
+        if length == 0:
+            pos += 1
+            break
+        if length > MAX_LABEL:  # compression pointer (0xC0) or extended label type
+            return None
+        pos += length + 1
+    if pos - HEADER_SIZE > MAX_NAME:
+        return None
+    qname = data[HEADER_SIZE:pos]
+    end = pos + 4
+    if end > size:
+        return None
+    qtype = (data[pos] << 8) | data[pos + 1]
+    qclass = (data[pos + 2] << 8) | data[pos + 3]
+    edns = False
+    payload = CLASSIC_UDP
+    do = False
+    if arcount:
+        # OPT: root name (1 byte 0), type 41, class = payload, ttl = ext-rcode, version, flags,
+        # rdlength, rdata (options: ignored).
+        if end + 11 > size or data[end] != 0:
+            return None
+        if ((data[end + 1] << 8) | data[end + 2]) != TYPE_OPT:
+            return None
+        payload = (data[end + 3] << 8) | data[end + 4]
+        if data[end + 5] != 0 or data[end + 6] != 0:  # extended rcode, EDNS version
+            return None
+        do = bool(((data[end + 7] << 8) | data[end + 8]) & _DO)
+        rdlength = (data[end + 9] << 8) | data[end + 10]
+        end += 11 + rdlength
+        edns = True
+    if end != size:
+        return None
+    return Query(
+        id=(data[0] << 8) | data[1],
+        flags=(flag_byte << 8) | data[3],
+        qname=qname,
+        qtype=qtype,
+        qclass=qclass,
+        edns=edns,
+        payload=payload,
+        do=do,
+        size=size,
+    )
+
+
+def udp_limit(query: Query, our_payload: int) -> int:
+    """The largest UDP answer for this query, bytes: 512 without EDNS, else the smaller of the
+    client's and our payload size, never below 512."""
+    if not query.edns:
+        return CLASSIC_UDP
+    return max(CLASSIC_UDP, min(query.payload, our_payload))
+
+
+def cache_key(query: Query, limit: int) -> tuple:
+    """The key of the encoded-answer cache for this query and size limit (bytes)."""
+    return (query.qname.lower(), query.qtype, query.qclass, query.edns, query.do, limit)
+
+
+def patch(cached: bytes, query: Query) -> bytes:
+    """A copy of cached (an encoded answer to an equal-keyed query) made an answer to query.
+
+    Sets the ID, the RD bit and the question name's letter case. cached must start with a
+    question whose name has the same length as query.qname (true for equal cache keys).
+    """
+    end = HEADER_SIZE + len(query.qname)
+    rd = (query.flags >> 8) & _RD
+    return b"".join((
+        query.id.to_bytes(2, "big"),
+        bytes(((cached[2] & ~_RD & 0xFF) | rd,)),
+        cached[3:HEADER_SIZE],
+        query.qname,
+        cached[end:],
+    ))
+
+
+def rcode(message: bytes) -> int:
+    """The (4-bit header) rcode of an encoded message; 0 for a message shorter than a header."""
+    if len(message) < HEADER_SIZE:
+        return 0
+    return message[3] & 0x0F
+
+
+def formerr(data: bytes) -> bytes | None:
+    """A FORMERR answer echoing the header of an unparseable message; None if shorter than a header.
+
+    The answer carries only the header: same ID and opcode, QR set, RD copied, all counts 0.
+    """
+    if len(data) < HEADER_SIZE:
+        return None
+    flag_byte = _QR | (data[2] & (_OPCODE | _RD))
+    return data[0:2] + bytes((flag_byte, 0x01)) + b"\x00" * 8
+
+
+def name_to_text(name: bytes) -> str:
+    """Dotted text of an uncompressed wire name; non-printable bytes escaped as \\DDD."""
+    labels = []
+    pos = 0
+    while pos < len(name):
+        length = name[pos]
+        if length == 0:
+            break
+        label = name[pos + 1:pos + 1 + length]
+        labels.append("".join(
+            chr(b) if 0x21 <= b <= 0x7E and b not in (0x2E, 0x5C) else f"\\{b:03d}" for b in label))
+        pos += length + 1
+    return ".".join(labels) + "." if labels else "."

@@ -1,0 +1,352 @@
+"""A Kubernetes API server double speaking the real list/watch protocol, for tests.
+
+Rules:
+1. Only what kube2sky reads: discovery (/api, /apis, /apis/discovery.k8s.io/v1), and list/watch of
+   services, endpoints, pods, namespaces (core/v1) and endpointslices (discovery.k8s.io/v1), cluster
+   wide and per namespace. Objects are plain JSON dicts, as the real server sends them.
+2. One resourceVersion counter for every kind (like etcd's revision). Each change is kept in a
+   history; a watch from resourceVersion N replays the history after N, then streams new events as
+   chunked JSON lines. A resourceVersion older than the history floor is answered, like the real
+   server, with HTTP 200 and one ERROR event carrying a Status with code 410 ("too old resource
+   version"), then the stream ends.
+3. Tests change the world from their own thread with create/update/delete/apply, force a 410 with
+   expire_history(), cut every open watch with drop_watches(), and inject raw events (unknown
+   types, ERROR statuses) with inject(). Bookmarks are sent every bookmark_interval seconds when the
+   client asks with allowWatchBookmarks=true.
+4. Binds 127.0.0.1:0 only; close() stops the server and ends every stream.
+"""
+
+from __future__ import annotations
+
+import copy
+import http.server
+import json
+import socket
+import threading
+import time
+import urllib.parse
+
+# plural -> (kind, group/version path, namespaced)
+RESOURCES = {
+    "services": ("Service", "/api/v1", True),
+    "endpoints": ("Endpoints", "/api/v1", True),
+    "pods": ("Pod", "/api/v1", True),
+    "namespaces": ("Namespace", "/api/v1", False),
+    "endpointslices": ("EndpointSlice", "/apis/discovery.k8s.io/v1", True),
+}
+KIND_TO_PLURAL = {kind: plural for plural, (kind, _, _) in RESOURCES.items()}
+
+
+def _plural(kind_or_plural: str) -> str:
+    return KIND_TO_PLURAL.get(kind_or_plural, kind_or_plural)
+
+
+class ApiServer:
+    """The double. Use as a context manager, or call start() and close()."""
+
+    def __init__(self, serve_endpointslices: bool = True, bookmark_interval: float = 1.0) -> None:
+        self.serve_endpointslices = serve_endpointslices
+        self.bookmark_interval = bookmark_interval
+        self._cond = threading.Condition()
+        self._rv = 100
+        self._floor = 0  # watches from a resourceVersion below this get 410
+        self._objects: dict[str, dict[tuple[str, str], dict]] = {plural: {} for plural in RESOURCES}
+        self._history: list[tuple[int, str, dict]] = []  # (rv, plural, event)
+        self._drop_gen = 0
+        self._closed = False
+        self.requests: list[str] = []  # paths with query, in order (for assertions)
+        self.watch_count = 0
+        self.list_count = 0
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle ----
+    def start(self) -> "ApiServer":
+        double = self
+
+        class Handler(_Handler):
+            api = double
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="apiserver", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "ApiServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- test helpers (any thread) ----
+    @property
+    def resource_version(self) -> int:
+        with self._cond:
+            return self._rv
+
+    def objects(self, kind: str) -> list[dict]:
+        with self._cond:
+            return [copy.deepcopy(o) for o in self._objects[_plural(kind)].values()]
+
+    # silent=True changes the object without a watch event, as if the event had been lost in
+    # a compaction: only a relist (expire_history) or a restart can find it.
+    def create(self, obj: dict, silent: bool = False) -> dict:
+        return self._change(obj, "ADDED", silent)
+
+    def update(self, obj: dict, silent: bool = False) -> dict:
+        return self._change(obj, "MODIFIED", silent)
+
+    def apply(self, obj: dict, silent: bool = False) -> dict:
+        """Create or update."""
+        plural = _plural(obj["kind"])
+        with self._cond:
+            exists = _key(obj) in self._objects[plural]
+        return self._change(obj, "MODIFIED" if exists else "ADDED", silent)
+
+    def delete(self, kind: str, namespace: str, name: str, silent: bool = False) -> dict | None:
+        plural = _plural(kind)
+        with self._cond:
+            old = self._objects[plural].pop((namespace or "", name), None)
+            if old is None:
+                return None
+            self._rv += 1
+            old = copy.deepcopy(old)
+            old["metadata"]["resourceVersion"] = str(self._rv)
+            if not silent:
+                self._history.append((self._rv, plural, {"type": "DELETED", "object": old}))
+            self._cond.notify_all()
+            return old
+
+    def expire_history(self) -> None:
+        """Forget the history: every open watch gets an ERROR 410 event, and so does every watch
+        started from an older resourceVersion (the client must relist)."""
+        with self._cond:
+            self._rv += 1
+            self._floor = self._rv
+            self._history.clear()
+            self._cond.notify_all()
+
+    def drop_watches(self) -> None:
+        """Cut every open watch connection mid-stream (no terminating chunk)."""
+        with self._cond:
+            self._drop_gen += 1
+            self._cond.notify_all()
+
+    def inject(self, kind: str, event: dict) -> None:
+        """Send a raw event (e.g. {"type": "WEIRD", "object": {...}}) to watchers of kind."""
+        with self._cond:
+            self._rv += 1
+            self._history.append((self._rv, _plural(kind), copy.deepcopy(event)))
+            self._cond.notify_all()
+
+    # ---- internals ----
+    def _change(self, obj: dict, event_type: str, silent: bool = False) -> dict:
+        obj = copy.deepcopy(obj)
+        plural = _plural(obj["kind"])
+        kind, group_version, namespaced = RESOURCES[plural]
+        meta = obj.setdefault("metadata", {})
+        if namespaced:
+            meta.setdefault("namespace", "default")
+        else:
+            meta.pop("namespace", None)
+        obj.setdefault("apiVersion", group_version.split("/", 2)[-1] if group_version != "/api/v1" else "v1")
+        if plural == "endpointslices":
+            obj["apiVersion"] = "discovery.k8s.io/v1"
+        with self._cond:
+            self._rv += 1
+            meta["resourceVersion"] = str(self._rv)
+            meta.setdefault("uid", f"uid-{plural}-{meta.get('namespace', '')}-{meta['name']}")
+            self._objects[plural][_key(obj)] = obj
+            if not silent:
+                self._history.append((self._rv, plural, {"type": event_type, "object": copy.deepcopy(obj)}))
+            self._cond.notify_all()
+        return copy.deepcopy(obj)
+
+    def _list(self, plural: str, namespace: str | None) -> tuple[list[dict], int]:
+        with self._cond:
+            items = [
+                copy.deepcopy(o)
+                for (ns, _), o in sorted(self._objects[plural].items())
+                if namespace is None or ns == namespace
+            ]
+            return items, self._rv
+
+
+def _key(obj: dict) -> tuple[str, str]:
+    meta = obj["metadata"]
+    return meta.get("namespace", "") or "", meta["name"]
+
+
+def _status(code: int, reason: str, message: str) -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    api: ApiServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        self.api.requests.append(self.path)
+        url = urllib.parse.urlsplit(self.path)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        parts = [p for p in url.path.split("/") if p]
+        if url.path == "/api":
+            return self._json(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+        if url.path == "/apis":
+            groups = []
+            if self.api.serve_endpointslices:
+                version = {"groupVersion": "discovery.k8s.io/v1", "version": "v1"}
+                groups.append({"name": "discovery.k8s.io", "versions": [version], "preferredVersion": version})
+            return self._json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        if url.path in ("/apis/discovery.k8s.io", "/apis/discovery.k8s.io/v1") and not self.api.serve_endpointslices:
+            return self._json(404, _status(404, "NotFound", "the server could not find the requested resource"))
+        if url.path == "/apis/discovery.k8s.io/v1":
+            return self._json(200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "discovery.k8s.io/v1",
+                                    "resources": [{"name": "endpointslices", "singularName": "endpointslice",
+                                                   "namespaced": True, "kind": "EndpointSlice",
+                                                   "verbs": ["get", "list", "watch"]}]})
+        if url.path == "/api/v1":
+            return self._json(200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                {"name": p, "namespaced": ns, "kind": k, "verbs": ["get", "list", "watch"]}
+                for p, (k, gv, ns) in RESOURCES.items() if gv == "/api/v1"]})
+        # /api/v1/<plural> | /api/v1/namespaces/<ns>/<plural> | /apis/discovery.k8s.io/v1/... the same
+        base = 2 if parts[:1] == ["api"] else 3
+        rest = parts[base:]
+        namespace = None
+        if len(rest) == 3 and rest[0] == "namespaces":
+            namespace, rest = rest[1], rest[2:]
+        if len(rest) != 1 or rest[0] not in RESOURCES:
+            return self._json(404, _status(404, "NotFound", f"no resource at {url.path}"))
+        plural = rest[0]
+        kind, group_version, _ = RESOURCES[plural]
+        if "/" + "/".join(parts[:base]) != group_version or (plural == "endpointslices" and not self.api.serve_endpointslices):
+            return self._json(404, _status(404, "NotFound", f"no resource at {url.path}"))
+        if query.get("watch") in ("1", "true", "True"):
+            return self._watch(plural, namespace, query)
+        self.api.list_count += 1
+        items, rv = self.api._list(plural, namespace)
+        limit = int(query.get("limit", "0") or 0)
+        start = int(query.get("continue", "0") or 0)
+        meta: dict = {"resourceVersion": str(rv)}
+        if limit:
+            page = items[start:start + limit]
+            if start + limit < len(items):
+                meta["continue"] = str(start + limit)
+                meta["remainingItemCount"] = len(items) - start - limit
+            items = page
+        api_version = group_version.split("/", 2)[-1] if plural == "endpointslices" else "v1"
+        return self._json(200, {"kind": kind + "List", "apiVersion": api_version, "metadata": meta, "items": items})
+
+    # ---- responses ----
+    def _json(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _watch(self, plural: str, namespace: str | None, query: dict) -> None:
+        api = self.api
+        api.watch_count += 1
+        bookmarks = query.get("allowWatchBookmarks") in ("1", "true", "True")
+        timeout = float(query.get("timeoutSeconds", "0") or 0) or 3600.0
+        deadline = time.monotonic() + timeout
+        try:
+            since = int(query.get("resourceVersion", "0") or 0)
+        except ValueError:
+            return self._json(400, _status(400, "BadRequest", "bad resourceVersion"))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        kind = RESOURCES[plural][0]
+        with api._cond:
+            drop_gen = api._drop_gen
+            if since == 0:
+                since = api._rv
+        last_bookmark = time.monotonic()
+        try:
+            while True:
+                out: list[dict] = []
+                gone = False
+                with api._cond:
+                    if api._closed:
+                        break
+                    if api._drop_gen != drop_gen:
+                        self._cut()
+                        return
+                    if since < api._floor:
+                        gone = True
+                    else:
+                        for rv, p, event in api._history:
+                            if rv > since and p == plural:
+                                obj = event.get("object") or {}
+                                ns = (obj.get("metadata") or {}).get("namespace", "")
+                                if namespace is None or ns == namespace or event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
+                                    out.append(event)
+                        if api._history and api._history[-1][0] > since:
+                            since = api._history[-1][0]
+                    if not out and not gone:
+                        now = time.monotonic()
+                        if bookmarks and now - last_bookmark >= api.bookmark_interval:
+                            # history was scanned up to api._rv under this same lock hold
+                            last_bookmark = now
+                            since = max(since, api._rv)
+                            out.append({"type": "BOOKMARK", "object": {
+                                "kind": kind, "apiVersion": "v1",
+                                "metadata": {"resourceVersion": str(since)}}})
+                        elif now >= deadline:
+                            break
+                        else:
+                            wait = min(deadline - now, api.bookmark_interval - (now - last_bookmark) if bookmarks else 1.0)
+                            api._cond.wait(max(wait, 0.001))
+                            continue
+                if gone:
+                    self._chunk(json.dumps({"type": "ERROR", "object": _status(
+                        410, "Expired", f"too old resource version: {since} ({api._floor})")}).encode() + b"\n")
+                    break
+                for event in out:
+                    self._chunk(json.dumps(event).encode() + b"\n")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            return
+        self.close_connection = True
+
+    def _cut(self) -> None:
+        """End the connection without the terminating chunk, as a dying server or proxy would."""
+        self.close_connection = True
+        try:
+            self.wfile.write(b"40\r\n{\"type\":\"MODIF")  # a torn chunk
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

@@ -1,0 +1,105 @@
+"""kube2sky CLI: (argv, env) -> Settings, with app.run patched; bad flags exit 2 with one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import click.testing
+import pytest
+
+from kube2sky import app, cli
+from kube2sky import settings as settings_mod
+
+D = settings_mod.Settings()
+DEFAULTS = dataclasses.replace(D, etcd_endpoints=("127.0.0.1:2379",))
+
+
+def expect(**changes) -> settings_mod.Settings:
+    return dataclasses.replace(DEFAULTS, **changes)
+
+
+CASES = [
+    pytest.param([], {}, expect(), id="defaults"),
+    pytest.param(["--domain=cluster.local", "--etcd-server=http://127.0.0.1:4001"], {},
+                 expect(etcd_endpoints=("127.0.0.1:4001",)), id="the old kube2sky args"),
+    pytest.param(["-domain=corp.example.", "-etcd-server=http://10.0.0.1:4001"], {},
+                 expect(domain="corp.example.", etcd_endpoints=("10.0.0.1:4001",)), id="single dash"),
+    pytest.param(["--etcd_mutation_timeout=500ms", "--kube_master_url=http://127.0.0.1:8080",
+                  "--kubecfg_file", "/etc/kube.conf"], {},
+                 expect(etcd_mutation_timeout=0.5, kube_master_url="http://127.0.0.1:8080",
+                        kubecfg_file="/etc/kube.conf"), id="underscore spellings"),
+    pytest.param(["--etcd-mutation-timeout", "2m"], {}, expect(etcd_mutation_timeout=120.0), id="timeout minutes"),
+    pytest.param(["--etcd-server", "http://a:1,https://b:2, c"], {},
+                 expect(etcd_endpoints=("a:1", "b:2", "c:2379")), id="etcd list"),
+    pytest.param([], {"KUBE2SKY_DOMAIN": "Example.ORG", "KUBE2SKY_ETCD_SERVER": "http://e:2379",
+                      "KUBE2SKY_HEALTHZ_PORT": "9999", "KUBE2SKY_TTL": "60"},
+                 expect(domain="example.org.", etcd_endpoints=("e:2379",), healthz_port=9999, ttl=60),
+                 id="environment"),
+    pytest.param(["--pods", "verified", "--namespaces", "default,prod", "--dns-service", "kube-system/coredns",
+                  "--no-legacy-names", "--endpoints-source", "endpoints"], {},
+                 expect(pods=settings_mod.PodsMode.VERIFIED, namespaces=frozenset({"default", "prod"}),
+                        dns_service="kube-system/coredns", legacy_names=False,
+                        endpoint_source=settings_mod.EndpointSource.ENDPOINTS), id="records flags"),
+    pytest.param(["--endpoint-source=endpointslices", "--dns-service="], {},
+                 expect(endpoint_source=settings_mod.EndpointSource.ENDPOINTSLICES, dns_service=""),
+                 id="alias and empty dns service"),
+    pytest.param(["--leader-elect", "--leader-ttl", "5", "--dry-run", "--prefix", "/dns/", "--max-txn-ops", "64"], {},
+                 expect(leader_elect=True, leader_ttl=5, dry_run=True, prefix="dns", max_txn_ops=64),
+                 id="writer flags"),
+    pytest.param(["--kube-master-url", "https://${KUBERNETES_SERVICE_HOST}:443", "--token-file", "/t",
+                  "--ca-file", "/ca", "--insecure-skip-tls-verify"], {},
+                 expect(kube_master_url="https://${KUBERNETES_SERVICE_HOST}:443", kube_token_file="/t",
+                        kube_ca_file="/ca", kube_insecure=True), id="api flags"),
+    pytest.param([], {"KUBE2SKY_LEGACY_NAMES": "false", "KUBE2SKY_LEADER_ELECT": "1"},
+                 expect(legacy_names=False, leader_elect=True), id="boolean env"),
+]
+
+
+@pytest.mark.parametrize(("argv", "env", "want"), CASES)
+def test_settings(monkeypatch, argv, env, want):
+    got = []
+    monkeypatch.setattr(app, "run", got.append)
+    result = click.testing.CliRunner().invoke(cli.command, argv, env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert got == [want]
+
+
+def test_manifests_dir(monkeypatch, tmp_path):
+    got = []
+    monkeypatch.setattr(app, "run", got.append)
+    result = click.testing.CliRunner().invoke(cli.command, ["--manifests", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert got[0].manifests == str(tmp_path)
+
+
+BAD = [
+    pytest.param(["--bogus"], "No such option", id="unknown flag"),
+    pytest.param(["--domain", "a..b"], "--domain", id="bad domain"),
+    pytest.param(["--etcd-server", "http://h:notaport"], "--etcd-server", id="bad etcd server"),
+    pytest.param(["--etcd-mutation-timeout", "soon"], "--etcd-mutation-timeout", id="bad duration"),
+    pytest.param(["--dns-service", "kube-dns"], "--dns-service", id="bad dns service"),
+    pytest.param(["--pods", "insecure"], "--pods", id="insecure pods are skydns' business"),
+    pytest.param(["--healthz-port", "70000"], "--healthz-port", id="bad port"),
+    pytest.param(["--manifests", "/does/not/exist"], "--manifests", id="missing manifests"),
+    pytest.param(["--namespaces", "Bad_Name"], "--namespaces", id="bad namespace"),
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), BAD)
+def test_bad_flags_exit_2_with_one_line(monkeypatch, capsys, argv, needle):
+    monkeypatch.setattr(app, "run", lambda s: pytest.fail("must not run"))
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("kube2sky: ") and needle in err
+
+
+def test_python_dash_m_help():
+    out = subprocess.run([sys.executable, "-m", "kube2sky", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for flag in ("--domain", "--etcd-server", "--kube-master-url", "--kubecfg-file", "--healthz-port",
+                 "--manifests", "--dry-run", "KUBE2SKY_ETCD_SERVER"):
+        assert flag in out.stdout

@@ -1,0 +1,179 @@
+"""skydns CLI: (argv, env) -> Settings, with app.run patched; bad values exit 2 with one line."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from skydns import app, cli, settings as settings_mod
+
+Upstream = settings_mod.Upstream
+
+
+@pytest.fixture
+def run(monkeypatch, tmp_path):
+    """Call the CLI; returns the Settings app.run received (or the SystemExit code)."""
+    for name in list(os.environ):
+        if name.startswith(("SKYDNS_", "ETCD_")):
+            monkeypatch.delenv(name)
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("search default.svc.cluster.local\nnameserver 10.96.0.10\nnameserver fe80::1%eth0\n"
+                      "nameserver not-an-ip\noptions ndots:5\n")
+    monkeypatch.setattr(cli, "RESOLV_CONF", str(resolv))
+    got = []
+    monkeypatch.setattr(app, "run", got.append)
+
+    def call(argv, env=None):
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        cli.main(argv)
+        assert len(got) == 1
+        return got[0]
+
+    return call
+
+
+DEFAULTS = settings_mod.Settings()
+
+CASES = [
+    ("defaults", [], {}, dict(
+        addr_host="127.0.0.1", addr_port=53, etcd_endpoints=("http://127.0.0.1:2379",), domains=("skydns.local.",),
+        prefix="skydns", nameservers=(Upstream("10.96.0.10"), Upstream("fe80::1")), ns_rotate=True, no_rec=False,
+        round_robin=True, http_host="0.0.0.0", http_port=9153, workers=1, ttl=300, negative_ttl=30,
+        max_answers=1000, pods="disabled", lameduck=5.0, log_level="info", answer_cache_size=10000)),
+    ("old kube-dns manifest",
+     ["-machines=http://127.0.0.1:4001", "-addr=0.0.0.0:53", "-ns-rotate=false", "-domain=cluster.local."], {},
+     dict(etcd_endpoints=("http://127.0.0.1:4001",), addr_host="0.0.0.0", addr_port=53, ns_rotate=False,
+          domains=("cluster.local.",))),
+    ("old spellings with a space", ["-addr", "0.0.0.0:5353", "-domain", "Cluster.Local", "-no-rec"], {},
+     dict(addr_port=5353, domains=("cluster.local.",), no_rec=True)),
+    ("double dash", ["--addr=[::1]:5353", "--domain", "a.example,B.example.", "--no-round-robin"], {},
+     dict(addr_host="::1", addr_port=5353, domains=("a.example.", "b.example."), round_robin=False)),
+    ("booleans with =true/=false", ["--round-robin=false", "-no-rec=true", "-ns-rotate=1"], {},
+     dict(round_robin=False, no_rec=True, ns_rotate=True)),
+    ("no-rec=false turns it back off", ["-no-rec=false"], {"SKYDNS_NO_REC": "true"}, dict(no_rec=False)),
+    ("nameservers", ["-nameservers=8.8.8.8:53,1.1.1.1,[2001:db8::1]:5353"], {},
+     dict(nameservers=(Upstream("8.8.8.8"), Upstream("1.1.1.1"), Upstream("2001:db8::1", 5353)))),
+    ("no nameservers", ["-nameservers="], {}, dict(nameservers=())),
+    ("path prefix slashes", ["-path-prefix=/dns/"], {}, dict(prefix="dns")),
+    ("machines list", ["-machines", "127.0.0.1:2379, https://etcd-0:2379"], {},
+     dict(etcd_endpoints=("127.0.0.1:2379", "https://etcd-0:2379"))),
+    ("numbers", ["--ttl", "60", "--negative-ttl=5", "--max-answers=10", "--workers=4", "--lameduck=0.5",
+                 "--edns-payload=4096"], {},
+     dict(ttl=60, negative_ttl=5, max_answers=10, workers=4, lameduck=0.5, edns_payload=4096)),
+    ("http addr and pods", ["--http-addr=127.0.0.1:0", "--pods=insecure"], {},
+     dict(http_host="127.0.0.1", http_port=0, pods="insecure")),
+    ("verbose", ["-verbose"], {}, dict(log_level="debug")),
+    ("hostmaster mailbox", ["--hostmaster=Admin@Example.com"], {}, dict(hostmaster="admin.example.com.")),
+    ("hidden cache size", ["--answer-cache-size=0"], {}, dict(answer_cache_size=0)),
+    ("obsolete SkyDNS flags are ignored", ["-rcache=0", "-systemd", "-rtimeout", "2s", "-addr=127.0.0.1:53"], {},
+     dict(addr_host="127.0.0.1")),
+    # env vars
+    ("SkyDNS env vars", [], {"ETCD_MACHINES": "http://10.0.0.1:4001", "SKYDNS_ADDR": "0.0.0.0:53",
+                             "SKYDNS_DOMAIN": "cluster.local", "SKYDNS_NAMESERVERS": "8.8.4.4:53",
+                             "SKYDNS_PATH_PREFIX": "kube"},
+     dict(etcd_endpoints=("http://10.0.0.1:4001",), addr_host="0.0.0.0", domains=("cluster.local.",),
+          nameservers=(Upstream("8.8.4.4"),), prefix="kube")),
+    ("our env vars", [], {"SKYDNS_MACHINES": "127.0.0.1:1", "SKYDNS_NS_ROTATE": "false", "SKYDNS_TTL": "7",
+                          "SKYDNS_NEGATIVE_TTL": "8", "SKYDNS_MAX_ANSWERS": "9", "SKYDNS_PODS": "insecure",
+                          "SKYDNS_HTTP_ADDR": "127.0.0.1:9999", "SKYDNS_WORKERS": "2", "SKYDNS_LAMEDUCK": "0",
+                          "SKYDNS_ROUND_ROBIN": "false", "SKYDNS_LOG_LEVEL": "warning"},
+     dict(etcd_endpoints=("127.0.0.1:1",), ns_rotate=False, ttl=7, negative_ttl=8, max_answers=9, pods="insecure",
+          http_port=9999, workers=2, lameduck=0.0, round_robin=False, log_level="warning")),
+    ("flag beats env", ["-domain=b.example."], {"SKYDNS_DOMAIN": "a.example."}, dict(domains=("b.example.",))),
+    ("SKYDNS_MACHINES beats ETCD_MACHINES", [], {"SKYDNS_MACHINES": "127.0.0.1:1", "ETCD_MACHINES": "127.0.0.1:2"},
+     dict(etcd_endpoints=("127.0.0.1:1",))),
+]
+
+
+@pytest.mark.parametrize(("argv", "env", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_settings(run, argv, env, expected):
+    got = run(argv, env)
+    for field, value in expected.items():
+        assert getattr(got, field) == value, field
+
+
+def test_tls_files(run, tmp_path):
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("x")
+    got = run(["-ca-cert", str(tmp_path / "ca.pem")],
+              {"ETCD_TLSPEM": str(tmp_path / "cert.pem"), "ETCD_TLSKEY": str(tmp_path / "key.pem")})
+    assert (got.etcd_ca_cert, got.etcd_tls_pem, got.etcd_tls_key) == (
+        str(tmp_path / "ca.pem"), str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
+
+
+BAD = [
+    ("addr without port", ["-addr=0.0.0.0"], {}, "'--addr'"),
+    ("addr bad port", ["-addr=0.0.0.0:99999"], {}, "'--addr'"),
+    ("bad boolean", ["-ns-rotate=maybe"], {}, "'--ns-rotate'"),
+    ("unknown flag", ["-bogus=1"], {}, "No such option"),
+    ("nameserver not an IP", ["-nameservers=dns.google:53"], {}, "'--nameservers'"),
+    ("nameserver bad port", ["-nameservers=8.8.8.8:x"], {}, "'--nameservers'"),
+    ("empty domain", ["-domain=,"], {}, "'--domain'"),
+    ("bad domain", ["-domain=a..b"], {}, "'--domain'"),
+    ("root domain", ["-domain=."], {}, "'--domain'"),
+    ("bad machines scheme", ["-machines=ftp://x:1"], {}, "'--machines'"),
+    ("bad path prefix", ["-path-prefix=a/b"], {}, "'--path-prefix'"),
+    ("workers 0", ["--workers=0"], {}, "'--workers'"),
+    ("negative ttl", ["--ttl=-1"], {}, "'--ttl'"),
+    ("bad pods", ["--pods=verified"], {}, "'--pods'"),
+    ("missing ca file", ["-ca-cert=/nonexistent/ca.pem"], {}, "'--ca-cert'"),
+    ("pem without key", [], {"SKYDNS_TLS_PEM": __file__}, "--tls-key"),
+    ("bad env value", [], {"SKYDNS_TTL": "abc"}, "'--ttl'"),
+    ("bad http addr", ["--http-addr=nowhere"], {}, "'--http-addr'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "env", "needle"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_values_exit_2_with_one_line(run, capsys, argv, env, needle):
+    with pytest.raises(SystemExit) as info:
+        run(argv, env)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("skydns: "), err
+    assert needle in err
+
+
+def test_obsolete_flag_warns(run, capsys):
+    run(["-rcache=0"])
+    assert "ignoring old SkyDNS flag -rcache" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--help", "-help", "-h"])
+def test_help_lists_env_vars(run, capsys, flag):
+    try:
+        cli.main([flag])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    out = capsys.readouterr().out
+    for env in ("SKYDNS_ADDR", "ETCD_MACHINES", "SKYDNS_DOMAIN", "SKYDNS_NAMESERVERS", "SKYDNS_HTTP_ADDR"):
+        assert env in out
+
+
+def test_every_option_has_an_env_var():
+    for param in cli.command.params:
+        if param.name in ("version", "help"):
+            continue
+        assert param.envvar or cli.command.context_settings.get("auto_envvar_prefix"), param.name
+
+
+PREPROCESS = [
+    ("single dash with value", ["-addr=x:1"], ["--addr=x:1"]),
+    ("single dash separate value", ["-addr", "x:1"], ["--addr", "x:1"]),
+    ("bool flag", ["-no-rec"], ["--no-rec"]),
+    ("bool false", ["-round-robin=false"], ["--no-round-robin"]),
+    ("bool true double dash", ["--ns-rotate=TRUE"], ["--ns-rotate"]),
+    ("unknown kept for click", ["-zzz=1"], ["-zzz=1"]),
+    ("positional kept", ["extra"], ["extra"]),
+    ("after --", ["--", "-addr=1"], ["--", "-addr=1"]),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), [c[1:] for c in PREPROCESS], ids=[c[0] for c in PREPROCESS])
+def test_preprocess(argv, expected):
+    assert cli.preprocess(argv)[0] == expected
+
+
+def test_resolv_conf_unreadable(tmp_path):
+    assert cli.resolv_conf_nameservers(str(tmp_path / "missing")) == ()

@@ -1,0 +1,452 @@
+"""skydns.forwarding against small misbehaving upstream servers on 127.0.0.1 (real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import prometheus_client
+import pytest
+
+from skydns import forwarding
+from skydns import metrics
+from skydns import settings
+from tests import upstreams
+
+FAST = dict(forward_timeout=0.3, forward_health_interval=0.05, loop_check_interval=0.0)
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(*servers: upstreams.Upstream, clock=None, **fields) -> forwarding.Forwarder:
+    opts = dict(FAST, nameservers=tuple(s.upstream for s in servers), forward_policy="sequential")
+    opts.update(fields)
+    kwargs = {"rng": random.Random(7)}
+    if clock is not None:
+        kwargs["clock"] = clock
+    return forwarding.Forwarder(settings.Settings(**opts), metrics, **kwargs)
+
+
+def query(name: str = "www.example.com.", rdtype: str = "A", **kwargs) -> dns.message.Message:
+    return dns.message.make_query(name, rdtype, **kwargs)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def sample(name: str, **labels: str) -> float:
+    return prometheus_client.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_relays_answer_with_client_id_and_question():
+    async def main():
+        async with upstreams.Upstream() as up:
+            fwd = make(up)
+            q = query("WWW.Example.COM.")
+            reply = await fwd.forward(q)
+            return q, reply, up.queries
+
+    q, reply, seen = run(main())
+    assert reply.id == q.id
+    assert reply.question == q.question
+    assert str(reply.question[0].name) == "WWW.Example.COM."
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert reply.flags & dns.flags.RA
+    assert [rr.to_text() for rr in reply.answer[0]] == ["192.0.2.1"]
+    assert seen == [("udp", "www.example.com.", "A")]
+
+
+@pytest.mark.parametrize("mode", ["timeout", "servfail", "refused", "wrong_id", "wrong_question"])
+def test_fails_over_to_next_upstream(mode):
+    async def main():
+        async with upstreams.Upstream(mode) as bad, upstreams.Upstream() as good:
+            fwd = make(bad, good)
+            reply = await fwd.forward(query())
+            return reply, bad.queries, good.queries, fwd.default.upstreams[0].fails
+
+    reply, bad_seen, good_seen, fails = run(main())
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert len(reply.answer) == 1
+    assert len(bad_seen) == 1 and len(good_seen) == 1
+    assert fails == 1
+
+
+def test_truncated_reply_is_retried_over_tcp():
+    async def main():
+        async with upstreams.Upstream("truncate") as up:
+            reply = await make(up).forward(query())
+            return reply, up.queries
+
+    reply, seen = run(main())
+    assert not reply.flags & dns.flags.TC
+    assert [rr.to_text() for rr in reply.answer[0]] == ["192.0.2.1"]
+    assert [proto for proto, _, _ in seen] == ["udp", "tcp"]
+
+
+@pytest.mark.parametrize("modes", [("timeout", "servfail"), ("refused",), ("wrong_id", "wrong_question")],
+                         ids=lambda m: "+".join(m))
+def test_servfail_when_every_upstream_fails(modes):
+    async def main():
+        servers = [await upstreams.Upstream(m).start() for m in modes]
+        try:
+            q = query()
+            return q, await make(*servers).forward(q)
+        finally:
+            for s in servers:
+                await s.close()
+
+    q, reply = run(main())
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert reply.id == q.id and reply.question == q.question
+
+
+def test_no_upstreams_or_no_rec_is_servfail_without_sending():
+    async def main():
+        async with upstreams.Upstream() as up:
+            no_rec = await make(up, no_rec=True).forward(query())
+            none = await make().forward(query())
+            return no_rec, none, up.queries
+
+    no_rec, none, seen = run(main())
+    assert no_rec.rcode() == dns.rcode.SERVFAIL
+    assert none.rcode() == dns.rcode.SERVFAIL
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({"forward_policy": "sequential"}, [4, 0, 0]),
+        ({"forward_policy": "round_robin"}, [2, 1, 1]),
+        ({"forward_policy": "", "ns_rotate": True}, [2, 1, 1]),
+        ({"forward_policy": "", "ns_rotate": False}, [4, 0, 0]),
+    ],
+    ids=["sequential", "round_robin", "ns_rotate=true", "ns_rotate=false"],
+)
+def test_policies_spread_queries(fields, expected):
+    async def main():
+        servers = [await upstreams.Upstream().start() for _ in range(3)]
+        try:
+            fwd = make(*servers, cache_size=0, **fields)
+            for i in range(4):
+                assert (await fwd.forward(query(f"n{i}.example.com."))).rcode() == dns.rcode.NOERROR
+            return [len(s.queries) for s in servers]
+        finally:
+            for s in servers:
+                await s.close()
+
+    assert run(main()) == expected
+
+
+def test_random_policy_uses_every_upstream():
+    async def main():
+        servers = [await upstreams.Upstream().start() for _ in range(3)]
+        try:
+            fwd = make(*servers, cache_size=0, forward_policy="random")
+            for i in range(30):
+                await fwd.forward(query(f"n{i}.example.com."))
+            return [len(s.queries) for s in servers]
+        finally:
+            for s in servers:
+                await s.close()
+
+    counts = run(main())
+    assert sum(counts) == 30
+    assert all(c > 0 for c in counts)
+
+
+def test_unknown_policy_is_a_configuration_error():
+    with pytest.raises(ValueError, match="forward policy"):
+        forwarding.Forwarder(settings.Settings(forward_policy="fastest"))
+
+
+def test_failing_upstream_is_marked_down_then_recovers():
+    async def main():
+        async with upstreams.Upstream("servfail") as bad, upstreams.Upstream() as good:
+            fwd = make(bad, good, cache_size=0, forward_max_fails=2)
+            first = fwd.default.upstreams[0]
+            for i in range(2):
+                await fwd.forward(query(f"n{i}.example.com."))
+            marked_down = first.down
+            healthy_gauge = sample("skydns_forward_upstream_healthy", to=first.label)
+            await fwd.forward(query("n2.example.com."))
+            skipped = bad.names("A")  # the down upstream is not asked first any more
+            await fwd.start()
+            try:
+                while len(bad.names("NS")) < 2:  # health checks of the down upstream fail...
+                    await asyncio.sleep(0.01)
+                still_down = first.down
+                bad.mode = "ok"
+                while first.down:  # ...until it answers again
+                    await asyncio.sleep(0.01)
+            finally:
+                await fwd.close()
+            return marked_down, healthy_gauge, skipped, still_down, first, fwd
+
+    marked_down, healthy_gauge, skipped, still_down, first, fwd = run(main())
+    assert marked_down and still_down
+    assert healthy_gauge == 0
+    assert skipped == ["n0.example.com.", "n1.example.com."]
+    assert not first.down and first.fails == 0
+    assert sample("skydns_forward_upstream_healthy", to=first.label) == 1
+    assert sample("skydns_forward_healthcheck_failures_total", to=first.label) >= 2
+
+
+def test_all_upstreams_down_are_tried_anyway():
+    async def main():
+        async with upstreams.Upstream("servfail") as a, upstreams.Upstream("servfail") as b:
+            fwd = make(a, b, cache_size=0, forward_max_fails=1)
+            await fwd.forward(query("n0.example.com."))
+            assert all(u.down for u in fwd.default.upstreams)
+            a.mode = "ok"
+            reply = await fwd.forward(query("n1.example.com."))
+            return reply, fwd.ready()
+
+    reply, ready = run(main())
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert ready == (True, "")
+
+
+def test_ready_can_require_a_healthy_upstream():
+    async def main():
+        async with upstreams.Upstream("servfail") as a:
+            fwd = make(a, cache_size=0, forward_max_fails=1, ready_requires_upstream=True)
+            before = fwd.ready()
+            await fwd.forward(query())
+            return before, fwd.ready()
+
+    assert run(main()) == ((True, ""), (False, "no healthy upstream"))
+
+
+@pytest.mark.parametrize(
+    "failover, expected_rcode, good_asked",
+    [((2, 5), dns.rcode.NXDOMAIN, 0), ((2, 3, 5), dns.rcode.NOERROR, 1)],
+    ids=["nxdomain-relayed", "nxdomain-failover"],
+)
+def test_nxdomain_failover_is_configurable(failover, expected_rcode, good_asked):
+    async def main():
+        async with upstreams.Upstream("nxdomain_public") as bad, upstreams.Upstream() as good:
+            fwd = make(bad, good, forward_failover_rcodes=failover)
+            reply = await fwd.forward(query())
+            return reply, len(good.queries)
+
+    reply, asked = run(main())
+    assert reply.rcode() == expected_rcode
+    assert asked == good_asked
+
+
+def test_nxdomain_everywhere_is_relayed_not_servfail():
+    async def main():
+        async with upstreams.Upstream("nxdomain_public") as a, upstreams.Upstream("nxdomain_public") as b:
+            return await make(a, b, forward_failover_rcodes=(2, 3, 5)).forward(query())
+
+    reply = run(main())
+    assert reply.rcode() == dns.rcode.NXDOMAIN
+    assert reply.authority[0].rdtype == dns.rdatatype.SOA
+
+
+def test_cache_answers_repeat_queries_and_counts_ttl_down():
+    clock = Clock()
+
+    async def main():
+        async with upstreams.Upstream(ttl=300) as up:
+            fwd = make(up, clock=clock)
+            first = await fwd.forward(query())
+            clock.now += 100.7
+            second = await fwd.forward(query("WWW.EXAMPLE.com."))
+            clock.now += 200
+            third = await fwd.forward(query())
+            return first, second, third, len(up.queries)
+
+    first, second, third, asked = run(main())
+    assert first.answer[0].ttl == 300
+    assert second.answer[0].ttl == 200
+    assert str(second.question[0].name) == "WWW.EXAMPLE.com."
+    assert third.answer[0].ttl == 300  # expired -> asked again
+    assert asked == 2
+
+
+def test_serve_stale_when_every_upstream_fails():
+    clock = Clock()
+
+    async def main():
+        async with upstreams.Upstream(ttl=60) as up:
+            fwd = make(up, clock=clock, cache_serve_stale=600)
+            await fwd.forward(query())
+            up.mode = "servfail"
+            clock.now += 300
+            stale = await fwd.forward(query())
+            clock.now += 400
+            gone = await fwd.forward(query())
+            return stale, gone
+
+    stale, gone = run(main())
+    assert stale.rcode() == dns.rcode.NOERROR
+    assert stale.answer[0].ttl == 30
+    assert gone.rcode() == dns.rcode.SERVFAIL
+
+
+def test_identical_concurrent_queries_share_one_upstream_query():
+    async def main():
+        async with upstreams.Upstream("slow", delay=0.2) as up:
+            fwd = make(up, cache_size=0)
+            queries = [query() for _ in range(5)]
+            replies = await asyncio.gather(*(fwd.forward(q) for q in queries))
+            return queries, replies, up.queries
+
+    queries, replies, seen = run(main())
+    assert len(seen) == 1
+    assert [r.id for r in replies] == [q.id for q in queries]
+    assert all(r.rcode() == dns.rcode.NOERROR and len(r.answer) == 1 for r in replies)
+
+
+def test_max_concurrent_refuses_the_excess():
+    async def main():
+        async with upstreams.Upstream("slow", delay=0.2) as up:
+            fwd = make(up, cache_size=0, max_concurrent=2)
+            before = sample("skydns_forward_max_concurrent_rejects_total")
+            replies = await asyncio.gather(*(fwd.forward(query(f"n{i}.example.com.")) for i in range(3)))
+            return [r.rcode() for r in replies], sample("skydns_forward_max_concurrent_rejects_total") - before
+
+    rcodes, rejects = run(main())
+    assert sorted(rcodes) == [dns.rcode.NOERROR, dns.rcode.NOERROR, dns.rcode.REFUSED]
+    assert rejects == 1
+
+
+def test_stub_domains_longest_suffix_wins():
+    async def main():
+        async with upstreams.Upstream() as default, upstreams.Upstream() as corp, upstreams.Upstream() as lab:
+            fwd = make(default, stub_domains=(
+                ("corp.example.", (corp.upstream,)),
+                ("lab.corp.example.", (lab.upstream,)),
+            ))
+            for name in ("www.example.com.", "a.corp.example.", "x.lab.corp.example.", "corp.example.", "notcorp.example."):
+                await fwd.forward(query(name))
+            return default.names(), corp.names(), lab.names()
+
+    default, corp, lab = run(main())
+    assert default == ["www.example.com.", "notcorp.example."]
+    assert corp == ["a.corp.example.", "corp.example."]
+    assert lab == ["x.lab.corp.example."]
+
+
+def test_edns_follows_the_client():
+    async def main():
+        async with upstreams.Upstream() as up:
+            fwd = make(up, cache_size=0)
+            plain = await fwd.forward(query())
+            edns = await fwd.forward(query(use_edns=0, payload=4096, want_dnssec=True))
+            return plain, edns
+
+    plain, edns = run(main())
+    assert plain.edns == -1
+    assert edns.edns == 0 and edns.payload == 1232 and edns.ednsflags & dns.flags.DO
+
+
+def test_lookup_returns_answer_rrsets_or_nothing():
+    async def main():
+        async with upstreams.Upstream() as up, upstreams.Upstream("servfail") as bad:
+            good = await make(up).lookup("target.example.net.", dns.rdatatype.A)
+            nx = await make(up).lookup("nx.example.net.", dns.rdatatype.A)
+            failed = await make(bad).lookup("target.example.net.", dns.rdatatype.A)
+            return good, nx, failed
+
+    good, nx, failed = run(main())
+    assert [rr.to_text() for rr in good[0]] == ["192.0.2.1"]
+    assert nx == [] and failed == []
+
+
+def test_metrics_count_requests_and_responses():
+    async def main():
+        async with upstreams.Upstream("refused") as bad, upstreams.Upstream() as good:
+            fwd = make(bad, good, cache_size=0)
+            await fwd.forward(query())
+            return fwd.default.upstreams[0].label, fwd.default.upstreams[1].label
+
+    bad, good = run(main())
+    assert sample("skydns_forward_requests_total", to=bad) == 1
+    assert sample("skydns_forward_responses_total", to=bad, rcode="REFUSED") == 1
+    assert sample("skydns_forward_responses_total", to=good, rcode="NOERROR") == 1
+    assert sample("skydns_forward_request_duration_seconds_count", to=good) == 1
+
+
+def test_loop_is_detected_and_that_upstream_is_dropped():
+    async def main():
+        async with upstreams.Upstream() as good:
+            fwd = make(good, cache_size=0)  # nameservers filled in below, once the loop exists
+            async with upstreams.Listener(fwd) as us, upstreams.Upstream("forward", forward_to=("127.0.0.1", 0)) as stub:
+                stub.forward_to = ("127.0.0.1", us.port)
+                fwd = make(stub, good, cache_size=0)
+                us.forwarder = fwd
+                loops = [await fwd.check_loop(u) for u in fwd.upstreams()]
+                ready = fwd.ready()
+                reply = await fwd.forward(query())
+                return loops, ready, reply, stub, good, fwd
+
+    loops, ready, reply, stub, good, fwd = run(main())
+    stub_label = fwd.default.upstreams[0].label
+    assert loops == [True, False]
+    assert ready == (False, f"forwarding loop via {stub_label}")
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert stub.names("A") == []  # not forwarded to the looping upstream any more
+    assert good.names("A") == ["www.example.com."]
+    assert sample("skydns_forward_loop_detected", to=stub_label) == 1
+
+
+def test_loop_check_runs_at_start_and_clears_when_fixed():
+    async def main():
+        fwd = None
+        async with upstreams.Upstream("forward") as stub:
+            fwd = make(stub, loop_check_interval=0.05)
+            async with upstreams.Listener(fwd) as us:
+                stub.forward_to = ("127.0.0.1", us.port)
+                await fwd.start()
+                try:
+                    upstream = fwd.default.upstreams[0]
+                    while not upstream.looped:
+                        await asyncio.sleep(0.01)
+                    looped_reply = await fwd.forward(query())
+                    stub.mode = "ok"
+                    while upstream.looped:
+                        await asyncio.sleep(0.01)
+                    return looped_reply, fwd.ready()
+                finally:
+                    await fwd.close()
+
+    looped_reply, ready = run(main())
+    assert looped_reply.rcode() == dns.rcode.SERVFAIL
+    assert ready == (True, "")
+
+
+@pytest.mark.parametrize(
+    "name, probe",
+    [("a1.b2.loop-check.", True), ("A1.B2.LOOP-CHECK.", True), ("loop-check.example.com.", False),
+     ("xloop-check.", False), ("x.", False)],
+)
+def test_is_loop_probe(name, probe):
+    assert forwarding.is_loop_probe(name) is probe
+    assert forwarding.is_loop_probe(dns.name.from_text(name)) is probe
+
+
+def test_a_foreign_loop_probe_is_not_forwarded():
+    async def main():
+        async with upstreams.Upstream() as up:
+            reply = await make(up).forward(query("ab.cd.loop-check.", "HINFO"))
+            return reply, up.queries
+
+    reply, seen = run(main())
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert seen == []
+

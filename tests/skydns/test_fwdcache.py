@@ -1,0 +1,151 @@
+"""skydns.fwdcache: TTL arithmetic, kinds, eviction and serve-stale, with `now` passed in."""
+
+from __future__ import annotations
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+
+from skydns import fwdcache
+
+SOA = ". {ttl} IN SOA a.root-servers.net. nstld.verisign-grs.com. 1 1800 900 604800 {minimum}"
+
+
+def rrs(*lines: str) -> tuple[dns.rrset.RRset, ...]:
+    return tuple(dns.rrset.from_text(*line.split(maxsplit=4)) for line in lines)
+
+
+def ans(rcode=dns.rcode.NOERROR, answer=(), authority=(), additional=()) -> fwdcache.Answer:
+    return fwdcache.Answer(rcode, 0, rrs(*answer), rrs(*authority), rrs(*additional))
+
+
+def key(name: str = "www.example.com.") -> fwdcache.Key:
+    return fwdcache.Key(name, 1, 1)
+
+
+def ttls(answer: fwdcache.Answer) -> list[int]:
+    return [rrset.ttl for section in (answer.answer, answer.authority, answer.additional) for rrset in section]
+
+
+@pytest.mark.parametrize(
+    "answer, kind, seconds",
+    [
+        (ans(answer=["www.example.com. 300 IN A 192.0.2.1"]), fwdcache.Kind.SUCCESS, 300),
+        (ans(answer=["www.example.com. 7200 IN A 192.0.2.1"]), fwdcache.Kind.SUCCESS, 3600),
+        (ans(answer=["www.example.com. 300 IN CNAME x.example.net.", "x.example.net. 20 IN A 192.0.2.1"]),
+         fwdcache.Kind.SUCCESS, 20),
+        (ans(answer=["www.example.com. 300 IN A 192.0.2.1"], additional=["ns.example.com. 5 IN A 192.0.2.9"]),
+         fwdcache.Kind.SUCCESS, 5),
+        (ans(answer=["www.example.com. 0 IN A 192.0.2.1"]), fwdcache.Kind.SUCCESS, 0),
+        (ans(dns.rcode.NXDOMAIN, authority=[SOA.format(ttl=900, minimum=10)]), fwdcache.Kind.DENIAL, 10),
+        (ans(dns.rcode.NXDOMAIN, authority=[SOA.format(ttl=15, minimum=60)]), fwdcache.Kind.DENIAL, 15),
+        (ans(dns.rcode.NXDOMAIN, authority=[SOA.format(ttl=900, minimum=900)]), fwdcache.Kind.DENIAL, 30),
+        (ans(authority=[SOA.format(ttl=900, minimum=20)]), fwdcache.Kind.DENIAL, 20),
+        (ans(dns.rcode.NXDOMAIN), fwdcache.Kind.DENIAL, 0),
+        (ans(dns.rcode.SERVFAIL), None, None),
+        (ans(dns.rcode.REFUSED), None, None),
+    ],
+    ids=["positive", "positive-capped", "cname-chain-lowest", "additional-counts", "ttl-0",
+         "nx-soa-minimum", "nx-soa-ttl", "nx-capped", "nodata", "nx-without-soa", "servfail", "refused"],
+)
+def test_kind_and_lifetime(answer, kind, seconds):
+    assert fwdcache.classify(answer) is kind
+    if kind is not None:
+        assert fwdcache.lifetime(answer, kind, 3600, 30) == seconds
+
+
+def test_ttls_count_down_by_whole_seconds():
+    cache = fwdcache.Cache(max_ttl=3600)
+    stored = ans(answer=["www.example.com. 300 IN A 192.0.2.1"], additional=["x.example.com. 100 IN A 192.0.2.2"])
+    assert cache.put(key(), stored, now=1000.0) is fwdcache.Kind.SUCCESS
+    rows = [(now, cache.get(key(), now)) for now in (1000.0, 1000.9, 1042.5, 1099.9, 1100.0)]
+    assert [(now, ttls(hit[0]) if hit else None) for now, hit in rows] == [
+        (1000.0, [300, 100]),
+        (1000.9, [300, 100]),
+        (1042.5, [258, 58]),
+        (1099.9, [201, 1]),
+        (1100.0, None),  # lifetime (lowest TTL, 100 s) is over
+    ]
+    assert ttls(stored) == [300, 100]  # entries are never changed by serving
+
+
+def test_negative_answer_counts_down_soa():
+    cache = fwdcache.Cache(max_negative_ttl=30)
+    cache.put(key(), ans(dns.rcode.NXDOMAIN, authority=[SOA.format(ttl=900, minimum=60)]), now=0.0)
+    hit, kind = cache.get(key(), 12.0)
+    assert kind is fwdcache.Kind.DENIAL
+    assert hit.rcode == dns.rcode.NXDOMAIN
+    assert ttls(hit) == [888]
+    assert cache.get(key(), 30.0) is None
+
+
+def test_uncacheable_answers_are_not_kept():
+    cache = fwdcache.Cache()
+    assert cache.put(key(), ans(dns.rcode.SERVFAIL), 0.0) is None
+    assert cache.put(key(), ans(answer=["www.example.com. 0 IN A 192.0.2.1"]), 0.0) is None
+    assert fwdcache.Cache(capacity=0).put(key(), ans(answer=["www.example.com. 9 IN A 192.0.2.1"]), 0.0) is None
+    assert len(cache) == 0
+
+
+def test_bounded_size_evicts_least_recently_used():
+    cache = fwdcache.Cache(capacity=3)
+    for i, name in enumerate(("a.", "b.", "c.")):
+        cache.put(key(name), ans(answer=[f"{name} 300 IN A 192.0.2.{i}"]), now=0.0)
+    assert cache.get(key("a."), 1.0) is not None  # a is now the most recently used
+    cache.put(key("d."), ans(answer=["d. 300 IN A 192.0.2.9"]), now=2.0)
+    assert len(cache) == 3
+    assert [cache.get(key(n), 3.0) is not None for n in ("a.", "b.", "c.", "d.")] == [True, False, True, True]
+    assert cache.count(fwdcache.Kind.SUCCESS) == 3 and cache.count(fwdcache.Kind.DENIAL) == 0
+
+
+def test_replacing_a_key_keeps_counts_right():
+    cache = fwdcache.Cache()
+    cache.put(key(), ans(answer=["www.example.com. 300 IN A 192.0.2.1"]), 0.0)
+    cache.put(key(), ans(dns.rcode.NXDOMAIN, authority=[SOA.format(ttl=60, minimum=60)]), 1.0)
+    assert len(cache) == 1
+    assert (cache.count(fwdcache.Kind.SUCCESS), cache.count(fwdcache.Kind.DENIAL)) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "now, expected",
+    [(50.0, [50]), (100.0, [fwdcache.STALE_TTL]), (150.0, [fwdcache.STALE_TTL]), (160.0, [fwdcache.STALE_TTL]),
+     (160.5, None)],
+    ids=["fresh", "just-expired", "stale", "window-edge", "past-window"],
+)
+def test_serve_stale_window(now, expected):
+    cache = fwdcache.Cache(stale=60.0)
+    cache.put(key(), ans(answer=["www.example.com. 100 IN A 192.0.2.1"]), now=0.0)
+    hit = cache.get_stale(key(), now)
+    assert (ttls(hit[0]) if hit else None) == expected
+
+
+def test_get_keeps_expired_entries_for_stale_then_drops_them():
+    cache = fwdcache.Cache(stale=10.0)
+    cache.put(key(), ans(answer=["www.example.com. 100 IN A 192.0.2.1"]), now=0.0)
+    assert cache.get(key(), 105.0) is None and len(cache) == 1
+    assert cache.get(key(), 111.0) is None and len(cache) == 0
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda: dns.message.make_query("WWW.Example.COM", "A"), fwdcache.Key("www.example.com.", 1, 1, False, False)),
+        (lambda: dns.message.make_query("x.example.", "AAAA", want_dnssec=True), fwdcache.Key("x.example.", 28, 1, True, False)),
+        (lambda: dns.message.make_query("x.example.", "MX", flags=dns.flags.RD | dns.flags.CD),
+         fwdcache.Key("x.example.", 15, 1, False, True)),
+    ],
+    ids=["case-folded", "do-bit", "cd-bit"],
+)
+def test_key_for(make, expected):
+    assert fwdcache.key_for(make()) == expected
+
+
+def test_answer_from_keeps_sections_and_relayed_flags():
+    reply = dns.message.make_response(dns.message.make_query("www.example.com.", "A"))
+    reply.flags |= dns.flags.AA | dns.flags.AD | dns.flags.TC
+    reply.answer.append(dns.rrset.from_text("www.example.com.", 60, "IN", "A", "192.0.2.1"))
+    got = fwdcache.answer_from(reply)
+    assert got.flags == dns.flags.AA | dns.flags.AD
+    assert got.answer == tuple(reply.answer) and got.rcode == dns.rcode.NOERROR
