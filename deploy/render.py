@@ -55,7 +55,10 @@ FILES = {
 ETCD_URL = "http://127.0.0.1:2379"
 DNS_LISTEN = "0.0.0.0:53"
 DNS_PROBE_SERVER = "127.0.0.1:53"
+DNS_LISTEN_V6 = "[::]:53"
+DNS_PROBE_SERVER_V6 = "[::1]:53"
 SKYDNS_HTTP = "0.0.0.0:9153"
+SKYDNS_HTTP_V6 = "[::]:9153"
 KUBE2SKY_HEALTHZ_PORT = 8081
 # Seconds skydns keeps answering after SIGTERM while /ready says 503 (no query lost in a
 # rollout); well inside terminationGracePeriodSeconds (30).
@@ -64,7 +67,7 @@ HEALTHZ_PORT = 8080
 
 _LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
-_PLAIN_RE = re.compile(r"^[A-Za-z0-9-][A-Za-z0-9._:/=@,+-]*$")
+_PLAIN_RE = re.compile(r"^[A-Za-z0-9-][A-Za-z0-9._:/=@,+\[\]-]*$")
 
 
 class RenderError(ValueError):
@@ -195,24 +198,36 @@ def skydns_domains(params: Params) -> list[str]:
 
 
 def container_args(params: Params) -> dict[str, list[str]]:
-    """Container name -> args, for the daemons built from this repo (params already checked)."""
+    """Container name -> args, for the daemons built from this repo (params already checked).
+
+    An IPv6 cluster DNS address (an IPv6 cluster) makes every daemon listen on :: (the pod
+    address the kubelet probes and the Service sends to is IPv6) and healthz probe [::1]:53.
+    """
+    ipv6 = ipaddress.ip_address(params.cluster_dns).version == 6
+    listen = DNS_LISTEN_V6 if ipv6 else DNS_LISTEN
+    probe_server = DNS_PROBE_SERVER_V6 if ipv6 else DNS_PROBE_SERVER
+    http = SKYDNS_HTTP_V6 if ipv6 else SKYDNS_HTTP
     return {
         "kube2sky": [
             f"--domain={params.domain}",
             f"--etcd-server={ETCD_URL}",
             f"--healthz-port={KUBE2SKY_HEALTHZ_PORT}",
             "--dns-service=kube-system/kube-dns",
+            *(["--healthz-host=::"] if ipv6 else []),
         ],
         "skydns": [
             f"-machines={ETCD_URL}",
-            f"-addr={DNS_LISTEN}",
+            f"-addr={listen}",
             f"-domain={','.join(skydns_domains(params))}",
-            f"--http-addr={SKYDNS_HTTP}",
+            f"--http-addr={http}",
             f"--lameduck={SKYDNS_LAMEDUCK}",
+            # a-b-c-d.<ns>.pod.<zone> answered from the name, as the stock CoreDNS Corefile does.
+            "--pods=insecure",
         ],
         "healthz": [
-            f"--probe=kubernetes=kubernetes.default.svc.{params.domain}/A@{DNS_PROBE_SERVER}",
+            f"--probe=kubernetes=kubernetes.default.svc.{params.domain}/A@{probe_server}",
             f"-port={HEALTHZ_PORT}",
+            *(["-address=::"] if ipv6 else []),
         ],
     }
 

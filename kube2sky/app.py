@@ -116,6 +116,7 @@ class Engine:
         self.synced_event = asyncio.Event()
         self.wake = asyncio.Event()
         self.attempt = 0
+        self.next_resync = 0.0
         self._recompute_owner(CLUSTER, None)
 
     # ---- state (pure bookkeeping; no I/O)
@@ -147,6 +148,13 @@ class Engine:
         KEYS.set(len(self.desired))
 
     def _recompute_owner(self, owner: tuple, received: float | None) -> None:
+        try:
+            self._build_owner(owner, received)
+        except Exception:  # noqa: BLE001 - one object never stops the engine; its records stay as they were
+            logger.exception("cannot compute the records of %s; keeping its previous records", "/".join(owner))
+            INVALID.labels({"svc": "Service", "pod": "Pod"}.get(owner[0], owner[0])).inc()
+
+    def _build_owner(self, owner: tuple, received: float | None) -> None:
         if owner[0] == "svc":
             ref = owner[1], owner[2]
             svc = self.services.get(ref)
@@ -163,6 +171,9 @@ class Engine:
         else:
             ref = self.settings.dns_service_ref
             result = records.build_cluster(self.services.get(ref) if ref else None, self.settings)
+        self._publish(owner, result, received)
+
+    def _publish(self, owner: tuple, result: records.Result, received: float | None) -> None:
         for problem in result.problems:
             logger.warning("%s", problem)
             PROBLEMS.inc()
@@ -215,6 +226,12 @@ class Engine:
         OBJECTS.labels("EndpointSlice").set(len(self.slices))
         OBJECTS.labels("Pod").set(len(self.pods))
         self.wake.set()
+
+    def safe_apply(self, event: k8swatch.Event) -> None:
+        try:
+            self.apply(event)
+        except Exception:  # noqa: BLE001 - a bad event never stops the engine
+            logger.exception("event skipped: %.300r", event)
 
     def _apply_one(self, kind: str, ns: str, name: str, parsed, received: float) -> None:
         if kind == "Service":
@@ -291,16 +308,17 @@ class Engine:
         try:
             plan = reconcile.plan(self.desired, actual, self.settings.prefix, owned=self.owned)
             chunks = reconcile.chunk(plan, self.settings.max_txn_ops, self.settings.prefix)
-            services = [o for o in self.owners if o[0] == "svc"]
             total = len(self.services)
             pending: dict[str, int] = {}
             for key, _ in plan.puts:
                 group = reconcile.group_of(key, self.settings.prefix)
                 pending[group] = pending.get(group, 0) + 1
             svc_groups = {g for g in pending if "/svc/" in "/" + g + "/"}
-            logger.info("full sync (%s): %d desired keys, etcd holds %d under %s at revision %d: "
-                        "%d puts, %d deletes in %d transactions", cause, len(self.desired), len(actual),
-                        self.prefix, revision, len(plan.puts), len(plan.deletes), len(chunks))
+            quiet = cause == "periodic resync" and not plan
+            (logger.debug if quiet else logger.info)(
+                "full sync (%s): %d desired keys, etcd holds %d under %s at revision %d: "
+                "%d puts, %d deletes in %d transactions", cause, len(self.desired), len(actual),
+                self.prefix, revision, len(plan.puts), len(plan.deletes), len(chunks))
             last_log = self.clock()
             for i, part in enumerate(chunks):
                 await self._commit(part)
@@ -313,7 +331,6 @@ class Engine:
                 if now - last_log >= 1.0 and i + 1 < len(chunks):
                     last_log = now
                     logger.info("synced %d/%d services", max(0, total - len(svc_groups)), total)
-            del services
         except BaseException:
             for owner, entry in dirty.items():  # keep them for the next attempt
                 if owner not in self.dirty:
@@ -325,8 +342,9 @@ class Engine:
         if self.full_received is not None:
             LATENCY.observe(max(0.0, now - self.full_received))
         SYNC_DURATION.observe(max(0.0, now - started))
-        logger.info("synced %d/%d services (%d keys) in %.2fs", len(self.services), len(self.services),
-                    len(self.desired), now - started)
+        self.next_resync = now + self.settings.resync_period
+        (logger.debug if quiet else logger.info)("synced %d/%d services (%d keys) in %.2fs", len(self.services),
+                                                 len(self.services), len(self.desired), now - started)
 
     async def sync_owner(self, owner: tuple, entry: _Dirty) -> None:
         assert self.actual is not None
@@ -369,16 +387,20 @@ class Engine:
         """Apply events and write until stop is set."""
         while not stop.is_set():
             while not queue.empty():
-                self.apply(queue.get_nowait())
+                self.safe_apply(queue.get_nowait())
+            period = self.settings.resync_period
+            if self.synced and period > 0 and self.full is None and self.clock() >= self.next_resync:
+                self.full = "periodic resync"
             work = self.all_listed and self.may_write and (self.full is not None or self.actual is None or self.dirty)
             if not work:
                 get = asyncio.ensure_future(queue.get())
                 waiters = [get, asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                timeout = max(0.0, self.next_resync - self.clock()) if self.synced and period > 0 else None
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 for w in waiters[1:]:
                     w.cancel()
                 if get.done():
-                    self.apply(get.result())
+                    self.safe_apply(get.result())
                 else:
                     get.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -419,11 +441,13 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
 # ---------------------------------------------------------------- HTTP: /readiness /healthz /metrics
 
 class Health:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine | None = None) -> None:
+        self.engine = engine  # None until the kinds to watch are known (API discovery)
 
     def ready(self) -> bool:
         e = self.engine
+        if e is None:
+            return False
         if e.synced:
             return True
         return e.election is not None and not e.election.is_leader and e.all_listed
@@ -510,6 +534,7 @@ async def choose_kinds(settings: settings_mod.Settings, source, stop: asyncio.Ev
 async def main(settings: settings_mod.Settings) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # we log each failure ourselves
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, _on_signal, stop, sig)
@@ -536,13 +561,7 @@ async def main(settings: settings_mod.Settings) -> int:
     server = None
     engine: Engine | None = None
     try:
-        kinds = await choose_kinds(settings, source, stop, rng)
-        if kinds is None:
-            return 0
-        engine = Engine(settings, store, election, kinds, rng)
-        if election is not None:
-            election.on_change = engine.on_leader
-        health = Health(engine)
+        health = Health()
         if not settings.dry_run:
             try:
                 server = await asyncio.start_server(health.handle, settings.healthz_host or None,
@@ -551,13 +570,20 @@ async def main(settings: settings_mod.Settings) -> int:
                 raise SystemExit(f"kube2sky: cannot serve --healthz-port {settings.healthz_port}: {err}") from None
             logger.info("serving /readiness, /healthz and /metrics on %s:%d", settings.healthz_host,
                         settings.healthz_port)
+        kinds = await choose_kinds(settings, source, stop, rng)
+        if kinds is None:
+            return 0
+        engine = Engine(settings, store, election, kinds, rng)
+        health.engine = engine
+        if election is not None:
+            election.on_change = engine.on_leader
 
         def emit(event: k8swatch.Event) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, event)
 
         for resource in kinds:
             thread = threading.Thread(
-                target=k8swatch.follow, name=f"watch-{resource.plural}", daemon=True,
+                target=k8swatch.follow_forever, name=f"watch-{resource.plural}", daemon=True,
                 args=(resource, source, emit, threads_stop),
                 kwargs=dict(backoff=settings.backoff,
                             on_error=lambda r, op: API_ERRORS.labels(r.kind, op).inc()))

@@ -109,6 +109,8 @@ def normalize(command: click.Command, args: list[str]) -> list[str]:
               help="etcd endpoints, comma-separated http://host:port (the Go kube2sky used :4001).")
 @click.option("--etcd-mutation-timeout", "etcd_mutation_timeout", default="10s", show_envvar=True,
               help="Timeout of one etcd request (e.g. 10s); errors are retried, never fatal.")
+@click.option("--resync-period", "resync_period", default="5m", show_envvar=True,
+              help="Full sync (re-read etcd, repair drift) this often; 0 turns it off.")
 @click.option("--prefix", default=D.prefix, show_envvar=True, help="etcd key prefix of the records.")
 @click.option("--max-txn-ops", "max_txn_ops", type=click.IntRange(1, 100000), default=D.max_txn_ops,
               show_envvar=True, help="Most operations in one etcd transaction (etcd's --max-txn-ops).")
@@ -146,15 +148,21 @@ def normalize(command: click.Command, args: list[str]) -> list[str]:
               show_envvar=True, help="Lease TTL of the leader key, seconds.")
 @click.option("--healthz-port", "healthz_port", type=click.IntRange(0, 65535), default=D.healthz_port,
               show_envvar=True, help="Port of /readiness, /healthz and /metrics.")
-@click.option("--healthz-host", "healthz_host", default=D.healthz_host, show_envvar=True,
+@click.option("--healthz-host", "--healthz-addr", "healthz_host", default=D.healthz_host, show_envvar=True,
               help="Address of the health and metrics server.")
 @click.option("--dry-run", "dry_run", is_flag=True, default=False, show_envvar=True,
               help="Print the records instead of writing them (with --manifests: print and exit).")
 @click.option("--log-level", "log_level", default="info", show_envvar=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="Log level.")
+@click.option("--v", "glog_v", type=int, default=0, hidden=True, expose_value=True,
+              help="Accepted for the Go kube2sky's glog flags; --log-level=debug when >= 4.")
+@click.option("--logtostderr", "--alsologtostderr", "glog_stderr", is_flag=True, hidden=True,
+              help="Accepted for the Go kube2sky's glog flags; logs always go to stderr.")
 def command(**opts) -> None:
     """Keep SkyDNS records in etcd equal to the cluster's Services and endpoints."""
-    logging.basicConfig(level=getattr(logging, opts["log_level"].upper()), stream=sys.stderr,
+    level = "debug" if opts.pop("glog_v") >= 4 else opts["log_level"]
+    opts.pop("glog_stderr")
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app.run(build_settings(opts))
 
@@ -194,6 +202,7 @@ def build_settings(opts: dict) -> settings_mod.Settings:
         kube_insecure=opts["insecure_skip_tls_verify"],
         leader_key=opts["leader_key"].strip(),
         leader_ttl=opts["leader_ttl"],
+        resync_period=parse_duration(opts["resync_period"], "--resync-period"),
     )
 
 

@@ -167,7 +167,12 @@ def follow(
                 for event in transport.watch(resource, rv):
                     if stop.is_set():
                         return
-                    rv = _handle(resource, event, rv, emit, clock)
+                    try:
+                        rv = _handle(resource, event, rv, emit, clock)
+                    except WatchError:
+                        raise
+                    except Exception as err:  # noqa: BLE001 - a malformed event never ends the watch
+                        logger.warning("%s watch: malformed event skipped (%r): %.200s", resource.plural, err, event)
                     attempt = 0
             except Expired as err:
                 cause = err.cause
@@ -186,6 +191,18 @@ def follow(
                 # a re-watch from rv; a 410 then makes us relist
                 continue
             # stream ended normally (timeoutSeconds): watch again from rv
+
+
+def follow_forever(resource: Resource, transport: Transport, emit: Callable[[Event], None],
+                   stop: threading.Event, **kwargs) -> None:
+    """follow(), restarted after a pause should it ever raise (a bug): a watch thread never dies
+    while the process runs."""
+    while not stop.is_set():
+        try:
+            follow(resource, transport, emit, stop, **kwargs)
+        except Exception:  # noqa: BLE001 - logged with its traceback, then restarted
+            logger.exception("%s watch loop failed; restarting it in 5s", resource.plural)
+            stop.wait(5.0)
 
 
 class _ServerError(WatchError):
@@ -245,9 +262,10 @@ def make_api_client(conn: Connection):
                 token_file = _SA_TOKEN
                 ca_file = ca_file or (_SA_CA if os.path.exists(_SA_CA) else "")
             if token_file:
-                with open(token_file, encoding="utf-8") as fh:
-                    configuration.api_key = {"BearerToken": "Bearer " + fh.read().strip()}
-                    configuration.api_key_prefix = {}
+                configuration.refresh_api_key_hook = _token_reader(token_file)
+                configuration.refresh_api_key_hook(configuration)
+                if "BearerToken" not in configuration.api_key:
+                    raise ConfigError(f"cannot read the token file {token_file}")
             if ca_file:
                 configuration.ssl_ca_cert = ca_file
         elif conn.kubeconfig or os.environ.get("KUBECONFIG"):
@@ -267,6 +285,28 @@ def make_api_client(conn: Connection):
     if conn.ca_file and not conn.master_url:
         configuration.ssl_ca_cert = conn.ca_file
     return client.ApiClient(configuration)
+
+
+def _token_reader(path: str, every: float = 60.0):
+    """A refresh_api_key_hook re-reading a token file at most every `every` seconds (service
+    account tokens are rotated by the kubelet)."""
+    last = [float("-inf")]
+
+    def refresh(configuration) -> None:
+        now = time.monotonic()
+        if now - last[0] < every:
+            return
+        last[0] = now
+        try:
+            with open(path, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except OSError as err:
+            logger.warning("cannot read the token file %s: %s (keeping the previous token)", path, err)
+            return
+        if token:
+            configuration.api_key["BearerToken"] = "Bearer " + token
+
+    return refresh
 
 
 _SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -296,7 +336,7 @@ class ApiTransport:
     """List and watch through the official client's ApiClient (raw JSON, streaming watches)."""
 
     def __init__(self, api_client, page_size: int = 500, watch_timeout: int = 300,
-                 connect_timeout: float = 10.0, read_timeout: float = 120.0,
+                 connect_timeout: float = 10.0, read_timeout: float = 60.0,
                  on_progress: Callable[[Resource, int, int | None], None] | None = None) -> None:
         self.api_client = api_client
         self.page_size = page_size
@@ -315,7 +355,9 @@ class ApiTransport:
     def _get(self, path: str, query: list[tuple[str, str]], stream: bool):
         from kubernetes.client import exceptions
 
-        timeout = (self.connect_timeout, self.read_timeout)
+        # a watch may legitimately be silent until the server ends it after watch_timeout
+        read = self.watch_timeout + 30 if stream else self.read_timeout
+        timeout = (self.connect_timeout, read)
         try:
             params = self.api_client.param_serialize(
                 method="GET", resource_path=path, query_params=query,

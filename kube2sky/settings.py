@@ -120,6 +120,9 @@ class Settings:
     # Seconds allowed for in-flight work after SIGTERM/SIGINT (keep below the pod's
     # terminationGracePeriodSeconds).
     grace_period: float = 5.0
+    # Seconds between full syncs with nothing else to do (re-read etcd, repair any drift such as
+    # an etcd restored from an old backup or keys deleted by hand); 0 turns it off.
+    resync_period: float = 300.0
 
     @property
     def zone(self) -> str:

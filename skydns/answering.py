@@ -35,10 +35,12 @@ Rules (DESIGN section 3; SkyDNS semantics where DESIGN is silent):
    from memory up to 8 CNAMEs. A name never gets two CNAMEs. A CNAME to the owner or below it
    is skipped (SRV data, not an alias), a repeated target (loop) is dropped, and a chain that
    ends in nothing is dropped entirely. A target outside our zones keeps its CNAME and the
-   reply becomes a Resolve for that target.
-6. CNAME and every other type not listed here (HINFO, CAA, DS, ...): only a name that is a pure
-   alias (all its records have name hosts and no text) answers with its CNAME; for types other
-   than CNAME the chain is chased as in rule 5. CNAME queries are not chased.
+   reply becomes a Resolve for that target; its ``fallback`` (sent when the forwarders have
+   no answer) leaves that chain out, as SkyDNS and CoreDNS do when the upstream lookup fails.
+6. CNAME: the first record (in store order) whose host is a name not at or below the query
+   name, not chased (SkyDNS). Every other type not listed here (HINFO, CAA, DS, ...): only a
+   name that is a pure alias (all its records have name hosts and no text) answers, with its
+   CNAME chain chased as in rule 5; any other name is NODATA.
 7. SRV: one per record with a host; priority 0 -> ``settings.default_priority``; weight 0 counts
    as 100 and the weight is floor(100 * w / sum of w in the same priority), at least 1. A name
    host is the target; an IP host gets the name of its key; ``targetstrip`` applies to both.
@@ -51,7 +53,7 @@ Rules (DESIGN section 3; SkyDNS semantics where DESIGN is silent):
    ttl>`` (TTL negative ttl); NS from the records under ``ns.dns.<zone>`` (an IP host names the
    server by its key, with glue) or ``ns.dns.<zone>.`` when none is stored; A/AAAA from
    ``apex.dns.<zone>`` when that name has records, else as any other name. SOA and NS elsewhere
-   are NODATA.
+   are NODATA. An apex is never NXDOMAIN, even in an empty zone.
 10. ``settings.pods == "insecure"``: ``a-b-c-d.<ns>.pod.<zone>`` (or the dashed IPv6 form) with
     nothing stored answers A/AAAA parsed from the name (TTL ``settings.ttl``); any namespace.
 11. Before the store's first load, names in our zones get SERVFAIL (not cacheable).
@@ -111,11 +113,16 @@ class Forward:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Resolve:
-    """Append the forwarders' answer for (name, rdtype) to ``message.answer``, then send it."""
+    """Append the forwarders' answer for (name, rdtype) to ``message.answer``, then send it.
+
+    When the forwarders give nothing (failure, or no forwarding), send ``fallback`` instead:
+    the same answer without the CNAME chain that leaves our zones (NODATA if nothing remains).
+    """
 
     message: dns.message.Message
     name: str
     rdtype: int
+    fallback: dns.message.Message | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -172,6 +179,13 @@ def _text_path(text: str) -> tuple[str, ...] | None:
         return None
 
 
+# Memoised builders: records are immutable and so are dnspython names and rdata, so a miss
+# reuses the parsed forms of hosts seen before (bounded caches; still no I/O).
+_kind = functools.lru_cache(maxsize=1 << 16)(msg.host_type)
+_address = functools.lru_cache(maxsize=1 << 16)(rrs.address_text)
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def _name(text: str) -> dns.name.Name | None:
     """A dnspython name for a host/target from a record, or None when it is not a valid name."""
     try:
@@ -243,7 +257,13 @@ def answer(query: dns.message.Message, view: store.Store,
         return _answer(query, view, settings)
     except Exception:  # rule 1: one bad case must never take the server down
         logger.exception("answering %s failed", _describe(query))
-        return Reply(_skeleton(query, settings, rcode=dns.rcode.SERVFAIL), cacheable=False)
+        try:
+            return Reply(_skeleton(query, settings, rcode=dns.rcode.SERVFAIL), cacheable=False)
+        except Exception:
+            resp = dns.message.Message(id=getattr(query, "id", 0))
+            resp.flags = dns.flags.QR
+            resp.set_rcode(dns.rcode.SERVFAIL)
+            return Reply(resp, cacheable=False)
 
 
 def _describe(query: dns.message.Message) -> str:
@@ -297,7 +317,7 @@ def _answer(query: dns.message.Message, view: store.Store,
                 resp = _skeleton(query, settings, aa=True)
                 section = _Section(ctx.limit)
                 for rec in records:
-                    target = _name(rec.host) if msg.host_type(rec.host) is msg.HostType.NAME else None
+                    target = _name(rec.host) if _kind(rec.host) is msg.HostType.NAME else None
                     if target is not None:
                         section.add(qname, _PTR, rrs.ttl(rec, settings), rrs.ptr(target))
                 if section.count:
@@ -326,13 +346,31 @@ def _negative(ctx: _Ctx, query: dns.message.Message, zone: _Zone, exists: bool) 
     """NODATA (the name exists) or NXDOMAIN, with the zone's SOA in authority."""
     resp = _skeleton(query, ctx.settings, aa=True,
                      rcode=dns.rcode.NOERROR if exists else dns.rcode.NXDOMAIN)
-    resp.authority = [_soa_rrset(ctx, zone, zone.name)]
+    settings = ctx.settings
+    resp.authority = [_soa_authority(zone.name, ctx.view.revision, settings.negative_ttl,
+                                     settings.hostmaster)]
     return Reply(resp)
 
 
 def _soa_rrset(ctx: _Ctx, zone: _Zone, owner: dns.name.Name) -> dns.rrset.RRset:
+    settings = ctx.settings
     rrset = dns.rrset.RRset(owner, _IN, _SOA)
-    rrset.add(rrs.soa(zone.name, ctx.view.revision, ctx.settings), ctx.settings.negative_ttl)
+    rrset.add(_soa(zone.name, ctx.view.revision, settings.negative_ttl, settings.hostmaster),
+              settings.negative_ttl)
+    return rrset
+
+
+@functools.lru_cache(maxsize=64)
+def _soa(zone: dns.name.Name, serial: int, negative_ttl: int, hostmaster: str) -> dns.rdata.Rdata:
+    return rrs.soa(zone, serial, settings_mod.Settings(negative_ttl=negative_ttl, hostmaster=hostmaster))
+
+
+@functools.lru_cache(maxsize=64)
+def _soa_authority(zone: dns.name.Name, serial: int, negative_ttl: int,
+                   hostmaster: str) -> dns.rrset.RRset:
+    """The SOA RRset of negative answers, shared between replies (never mutated)."""
+    rrset = dns.rrset.RRset(zone, _IN, _SOA)
+    rrset.add(_soa(zone, serial, negative_ttl, hostmaster), negative_ttl)
     return rrset
 
 
@@ -373,29 +411,40 @@ def _in_zone(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, qtype:
         _targets(ctx, qname, records, qtype, answer, additional)
     elif qtype == _PTR:
         for rec in records:
-            target_name = _name(rec.host) if msg.host_type(rec.host) is msg.HostType.NAME else None
+            target_name = _name(rec.host) if _kind(rec.host) is msg.HostType.NAME else None
             if target_name is not None:
                 answer.add(qname, _PTR, rrs.ttl(rec, settings), rrs.ptr(target_name))
+    elif qtype == _CNAME:
+        for rec in records:
+            if _kind(rec.host) is not msg.HostType.NAME:
+                continue
+            target = msg.normalize(rec.host)
+            target_name = _name(target)
+            if target_name is not None and not _below(target, qtext):
+                answer.add(qname, _CNAME, rrs.ttl(rec, settings), rrs.cname(target_name))
+                break
     elif qtype not in (_NS, _SOA) and records and _pure_alias(records):
-        if qtype == _CNAME:
-            for rec in records:
-                target = msg.normalize(rec.host)
-                target_name = _name(target)
-                if target_name is not None and not _below(target, qtext):
-                    answer.add(qname, _CNAME, rrs.ttl(rec, settings), rrs.cname(target_name))
-                    break
-        else:
-            items, resolve = _chase(ctx, qname, qtext, records, qtype, frozenset((qtext,)), 0)
-            answer.extend(items)
+        items, resolve = _chase(ctx, qname, qtext, records, qtype, frozenset((qtext,)), 0)
+        answer.extend(items)
 
     if not answer.count:
-        exists = bool(records) or ctx.view.exists_path(path)
+        exists = apex or bool(records) or ctx.view.exists_path(path)
         return _negative(ctx, query, zone, exists)
     resp = _skeleton(query, settings, aa=True)
     resp.answer = answer.rrsets()
     resp.additional = additional.rrsets()
     if resolve is not None:
-        return Resolve(resp, resolve[0], resolve[1])
+        # What to send when the forwarders have nothing for the target: the answer without
+        # chains that leave our zones (SkyDNS and CoreDNS drop such a CNAME), else NODATA.
+        items, _ = _chase(ctx, qname, qtext, records, qtype, frozenset((qtext,)), 0, external=False)
+        if items:
+            fallback = _skeleton(query, settings, aa=True)
+            inner = _Section(ctx.limit)
+            inner.extend(items)
+            fallback.answer = inner.rrsets()
+        else:
+            fallback = _negative(ctx, query, zone, exists=True).message
+        return Resolve(resp, resolve[0], resolve[1], fallback)
     return Reply(resp)
 
 
@@ -440,14 +489,16 @@ def _below(target: str, owner: str) -> bool:
 
 
 def _pure_alias(records: list[msg.Service]) -> bool:
-    return all(not rec.text and msg.host_type(rec.host) is msg.HostType.NAME for rec in records)
+    return all(not rec.text and _kind(rec.host) is msg.HostType.NAME for rec in records)
 
 
 def _chase(ctx: _Ctx, owner: dns.name.Name, owner_text: str, records: list[msg.Service],
-           qtype: int, seen: frozenset[str], depth: int) -> tuple[list[_RR], tuple[str, int] | None]:
+           qtype: int, seen: frozenset[str], depth: int,
+           external: bool = True) -> tuple[list[_RR], tuple[str, int] | None]:
     """Answer RRs for ``owner``: direct records of ``qtype`` plus CNAME chains (rule 5).
 
     Returns the RRs (CNAMEs before what they lead to) and the first out-of-zone target.
+    With ``external`` false, chains leaving our zones count as ending in nothing.
     """
     settings = ctx.settings
     want = _ADDRESS.get(qtype)
@@ -455,12 +506,12 @@ def _chase(ctx: _Ctx, owner: dns.name.Name, owner_text: str, records: list[msg.S
     resolve: tuple[str, int] | None = None
     linked = False  # a name has at most one CNAME: the first alias that leads somewhere
     for rec in records:
-        kind = msg.host_type(rec.host)
+        kind = _kind(rec.host)
         if qtype == _TXT and rec.text:
             out.append((owner, _TXT, rrs.ttl(rec, settings), rrs.txt(rec.text)))
             continue
         if want is not None and kind is want:
-            out.append((owner, qtype, rrs.ttl(rec, settings), rrs.address(rec, qtype)))
+            out.append((owner, qtype, rrs.ttl(rec, settings), _address(rec.host, qtype)))
             continue
         if kind is not msg.HostType.NAME or linked:
             continue
@@ -474,12 +525,13 @@ def _chase(ctx: _Ctx, owner: dns.name.Name, owner_text: str, records: list[msg.S
         link: _RR = (owner, _CNAME, rrs.ttl(rec, settings), rrs.cname(target_name))
         zone = _zone_of(target_path, ctx.zones)
         if zone is None:
-            out.append(link)
-            resolve, linked = (target, qtype), True
+            if external:
+                out.append(link)
+                resolve, linked = (target, qtype), True
             continue
         next_records = _records_for(ctx, target_path, zone, qtype)
         sub, sub_resolve = _chase(ctx, target_name, target, next_records, qtype, seen | {target},
-                                  depth + 1)
+                                  depth + 1, external)
         if sub:
             out.append(link)
             out.extend(sub)
@@ -511,7 +563,7 @@ def _targets(ctx: _Ctx, qname: dns.name.Name, records: list[msg.Service], qtype:
     chosen: list[tuple[int, int, str, dns.name.Name, msg.Service, msg.HostType]] = []
     sums: dict[int, int] = {}
     for rec in records:
-        kind = msg.host_type(rec.host)
+        kind = _kind(rec.host)
         if kind is msg.HostType.NONE or (qtype == _MX and not rec.mail):
             continue
         try:
@@ -543,7 +595,7 @@ def _targets(ctx: _Ctx, qname: dns.name.Name, records: list[msg.Service], qtype:
                 _glue(ctx, target, additional)
         else:
             rdtype = _A if kind is msg.HostType.IPV4 else _AAAA
-            additional.add(target_name, rdtype, ttl, rrs.address(rec, rdtype))
+            additional.add(target_name, rdtype, ttl, _address(rec.host, rdtype))
 
 
 def _ns(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, zone: _Zone) -> Reply:
@@ -554,7 +606,7 @@ def _ns(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, zone: _Zone
     additional = _Section(ctx.limit)
     glued: set[str] = set()
     for rec in ctx.view.find(zone.ns_path, limit=ctx.limit):
-        kind = msg.host_type(rec.host)
+        kind = _kind(rec.host)
         if kind is msg.HostType.NONE:
             continue
         try:
@@ -572,7 +624,7 @@ def _ns(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, zone: _Zone
                 _glue(ctx, target, additional)
         else:
             rdtype = _A if kind is msg.HostType.IPV4 else _AAAA
-            additional.add(target_name, rdtype, ttl, rrs.address(rec, rdtype))
+            additional.add(target_name, rdtype, ttl, _address(rec.host, rdtype))
     if not answer.count:
         answer.add(qname, _NS, settings.ttl, rrs.ns(zone.default_ns))
     resp.answer = answer.rrsets()

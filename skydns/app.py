@@ -12,8 +12,8 @@ Rules:
    listeners close, the mirror stops and the process exits 0.
 4. etcd unreachable at start is not fatal: the mirror keeps retrying, /ready says
    "etcd: not loaded yet", and names outside our zones are still forwarded.
-5. --workers N: the first process binds the port with SO_REUSEPORT, then forks N-1 workers
-   that bind their own sockets on the same port, each with its own mirror. Only the first
+5. --workers N: the first process binds the port with SO_REUSEPORT, then spawns N-1 workers
+   that bind their own sockets on the same port once their own mirror is loaded. Only the first
    process serves HTTP, so /metrics counts its own queries; workers stop when it stops.
 """
 
@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import multiprocessing.process
 import os
 import signal
 import socket
@@ -36,10 +38,6 @@ logger = logging.getLogger(__name__)
 STOP_GRACE = 5.0
 # How often the first process checks on its workers, seconds.
 WORKER_CHECK = 0.5
-
-
-class StartError(Exception):
-    """A configuration problem found at start-up; the text is the one line to print."""
 
 
 class State:
@@ -95,82 +93,95 @@ def run(settings: settings_mod.Settings) -> None:
     except (transport.ListenError, httpserver.ListenError, ValueError, OSError) as exc:
         _fail(str(exc))
         return
-    children: list[int] = []
+    children: list[multiprocessing.process.BaseProcess] = []
     if settings.workers > 1:
+        # spawn, not fork: a forked copy of a process that imported grpc can hang at exit
+        context = multiprocessing.get_context("spawn")
         port = udp.getsockname()[1]
         for number in range(1, settings.workers):
-            pid = os.fork()
-            if pid == 0:  # a worker: own sockets on the same port, no HTTP
-                code = 1
-                try:
-                    udp.close()
-                    tcp.close()
-                    if http_sock is not None:
-                        http_sock.close()
-                    signal.signal(signal.SIGINT, signal.SIG_DFL)
-                    wudp, wtcp = transport.bind(settings.addr_host, port, reuseport=True)
-                    code = _run_loop(settings, wudp, wtcp, None, forwarding.Forwarder(settings), [], number)
-                except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
-                    logger.exception("worker %d failed", number)
-                finally:
-                    logging.shutdown()
-                    os._exit(code)
-            children.append(pid)
+            child = context.Process(target=_worker, args=(settings, port, number), name=f"skydns-worker-{number}")
+            child.start()
+            children.append(child)
     code = _run_loop(settings, udp, tcp, http_sock, forwarder, children, 0)
     if code:
         raise SystemExit(code)
 
 
-def _run_loop(settings: settings_mod.Settings, udp: socket.socket, tcp: socket.socket,
+def _worker(settings: settings_mod.Settings, port: int, number: int) -> None:
+    """A worker process: its own sockets on the first process's port, its own mirror, no HTTP."""
+    _setup_logging(settings.log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the first process stops us with SIGTERM
+    code = _run_loop(settings, None, None, None, forwarding.Forwarder(settings), [], number, port)
+    raise SystemExit(code)
+
+
+def _run_loop(settings: settings_mod.Settings, udp: socket.socket | None, tcp: socket.socket | None,
               http_sock: socket.socket | None, forwarder: forwarding.Forwarder,
-              children: list[int], worker: int) -> int:
+              children: list[multiprocessing.process.BaseProcess], worker: int, port: int = 0) -> int:
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        try:
-            return runner.run(main(settings, udp, tcp, http_sock, forwarder, children, worker))
-        except StartError as exc:
-            print(f"skydns: {exc}", file=sys.stderr, flush=True)
-            return 1
+        return runner.run(main(settings, udp, tcp, http_sock, forwarder, children, worker, port))
 
 
-async def _watch_children(children: list[int]) -> None:
-    """Return when a worker process has exited (a failure unless we are stopping)."""
+async def _watch_children(children: list[multiprocessing.process.BaseProcess]) -> None:
+    """Raise when a worker process has exited (a failure: we are not stopping yet)."""
     while True:
-        for pid in children:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                children.remove(pid)
-                raise RuntimeError(f"worker process {pid} exited with status {os.waitstatus_to_exitcode(status)}")
+        for child in children:
+            if not child.is_alive():
+                children.remove(child)
+                raise RuntimeError(f"worker process {child.pid} exited with code {child.exitcode}")
         await asyncio.sleep(WORKER_CHECK)
 
 
-async def _stop_children(children: list[int]) -> None:
-    for pid in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+async def _stop_children(children: list[multiprocessing.process.BaseProcess]) -> None:
+    for child in children:
+        if child.is_alive():
+            child.terminate()  # SIGTERM: the worker's own stop path
     deadline = time.monotonic() + STOP_GRACE + 1.0
-    while children and time.monotonic() < deadline:
-        for pid in list(children):
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
-                children.remove(pid)
+    while any(c.is_alive() for c in children) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    for pid in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+    for child in children:
+        if child.is_alive():
+            logger.warning("worker process %s did not stop; killing it", child.pid)
+            child.kill()
+        child.join(1.0)
 
 
-async def main(settings: settings_mod.Settings, udp: socket.socket, tcp: socket.socket,
+async def _serve_when_loaded(settings: settings_mod.Settings, view: store.Store, port: int,
+                             dns_servers: list[transport.Server], handler: transport.Handler,
+                             stop: asyncio.Event) -> None:
+    """A worker joins the shared port only once its own mirror is loaded (until then the
+    kernel would hand it queries it could only answer SERVFAIL). Then waits for the stop."""
+    while not view.loaded:
+        if stop.is_set():
+            return
+        await asyncio.sleep(0.05)
+    udp, tcp = transport.bind(settings.addr_host, port, reuseport=True)
+    server = _dns_server(settings, handler, udp, tcp)
+    dns_servers.append(server)
+    await server.start()
+    await stop.wait()
+
+
+def _dns_server(settings: settings_mod.Settings, handler: transport.Handler,
+                udp: socket.socket, tcp: socket.socket) -> transport.Server:
+    return transport.Server(handler, udp, tcp, idle_timeout=settings.tcp_idle_timeout,
+                            max_connections=settings.tcp_max_connections)
+
+
+async def main(settings: settings_mod.Settings, udp: socket.socket | None, tcp: socket.socket | None,
                http_sock: socket.socket | None, forwarder: forwarding.Forwarder,
-               children: list[int] | None = None, worker: int = 0) -> int:
-    """Serve until a signal (returns 0) or a root task failure (returns 1)."""
+               children: list[multiprocessing.process.BaseProcess] | None = None, worker: int = 0,
+               port: int = 0) -> int:
+    """Serve until a signal (returns 0) or a root task failure (returns 1).
+
+    udp/tcp None (a worker): bind them on port once the mirror is loaded.
+    """
     children = children if children is not None else []
     loop = asyncio.get_running_loop()
     view = store.Store(settings.prefix)
     state = State(view, forwarder)
     handler = transport.Handler(settings, view, forwarder, cache_size=settings.answer_cache_size)
-    dns_server = transport.Server(handler, udp, tcp, idle_timeout=settings.tcp_idle_timeout,
-                                  max_connections=settings.tcp_max_connections)
+    dns_servers = [] if udp is None or tcp is None else [_dns_server(settings, handler, udp, tcp)]
     http = httpserver.HttpServer(http_sock, state.not_ready) if http_sock is not None else None
     metrics.build_info.labels(settings.version).set(1)
 
@@ -179,13 +190,25 @@ async def main(settings: settings_mod.Settings, udp: socket.socket, tcp: socket.
         loop.add_signal_handler(sig, signalled.set)
     stop = asyncio.Event()
 
-    await dns_server.start()
-    await forwarder.start()
-    if http is not None:
-        await http.start()
+    try:
+        for dns_server in dns_servers:
+            await dns_server.start()
+        await forwarder.start()
+        if http is not None:
+            await http.start()
+    except Exception as exc:  # noqa: BLE001 - a start-up failure is one line, not a traceback
+        print(f"skydns: cannot start: {exc}", file=sys.stderr, flush=True)
+        logger.debug("start-up failed", exc_info=True)
+        for dns_server in dns_servers:
+            await dns_server.close()
+        await _stop_children(children)
+        return 1
     roots = [asyncio.create_task(etcdwatch.run(settings, view, stop), name="etcd mirror")]
     if children:
         roots.append(asyncio.create_task(_watch_children(children), name="worker watch"))
+    if not dns_servers:
+        roots.append(asyncio.create_task(_serve_when_loaded(settings, view, port, dns_servers, handler, stop),
+                                         name="dns listener"))
     signal_task = asyncio.create_task(signalled.wait(), name="signal")
     logger.info("skydns %s started (worker %d, pid %d): zones %s, etcd %s, prefix /%s",
                 settings.version, worker, os.getpid(), ",".join(settings.domains),
@@ -214,7 +237,8 @@ async def main(settings: settings_mod.Settings, udp: socket.socket, tcp: socket.
     stop.set()
     if children:
         await _stop_children(children)
-    await dns_server.close()
+    for dns_server in dns_servers:
+        await dns_server.close()
     if http is not None:
         await http.close()
     with contextlib.suppress(Exception):

@@ -27,6 +27,7 @@ import click
 import dns.name
 
 from skydns import app, etcdwatch, settings as settings_mod
+from skydns import forwarding  # FORWARD helper: forwarding/cache/loop/hosts options
 
 RESOLV_CONF = "/etc/resolv.conf"
 _DEFAULTS = settings_mod.Settings()
@@ -174,6 +175,20 @@ def _hostmaster(value: str, params: dict) -> dict:
     return {"hostmaster": name if name.endswith(".") else name + "."}
 
 
+def _pem(path: str | None, kind: str) -> str:
+    """path if it is a readable PEM file holding a ``kind`` block; "" for none."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read(1 << 20)
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: {exc.strerror}") from None
+    if b"-----BEGIN " not in text or kind.encode() not in text:
+        raise click.BadParameter(f"{path} is not a PEM file with a {kind} block")
+    return path
+
+
 def _wrap(parse: Callable[[str], Any], field: str, hint: str) -> Callable[[Any, dict], dict]:
     def convert(value: Any, params: dict) -> dict:
         try:
@@ -193,9 +208,9 @@ _CONVERT: dict[str, Callable[[Any, dict], dict]] = {
     "domain": _wrap(parse_domains, "domains", "'--domain'"),
     "path_prefix": _prefix,
     "nameservers": _nameservers,
-    "ca_cert": lambda v, p: {"etcd_ca_cert": v or ""},
-    "tls_pem": lambda v, p: {"etcd_tls_pem": v or ""},
-    "tls_key": lambda v, p: {"etcd_tls_key": v or ""},
+    "ca_cert": lambda v, p: {"etcd_ca_cert": _pem(v, "CERTIFICATE")},
+    "tls_pem": lambda v, p: {"etcd_tls_pem": _pem(v, "CERTIFICATE")},
+    "tls_key": lambda v, p: {"etcd_tls_key": _pem(v, "PRIVATE KEY")},
     "verbose": _verbose,
     "hostmaster": _hostmaster,
 }
@@ -220,6 +235,7 @@ def build_settings(params: dict[str, Any]) -> settings_mod.Settings:
                 raise
     if params.get("tls_pem") and not params.get("tls_key") or params.get("tls_key") and not params.get("tls_pem"):
         raise click.BadParameter("give both --tls-pem and --tls-key, or neither", param_hint="'--tls-pem'")
+    values.update(forwarding.settings_from_click(dict(params)))  # FORWARD helper
     return settings_mod.Settings(**values)
 
 
@@ -350,6 +366,7 @@ _FROM_RESOLV = "from /etc/resolv.conf"
 @click.option("--answer-cache-size", "answer_cache_size", type=click.IntRange(0), hidden=True,
               default=_DEFAULTS.answer_cache_size, show_envvar=True,
               help="Encoded answers kept for the hot path; 0 turns the cache off (benchmarks).")
+@forwarding.click_options  # FORWARD helper: --forward-policy, --max-concurrent, --stub-domain, --cache-*, --hosts...
 def command(**params: Any) -> None:
     app.run(build_settings(params))
 
@@ -357,7 +374,12 @@ def command(**params: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: exit 2 with one line on a bad flag or value."""
     try:
-        args, warnings = preprocess(sys.argv[1:] if argv is None else argv)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if argv[:1] == ["doctor"]:  # FORWARD helper: `skydns doctor ...` (skydns/doctor.py)
+            from skydns import doctor
+            doctor.main(argv[1:])
+            return
+        args, warnings = preprocess(argv)
         for line in warnings:
             click.echo(line, err=True)
         code = command.main(args, prog_name="skydns", standalone_mode=False)

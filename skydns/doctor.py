@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 import sys
 import urllib.request
@@ -244,8 +245,10 @@ async def diagnose(settings: settings_mod.Settings, options: Options, rng: rando
         if row is not None:
             row.loop = verdict
 
-    if options.check_etcd:
+    if options.check_etcd and options.metrics_url:
         await _mirror(settings, samples, report)
+    else:
+        report.mirror = "mirror: not checked"
     for domain, address, cell in stub_rows:
         report.rows.append(Row(f"stub {domain} {address}", {names[0]: Cell(None, 0, f"SOA: {cell}")}))
     return report
@@ -302,33 +305,53 @@ def _command():
     import click
 
     @click.command(name="doctor", context_settings={"auto_envvar_prefix": "SKYDNS", "show_default": True})
-    @click.option("--server", default="127.0.0.1:53", help="skydns DNS address to check.")
-    @click.option("--nameservers", default="", help="Upstreams ip:port,... (default: /etc/resolv.conf).")
-    @click.option("--stub-domain", "stub_domains", multiple=True, metavar="DOMAIN=IP[:PORT][,...]")
-    @click.option("--domain", default="cluster.local.", help="Cluster zone(s), comma-separated.")
-    @click.option("--machines", envvar="ETCD_MACHINES", default="http://127.0.0.1:2379", help="etcd endpoints.")
-    @click.option("--path-prefix", default="skydns", help="etcd key prefix.")
-    @click.option("--metrics-url", default="http://127.0.0.1:9153/metrics", help="skydns /metrics ('' to skip).")
+    @click.option("--addr", "--server", "addr", default="127.0.0.1:53", show_envvar=True,
+                  help="skydns DNS address to check (0.0.0.0 means 127.0.0.1).")
+    @click.option("--http-addr", "http_addr", default="127.0.0.1:9153", show_envvar=True,
+                  help="skydns /metrics address, host:port (0.0.0.0 means 127.0.0.1).")
+    @click.option("--metrics-url", "metrics_url", default=None, show_envvar=True,
+                  help="Full /metrics URL ('' to skip the loop probe accounting and the mirror check).")
+    @click.option("--nameservers", default="", show_envvar=True, help="Upstreams ip:port,... (default: /etc/resolv.conf).")
+    @click.option("--stub-domain", "stub_domains", multiple=True, metavar="DOMAIN=IP[:PORT][,...]", show_envvar=True)
+    @click.option("--domain", default="cluster.local.", show_envvar=True, help="Cluster zone(s), comma-separated.")
+    @click.option("--machines", envvar=["SKYDNS_MACHINES", "ETCD_MACHINES"], show_envvar=True,
+                  default="http://127.0.0.1:2379", help="etcd endpoints, comma-separated.")
+    @click.option("--path-prefix", default="skydns", show_envvar=True, help="etcd key prefix.")
+    @click.option("--ca-cert", envvar=["SKYDNS_CA_CERT", "ETCD_CACERT"], default="", show_envvar=True)
+    @click.option("--tls-pem", envvar=["SKYDNS_TLS_PEM", "ETCD_TLSPEM"], default="", show_envvar=True)
+    @click.option("--tls-key", envvar=["SKYDNS_TLS_KEY", "ETCD_TLSKEY"], default="", show_envvar=True)
     @click.option("--public-name", "public_names", multiple=True, default=DEFAULT_PUBLIC_NAMES,
                   help="Public names every upstream must resolve (repeatable).")
-    @click.option("--cluster-name", "cluster_names", multiple=True, help="Cluster names skydns must answer.")
+    @click.option("--cluster-name", "cluster_names", multiple=True,
+                  help="Cluster names skydns must answer (default: kubernetes.default.svc.<first zone>).")
     @click.option("--no-etcd", is_flag=True, help="Skip the mirror-against-etcd check.")
     @click.option("--timeout", type=float, default=2.0, help="Per-query timeout, seconds.")
-    def doctor(server, nameservers, stub_domains, domain, machines, path_prefix, metrics_url, public_names,
-               cluster_names, no_etcd, timeout):
-        """Check upstreams, loops and the etcd mirror of a running skydns."""
+    def doctor(addr, http_addr, metrics_url, nameservers, stub_domains, domain, machines, path_prefix, ca_cert,
+               tls_pem, tls_key, public_names, cluster_names, no_etcd, timeout):
+        """Check the upstreams, forwarding loops and the etcd mirror of a running skydns.
+
+        Exit code 0 when nothing is wrong, 1 when a problem was found.
+        """
+        logging.basicConfig(level=logging.ERROR, format="doctor: %(name)s: %(message)s")
         try:
-            server_addr = forwarding.parse_upstream(server)
+            server = forwarding.parse_upstream(addr)
+            http = forwarding.parse_upstream(http_addr)
             ups = tuple(forwarding.parse_upstream(s) for s in nameservers.replace(",", " ").split())
             stubs = tuple(forwarding.parse_stub_domain(i) for v in stub_domains for i in v.split())
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+        if server.host in ("0.0.0.0", "::"):
+            server = settings_mod.Upstream("127.0.0.1" if server.host == "0.0.0.0" else "::1", server.port)
+        if metrics_url is None:
+            host = "127.0.0.1" if http.host in ("0.0.0.0", "") else http.host
+            metrics_url = f"http://{settings_mod.Upstream(host, http.port)}/metrics"
         zones = tuple(z if z.endswith(".") else z + "." for z in domain.replace(",", " ").split())
         settings = settings_mod.Settings(
             domains=zones or ("cluster.local.",), nameservers=ups or read_resolv_conf(), stub_domains=stubs,
-            etcd_endpoints=tuple(m for m in machines.replace(",", " ").split()), prefix=path_prefix.strip("/"))
+            etcd_endpoints=tuple(machines.replace(",", " ").split()), prefix=path_prefix.strip("/"),
+            etcd_ca_cert=ca_cert, etcd_tls_pem=tls_pem, etcd_tls_key=tls_key)
         fqdn = tuple(n if n.endswith(".") else n + "." for n in public_names)
-        options = Options(server_addr, fqdn, tuple(n if n.endswith(".") else n + "." for n in cluster_names),
+        options = Options(server, fqdn, tuple(n if n.endswith(".") else n + "." for n in cluster_names),
                           metrics_url, not no_etcd, timeout)
         sys.exit(run(settings, options))
 
@@ -337,7 +360,7 @@ def _command():
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m skydns.doctor`."""
-    _command()(args=argv)
+    _command().main(args=argv, prog_name="skydns doctor")
 
 
 if __name__ == "__main__":

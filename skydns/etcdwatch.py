@@ -12,7 +12,8 @@ Rules of this module:
 3. A compacted watch start revision means "relist now" (no back-off). Anything else that goes
    wrong (connection refused or lost, a timeout, a frozen etcd, a cancelled watch, an error
    reply) closes the connection, waits on ``settings.backoff`` with +-20 % jitter (attempts
-   logged as ``#n``), moves to the next endpoint and lists again. Relisting after a reconnect
+   logged as ``#n``; the schedule starts over only after a watch that stayed up 10 s, so a
+   flapping etcd is not relisted in a tight loop), moves to the next endpoint and lists again. Relisting after a reconnect
    (instead of resuming the watch) is deliberate: it is also right when etcd was restored
    from a backup or replaced by an empty one.
 4. Silence is not health. A quiet watch is probed with an etcd progress request every
@@ -66,6 +67,9 @@ _DEFAULT_TIMEOUT = 5.0
 _DEFAULT_WATCH_CHECK = 5.0
 _DEFAULT_PAGE_SIZE = 2000
 _JITTER = 0.2
+# A watch that ran this long was a healthy connection: the next failure restarts the
+# back-off schedule at its first step, seconds.
+_STABLE = 10.0
 
 
 class Error(Exception):
@@ -331,6 +335,7 @@ class _Mirror:
         attempt = 0
         index = 0
         delay = 0.0
+        watching_since = 0.0
         while True:
             endpoint = self.endpoints[index]
             client: _Client | None = None
@@ -340,7 +345,7 @@ class _Mirror:
                 await client.connect()
                 phase = "list"
                 revision = await self._load(client)
-                attempt = 0
+                watching_since = asyncio.get_running_loop().time()
                 phase = "watch"
                 while True:
                     try:
@@ -355,6 +360,11 @@ class _Mirror:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure is retried; rule 3
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # a library swallowed our cancellation
+                if phase == "watch" and asyncio.get_running_loop().time() - watching_since >= _STABLE:
+                    attempt = 0  # a flapping etcd keeps climbing the schedule; a stable one starts over
                 attempt += 1
                 self.meters.connected(False)
                 self.meters.reconnect()
@@ -405,10 +415,11 @@ class _Mirror:
         create = rpc.WatchCreateRequest(key=self.prefix, range_end=self.range_end,
                                         start_revision=start_revision, progress_notify=True,
                                         fragment=True)
-        call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
+        call = self._open_watch(client)
         reading: asyncio.Future | None = None
         try:
-            await asyncio.wait_for(call.write(rpc.WatchRequest(create_request=create)), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await call.write(rpc.WatchRequest(create_request=create))
             probe_sent: float | None = None
             loop = asyncio.get_running_loop()
             pending: list = []
@@ -421,7 +432,8 @@ class _Mirror:
                     if probe_sent is not None:
                         raise WatchLost(f"no answer from etcd for {self.watch_check + self.timeout:.1f}s")
                     probe = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
-                    await asyncio.wait_for(call.write(probe), self.timeout)
+                    async with asyncio.timeout(self.timeout):
+                        await call.write(probe)
                     probe_sent = loop.time()
                     continue
                 response = reading.result()
@@ -445,6 +457,9 @@ class _Mirror:
                 reading.cancel()
             call.cancel()
 
+    def _open_watch(self, client: _Client):  # a seam for scripted streams in unit tests
+        return rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
+
     def _apply(self, events: Iterable) -> None:
         view = self.view
         for event in events:
@@ -463,7 +478,8 @@ class _Mirror:
 
 async def _close(client: aetcd.Client) -> None:
     try:
-        await asyncio.wait_for(client.close(), 2.0)
+        async with asyncio.timeout(2.0):
+            await client.close()
     except asyncio.CancelledError:
         raise
     except Exception:  # noqa: BLE001 - closing a dead connection may fail in many ways

@@ -12,26 +12,37 @@ Rules:
    upstreams come first, down ones after them (if all are down they are tried anyway);
    upstreams found to loop back to us are never used until a later loop check clears them.
 3. One attempt per upstream: UDP, then TCP when the reply is truncated. A reply counts only
-   when its ID, QR flag and question match what we sent; anything else is ignored and the
-   attempt ends at its timeout. Timeout, network error and an rcode in
-   forward_failover_rcodes (SERVFAIL, REFUSED) move on to the next upstream; all of this
-   within forward_deadline.
+   when its ID, QR flag and question match what we sent (error replies may lack the
+   question); anything else is ignored and the attempt ends at its timeout. Timeout, network
+   error and an rcode in forward_failover_rcodes (FORMERR, SERVFAIL, NOTIMP, REFUSED) move on
+   to the next upstream; all of this within forward_deadline. If every upstream failed that
+   way the client gets SERVFAIL; an NXDOMAIN listed there is relayed if nothing better comes.
 4. Consecutive failures (timeouts, network errors, failover rcodes) mark an upstream down
    after forward_max_fails; a background check (". IN NS") brings it back.
 5. Identical queries in flight (same cache key) share one upstream exchange.
 6. NOERROR/NXDOMAIN answers go through fwdcache (TTL count-down, serve-stale).
 7. Stub domains: the longest configured suffix of the qname picks its own upstream group.
-8. The hosts file (when configured) is answered before any of this.
-9. Loop check: a random "<hex>.<hex>.loop-check." HINFO goes through each upstream; when
-   that probe reaches forward() here it is answered SERVFAIL (never forwarded again) and the
-   upstream it was sent through is marked as looping: logged, not used, ready() false.
+8. The hosts file (when configured) is answered before any of this (also with -no-rec).
+9. Loop check: a signed random HINFO probe "<nonce>.<upstream#>.<mac>.loop-check." goes
+   through each upstream at start and every loop_check_interval; any "*.loop-check." query
+   reaching forward() is answered SERVFAIL (never forwarded again), and a correctly signed one
+   marks the upstream it was sent through as looping: logged, not used, ready() false. The
+   secret is shared by the forked workers, so whichever worker receives a probe knows.
+10. Encoded answers (the transport's hot path): remember_encoded() keeps the rendered reply
+   of a cached forwarded answer under the transport's cache key; encoded_reply() serves it
+   with ID, RD, qname case and TTLs patched, until the cache entry expires. A new store
+   generation or a hosts-file reload drops them all; CD queries and truncated replies are
+   never kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import hmac
 import logging
+import os
 import random
 import socket
 import struct
@@ -50,7 +61,9 @@ import dns.rrset
 
 from skydns import fwdcache
 from skydns import hosts as hostsfile
+from skydns import metrics
 from skydns import settings as settings_mod
+from skydns import wire
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +73,13 @@ CACHE_NAME = "forward"  # the cache label of skydns_cache_{hits,misses}_total / 
 _LOOP_NAME = dns.name.from_text(LOOP_SUFFIX)
 _UDP_MAX = 65535
 _EDNS_PAYLOAD = 1232
+# Error replies accepted without a question section (FORMERR, SERVFAIL, NOTIMP, REFUSED).
+_QUESTIONLESS_RCODES = (1, 2, 4, 5)
 
-# Probe names this process sent and has not finished with: lower-case text -> (forwarder, upstream).
-_probes: dict[str, tuple[Forwarder, Upstream]] = {}
+# Secret of the loop probes, made at import: the worker processes of one skydns fork after
+# importing this module and share it, so a probe from any of them that reaches any of them is
+# recognised as ours (and a client cannot forge one to switch an upstream off).
+_SECRET = os.urandom(16)
 
 
 class ForwardError(Exception):
@@ -75,6 +92,25 @@ def is_loop_probe(qname: dns.name.Name | str) -> bool:
         return qname.is_subdomain(_LOOP_NAME)
     text = qname.lower()
     return text.endswith("." + LOOP_SUFFIX) or text.endswith(".loop-check") or text in ("loop-check", LOOP_SUFFIX)
+
+
+def probe_name(nonce: int, index: int) -> str:
+    """The loop probe for upstream number index: "<nonce>.<index>.<mac>.loop-check."."""
+    return f"{nonce:016x}.{index}.{_probe_mac(f'{nonce:016x}', str(index))}.{LOOP_SUFFIX}"
+
+
+def _probe_mac(nonce: str, index: str) -> str:
+    return hmac.new(_SECRET, f"{nonce}.{index}".encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def probe_index(qname: str) -> int | None:
+    """The upstream number of one of our signed probes (lower-case text), else None."""
+    labels = qname.split(".")
+    if len(labels) != 5 or labels[3] != LOOP_SUFFIX[:-1] or not labels[1].isdigit() or len(labels[1]) > 4:
+        return None
+    if not hmac.compare_digest(labels[2], _probe_mac(labels[0], labels[1])):
+        return None
+    return int(labels[1])
 
 
 def policy_of(settings: settings_mod.Settings) -> str:
@@ -114,7 +150,8 @@ class _Metrics:
 
     def __init__(self, module: Any) -> None:
         for name in self.NAMES:
-            setattr(self, name, getattr(module, name, None) or _NOOP)
+            found = getattr(module, name, None)
+            setattr(self, name, _NOOP if found is None else found)
         self.dns = getattr(module, "DNS", None)
 
     def cache_hit(self, cache: str) -> None:
@@ -128,14 +165,6 @@ class _Metrics:
     def cache_entries(self, cache: str, n: int) -> None:
         if self.dns is not None:
             self.dns.cache_entries[cache] = n
-
-
-def _default_metrics() -> Any:
-    try:
-        from skydns import metrics
-    except ImportError:  # metrics.py not there yet
-        return None
-    return metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,18 +211,17 @@ def _question_end(wire: bytes) -> int:
 
 
 def _matches(wire: bytes, qend: int, data: bytes) -> bool:
-    """Same ID, QR set, one question, and the question we sent (names compared case-insensitively).
+    """Same ID, QR set, one question, and the question we sent (names compared case-insensitively);
+    or an error reply (FORMERR, SERVFAIL, NOTIMP, REFUSED) with no question at all.
 
     A question name is never compressed (nothing precedes it) and label lengths are below 64,
     so bytes.lower() only folds the letters of the name.
     """
-    return (
-        len(data) >= qend
-        and data[:2] == wire[:2]
-        and data[2] & 0x80 != 0
-        and data[4:6] == b"\x00\x01"
-        and data[12:qend].lower() == wire[12:qend].lower()
-    )
+    if len(data) < 12 or data[:2] != wire[:2] or not data[2] & 0x80:
+        return False
+    if data[4:6] == b"\x00\x00":  # some servers drop the question from error replies
+        return data[3] & 0x0F in _QUESTIONLESS_RCODES
+    return len(data) >= qend and data[4:6] == b"\x00\x01" and data[12:qend].lower() == wire[12:qend].lower()
 
 
 def _parse(data: bytes, upstream: Upstream) -> dns.message.Message | None:
@@ -309,9 +337,10 @@ class Forwarder:
         self.policy = policy_of(settings)
         if self.policy not in POLICIES:
             raise ValueError(f"unknown forward policy {self.policy!r}: use one of {', '.join(POLICIES)}")
-        self.metrics = _Metrics(metrics_module if metrics_module is not None else _default_metrics())
+        self.metrics = _Metrics(metrics_module if metrics_module is not None else metrics)
         self.clock = clock
-        self.rng = rng or random.Random()
+        # Query IDs and probe names must not be guessable (cache poisoning): the OS's randomness.
+        self.rng = rng or random.SystemRandom()
         self.payload = settings.edns_payload or _EDNS_PAYLOAD
         self.default = _Group(dns.name.root, [Upstream(a) for a in settings.nameservers])
         self.stubs = sorted(
@@ -324,6 +353,8 @@ class Forwarder:
         )
         self.hosts = hostsfile.Hosts(settings.hosts_file, settings.hosts_ttl) if settings.hosts_file else None
         self._inflight: dict[fwdcache.Key, asyncio.Future] = {}
+        self._encoded: dict[tuple, fwdcache.Encoded] = {}
+        self._encoded_generation: int | None = None
         self._tasks: list[asyncio.Task] = []
         self._probe_seen: set[str] = set()
         for upstream in self.upstreams():
@@ -396,9 +427,11 @@ class Forwarder:
         if is_loop_probe(qname):
             self.metrics.forward_loop_probes_received.inc()
             text = qname.to_text().lower()
-            owner = _probes.get(text)
-            if owner is not None:
-                owner[0]._probe_seen.add(text)
+            index = probe_index(text)
+            upstreams = self.upstreams()
+            if index is not None and index < len(upstreams):
+                self._probe_seen.add(text)
+                self._mark_loop(upstreams[index])
             logger.debug("forward: loop probe %s reached us; answering SERVFAIL", text)
             return _rcode_reply(query, dns.rcode.SERVFAIL, self.payload)
         if self.hosts is not None:
@@ -477,10 +510,10 @@ class Forwarder:
         )
 
     async def _ask_group(self, group: _Group, query: dns.message.Message) -> fwdcache.Answer | None:
-        deadline = self.clock() + self.settings.forward_deadline
+        deadline = time.monotonic() + self.settings.forward_deadline
         last: fwdcache.Answer | None = None
         for upstream in self.order(group):
-            remaining = deadline - self.clock()
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             sent = self._upstream_query(query)
@@ -498,7 +531,7 @@ class Forwarder:
             self.metrics.forward_responses.labels(upstream.label, dns.rcode.to_text(rcode)).inc()
             answer = fwdcache.answer_from(reply)
             if rcode in self.settings.forward_failover_rcodes:
-                if rcode in (dns.rcode.SERVFAIL, dns.rcode.REFUSED):
+                if rcode in _QUESTIONLESS_RCODES:  # FORMERR, SERVFAIL, NOTIMP, REFUSED: its failure
                     self._failed(upstream, dns.rcode.to_text(rcode))
                 else:
                     last = answer  # e.g. NXDOMAIN: relayed if no upstream does better
@@ -520,6 +553,53 @@ class Forwarder:
             upstream.down = False
             self.metrics.forward_upstream_healthy.labels(upstream.label).set(1)
             logger.info("forward: upstream %s is healthy again", upstream.label)
+
+    # -- encoded answers for the transport's hot path (rule 10) ---------------------------------
+
+    def encoded_reply(self, query: wire.Query, key: tuple, generation: int) -> bytes | None:
+        """A cached forwarded answer as bytes for a parsed query, or None (take the slow path).
+
+        key is the transport's wire.cache_key(query, limit); generation the store's generation
+        (a change drops every encoded answer: the name may be answered locally now).
+        """
+        if generation != self._encoded_generation:
+            self._encoded.clear()
+            self._encoded_generation = generation
+            return None
+        encoded = self._encoded.get(key)
+        if encoded is None or query.flags & dns.flags.CD:
+            return None
+        out = encoded.at(self.clock())
+        if out is None:
+            del self._encoded[key]
+            return None
+        self.metrics.cache_hit(CACHE_NAME)
+        return wire.patch(out, query)
+
+    def remember_encoded(self, key: tuple, query: dns.message.Message, out: bytes, generation: int) -> bool:
+        """Keep out (the rendered reply forward() gave for query) for encoded_reply().
+
+        Kept only when it came from (or went into) the cache of forwarded answers and was not
+        truncated; True when kept.
+        """
+        if generation != self._encoded_generation:
+            self._encoded.clear()
+            self._encoded_generation = generation
+        if len(out) < 12 or out[2] & 0x02 or out[3] & 0x0F not in (0, 3) or query.flags & dns.flags.CD:
+            return False
+        cache_key = fwdcache.key_for(query)
+        times = self.cache.entry_times(cache_key) if cache_key is not None else None
+        if times is None:
+            return False
+        stored, expires = times
+        now = self.clock()
+        offsets = fwdcache.ttl_offsets(out)
+        if now >= expires or offsets is None:
+            return False
+        if len(self._encoded) >= max(1, self.settings.cache_size):
+            del self._encoded[next(iter(self._encoded))]
+        self._encoded[key] = fwdcache.Encoded(out, offsets, stored, int(now - stored), expires)
+        return True
 
     # -- background ----------------------------------------------------------------------------
 
@@ -545,30 +625,45 @@ class Forwarder:
                 else:
                     self.metrics.forward_healthcheck_failures.labels(upstream.label).inc()
 
-    async def check_loop(self, upstream: Upstream) -> bool:
-        """Send one loop probe through upstream; True when it came back to us (a loop)."""
-        name = f"{self.rng.getrandbits(64):016x}.{self.rng.getrandbits(64):016x}.{LOOP_SUFFIX}"
-        _probes[name] = (self, upstream)
-        try:
-            query = dns.message.make_query(name, dns.rdatatype.HINFO, id=self.rng.getrandbits(16))
-            try:
-                await exchange(query, upstream, self.settings.forward_timeout)
-            except ForwardError:
-                pass
-            looped = name in self._probe_seen
-        finally:
-            _probes.pop(name, None)
-            self._probe_seen.discard(name)
-        if looped and not upstream.looped:
+    def _mark_loop(self, upstream: Upstream) -> None:
+        if not upstream.looped:
+            upstream.looped = True
+            self.metrics.forward_loop_detected.labels(upstream.label).set(1)
             logger.error(
                 "forward: loop detected: a query sent to %s came back to us; not forwarding to it "
                 "(point skydns at a real resolver, not at a stub that forwards to skydns)", upstream.label,
             )
-        elif not looped and upstream.looped:
-            logger.info("forward: loop via %s is gone; forwarding to it again", upstream.label)
-        upstream.looped = looped
-        self.metrics.forward_loop_detected.labels(upstream.label).set(1 if looped else 0)
-        return looped
+
+    async def check_loop(self, upstream: Upstream) -> bool:
+        """Send one loop probe through upstream; return whether it loops (rule 9).
+
+        A probe that reaches us marks the upstream at once (whichever worker sent it). The mark
+        is cleared when our own probe comes back answered without having reached us: any
+        answer with one worker; only NOERROR/NXDOMAIN with several, since there the probe may
+        have reached another worker (which then answered it SERVFAIL).
+        """
+        index = next(i for i, u in enumerate(self.upstreams()) if u is upstream)
+        name = probe_name(self.rng.getrandbits(64), index)
+        reply = None
+        try:
+            query = dns.message.make_query(name, dns.rdatatype.HINFO, id=self.rng.getrandbits(16))
+            try:
+                reply = await exchange(query, upstream, self.settings.forward_timeout)
+            except ForwardError:
+                pass
+            seen = name in self._probe_seen
+        finally:
+            self._probe_seen.discard(name)
+        if seen:
+            self._mark_loop(upstream)
+        elif upstream.looped and reply is not None:
+            if self.settings.workers <= 1 or reply.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+                upstream.looped = False
+                self.metrics.forward_loop_detected.labels(upstream.label).set(0)
+                logger.info("forward: loop via %s is gone; forwarding to it again", upstream.label)
+        if not upstream.looped:
+            self.metrics.forward_loop_detected.labels(upstream.label).set(0)
+        return upstream.looped
 
     async def check_loops(self) -> None:
         """One loop check of every upstream, concurrently."""
@@ -589,6 +684,7 @@ class Forwarder:
             try:
                 if self.hosts.reload():
                     self.metrics.hosts_entries.set(len(self.hosts))
+                    self._encoded.clear()  # a hosts name may shadow a forwarded one now
             except Exception:  # noqa: BLE001
                 logger.exception("hosts: reload of %s failed", self.settings.hosts_file)
 
@@ -671,48 +767,52 @@ def click_options(command: Any) -> Any:
     import click
 
     d = settings_mod.Settings()
+
+    def option(*decls: str, **attrs: Any) -> Any:
+        return click.option(*decls, show_envvar=True, **attrs)
+
     options = [
-        click.option("--forward-policy", "forward_policy", type=click.Choice(POLICIES), default=None,
+        option("--forward-policy", "forward_policy", type=click.Choice(POLICIES), default=None,
                      help="Order in which upstreams are tried. Default: round_robin, or sequential with -ns-rotate=false."),
-        click.option("--max-concurrent", "max_concurrent", type=click.IntRange(min=0), default=d.max_concurrent,
+        option("--max-concurrent", "max_concurrent", type=click.IntRange(min=0), default=d.max_concurrent,
                      show_default=True, help="Most upstream exchanges in flight; beyond it REFUSED (0: no limit)."),
-        click.option("--forward-timeout", "forward_timeout", type=click.FloatRange(min=0, min_open=True),
+        option("--forward-timeout", "forward_timeout", type=click.FloatRange(min=0, min_open=True),
                      default=d.forward_timeout, show_default=True, help="Timeout of one upstream exchange, seconds."),
-        click.option("--forward-deadline", "forward_deadline", type=click.FloatRange(min=0, min_open=True),
+        option("--forward-deadline", "forward_deadline", type=click.FloatRange(min=0, min_open=True),
                      default=d.forward_deadline, show_default=True,
                      help="Whole time for one forwarded query across upstreams, seconds."),
-        click.option("--forward-max-fails", "forward_max_fails", type=click.IntRange(min=1),
+        option("--forward-max-fails", "forward_max_fails", type=click.IntRange(min=1),
                      default=d.forward_max_fails, show_default=True,
                      help="Consecutive failures that mark an upstream down."),
-        click.option("--forward-health-interval", "forward_health_interval", type=click.FloatRange(min=0, min_open=True),
+        option("--forward-health-interval", "forward_health_interval", type=click.FloatRange(min=0, min_open=True),
                      default=d.forward_health_interval, show_default=True,
                      help="How often a down upstream is checked with '. IN NS', seconds."),
-        click.option("--forward-failover", "forward_failover", multiple=True,
+        option("--forward-failover", "forward_failover", multiple=True,
                      default=tuple(dns.rcode.to_text(c) for c in d.forward_failover_rcodes), show_default=True,
                      help="Upstream rcodes that make us try the next upstream (repeat or comma-separate; "
                           "add NXDOMAIN when an upstream cannot resolve public names)."),
-        click.option("--stub-domain", "stub_domains", multiple=True, metavar="DOMAIN=IP[:PORT][,...]",
+        option("--stub-domain", "stub_domains", multiple=True, metavar="DOMAIN=IP[:PORT][,...]",
                      help="Send names under DOMAIN to these resolvers (repeatable; longest suffix wins)."),
-        click.option("--cache-size", "cache_size", type=click.IntRange(min=0), default=d.cache_size,
+        option("--cache-size", "cache_size", type=click.IntRange(min=0), default=d.cache_size,
                      show_default=True, help="Forwarded answers kept (0 turns the cache off)."),
-        click.option("--cache-max-ttl", "cache_max_ttl", type=click.IntRange(min=0), default=d.cache_max_ttl,
+        option("--cache-max-ttl", "cache_max_ttl", type=click.IntRange(min=0), default=d.cache_max_ttl,
                      show_default=True, help="Cap on the cached lifetime of positive answers, seconds."),
-        click.option("--cache-max-negative-ttl", "cache_max_negative_ttl", type=click.IntRange(min=0),
+        option("--cache-max-negative-ttl", "cache_max_negative_ttl", type=click.IntRange(min=0),
                      default=d.cache_max_negative_ttl, show_default=True,
                      help="Cap on the cached lifetime of NXDOMAIN/NODATA answers, seconds."),
-        click.option("--cache-serve-stale", "cache_serve_stale", type=click.FloatRange(min=0),
+        option("--cache-serve-stale", "cache_serve_stale", type=click.FloatRange(min=0),
                      default=d.cache_serve_stale, show_default=True,
                      help="Serve expired answers this long when every upstream fails, seconds (0: off)."),
-        click.option("--loop-check-interval", "loop_check_interval", type=click.FloatRange(min=0),
+        option("--loop-check-interval", "loop_check_interval", type=click.FloatRange(min=0),
                      default=d.loop_check_interval, show_default=True,
                      help="Forwarding-loop probe through each upstream at start and this often, seconds (0: off)."),
-        click.option("--hosts", "hosts", type=click.Path(dir_okay=False), default=d.hosts_file,
+        option("--hosts", "hosts", type=click.Path(dir_okay=False), default=d.hosts_file,
                      help="Hosts-format file answered before forwarding; reloaded on change."),
-        click.option("--hosts-ttl", "hosts_ttl", type=click.IntRange(min=0), default=d.hosts_ttl,
+        option("--hosts-ttl", "hosts_ttl", type=click.IntRange(min=0), default=d.hosts_ttl,
                      show_default=True, help="TTL of answers from the hosts file, seconds."),
-        click.option("--hosts-reload", "hosts_reload", type=click.FloatRange(min=0, min_open=True),
+        option("--hosts-reload", "hosts_reload", type=click.FloatRange(min=0, min_open=True),
                      default=d.hosts_reload, show_default=True, help="How often the hosts file is checked, seconds."),
-        click.option("--ready-requires-upstream/--no-ready-requires-upstream", "ready_requires_upstream",
+        option("--ready-requires-upstream/--no-ready-requires-upstream", "ready_requires_upstream",
                      default=d.ready_requires_upstream, show_default=True,
                      help="/ready also needs at least one healthy upstream."),
     ]
@@ -724,7 +824,9 @@ def click_options(command: Any) -> Any:
 def settings_from_click(params: dict[str, Any]) -> dict[str, Any]:
     """Pop this module's click parameters from params; return the Settings fields they set.
 
-    Raises click.BadParameter naming the flag for a bad value.
+    Every field of OPTION_FIELDS present in params is returned converted, so the result can be
+    applied over any raw pass-through of the same names. Raises click.BadParameter naming the
+    flag for a bad value.
     """
     import click
 
@@ -732,8 +834,8 @@ def settings_from_click(params: dict[str, Any]) -> dict[str, Any]:
     for param, field in OPTION_FIELDS.items():
         if param in params:
             fields[field] = params.pop(param)
-    if fields.get("forward_policy") is None:
-        fields.pop("forward_policy", None)
+    if "forward_policy" in fields and fields["forward_policy"] is None:
+        fields["forward_policy"] = ""  # follow -ns-rotate
     if "forward_failover_rcodes" in fields:
         try:
             fields["forward_failover_rcodes"] = parse_rcodes(fields["forward_failover_rcodes"])

@@ -19,6 +19,8 @@ Rules:
    STALE_TTL.
 6. Entries are never mutated after put(); get() returns fresh RRset copies, so callers may
    keep what they get.
+7. Encoded (the hot path): an encoded reply plus the offsets of its TTL fields; a hit copies
+   the bytes and lowers each TTL by the whole seconds elapsed, never past the entry's expiry.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import struct
 
 import dns.flags
 import dns.message
@@ -212,6 +215,13 @@ class Cache:
             return _served(entry, int(now - entry.stored)), entry.kind
         return _served(entry, 0, fixed=STALE_TTL), entry.kind
 
+    def entry_times(self, key: Key) -> tuple[float, float] | None:
+        """(stored, expires) of a fresh entry, for encoding its answer once (None if absent)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        return entry.stored, entry.stored + entry.lifetime
+
     def _remove(self, key: Key) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
@@ -224,3 +234,79 @@ class Cache:
             if len(self._entries) < self.capacity and now - entry.stored - entry.lifetime <= self.stale:
                 return
             self._remove(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# encoded answers: TTL fields found once, patched per hit (the forwarded-answer hot path)
+
+
+def _skip_name(message: bytes, pos: int) -> int:
+    """Offset just past the (possibly compressed) name starting at pos; IndexError if cut short."""
+    while True:
+        length = message[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            message[pos + 1]  # the pointer's second byte must exist
+            return pos + 2
+        if length & 0xC0:
+            raise ValueError(f"unsupported label type at offset {pos}")
+        pos += length + 1
+
+
+def ttl_offsets(message: bytes) -> tuple[int, ...] | None:
+    """Offsets of the TTL field of every record of an encoded message except OPT.
+
+    None when the message is not well formed (the caller then just does not cache it).
+    """
+    try:
+        if len(message) < 12:
+            return None
+        qdcount, ancount, nscount, arcount = struct.unpack_from("!HHHH", message, 4)
+        pos = 12
+        for _ in range(qdcount):
+            pos = _skip_name(message, pos) + 4
+        offsets = []
+        for _ in range(ancount + nscount + arcount):
+            pos = _skip_name(message, pos)
+            rdtype, _, _, rdlength = struct.unpack_from("!HHIH", message, pos)
+            if rdtype != 41:
+                offsets.append(pos + 4)
+            pos += 10 + rdlength
+        if pos != len(message):
+            return None
+        return tuple(offsets)
+    except (IndexError, ValueError, struct.error):
+        return None
+
+
+def age_wire(message: bytes, offsets: tuple[int, ...], seconds: int) -> bytes:
+    """A copy of message with every TTL at offsets lowered by seconds (not below 0)."""
+    if seconds <= 0 or not offsets:
+        return message
+    out = bytearray(message)
+    for offset in offsets:
+        ttl = struct.unpack_from("!I", out, offset)[0]
+        struct.pack_into("!I", out, offset, ttl - seconds if ttl > seconds else 0)
+    return bytes(out)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Encoded:
+    """An encoded reply to a forwarded query, valid until `expires`.
+
+    Its TTLs are those served at `rendered` (a time on the cache's clock); a hit at `now`
+    lowers them by the whole seconds since then, counted like get() counts them.
+    """
+
+    message: bytes
+    offsets: tuple[int, ...]
+    stored: float
+    rendered_elapsed: int
+    expires: float
+
+    def at(self, now: float) -> bytes | None:
+        """The message with TTLs for `now`, or None once expired."""
+        if now >= self.expires:
+            return None
+        return age_wire(self.message, self.offsets, int(now - self.stored) - self.rendered_elapsed)

@@ -63,6 +63,14 @@ def rcode_label(rcode: int) -> str:
     return _RCODE_NAMES.get(rcode, str(rcode))
 
 
+def _size_table() -> bytes:
+    """size (0..65535 bytes) -> index of its SIZE_BUCKETS bucket, one byte each."""
+    return bytes(bisect.bisect_left(SIZE_BUCKETS, size) for size in range(65536))
+
+
+_SIZE_BUCKET = _size_table()
+
+
 class _Histogram:
     """A plain bucket counter; exported by the collector. Not thread-safe (one event loop)."""
 
@@ -89,18 +97,19 @@ class _Histogram:
 
 
 class DnsStats:
-    """Hot-path counters of one process, exported at scrape time.
+    """Hot-path counters of one process, folded into metric families at scrape time.
 
-    ``server`` is the listen address as CoreDNS writes it ("dns://127.0.0.1:53").
+    One call per answered query, ``answered()``: a dict update keyed by (zone, proto, family,
+    type, rcode, request size bucket, response size bucket) holding [count, request bytes,
+    response bytes], plus one duration observation. Every key part is from a small set, so
+    the dict stays small whatever the traffic. ``server`` is the listen address as CoreDNS
+    writes it ("dns://127.0.0.1:53").
     """
 
     def __init__(self) -> None:
         self.server = "dns://:53"
-        self.requests: dict[tuple[str, str, str, str], int] = {}   # (zone, proto, family, type)
-        self.responses: dict[tuple[str, str], int] = {}             # (zone, rcode)
+        self.events: dict[tuple[str, str, str, str, int, int, int], list[int]] = {}
         self.durations: dict[tuple[str, str], _Histogram] = {}      # (zone, type)
-        self.request_sizes: dict[tuple[str, str], _Histogram] = {}  # (zone, proto)
-        self.response_sizes: dict[tuple[str, str], _Histogram] = {}
         self.dropped: dict[str, int] = {}
         self.cache_hits: dict[str, int] = {}
         self.cache_misses: dict[str, int] = {}
@@ -113,32 +122,25 @@ class DnsStats:
         self.__init__()  # type: ignore[misc]
         self.server = server
 
-    def request(self, zone: str, proto: str, family: str, qtype: int, size: int) -> None:
-        """Count one request that will be answered."""
-        key = (zone, proto, family, _TYPE_NAMES.get(qtype, "other"))
-        self.requests[key] = self.requests.get(key, 0) + 1
-        hist = self.request_sizes.get((zone, proto))
+    def answered(self, zone: str, proto: str, family: str, qtype: int, rcode: int,
+                 request_size: int, response_size: int, seconds: float) -> None:
+        """Count one request and its response: sizes in bytes, time taken in seconds."""
+        qtype_label = _TYPE_NAMES.get(qtype, "other")
+        key = (zone, proto, family, qtype_label, rcode,
+               _SIZE_BUCKET[request_size & 0xFFFF], _SIZE_BUCKET[response_size & 0xFFFF])
+        counts = self.events.get(key)
+        if counts is None:
+            counts = self.events[key] = [0, 0, 0]
+        counts[0] += 1
+        counts[1] += request_size
+        counts[2] += response_size
+        hist = self.durations.get((zone, qtype_label))
         if hist is None:
-            hist = self.request_sizes[(zone, proto)] = _Histogram(SIZE_BUCKETS)
-        hist.observe(size)
-
-    def response(self, zone: str, proto: str, qtype: int, rcode: int, size: int, seconds: float) -> None:
-        """Count one response sent, with its size (bytes) and the time it took (seconds)."""
-        key = (zone, _RCODE_NAMES.get(rcode) or str(rcode))
-        self.responses[key] = self.responses.get(key, 0) + 1
-        dkey = (zone, _TYPE_NAMES.get(qtype, "other"))
-        hist = self.durations.get(dkey)
-        if hist is None:
-            hist = self.durations[dkey] = _Histogram(DURATION_BUCKETS)
+            hist = self.durations[(zone, qtype_label)] = _Histogram(DURATION_BUCKETS)
         hist.observe(seconds)
-        skey = (zone, proto)
-        hist = self.response_sizes.get(skey)
-        if hist is None:
-            hist = self.response_sizes[skey] = _Histogram(SIZE_BUCKETS)
-        hist.observe(size)
 
     def drop(self, reason: str) -> None:
-        """Count a packet that got no answer (reason: short, response, error...)."""
+        """Count a packet that got no answer (reason: short, response, ...)."""
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     def hit(self, cache: str) -> None:
@@ -151,15 +153,51 @@ class DnsStats:
         """Count an exception caught at a packet handler's edge."""
         self.panics += 1
 
+    # -- folded views (scrape time and tests) ------------------------------------------------
+
+    def requests(self) -> dict[tuple[str, str, str, str], int]:
+        """(zone, proto, family, type) -> requests."""
+        out: dict[tuple[str, str, str, str], int] = {}
+        for (zone, proto, family, qtype, _rc, _qb, _rb), counts in list(self.events.items()):
+            key = (zone, proto, family, qtype)
+            out[key] = out.get(key, 0) + counts[0]
+        return out
+
+    def responses(self) -> dict[tuple[str, str], int]:
+        """(zone, rcode name) -> responses."""
+        out: dict[tuple[str, str], int] = {}
+        for (zone, _proto, _family, _qtype, rcode, _qb, _rb), counts in list(self.events.items()):
+            key = (zone, _RCODE_NAMES.get(rcode) or str(rcode))
+            out[key] = out.get(key, 0) + counts[0]
+        return out
+
+    def sizes(self, response: bool) -> dict[tuple[str, str], tuple[list[int], int]]:
+        """(zone, proto) -> (count per SIZE_BUCKETS bucket incl. +Inf, byte sum)."""
+        out: dict[tuple[str, str], tuple[list[int], int]] = {}
+        for (zone, proto, _family, _qtype, _rc, qb, rb), counts in list(self.events.items()):
+            key = (zone, proto)
+            if key not in out:
+                out[key] = ([0] * (len(SIZE_BUCKETS) + 1), 0)
+            buckets, total = out[key]
+            buckets[rb if response else qb] += counts[0]
+            out[key] = (buckets, total + (counts[2] if response else counts[1]))
+        return out
+
 
 DNS = DnsStats()
 
 
-def _histogram_family(name: str, doc: str, labels: list[str],
-                      data: dict[tuple[str, ...], _Histogram], server: str) -> core.HistogramMetricFamily:
-    family = core.HistogramMetricFamily(name, doc, labels=labels)
-    for key, hist in list(data.items()):
-        family.add_metric([server, *key], hist.buckets(), hist.total)
+def _size_family(name: str, doc: str, data: dict[tuple[str, str], tuple[list[int], int]],
+                 server: str) -> core.HistogramMetricFamily:
+    family = core.HistogramMetricFamily(name, doc, labels=["server", "zone", "proto"])
+    for key, (counts, total) in data.items():
+        running = 0
+        buckets = []
+        for bound, count in zip(SIZE_BUCKETS, counts):
+            running += count
+            buckets.append((prometheus_client.utils.floatToGoString(bound), running))
+        buckets.append(("+Inf", running + counts[-1]))
+        family.add_metric([server, *key], buckets, total)
     return family
 
 
@@ -176,26 +214,27 @@ class _DnsCollector:
         s = self.stats
         server = s.server
         fam = core.CounterMetricFamily(
-            f"{NAMESPACE}_dns_requests", "DNS requests received, by zone, protocol, family and query type.",
+            f"{NAMESPACE}_dns_requests", "DNS requests answered, by zone, protocol, family and query type.",
             labels=["server", "zone", "proto", "family", "type"])
-        for key, n in list(s.requests.items()):
+        for key, n in s.requests().items():
             fam.add_metric([server, *key], n)
         yield fam
         fam = core.CounterMetricFamily(
             f"{NAMESPACE}_dns_responses", "DNS responses sent, by zone and rcode.",
             labels=["server", "zone", "rcode"])
-        for key, n in list(s.responses.items()):
+        for key, n in s.responses().items():
             fam.add_metric([server, *key], n)
         yield fam
-        yield _histogram_family(
+        fam = core.HistogramMetricFamily(
             f"{NAMESPACE}_dns_request_duration_seconds", "Time to answer a request, seconds.",
-            ["server", "zone", "type"], s.durations, server)
-        yield _histogram_family(
-            f"{NAMESPACE}_dns_request_size_bytes", "Size of received requests, bytes.",
-            ["server", "zone", "proto"], s.request_sizes, server)
-        yield _histogram_family(
-            f"{NAMESPACE}_dns_response_size_bytes", "Size of sent responses, bytes.",
-            ["server", "zone", "proto"], s.response_sizes, server)
+            labels=["server", "zone", "type"])
+        for key, hist in list(s.durations.items()):
+            fam.add_metric([server, *key], hist.buckets(), hist.total)
+        yield fam
+        yield _size_family(f"{NAMESPACE}_dns_request_size_bytes", "Size of answered requests, bytes.",
+                           s.sizes(response=False), server)
+        yield _size_family(f"{NAMESPACE}_dns_response_size_bytes", "Size of sent responses, bytes.",
+                           s.sizes(response=True), server)
         fam = core.CounterMetricFamily(
             f"{NAMESPACE}_dns_dropped", "Packets dropped without an answer, by reason.",
             labels=["server", "reason"])

@@ -92,9 +92,9 @@ class Settings:
     forward_max_fails: int = 2
     # How often a down upstream is checked with ". IN NS", seconds (CoreDNS 0.5 s).
     forward_health_interval: float = 0.5
-    # Upstream rcodes that make us try the next upstream (numeric: 2 SERVFAIL, 5 REFUSED;
-    # add 3 NXDOMAIN when one of the upstreams cannot resolve public names).
-    forward_failover_rcodes: tuple[int, ...] = (2, 5)
+    # Upstream rcodes that make us try the next upstream (numeric: 1 FORMERR, 2 SERVFAIL,
+    # 4 NOTIMP, 5 REFUSED; add 3 NXDOMAIN when one of the upstreams cannot resolve public names).
+    forward_failover_rcodes: tuple[int, ...] = (1, 2, 4, 5)
     # Whole time one forwarded query may take across all upstreams, seconds (CoreDNS 5 s).
     forward_deadline: float = 5.0
     # Stub domains: (domain, upstreams) pairs; the longest matching suffix wins.

@@ -7,8 +7,9 @@ Rules of this module:
 
 1. Keys are stored by path: a trie of key segments below ``/<prefix>/`` (the labels of the
    name, reversed). A lookup walks the trie by the query's labels and never scans keys that
-   are not at or below the queried name. Segments are matched case-insensitively (keys are
-   lower-cased on entry).
+   are not at or below the queried name. Segments are matched case-insensitively; ``bad``,
+   ``records()`` and ``Service.key`` keep the etcd key as written. (Two keys that differ only
+   in letter case share one trie node: the last put answers.)
 2. What a name answers with (DESIGN section 3): every record at or below its key, except
    records reached through a segment starting with ``_`` *below* the queried name (the etcd
    v2 hidden-key rule kube2sky's SRV layout ``<svc>/_tcp/_http/<leaf>`` relied on). Labels
@@ -38,13 +39,17 @@ logger = logging.getLogger(__name__)
 _WILDCARDS = msg.WILDCARDS
 
 
+# The children of every leaf: never written to (_put replaces it before adding a child).
+_NO_CHILDREN: dict[str, _Node] = {}
+
+
 class _Node:
     """One key segment: the record stored at exactly this key (if any) and the deeper segments."""
 
     __slots__ = ("children", "record")
 
     def __init__(self) -> None:
-        self.children: dict[str, _Node] = {}
+        self.children: dict[str, _Node] = _NO_CHILDREN  # a leaf shares one empty dict
         self.record: msg.Service | None = None
 
 
@@ -89,7 +94,7 @@ class Store:
         self._grouped = 0
         self.bad = {}
         for key, value in items:
-            self._put(key, value)
+            self._put(_text(key), value)
         self.revision = revision
         self.generation += 1
         self.loaded = True
@@ -98,38 +103,39 @@ class Store:
 
     def put(self, key: str, value: bytes, revision: int) -> bool:
         """Apply one etcd put; False when the value is not a valid record (logged, in ``bad``)."""
-        ok = self._put(key, value)
+        ok = self._put(_text(key), value)
         self.revision = max(self.revision, revision)
         self.generation += 1
         return ok
 
     def delete(self, key: str, revision: int) -> None:
         """Apply one etcd delete (unknown keys are fine)."""
-        lkey = key.lower()
-        self.bad.pop(lkey, None)
-        self._remove(lkey)
+        key = _text(key)
+        self.bad.pop(key, None)
+        self._remove(key)
         self.revision = max(self.revision, revision)
         self.generation += 1
 
     def _put(self, key: str, value: bytes) -> bool:
-        lkey = key.lower()
-        segments = self._segments(lkey)
+        segments = self._segments(key)
         if segments is None:
-            self.bad[lkey] = f"key is not under {self._head}"
+            self.bad[key] = f"key is not under {self._head}"
             logger.warning("skipping key %s: not under %s", key, self._head)
             return False
         try:
-            record = msg.decode(value, key=lkey)
+            record = msg.decode(value, key=key)
         except msg.RecordError as exc:
-            self._remove(lkey)
-            self.bad[lkey] = str(exc)
+            self._remove(key)
+            self.bad[key] = str(exc)
             logger.warning("skipping bad record at %s: %s", key, exc)
             return False
-        self.bad.pop(lkey, None)
+        self.bad.pop(key, None)
         node = self._root
         for seg in segments:
             child = node.children.get(seg)
             if child is None:
+                if node.children is _NO_CHILDREN:
+                    node.children = {}
                 child = node.children[seg] = _Node()
             node = child
         old = node.record
@@ -138,13 +144,13 @@ class Store:
         if record.group:
             self._grouped += 1
         node.record = record
-        self._records[lkey] = record
+        self._records[key] = record
         return True
 
-    def _remove(self, lkey: str) -> None:
-        if self._records.pop(lkey, None) is None:
+    def _remove(self, key: str) -> None:
+        if self._records.pop(key, None) is None:
             return
-        segments = self._segments(lkey)
+        segments = self._segments(key)
         if segments is None:  # cannot happen: only keys under the prefix are stored
             return
         path = [self._root]
@@ -154,7 +160,9 @@ class Store:
                 return
             path.append(nxt)
         node = path[-1]
-        if node.record is not None and node.record.group:
+        if node.record is None or node.record.key != key:
+            return  # the node answers for another spelling of this key (rule 1)
+        if node.record.group:
             self._grouped -= 1
         node.record = None
         # Prune empty nodes so that "node exists" means "some record at or below it".
@@ -162,13 +170,19 @@ class Store:
             node = path[depth]
             if node.record is not None or node.children:
                 break
-            del path[depth - 1].children[segments[depth - 1]]
+            parent = path[depth - 1]
+            del parent.children[segments[depth - 1]]
+            if not parent.children:
+                parent.children = _NO_CHILDREN
 
-    def _segments(self, lkey: str) -> tuple[str, ...] | None:
-        if not lkey.startswith(self._head):
+    def _segments(self, key: str) -> tuple[str, ...] | None:
+        """Lower-cased trie path of a key; None when it is not a record key under the prefix."""
+        if not key.startswith(self._head):
             return None
-        segments = tuple(seg for seg in lkey[len(self._head):].split("/") if seg)
-        return segments or None
+        parts = key[len(self._head):].lower().split("/")
+        if "" in parts:
+            parts = [seg for seg in parts if seg]
+        return tuple(parts) or None
 
     # -- reading --------------------------------------------------------------------------
 
@@ -176,7 +190,7 @@ class Store:
         return len(self._records)
 
     def records(self) -> dict[str, msg.Service]:
-        """A copy of every good record by (lower-cased) key."""
+        """A copy of every good record by etcd key."""
         return dict(self._records)
 
     def lookup(self, name: str, exact: bool = False) -> list[msg.Service]:
@@ -251,6 +265,11 @@ class Store:
                 return []
             level = nxt
         return level
+
+
+def _text(key: str | bytes) -> str:
+    """etcd clients hand out bytes keys; the store works on text."""
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else key
 
 
 def _collect(node: _Node, out: list[msg.Service], stop: int | None) -> None:

@@ -8,6 +8,10 @@ Rules:
 3. The hot path (DESIGN section 5): ``wire.parse`` -> cache of encoded answers -> ``wire.patch``.
    dnspython parses and renders only on a miss or for unusual messages. The cache is dropped
    whenever the store's generation moves, so a changed record is served on the very next query.
+   3a. In front of it, an exact cache keyed by the query's bytes after the ID (so the same name
+   spelling, flags and EDNS bytes) holds the already patched answer: a repeated query costs a
+   dict lookup and one concatenation of its ID with the stored answer. Filled only from
+   queries ``wire.parse`` accepted, emptied together with the main cache.
 4. Only ``answering.Reply`` with ``cacheable`` set is cached. Forwarded and resolved answers
    go through the forwarder (it keeps its own TTL cache) and are never cached here.
 5. Size limits: UDP 512 without EDNS, else min(client payload, our payload) and at least 512;
@@ -17,6 +21,8 @@ Rules:
    answers included (a few rotations are cached); RRset order, so CNAMEs first, never changes.
 7. Sockets are bound before the event loop serves anything, so "address in use" is known at once
    (``ListenError``). SO_REUSEPORT is set only when several workers share the port.
+8. Until the store has been loaded once, names in our zones are answered SERVFAIL (not cached),
+   so a client tries another server instead of caching a false NXDOMAIN; forwarding works.
 """
 
 from __future__ import annotations
@@ -133,8 +139,14 @@ class Handler:
         self.forwarder = forwarder
         self.answer = answer or answering.answer
         self.stats = stats or metrics.DNS
+        self.stats.cache_hits.setdefault(_CACHE, 0)
+        self.stats.cache_misses.setdefault(_CACHE, 0)
+        self.stats.cache_entries.setdefault(_CACHE, 0)
         self.cache_size = cache_size
+        # wire.cache_key -> (encoded answer variants, zone label)
         self.cache: dict[tuple, tuple[list[bytes], str]] = {}
+        # per proto: the query's bytes after the ID -> (answer variants after the ID, zone, qtype)
+        self.exact: dict[str, dict[bytes, tuple[list[bytes], str, int]]] = {"udp": {}, "tcp": {}}
         self.generation = -1
         self.turn = 0
         self.payload = max(wire.CLASSIC_UDP, settings.edns_payload)
@@ -156,28 +168,46 @@ class Handler:
             if data[2] & 0x80:
                 self.stats.drop("response")
                 return None
+            if self.cache_size:
+                generation = self.view.generation
+                if generation != self.generation:
+                    self.cache.clear()
+                    self.exact["udp"].clear()
+                    self.exact["tcp"].clear()
+                    self.generation = generation
+                    self.stats.cache_entries[_CACHE] = 0
+                # rule 3a: the very same bytes after the ID were answered before -> no parsing
+                hit = self.exact[proto].get(data[2:])
+                if hit is not None:
+                    tails, zone, qtype = hit
+                    if len(tails) > 1:
+                        self.turn += 1
+                        out = data[:2] + tails[self.turn % len(tails)]
+                    else:
+                        out = data[:2] + tails[0]
+                    stats = self.stats
+                    stats.cache_hits[_CACHE] += 1
+                    stats.answered(zone, proto, family, qtype, out[3] & 0x0F, len(data), len(out),
+                                   time.perf_counter() - start)
+                    return out
             query = wire.parse(data)
             if query is not None:
                 limit = wire.udp_limit(query, self.payload) if proto == "udp" else wire.TCP_MAX
                 if self.cache_size:
-                    generation = self.view.generation
-                    if generation != self.generation:
-                        self.cache.clear()
-                        self.generation = generation
                     key = wire.cache_key(query, limit)
                     entry = self.cache.get(key)
                     if entry is not None:
                         variants, zone = entry
-                        if len(variants) > 1:
+                        tails = [wire.patch(v, query)[2:] for v in variants]
+                        self._remember(proto, data, tails, zone, query.qtype)
+                        if len(tails) > 1:
                             self.turn += 1
-                            cached = variants[self.turn % len(variants)]
+                            out = data[:2] + tails[self.turn % len(tails)]
                         else:
-                            cached = variants[0]
-                        out = wire.patch(cached, query)
+                            out = data[:2] + tails[0]
                         stats = self.stats
-                        stats.hit(_CACHE)
-                        stats.request(zone, proto, family, query.qtype, query.size)
-                        stats.response(zone, proto, query.qtype, out[3] & 0x0F, len(out),
+                        stats.cache_hits[_CACHE] += 1
+                        stats.answered(zone, proto, family, query.qtype, out[3] & 0x0F, query.size, len(out),
                                        time.perf_counter() - start)
                         return out
                     self.stats.miss(_CACHE)
@@ -189,6 +219,12 @@ class Handler:
             return self._slow(data, query, key, limit, proto, family, start)
         except Exception:  # noqa: BLE001 - rule 1: nothing escapes a packet handler
             return self._panic(data, "handling")
+
+    def _remember(self, proto: str, data: bytes, tails: list[bytes], zone: str, qtype: int) -> None:
+        exact = self.exact[proto]
+        if len(exact) >= self.cache_size:
+            del exact[next(iter(exact))]
+        exact[data[2:]] = (tails, zone, qtype)
 
     def _panic(self, data: bytes, where: str) -> bytes | None:
         self.stats.panic()
@@ -227,6 +263,11 @@ class Handler:
         zone = self.zone_of(query.question[0].name) if query.question else "."
         result = self.answer(query, self.view, self.settings)
         if isinstance(result, answering.Reply):
+            if zone != "." and not getattr(self.view, "loaded", True):
+                # rule 8: no mirror yet -> SERVFAIL, never a false NXDOMAIN that clients cache
+                out = render(self._servfail(query), limit)
+                self._count(zone, proto, family, qtype, len(data), out, start)
+                return out
             message = result.message
             if self.round_robin and (count := _rotations(message)) > 1:
                 variants = []
@@ -240,11 +281,13 @@ class Handler:
             else:
                 variants = [render(message, limit)]
                 out = variants[0]
-            if key is not None and result.cacheable:
+            if key is not None and result.cacheable and parsed is not None:
                 if len(self.cache) >= self.cache_size:
                     del self.cache[next(iter(self.cache))]
                 self.cache[key] = (variants, zone)
                 self.stats.cache_entries[_CACHE] = len(self.cache)
+                # rendered for this very query: the tails after the ID are its exact answers
+                self._remember(proto, data, [v[2:] for v in variants], zone, qtype)
             self._count(zone, proto, family, qtype, len(data), out, start)
             return out
         if isinstance(result, answering.Forward):
@@ -255,7 +298,8 @@ class Handler:
             return self._forward(data, query, limit, proto, family, zone, qtype, start)
         if isinstance(result, answering.Resolve):
             if self.forwarder is None:
-                out = render(result.message, limit)
+                # No forwarding: the answer without the chain that leaves our zones.
+                out = render(getattr(result, "fallback", None) or result.message, limit)
                 self._count(zone, proto, family, qtype, len(data), out, start)
                 return out
             return self._resolve(data, result, limit, proto, family, zone, qtype, start)
@@ -271,8 +315,7 @@ class Handler:
                out: bytes | None, start: float) -> None:
         if out is None:
             return
-        self.stats.request(zone, proto, family, qtype, size)
-        self.stats.response(zone, proto, qtype, out[3] & 0x0F, len(out), time.perf_counter() - start)
+        self.stats.answered(zone, proto, family, qtype, out[3] & 0x0F, size, len(out), time.perf_counter() - start)
 
     async def _forward(self, data: bytes, query: dns.message.Message, limit: int, proto: str,
                        family: str, zone: str, qtype: int, start: float) -> bytes | None:
@@ -290,7 +333,10 @@ class Handler:
         try:
             rrsets = await self.forwarder.lookup(result.name, result.rdtype)
             message = result.message
-            message.answer.extend(rrsets)
+            if rrsets:
+                message.answer.extend(rrsets)
+            else:  # upstream has nothing: answering's fallback drops the dangling CNAME chain
+                message = getattr(result, "fallback", None) or message
             out = render(message, limit)
         except Exception:  # noqa: BLE001 - rule 1
             return self._panic(data, "resolving")

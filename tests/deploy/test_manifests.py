@@ -183,6 +183,15 @@ def test_probe_port_is_the_owning_daemons_flag(name, cname, kind, path, owner, f
     assert (port, "TCP") in _ports(pod[owner])
 
 
+@pytest.mark.parametrize(("cname", "kind", "path", "owner", "flag"), PROBES,
+                         ids=[f"{p[0]}-{p[1]}" for p in PROBES])
+def test_probe_path_is_served_by_the_owning_daemon(cname, kind, path, owner, flag):
+    """The path is a route of the daemon's HTTP server (a string literal in its package)."""
+    sources = "\n".join(p.read_text() for p in (common.ROOT / owner).glob("*.py"))
+    if f'"{path}"' not in sources:
+        pytest.fail(f"{owner} does not serve {path} (probe {cname}.{kind})")
+
+
 @pytest.mark.parametrize("name", common.CONTROLLER_FILES)
 def test_healthz_probes_the_pods_skydns_for_kubernetes_default(name):
     pod = common.containers(name)

@@ -79,6 +79,7 @@ RENDER_CASES = [
      dict(cluster_ip="fd00:10:96::a", zone="cluster.local", replicas=2, image="kube-skydns:latest",
           kind="ReplicationController",
           skydns_domain="cluster.local.,0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa.",
+          listen="[::]:53", probe="[::1]:53",
           kubelet="--cluster-dns=fd00:10:96::a --cluster-domain=cluster.local")),
 ]
 
@@ -99,7 +100,8 @@ def test_render_stream(argv, want):
         assert pod[name]["imagePullPolicy"] == want.get("pull_policy", "IfNotPresent")
     assert f"--domain={want['zone']}" in pod["kube2sky"]["args"]
     assert f"-domain={want['skydns_domain']}" in pod["skydns"]["args"]
-    assert (f"--probe=kubernetes=kubernetes.default.svc.{want['zone']}/A@127.0.0.1:53"
+    assert f"-addr={want.get('listen', '0.0.0.0:53')}" in pod["skydns"]["args"]
+    assert (f"--probe=kubernetes=kubernetes.default.svc.{want['zone']}/A@{want.get('probe', '127.0.0.1:53')}"
             in pod["healthz"]["args"])
     assert want["kubelet"] in proc.stderr.splitlines()
 

@@ -9,6 +9,7 @@ answered).
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -21,7 +22,6 @@ import dns.query
 import dns.rcode
 import pytest
 
-from skydns import settings
 from tests import procs
 from tests import upstreams
 
@@ -32,23 +32,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class Skydns:
-    """skydns in a child process, configured with Settings fields."""
+    """`python -m skydns` in a child process, started with flags."""
 
-    def __init__(self, etcd, port: int | None = None, **fields) -> None:
+    def __init__(self, etcd, *flags: str, nameservers: tuple[upstreams.Upstream, ...] = (), port: int | None = None):
         self.port = port or procs.free_port()
         self.http_port = procs.free_port()
-        fields = dict(
-            domains=(ZONE,), addr_host="127.0.0.1", addr_port=self.port, etcd_endpoints=(etcd.endpoint,),
-            http_host="127.0.0.1", http_port=self.http_port, lameduck=0.0, **fields,
-        )
-        code = (
-            "import sys\n"
-            "from skydns import app\n"
-            "from skydns.settings import Settings, Upstream\n"
-            f"app.run(Settings(**{fields!r}))\n"
-        )
-        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
+        args = [
+            sys.executable, "-m", "skydns", "--addr", f"127.0.0.1:{self.port}",
+            "--http-addr", f"127.0.0.1:{self.http_port}", "--machines", etcd.url, "--domain", ZONE,
+            "--lameduck", "0", "--nameservers", ",".join(f"127.0.0.1:{s.port}" for s in nameservers), *flags,
+        ]
+        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.wait_until(self.is_ready_or_loop, timeout=15, what="skydns to start")
 
     def http(self, path: str) -> tuple[int, str]:
@@ -78,10 +72,10 @@ class Skydns:
 
 
 def doctor(sky: Skydns, etcd, *nameservers: upstreams.Upstream, public=("example.com.", "example.org.")):
-    args = [sys.executable, "-m", "skydns.doctor", "--server", f"127.0.0.1:{sky.port}",
+    args = [sys.executable, "-m", "skydns.doctor", "--addr", f"127.0.0.1:{sky.port}",
             "--nameservers", ",".join(f"127.0.0.1:{s.port}" for s in nameservers),
             "--domain", ZONE, "--machines", etcd.url, "--metrics-url", f"http://127.0.0.1:{sky.http_port}/metrics",
-            "--timeout", "0.5"]
+            "--timeout", "1.0"]
     for name in public:
         args += ["--public-name", name]
     out = subprocess.run(args, cwd=ROOT, capture_output=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
@@ -95,20 +89,20 @@ def cluster_etcd(etcd):
 
 
 @pytest.mark.parametrize(
-    "fields, order",
+    "flags, order",
     [
-        ({"forward_policy": "sequential"}, ("good", "bad")),
-        ({"forward_policy": "round_robin", "forward_failover_rcodes": (2, 3, 5)}, ("bad", "good")),
-        ({"forward_policy": "random", "forward_failover_rcodes": (2, 3, 5)}, ("bad", "good")),
+        (("-ns-rotate=false",), ("good", "bad")),
+        (("--forward-policy", "round_robin", "--forward-failover", "SERVFAIL,REFUSED,NXDOMAIN"), ("bad", "good")),
+        (("--forward-policy", "random", "--forward-failover", "SERVFAIL,REFUSED,NXDOMAIN"), ("bad", "good")),
     ],
     ids=["sequential-good-first", "round_robin-failover-nxdomain", "random-failover-nxdomain"],
 )
-def test_every_public_lookup_succeeds_and_doctor_names_the_bad_upstream(cluster_etcd, fields, order):
+def test_every_public_lookup_succeeds_and_doctor_names_the_bad_upstream(cluster_etcd, flags, order):
     good, bad = upstreams.Upstream("ok"), upstreams.Upstream("nxdomain_public")
     servers = {"good": good, "bad": bad}
     with upstreams.Thread(good, bad):
-        nameservers = tuple(servers[n].upstream for n in order)
-        sky = Skydns(cluster_etcd, nameservers=nameservers, loop_check_interval=0.0, cache_size=0, **fields)
+        nameservers = tuple(servers[n] for n in order)
+        sky = Skydns(cluster_etcd, "--loop-check-interval", "0", "--cache-size", "0", *flags, nameservers=nameservers)
         try:
             rcodes = [sky.query(f"host{i}.example.com.").rcode() for i in range(20)]
             cluster = sky.query(f"kubernetes.default.svc.{ZONE}")
@@ -126,7 +120,7 @@ def test_every_public_lookup_succeeds_and_doctor_names_the_bad_upstream(cluster_
 def test_doctor_is_happy_with_good_upstreams(cluster_etcd):
     good = upstreams.Upstream("ok")
     with upstreams.Thread(good):
-        sky = Skydns(cluster_etcd, nameservers=(good.upstream,), loop_check_interval=0.0)
+        sky = Skydns(cluster_etcd, "--loop-check-interval", "0", nameservers=(good,))
         try:
             code, report = doctor(sky, cluster_etcd, good)
         finally:
@@ -136,19 +130,23 @@ def test_doctor_is_happy_with_good_upstreams(cluster_etcd):
     assert "mirror: etcd 1 records at revision" in report
 
 
-def test_forwarding_loop_is_detected_and_cluster_names_still_served(cluster_etcd):
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_forwarding_loop_is_detected_and_cluster_names_still_served(cluster_etcd, workers):
     stub, good = upstreams.Upstream("forward"), upstreams.Upstream("ok")
     with upstreams.Thread(stub, good) as thread:
         port = procs.free_port()
         thread.loop.call_soon_threadsafe(setattr, stub, "forward_to", ("127.0.0.1", port))
         # the stub forwards to skydns's own port: a loop through it, none through `good`
-        sky = Skydns(cluster_etcd, port=port, nameservers=(stub.upstream, good.upstream),
-                     loop_check_interval=0.2, forward_policy="sequential")
+        sky = Skydns(cluster_etcd, "--loop-check-interval", "0.2", "--forward-policy", "sequential",
+                     "--workers", str(workers), nameservers=(stub, good), port=port)
         try:
             procs.wait_until(lambda: "loop" in sky.http("/ready")[1], timeout=10, what="loop reported on /ready")
             status, body = sky.http("/ready")
             cluster = sky.query(f"kubernetes.default.svc.{ZONE}")
-            public = sky.query("www.example.com.")
+            # every process learns of the loop (probes are signed for all workers); until then a
+            # worker may still try the stub first, so poll
+            public = procs.wait_until(lambda: _noerror(sky.query("www.example.com.")), timeout=10,
+                                      what="public name answered through the good upstream")
             code, report = doctor(sky, cluster_etcd, stub, good)
         finally:
             log = sky.close()
@@ -161,7 +159,34 @@ def test_forwarding_loop_is_detected_and_cluster_names_still_served(cluster_etcd
     assert f"forwarding loop via 127.0.0.1:{stub.port}" in report
 
 
-def test_settings_upstream_repr_round_trips():
-    # Skydns above passes Settings through repr(); keep that possible.
-    up = settings.Upstream("127.0.0.1", 5353)
-    assert eval(repr(up), {"Upstream": settings.Upstream}) == up
+def test_hosts_file_stub_domain_cache_and_metrics(cluster_etcd, tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.50.0.1 registry.corp.example\n")
+    default, corp = upstreams.Upstream("ok"), upstreams.Upstream("ok")
+    with upstreams.Thread(default, corp) as thread:
+        thread.loop.call_soon_threadsafe(setattr, corp, "answer_ip", "192.0.2.99")
+        sky = Skydns(cluster_etcd, "--loop-check-interval", "0", "--hosts", str(hosts), "--hosts-reload", "0.1",
+                     "--stub-domain", f"corp.example=127.0.0.1:{corp.port}", nameservers=(default,))
+        try:
+            from_hosts = sky.query("registry.corp.example.")
+            from_stub = sky.query("wiki.corp.example.")
+            public = [sky.query("www.example.com.") for _ in range(3)]
+            hosts.write_text("10.50.0.2 registry.corp.example\n")
+            procs.wait_until(lambda: sky.query("registry.corp.example.").answer[0][0].to_text() == "10.50.0.2",
+                             timeout=10, what="hosts file reloaded")
+            _, text = sky.http("/metrics")
+        finally:
+            sky.close()
+    assert from_hosts.answer[0][0].to_text() == "10.50.0.1"
+    assert from_stub.answer[0][0].to_text() == "192.0.2.99"
+    assert [p.answer[0][0].to_text() for p in public] == ["192.0.2.1"] * 3
+    assert corp.names() == ["wiki.corp.example."]
+    assert default.names("A") == ["www.example.com."]  # the two repeats came from the cache
+    assert f'skydns_forward_requests_total{{to="127.0.0.1:{default.port}"}} 1.0' in text
+    assert f'skydns_forward_responses_total{{rcode="NOERROR",to="127.0.0.1:{corp.port}"}} 1.0' in text
+    assert re.search(r'skydns_cache_hits_total\{cache="forward",[^}]*\} 2\.0', text)
+    assert "skydns_hosts_entries 1.0" in text
+
+
+def _noerror(reply: dns.message.Message) -> dns.message.Message | None:
+    return reply if reply.rcode() == dns.rcode.NOERROR else None

@@ -1,8 +1,8 @@
 """The etcd mirror against a real etcd: list, watch, bad values, restarts, compaction, size.
 
-The mirror runs in its own thread with its own event loop (as in the daemon); the test
-thread drives etcd with etcdctl and polls the view through that loop, so every read of the
-view happens on the thread that writes it. Nothing here asserts a duration: changes are
+The mirrors run on one event loop in a thread (as in the daemon); the test thread drives
+etcd with etcdctl and polls the view through that loop, so every read of the view happens
+on the thread that writes it. Nothing here asserts a duration: changes are
 awaited with wait_until.
 """
 
@@ -12,8 +12,11 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import random
+import shutil
 import signal
+import subprocess
 import threading
 
 import aetcd
@@ -21,75 +24,14 @@ import pytest
 
 from skydns import etcdwatch
 from skydns import settings as settings_mod
+from skydns import store
 from tests import procs
 
 pytestmark = pytest.mark.integration
 
-try:
-    from skydns import store as store_mod
-except ImportError:  # the CORE helper's store is not in the tree yet
-    store_mod = None
 
-
-class StandInStore:
-    """The Store interface (replace/put/delete/revision/generation/loaded/bad/len) over a dict."""
-
-    def __init__(self, prefix: str = "skydns") -> None:
-        self.prefix = prefix
-        self.records: dict[str, dict] = {}
-        self.bad: dict[str, str] = {}
-        self.revision = 0
-        self.generation = 0
-        self.loaded = False
-
-    def _decode(self, key: str, value: bytes) -> dict | None:
-        try:
-            record = json.loads(value)
-            if not isinstance(record, dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            self.bad[key] = str(exc)
-            return None
-        self.bad.pop(key, None)
-        return record
-
-    def replace(self, items, revision: int) -> None:
-        self.records, self.bad = {}, {}
-        for key, value in items:
-            record = self._decode(key, value)
-            if record is not None:
-                self.records[key] = record
-        self.revision, self.loaded = revision, True
-        self.generation += 1
-
-    def put(self, key: str, value: bytes, revision: int) -> bool:
-        record = self._decode(key, value)
-        if record is None:
-            self.records.pop(key, None)
-        else:
-            self.records[key] = record
-        self.revision = revision
-        self.generation += 1
-        return record is not None
-
-    def delete(self, key: str, revision: int) -> None:
-        self.records.pop(key, None)
-        self.bad.pop(key, None)
-        self.revision = revision
-        self.generation += 1
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-
-def new_view():
-    return store_mod.Store() if store_mod is not None else StandInStore()
-
-
-def view_keys(view) -> set[str]:
+def view_keys(view: store.Store) -> set[str]:
     """The etcd keys of the good records in the view."""
-    if isinstance(view, StandInStore):
-        return set(view.records)
     return set(view.records())
 
 
@@ -168,7 +110,7 @@ class Mirror:
         self.loop_thread = loop_thread
         self.settings = settings
         self.hook = hook
-        self.view = view if view is not None else new_view()
+        self.view = view if view is not None else store.Store()
         self.metrics = Metrics()
         self.updates: list[etcdwatch.Update] = []
         self.stop_event: asyncio.Event | None = None
@@ -212,7 +154,9 @@ class Mirror:
             import io
             out = io.StringIO()
             for task in asyncio.all_tasks(self.loop_thread.loop):
-                task.print_stack(file=out)
+                out.write(f"{task!r}\n")
+                for frame in task.get_stack():
+                    out.write(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n")
             raise AssertionError("run() did not return after stop; tasks:\n" + out.getvalue())
 
 
@@ -234,11 +178,13 @@ def etcd_revision(etcd) -> int:
 
 
 @pytest.fixture
-def mirror(etcd, loop_thread):
+def mirror(request, loop_thread):
     started: list[Mirror] = []
 
     def start(hook=None, settings=None, **overrides) -> Mirror:
-        m = Mirror(loop_thread, settings or settings_for(etcd, **overrides), hook).start()
+        if settings is None:
+            settings = settings_for(request.getfixturevalue("etcd"), **overrides)
+        m = Mirror(loop_thread, settings, hook).start()
         started.append(m)
         return m
 
@@ -317,21 +263,95 @@ def test_etcd_down_keeps_the_view_then_catches_up(etcd, mirror):
     m.wait_keys({key("a"), key("after"), key("watch")}, "watch after the restart")
 
 
-def test_deletes_while_disconnected_leave_no_stale_keys(etcd, mirror, loop_thread):
+class Proxy:
+    """A TCP proxy on 127.0.0.1 in front of etcd that can cut the network (a partition)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.open = True
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> "Proxy":
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        self.writers -= {writer, up_writer}
+
+    async def cut(self) -> None:
+        self.open = False
+        for writer in list(self.writers):
+            writer.transport.abort()
+
+    async def heal(self) -> None:
+        self.open = True
+
+    async def close(self) -> None:
+        await self.cut()
+        self.server.close()
+
+
+def test_deletes_while_partitioned_leave_no_stale_keys(etcd, mirror, loop_thread):
     put_many(loop_thread, etcd, {key(f"h{i}"): record(f"10.0.1.{i}") for i in range(20)})
+    proxy = loop_thread.run(Proxy(etcd.client_port).start())
+    try:
+        m = mirror(etcd_endpoints=(f"127.0.0.1:{proxy.port}",))
+        before = {key(f"h{i}") for i in range(20)}
+        m.wait_keys(before, "initial load")
+        loop_thread.run(proxy.cut())
+        procs.wait_until(lambda: m.metrics.etcd_connected.value == 0, what="partition noticed")
+        seen = len(m.updates)
+        etcd.ctl("del", "--prefix", key("h1"))  # h1, h10..h19
+        etcd.ctl("put", key("new"), record("10.0.2.1"))
+        assert m.keys() == before  # still serving the last good data
+        loop_thread.run(proxy.heal())
+        m.wait_keys(etcd_keys(etcd), "relist after the partition")
+        assert len(m.keys()) == 10  # h0, h2..h9 and new
+        changes = [u.change for u in m.updates[seen:]]
+        assert changes[0] is etcdwatch.Change.REPLACE and etcdwatch.Change.DELETE not in changes
+    finally:
+        loop_thread.run(proxy.close())
+
+
+def test_frozen_etcd_is_detected(etcd, mirror):
+    etcd.ctl("put", key("a"), record("10.0.0.1"))
     m = mirror()
-    m.wait_keys({key(f"h{i}") for i in range(20)}, "initial load")
-    # Freeze etcd so the open watch hangs (no FIN, no RST), then change etcd behind it.
+    m.wait_keys({key("a")}, "initial load")
+    # A frozen etcd never closes the TCP connection: only the watch probe can notice.
     etcd.proc.send_signal(signal.SIGSTOP)
     try:
         procs.wait_until(lambda: m.metrics.etcd_connected.value == 0, timeout=15,
                          what="hung watch detected")
+        assert m.keys() == {key("a")}
     finally:
         etcd.proc.send_signal(signal.SIGCONT)
-    etcd.ctl("del", "--prefix", key("h1"))  # h1, h10..h19
-    etcd.ctl("put", key("new"), record("10.0.2.1"))
-    m.wait_keys(etcd_keys(etcd), "relist after the hang")
-    assert len(m.keys()) == 10
+    etcd.ctl("put", key("b"), record("10.0.0.2"))
+    m.wait_keys({key("a"), key("b")}, "caught up after the freeze")
+    procs.wait_until(lambda: m.metrics.etcd_connected.value == 1, what="connected again")
 
 
 def test_compaction_relists(etcd, mirror, caplog):
@@ -384,3 +404,81 @@ def test_stop_while_etcd_is_unreachable(mirror):
     assert not m.call(lambda: m.view.loaded)
     assert m.metrics.etcd_ready.value == 0
     m.stop()
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+def _openssl(*args: str, cwd) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def make_pki(directory) -> dict[str, str]:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+             "-subj", "/CN=kube-skydns test CA", cwd=directory)
+    for name, usage in (("server", "serverAuth"), ("client", "clientAuth")):
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}",
+                 cwd=directory)
+        ext = os.path.join(directory, f"{name}.ext")
+        with open(ext, "w") as fh:
+            fh.write(f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", ext, cwd=directory)
+    return {name: os.path.join(directory, name) for name in
+            ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+@pytest.fixture
+def tls_etcd(tmp_path):
+    """A real etcd serving clients over TLS with client-certificate auth; yields (endpoint, ctl, pki)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    pki = make_pki(str(tmp_path))
+    port, peer = procs.free_port(), procs.free_port()
+    url = f"https://127.0.0.1:{port}"
+    log = open(tmp_path / "etcd.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([
+        "etcd", "--name", "tls", "--data-dir", str(tmp_path / "data"),
+        "--listen-client-urls", url, "--advertise-client-urls", url,
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", f"tls=http://127.0.0.1:{peer}",
+        "--cert-file", pki["server.pem"], "--key-file", pki["server.key"],
+        "--trusted-ca-file", pki["ca.pem"], "--client-cert-auth",
+    ], stdout=log, stderr=subprocess.STDOUT)
+
+    def ctl(*args: str) -> str:
+        return subprocess.run(
+            ["etcdctl", "--endpoints", url, "--cacert", pki["ca.pem"], "--cert", pki["client.pem"],
+             "--key", pki["client.key"], *args],
+            capture_output=True, check=True, timeout=20, env=dict(os.environ, ETCDCTL_API="3"),
+        ).stdout.decode()
+
+    try:
+        procs.wait_until(lambda: ctl("put", "/tls-probe", "ok"), timeout=20, what="TLS etcd")
+        yield f"127.0.0.1:{port}", ctl, pki
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def test_tls_with_client_certificate(tls_etcd, mirror):
+    endpoint, ctl, pki = tls_etcd
+    ctl("put", key("secure"), record("10.0.9.1"))
+    base = settings_mod.Settings(etcd_endpoints=(endpoint,), backoff=(0.05,), etcd_timeout=1.0,
+                                 etcd_watch_check=0.5)
+    m = mirror(settings=dataclasses.replace(base, etcd_ca_cert=pki["ca.pem"], etcd_tls_pem=pki["client.pem"],
+                                            etcd_tls_key=pki["client.key"]))
+    m.wait_keys({key("secure")}, "load over TLS")
+    ctl("put", key("secure2"), record("10.0.9.2"))
+    m.wait_keys({key("secure"), key("secure2")}, "watch over TLS")
+    # Without a client certificate the server refuses us: retried, never loaded.
+    refused = mirror(settings=dataclasses.replace(base, etcd_ca_cert=pki["ca.pem"]))
+    procs.wait_until(lambda: refused.metrics.etcd_watch_reconnects.value >= 2, what="refused retries")
+    assert not refused.call(lambda: refused.view.loaded)

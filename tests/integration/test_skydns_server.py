@@ -197,6 +197,7 @@ def test_etcd_unreachable_at_start_is_not_fatal(etcd):
     with running(etcd.url, prefix, ready=False) as server:
         assert server.http("/ready") == (503, "etcd: not loaded yet")
         assert server.http("/health") == (200, "OK")
+        assert server.udp().rcode() == dns.rcode.SERVFAIL  # never a false NXDOMAIN
         etcd.start()
         server.wait_ready()
         assert addrs(server.udp()) == ["10.0.0.1"]
@@ -206,10 +207,31 @@ def test_workers_share_the_port(shared_etcd):
     prefix = "it-srv-f"
     shared_etcd.ctl("put", key(prefix), '{"host":"10.0.0.1"}')
     with running(shared_etcd.url, prefix, "--workers=2") as server:
+        workers = procs.wait_until(lambda: _children(server.proc.pid), what="worker process")
         for _ in range(20):
             assert addrs(server.udp()) == ["10.0.0.1"]
         assert addrs(server.tcp()) == ["10.0.0.1"]
         assert server.stop() == 0
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}"), "worker left running"
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of pid running skydns (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in cmdline:
+            found.append(int(entry))
+    return found
 
 
 def _one_line_exit(args: list[str]) -> tuple[int, str]:

@@ -31,6 +31,8 @@ CASES = [
                  expect(etcd_mutation_timeout=0.5, kube_master_url="http://127.0.0.1:8080",
                         kubecfg_file="/etc/kube.conf"), id="underscore spellings"),
     pytest.param(["--etcd-mutation-timeout", "2m"], {}, expect(etcd_mutation_timeout=120.0), id="timeout minutes"),
+    pytest.param(["-v=2", "--logtostderr", "--alsologtostderr"], {}, expect(), id="glog flags accepted"),
+    pytest.param(["--resync-period", "0"], {}, expect(resync_period=0.0), id="no periodic resync"),
     pytest.param(["--etcd-server", "http://a:1,https://b:2, c"], {},
                  expect(etcd_endpoints=("a:1", "b:2", "c:2379")), id="etcd list"),
     pytest.param([], {"KUBE2SKY_DOMAIN": "Example.ORG", "KUBE2SKY_ETCD_SERVER": "http://e:2379",

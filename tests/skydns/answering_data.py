@@ -139,12 +139,19 @@ def run(case: dnscase.Case, view: store.Store = VIEW,
     return result
 
 
-def check(case: dnscase.Case, view: store.Store = VIEW,
-          settings: settings_mod.Settings = SETTINGS) -> None:
-    """Run a case and compare the reply (for Reply and Resolve results)."""
+def check(case: dnscase.Case, view: store.Store = VIEW, settings: settings_mod.Settings = SETTINGS,
+          fallback: dnscase.Case | None = None) -> None:
+    """Run a case and compare the reply (for Reply and Resolve results).
+
+    For a Resolve, ``fallback`` is the reply expected when the forwarders have nothing.
+    """
     result = run(case, view, settings)
     if isinstance(result, (answering.Reply, answering.Resolve)):
         dnscase.assert_reply(result.message, case, payload=settings.edns_payload)
+    if isinstance(result, answering.Resolve):
+        assert result.fallback is not None
+        if fallback is not None:
+            dnscase.assert_reply(result.fallback, fallback, payload=settings.edns_payload)
 
 
 def with_settings(**changes: object) -> settings_mod.Settings:

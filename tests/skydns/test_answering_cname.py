@@ -80,3 +80,46 @@ def test_chain_across_zones_and_to_apex():
     })
     data.check(Case("x.a.local.", "A", answer=("x.a.local. 300 IN CNAME b.local.", "b.local. 7 IN A 10.0.0.9")),
                view, data.with_settings(domains=("a.local.", "b.local.")))
+
+
+def test_cname_query_on_mixed_name_gives_first_alias():
+    data.check(Case("mail.skydns.local.", "CNAME", answer=("mail.skydns.local. 300 IN CNAME mx.other.example.",)))
+    data.check(Case("mail.skydns.local.", "HINFO", authority=(data.SOA_SKYDNS,)))
+
+
+FALLBACKS = [
+    (Case("ext.default.svc.cluster.local.", "A", id="externalname-fallback-nodata",
+          answer=("ext.default.svc.cluster.local. 30 IN CNAME www.example.com.",),
+          kind="resolve", resolve=("www.example.com.", "A")),
+     Case("ext.default.svc.cluster.local.", "A", authority=(SOA_CLUSTER,))),
+    (Case("out1.skydns.local.", "A", id="half-way-chain-fallback-nodata",
+          answer=("out1.skydns.local. 300 IN CNAME out2.skydns.local.",
+                  "out2.skydns.local. 300 IN CNAME www.example.org."),
+          kind="resolve", resolve=("www.example.org.", "A")),
+     Case("out1.skydns.local.", "A", authority=(SOA_SKYDNS,))),
+    # SkyDNS server_test shape: one name-host record (unresolvable upstream) and one address.
+    (Case("mail.skydns.local.", "A", id="addresses-kept-in-fallback",
+          answer=("mail.skydns.local. 300 IN A 10.2.0.1", "mail.skydns.local. 300 IN A 10.2.0.3",
+                  "mail.skydns.local. 300 IN CNAME mx.other.example."),
+          kind="resolve", resolve=("mx.other.example.", "A")),
+     Case("mail.skydns.local.", "A",
+          answer=("mail.skydns.local. 300 IN A 10.2.0.1", "mail.skydns.local. 300 IN A 10.2.0.3"))),
+]
+
+
+@pytest.mark.parametrize(("case", "fallback"), FALLBACKS, ids=[c.ident for c, _ in FALLBACKS])
+def test_resolve_fallback(case, fallback):
+    data.check(case, fallback=fallback)
+
+
+def test_fallback_uses_another_in_zone_alias():
+    view = data.store.Store.from_records({
+        "/skydns/local/z/two/a": '{"host":"far.example."}',
+        "/skydns/local/z/two/b": '{"host":"t1.z.local."}',
+        "/skydns/local/z/t1/x": '{"host":"10.0.0.1"}',
+    })
+    data.check(Case("two.z.local.", "A", answer=("two.z.local. 300 IN CNAME far.example.",),
+                    kind="resolve", resolve=("far.example.", "A")),
+               view, data.with_settings(domains=("z.local.",)),
+               fallback=Case("two.z.local.", "A", answer=("two.z.local. 300 IN CNAME t1.z.local.",
+                                                          "t1.z.local. 300 IN A 10.0.0.1")))

@@ -167,3 +167,13 @@ def test_internal_error_is_servfail(monkeypatch):
     result = _reply(dnscase.make_query(Case("myservice.default.svc.cluster.local.", "A")))
     assert result.message.rcode() == dns.rcode.SERVFAIL
     assert result.cacheable is False
+
+
+def test_dnscase_ttl_is_compared_unless_told():
+    query = dnscase.make_query(Case("myservice.default.svc.cluster.local.", "A"))
+    reply = _reply(query).message
+    with pytest.raises(AssertionError):
+        dnscase.assert_reply(reply, Case("myservice.default.svc.cluster.local.", "A",
+                                         answer=("myservice.default.svc.cluster.local. 31 IN A 10.0.0.10",)))
+    dnscase.assert_reply(reply, Case("myservice.default.svc.cluster.local.", "A", check_ttl=False,
+                                     answer=("myservice.default.svc.cluster.local. 0 IN A 10.0.0.10",)))

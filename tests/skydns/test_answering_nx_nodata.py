@@ -56,3 +56,18 @@ def test_store_not_loaded_is_servfail():
     result = data.run(Case("myservice.default.svc.cluster.local.", "A"), view)
     assert result.message.rcode() == dns.rcode.SERVFAIL
     assert result.cacheable is False
+
+
+EMPTY_SOA = "empty.local. 30 IN SOA ns.dns.empty.local. hostmaster.empty.local. 1 7200 1800 86400 30"
+EMPTY = [
+    Case("empty.local.", "A", id="empty-zone-apex-nodata", authority=(EMPTY_SOA,)),
+    Case("empty.local.", "SOA", id="empty-zone-soa", answer=(EMPTY_SOA,)),
+    Case("empty.local.", "NS", id="empty-zone-ns", answer=("empty.local. 300 IN NS ns.dns.empty.local.",)),
+    Case("x.empty.local.", "A", id="empty-zone-name-nxdomain", rcode="NXDOMAIN", authority=(EMPTY_SOA,)),
+]
+
+
+@pytest.mark.parametrize("case", EMPTY, ids=ids(EMPTY))
+def test_empty_zone(case):
+    view = data.store.Store.from_records({})
+    data.check(case, view, data.with_settings(domains=("empty.local.",)))

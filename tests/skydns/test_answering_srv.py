@@ -103,3 +103,14 @@ def test_glue_follows_cname_chain():
                     answer=("srv.z.local. 300 IN SRV 10 100 53 alias.z.local.",),
                     additional=("alias.z.local. 300 IN CNAME real.z.local.", "real.z.local. 9 IN A 10.0.0.7")),
                view, data.with_settings(domains=("z.local.",)))
+
+
+@pytest.mark.parametrize(("strip", "target"), [(0, "x.a.t.local."), (2, "t.local."), (3, "local."),
+                                               (4, "x.a.t.local."), (9, "x.a.t.local.")],
+                         ids=["none", "two", "all-but-one", "every-label-keeps-name", "overshoot-keeps-name"])
+def test_targetstrip_counts(strip, target):
+    view = data.store.Store.from_records({
+        "/skydns/local/t/a/x": f'{{"host":"10.0.0.1","port":5,"targetstrip":{strip}}}'})
+    data.check(Case("a.t.local.", "SRV", answer=(f"a.t.local. 300 IN SRV 10 100 5 {target}",),
+                    additional=(f"{target} 300 IN A 10.0.0.1",)),
+               view, data.with_settings(domains=("t.local.",)))

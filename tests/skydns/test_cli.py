@@ -95,8 +95,8 @@ def test_settings(run, argv, env, expected):
 
 
 def test_tls_files(run, tmp_path):
-    for name in ("ca.pem", "cert.pem", "key.pem"):
-        (tmp_path / name).write_text("x")
+    for name, kind in (("ca.pem", "CERTIFICATE"), ("cert.pem", "CERTIFICATE"), ("key.pem", "EC PRIVATE KEY")):
+        (tmp_path / name).write_text(f"-----BEGIN {kind}-----\nAAAA\n-----END {kind}-----\n")
     got = run(["-ca-cert", str(tmp_path / "ca.pem")],
               {"ETCD_TLSPEM": str(tmp_path / "cert.pem"), "ETCD_TLSKEY": str(tmp_path / "key.pem")})
     assert (got.etcd_ca_cert, got.etcd_tls_pem, got.etcd_tls_key) == (
@@ -119,7 +119,8 @@ BAD = [
     ("negative ttl", ["--ttl=-1"], {}, "'--ttl'"),
     ("bad pods", ["--pods=verified"], {}, "'--pods'"),
     ("missing ca file", ["-ca-cert=/nonexistent/ca.pem"], {}, "'--ca-cert'"),
-    ("pem without key", [], {"SKYDNS_TLS_PEM": __file__}, "--tls-key"),
+    ("pem without key", [], {"SKYDNS_TLS_PEM": settings_mod.__file__}, "--tls-"),
+    ("ca not PEM", ["-ca-cert", settings_mod.__file__], {}, "not a PEM file with a CERTIFICATE block"),
     ("bad env value", [], {"SKYDNS_TTL": "abc"}, "'--ttl'"),
     ("bad http addr", ["--http-addr=nowhere"], {}, "'--http-addr'"),
 ]
@@ -177,3 +178,22 @@ def test_preprocess(argv, expected):
 
 def test_resolv_conf_unreadable(tmp_path):
     assert cli.resolv_conf_nameservers(str(tmp_path / "missing")) == ()
+
+
+def test_doctor_subcommand_is_dispatched(monkeypatch):
+    from skydns import doctor
+
+    seen = []
+    monkeypatch.setattr(doctor, "main", seen.append)
+    monkeypatch.setattr(app, "run", lambda settings: pytest.fail("the server must not start"))
+    cli.main(["doctor", "--addr", "127.0.0.1:53"])
+    assert seen == [["--addr", "127.0.0.1:53"]]
+
+
+def test_tls_pem_needs_key(run, capsys, tmp_path):
+    cert = tmp_path / "cert.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    with pytest.raises(SystemExit) as info:
+        run(["-tls-pem", str(cert)])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "skydns: Invalid value for '--tls-pem': give both --tls-pem and --tls-key, or neither\n"

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+
+import click
+import click.testing
 
 import dns.flags
 import dns.message
@@ -16,9 +20,11 @@ import pytest
 from skydns import forwarding
 from skydns import metrics
 from skydns import settings
+from skydns import wire
+from tests import procs
 from tests import upstreams
 
-FAST = dict(forward_timeout=0.3, forward_health_interval=0.05, loop_check_interval=0.0)
+FAST = dict(forward_timeout=0.5, forward_health_interval=0.05, loop_check_interval=0.0)
 
 
 class Clock:
@@ -68,19 +74,23 @@ def test_relays_answer_with_client_id_and_question():
     assert seen == [("udp", "www.example.com.", "A")]
 
 
-@pytest.mark.parametrize("mode", ["timeout", "servfail", "refused", "wrong_id", "wrong_question"])
+@pytest.mark.parametrize(
+    "mode", ["timeout", "servfail", "refused", "refused_noquestion", "formerr", "wrong_id", "wrong_question"])
 def test_fails_over_to_next_upstream(mode):
     async def main():
         async with upstreams.Upstream(mode) as bad, upstreams.Upstream() as good:
             fwd = make(bad, good)
             reply = await fwd.forward(query())
-            return reply, bad.queries, good.queries, fwd.default.upstreams[0].fails
+            return reply, bad.queries, good.queries, fwd.default.upstreams[0]
 
-    reply, bad_seen, good_seen, fails = run(main())
+    reply, bad_seen, good_seen, first = run(main())
     assert reply.rcode() == dns.rcode.NOERROR
     assert len(reply.answer) == 1
     assert len(bad_seen) == 1 and len(good_seen) == 1
-    assert fails == 1
+    assert first.fails == 1
+    rcode = {"servfail": "SERVFAIL", "refused": "REFUSED", "refused_noquestion": "REFUSED", "formerr": "FORMERR"}
+    if mode in rcode:  # the error reply was taken (not waited out until the timeout)
+        assert sample("skydns_forward_responses_total", to=first.label, rcode=rcode[mode]) == 1
 
 
 def test_truncated_reply_is_retried_over_tcp():
@@ -450,3 +460,173 @@ def test_a_foreign_loop_probe_is_not_forwarded():
     assert reply.rcode() == dns.rcode.SERVFAIL
     assert seen == []
 
+
+
+def test_closed_port_fails_over_at_once():
+    async def main():
+        async with upstreams.Upstream() as good:
+            dead = settings.Upstream("127.0.0.1", procs.free_port(socket.SOCK_DGRAM))
+            fwd = forwarding.Forwarder(settings.Settings(**dict(
+                FAST, nameservers=(dead, good.upstream), forward_policy="sequential", forward_timeout=5.0)))
+            return await fwd.forward(query()), fwd.default.upstreams[0].fails
+
+    reply, fails = run(main())
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert fails == 1
+
+
+# -- command-line options -----------------------------------------------------------------------
+
+
+@click.command(context_settings={"auto_envvar_prefix": "SKYDNS"})
+@forwarding.click_options
+def _cli(**params):
+    _cli.result = settings.Settings(**forwarding.settings_from_click(params))
+    _cli.left = params
+
+
+@pytest.mark.parametrize(
+    "argv, env, expected",
+    [
+        ([], {}, {"forward_policy": "", "max_concurrent": 1000, "forward_failover_rcodes": (1, 2, 4, 5),
+                  "stub_domains": (), "hosts_file": "", "cache_serve_stale": 3600.0}),
+        (["--forward-policy", "random", "--max-concurrent", "5"], {}, {"forward_policy": "random", "max_concurrent": 5}),
+        ([], {"SKYDNS_FORWARD_POLICY": "sequential", "SKYDNS_MAX_CONCURRENT": "7"},
+         {"forward_policy": "sequential", "max_concurrent": 7}),
+        (["--forward-failover", "servfail,NXDOMAIN", "--forward-failover", "refused"], {},
+         {"forward_failover_rcodes": (2, 3, 5)}),
+        ([], {"SKYDNS_FORWARD_FAILOVER": "SERVFAIL NXDOMAIN"}, {"forward_failover_rcodes": (2, 3)}),
+        (["--stub-domain", "Corp.Example=10.1.2.3:5353,10.1.2.4", "--stub-domain", "lab.=[fd00::1]:54"], {},
+         {"stub_domains": (("corp.example.", (settings.Upstream("10.1.2.3", 5353), settings.Upstream("10.1.2.4"))),
+                           ("lab.", (settings.Upstream("fd00::1", 54),)))}),
+        ([], {"SKYDNS_STUB_DOMAINS": "a.example=10.0.0.1 b.example=10.0.0.2:54"},
+         {"stub_domains": (("a.example.", (settings.Upstream("10.0.0.1"),)),
+                           ("b.example.", (settings.Upstream("10.0.0.2", 54),)))}),
+        (["--cache-size", "0", "--cache-max-ttl", "60", "--cache-max-negative-ttl", "5", "--cache-serve-stale", "0"], {},
+         {"cache_size": 0, "cache_max_ttl": 60, "cache_max_negative_ttl": 5, "cache_serve_stale": 0.0}),
+        (["--hosts", "/etc/hosts", "--hosts-ttl", "10", "--hosts-reload", "1.5"], {},
+         {"hosts_file": "/etc/hosts", "hosts_ttl": 10, "hosts_reload": 1.5}),
+        ([], {"SKYDNS_HOSTS": "/etc/hosts"}, {"hosts_file": "/etc/hosts"}),
+        (["--loop-check-interval", "0", "--ready-requires-upstream", "--forward-timeout", "1", "--forward-deadline", "3",
+          "--forward-max-fails", "3", "--forward-health-interval", "2"], {},
+         {"loop_check_interval": 0.0, "ready_requires_upstream": True, "forward_timeout": 1.0, "forward_deadline": 3.0,
+          "forward_max_fails": 3, "forward_health_interval": 2.0}),
+    ],
+    ids=["defaults", "flags", "env", "failover-flags", "failover-env", "stub-flags", "stub-env", "cache", "hosts",
+         "hosts-env", "misc"],
+)
+def test_click_options(argv, env, expected):
+    result = click.testing.CliRunner().invoke(_cli, argv, env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert {k: getattr(_cli.result, k) for k in expected} == expected
+    assert _cli.left == {}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--forward-policy", "fastest"], "--forward-policy"),
+        (["--forward-failover", "SOMETIMES"], "--forward-failover"),
+        (["--stub-domain", "corp.example"], "--stub-domain"),
+        (["--stub-domain", "corp.example=10.1.2.300"], "--stub-domain"),
+        (["--stub-domain", "corp.example=10.1.2.3:70000"], "--stub-domain"),
+        (["--max-concurrent", "-1"], "--max-concurrent"),
+    ],
+    ids=["policy", "rcode", "stub-no-servers", "stub-bad-ip", "stub-bad-port", "negative"],
+)
+def test_click_options_reject_bad_values(argv, message):
+    result = click.testing.CliRunner().invoke(_cli, argv)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+# -- encoded answers for the transport's hot path ----------------------------------------------
+
+
+def test_encoded_replies_are_patched_per_query_and_dropped_on_new_generation():
+    clock = Clock()
+
+    async def main():
+        async with upstreams.Upstream(ttl=300) as up:
+            fwd = make(up, clock=clock)
+            q1 = query("www.example.com.", use_edns=0)
+            p1 = wire.parse(q1.to_wire())
+            key = wire.cache_key(p1, wire.udp_limit(p1, 1232))
+            assert fwd.encoded_reply(p1, key, generation=1) is None
+            reply = await fwd.forward(q1)
+            kept = fwd.remember_encoded(key, q1, reply.to_wire(max_size=1232), generation=1)
+            clock.now += 100.5
+            q2 = query("WWW.example.COM.", use_edns=0)
+            p2 = wire.parse(q2.to_wire())
+            hit = fwd.encoded_reply(p2, wire.cache_key(p2, wire.udp_limit(p2, 1232)), generation=1)
+            new_generation = fwd.encoded_reply(p2, key, generation=2)
+            q3 = query("www.example.com.", use_edns=0)
+            await fwd.forward(q3)
+            again = fwd.remember_encoded(key, q3, (await fwd.forward(q3)).to_wire(), generation=2)
+            clock.now += 200
+            expired = fwd.encoded_reply(p2, key, generation=2)
+            return kept, q2, hit, new_generation, again, expired, len(up.queries)
+
+    kept, q2, hit, new_generation, again, expired, asked = run(main())
+    assert kept
+    message = dns.message.from_wire(hit)
+    assert message.id == q2.id
+    assert str(message.question[0].name) == "WWW.example.COM."
+    assert message.answer[0].ttl == 200
+    assert message.edns == 0
+    assert new_generation is None
+    assert again and expired is None
+    assert asked == 1
+
+
+@pytest.mark.parametrize(
+    "mode, name, kept",
+    [("ok", "www.example.com.", True), ("ok", "nx.example.com.", True), ("servfail", "www.example.com.", False),
+     ("truncate", "www.example.com.", False)],
+    ids=["positive", "nxdomain", "servfail", "truncated"],
+)
+def test_remember_encoded_only_cached_answers(mode, name, kept):
+    async def main():
+        async with upstreams.Upstream(mode) as up:
+            fwd = make(up)
+            q = query(name)
+            reply = await fwd.forward(q)
+            out = reply.to_wire()
+            if mode == "truncate":  # pretend the transport had to cut it for a small UDP limit
+                out = out[:2] + bytes([out[2] | 0x02]) + out[3:]
+            p = wire.parse(q.to_wire())
+            return fwd.remember_encoded(wire.cache_key(p, 512), q, out, generation=0)
+
+    assert run(main()) is kept
+
+
+@pytest.mark.parametrize(
+    "name, index",
+    [
+        (forwarding.probe_name(0x1234, 0), 0),
+        (forwarding.probe_name(0xFFFF, 12), 12),
+        ("0000000000001234.0.0123456789abcdef.loop-check.", None),  # forged mac
+        (forwarding.probe_name(0x1234, 0).replace(".0.", ".1.", 1), None),  # index changed
+        ("ab.cd.loop-check.", None),
+        ("www.example.com.", None),
+    ],
+    ids=["signed-0", "signed-12", "forged", "tampered", "foreign", "not-a-probe"],
+)
+def test_probe_index(name, index):
+    assert forwarding.probe_index(name) == index
+
+
+def test_a_probe_sent_by_another_worker_marks_the_loop_here():
+    async def main():
+        async with upstreams.Upstream() as a, upstreams.Upstream() as b:
+            here = make(a, b)  # same settings as the worker that sent the probe
+            reply = await here.forward(query(forwarding.probe_name(42, 1), "HINFO"))
+            forged = make(a, b)
+            await forged.forward(query("0000000000000001.0.0123456789abcdef.loop-check.", "HINFO"))
+            return reply, [u.looped for u in here.upstreams()], [u.looped for u in forged.upstreams()], here.ready()
+
+    reply, here, forged, ready = run(main())
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert here == [False, True]
+    assert forged == [False, False]
+    assert ready[0] is False and ready[1].startswith("forwarding loop via 127.0.0.1:")

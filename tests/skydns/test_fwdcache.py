@@ -149,3 +149,57 @@ def test_answer_from_keeps_sections_and_relayed_flags():
     got = fwdcache.answer_from(reply)
     assert got.flags == dns.flags.AA | dns.flags.AD
     assert got.answer == tuple(reply.answer) and got.rcode == dns.rcode.NOERROR
+
+
+def _rendered() -> tuple[bytes, dns.message.Message]:
+    query = dns.message.make_query("www.example.com.", "A", use_edns=0)
+    reply = dns.message.make_response(query)
+    reply.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "CNAME", "web.example.com."))
+    reply.answer.append(dns.rrset.from_text("web.example.com.", 60, "IN", "A", "192.0.2.1", "192.0.2.2"))
+    reply.authority.append(dns.rrset.from_text("example.com.", 900, "IN", "NS", "ns1.example.com."))
+    reply.additional.append(dns.rrset.from_text("ns1.example.com.", 7, "IN", "A", "192.0.2.53"))
+    return reply.to_wire(), reply
+
+
+def test_ttl_offsets_find_every_ttl_but_opt():
+    out, _ = _rendered()
+    offsets = fwdcache.ttl_offsets(out)
+    assert [int.from_bytes(out[o:o + 4], "big") for o in offsets] == [300, 60, 60, 900, 7]
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\x00" * 11, _rendered()[0][:-3], _rendered()[0] + b"\x00"],
+    ids=["empty", "short-header", "cut", "trailing"],
+)
+def test_ttl_offsets_of_bad_messages(data):
+    assert fwdcache.ttl_offsets(data) is None
+
+
+@pytest.mark.parametrize("seconds, expected", [(0, [300, 60, 60, 900, 7]), (10, [290, 50, 50, 890, 0]),
+                                               (400, [0, 0, 0, 500, 0])])
+def test_age_wire(seconds, expected):
+    out, _ = _rendered()
+    offsets = fwdcache.ttl_offsets(out)
+    aged = fwdcache.age_wire(out, offsets, seconds)
+    assert [int.from_bytes(aged[o:o + 4], "big") for o in offsets] == expected
+    assert len(aged) == len(out)
+    assert sorted(rr.to_text() for rr in dns.message.from_wire(aged).answer[1]) == ["192.0.2.1", "192.0.2.2"]
+
+
+def test_encoded_counts_from_render_time_and_expires():
+    out, _ = _rendered()
+    offsets = fwdcache.ttl_offsets(out)
+    # stored at 100, rendered at 103.5 (TTLs then already 3 s lower), lifetime 60 s
+    encoded = fwdcache.Encoded(fwdcache.age_wire(out, offsets, 3), offsets, 100.0, 3, 160.0)
+    first = encoded.at(103.9)
+    later = encoded.at(130.2)
+    assert [int.from_bytes(first[o:o + 4], "big") for o in offsets][:2] == [297, 57]
+    assert [int.from_bytes(later[o:o + 4], "big") for o in offsets][:2] == [270, 30]
+    assert encoded.at(160.0) is None
+
+
+def test_entry_times():
+    cache = fwdcache.Cache()
+    cache.put(key(), ans(answer=["www.example.com. 100 IN A 192.0.2.1"]), now=5.0)
+    assert cache.entry_times(key()) == (5.0, 105.0)
+    assert cache.entry_times(key("other.")) is None

@@ -20,7 +20,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from skydns import answering, metrics, msg, settings as settings_mod, store, transport, wire
+from skydns import answering, httpserver, metrics, msg, settings as settings_mod, store, transport, wire
 
 ZONE = dns.name.from_text("cluster.local.")
 
@@ -318,10 +318,10 @@ def test_metrics_count_requests_and_responses(server):
     server.udp()
     server.tcp("nope.cluster.local.")
     s = server.stats
-    assert s.requests[("cluster.local.", "udp", "1", "A")] == 2
-    assert s.requests[("cluster.local.", "tcp", "1", "A")] == 1
-    assert s.responses[("cluster.local.", "NOERROR")] == 2
-    assert s.responses[("cluster.local.", "NXDOMAIN")] == 1
+    assert s.requests()[("cluster.local.", "udp", "1", "A")] == 2
+    assert s.requests()[("cluster.local.", "tcp", "1", "A")] == 1
+    assert s.responses()[("cluster.local.", "NOERROR")] == 2
+    assert s.responses()[("cluster.local.", "NXDOMAIN")] == 1
     assert s.cache_entries["answers"] == 2
 
 
@@ -399,5 +399,93 @@ def test_real_answering_and_store_changes_on_the_next_query():
         running.close()
 
 
+def test_servfail_until_the_store_is_loaded():
+    view = store.Store()
+    running = RealRunning(view)
+    try:
+        for _ in range(2):
+            assert running.udp("web.default.svc.cluster.local.").rcode() == dns.rcode.SERVFAIL
+        running.call(_apply(lambda: view.replace(
+            [(msg.name_to_key("web.default.svc.cluster.local."), b'{"host":"10.0.0.1"}')], 2)))
+        assert addrs(running.udp("web.default.svc.cluster.local.")) == ["10.0.0.1"]
+    finally:
+        running.close()
+
+
 async def _apply(change):
     change()
+
+
+def test_metrics_fold_at_scrape_time():
+    stats = metrics.DnsStats()
+    stats.server = "dns://127.0.0.1:53"
+    stats.answered("cluster.local.", "udp", "1", 1, 0, 40, 90, 0.0003)
+    stats.answered("cluster.local.", "udp", "1", 1, 3, 40, 600, 0.0001)
+    stats.answered(".", "tcp", "2", 4242, 2, 30, 30, 0.5)
+    stats.hit("answers")
+    families = {f.name: f for f in metrics._DnsCollector(stats).collect()}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in families.values() for s in f.samples}
+    base = (("server", "dns://127.0.0.1:53"),)
+    assert samples[("skydns_dns_requests_total", tuple(sorted(
+        (*base, ("zone", "cluster.local."), ("proto", "udp"), ("family", "1"), ("type", "A")))))] == 2
+    assert samples[("skydns_dns_requests_total", tuple(sorted(
+        (*base, ("zone", "."), ("proto", "tcp"), ("family", "2"), ("type", "other")))))] == 1
+    assert samples[("skydns_dns_responses_total", tuple(sorted(
+        (*base, ("zone", "cluster.local."), ("rcode", "NXDOMAIN")))))] == 1
+    size = ("skydns_dns_response_size_bytes_bucket", tuple(sorted(
+        (*base, ("zone", "cluster.local."), ("proto", "udp"), ("le", "100.0")))))
+    assert samples[size] == 1
+    assert samples[("skydns_dns_response_size_bytes_sum", tuple(sorted(
+        (*base, ("zone", "cluster.local."), ("proto", "udp")))))] == 690
+    assert samples[("skydns_cache_hits_total", tuple(sorted((*base, ("cache", "answers")))))] == 1
+    assert samples[("skydns_panics_total", ())] == 0
+
+
+HTTP_CASES = [
+    ("health", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 200, b"OK"),
+    ("ready", b"GET /ready HTTP/1.1\r\n\r\n", 503, b"etcd: not loaded yet"),
+    ("head", b"HEAD /health HTTP/1.1\r\n\r\n", 200, b""),
+    ("metrics", b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", 200, b"skydns_panics_total"),
+    ("not found", b"GET /nope HTTP/1.1\r\n\r\n", 404, b"not found"),
+    ("post", b"POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405, b"method not allowed"),
+    ("garbage", b"hello\r\n\r\n", 400, b"bad request"),
+]
+
+
+@pytest.fixture(scope="module")
+def http_server():
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = httpserver.HttpServer(httpserver.bind("127.0.0.1", 0), lambda: "etcd: not loaded yet")
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(5)
+    yield server.address
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+@pytest.mark.parametrize("request_bytes, status, body", [c[1:] for c in HTTP_CASES], ids=[c[0] for c in HTTP_CASES])
+def test_http(http_server, request_bytes, status, body):
+    with socket.create_connection(http_server, timeout=3) as s:
+        s.sendall(request_bytes)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, got = data.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == str(status).encode()
+    assert body in got if body else got == b""
+
+
+def test_http_bind_in_use_is_one_line():
+    taken = httpserver.bind("127.0.0.1", 0)
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(httpserver.ListenError) as info:
+            httpserver.bind("127.0.0.1", port)
+        assert str(info.value) == (f"cannot listen on 127.0.0.1:{port}/http: address already in use "
+                                   "(use --http-addr to pick another)")
+    finally:
+        taken.close()

@@ -1,0 +1,124 @@
+"""docs/DEPLOY.md agrees with manifests/, docker-compose.yml, the Dockerfile and the generator."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+
+from deploy import render
+from skydns import msg
+from tests.deploy import common
+
+
+def text() -> str:
+    return common.DEPLOY_DOC.read_text(encoding="utf-8")
+
+
+def code_lines() -> list[str]:
+    """Every line inside ``` blocks."""
+    lines, inside = [], False
+    for line in text().splitlines():
+        if line.strip().startswith("```"):
+            inside = not inside
+            continue
+        if inside:
+            lines.append(line.strip())
+    return lines
+
+
+SECTIONS = ["## The pod", "## Build the image", "## Deploy on kind, step by step", "### Other clusters: render the manifests",
+            "## Migrate from kube-dns or CoreDNS", "## Verify from a pod", "## Inspect the records with etcdctl",
+            "## Add a custom record", "## Local development with docker-compose"]
+
+
+@pytest.mark.parametrize("heading", SECTIONS)
+def test_section_exists(heading):
+    assert heading in text().splitlines()
+
+
+COMMANDS = [
+    "docker build -t kube-skydns:latest .",
+    "kind load docker-image kube-skydns:latest",
+    "kubectl run -it --rm busybox --image=busybox:1.28 -- nslookup kubernetes.default",
+    'kubectl -n kube-system exec "$POD" -c etcd -- etcdctl get --prefix /skydns/',
+    "mkdir -p .kube && kind get kubeconfig --internal > .kube/kind-internal.yaml",
+    "kubectl -n kube-system delete deployment coredns",
+    "kubectl -n kube-system delete deployment kube-dns",
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_documented_command(command):
+    assert command in code_lines()
+
+
+def test_custom_record_is_put_under_the_served_zone_and_not_a_kube2sky_leaf():
+    puts = [line for line in code_lines() if "etcdctl put " in line]
+    assert puts
+    for line in puts:
+        words = shlex.split(line.split("--", 1)[1] if " -- " in line else line)
+        key, value = words[words.index("put") + 1:words.index("put") + 3]
+        assert key.startswith("/skydns/local/cluster/")
+        msg.decode(value)  # valid SkyDNS JSON
+        assert key.rsplit("/", 1)[1] != msg.leaf_label(value), "kube2sky would own (and delete) this key"
+
+
+def test_manifest_paths_exist():
+    for path in set(re.findall(r"manifests/[\w.-]+\.yaml", text())):
+        assert (common.ROOT / path).exists(), path
+
+
+def test_render_examples_render():
+    lines = [line for line in code_lines() if line.startswith("python deploy/render.py")]
+    assert len(lines) >= 2
+    for line in lines:
+        argv = shlex.split(line.split("|", 1)[0])[2:]
+        params, controller, out_dir = render.parse_args(argv)
+        render.render(params)
+
+
+def test_render_flag_table_lists_every_flag():
+    source = (common.ROOT / "deploy" / "render.py").read_text()
+    flags = set(re.findall(r'add_argument\("(--[a-z-]+)"', source))
+    documented = set(re.findall(r"^\| `(--[a-z-]+)", text(), re.M))
+    assert flags == documented
+
+
+def test_container_args_block_is_the_manifests():
+    pod = common.containers("skydns-rc.yaml")
+    documented = {}
+    for line in code_lines():
+        name, _, rest = line.partition(" ")
+        if name in common.DAEMONS and rest.strip().startswith("-"):
+            documented[name] = rest.split()
+    assert documented == {name: pod[name]["args"] for name in common.DAEMONS}
+
+
+def test_exec_and_selectors_name_real_containers_and_labels():
+    pod = common.containers("skydns-rc.yaml")
+    for container in re.findall(r" -c (\S+) ", text()):
+        assert container in pod
+    labels = common.controller("skydns-rc.yaml")["spec"]["template"]["metadata"]["labels"]
+    for key, value in re.findall(r"-l ([\w./-]+)=([\w.-]+)", text()):
+        assert labels.get(key) == value
+
+
+def test_ports_and_probes_in_the_pod_table():
+    doc = text()
+    for port, path in [(8081, "/readiness"), (8080, "/healthz"), (9153, "/ready"), (9153, "/health")]:
+        assert f"`GET :{port}{path}`" in doc
+    assert "`127.0.0.1:2379`" in doc
+    published = {p.split(":")[1] for p in common.compose()["services"]["etcd"]["ports"]}
+    for port in published:
+        assert f"`{port}`" in doc, f"compose port {port} not documented"
+
+
+def test_images_and_profiles_match():
+    doc = text()
+    assert f"`{render.ETCD_IMAGE}`" in doc
+    base = next(line.split()[1] for line in common.DOCKERFILE.read_text().splitlines() if line.startswith("FROM"))
+    assert f"`{base}`" in doc
+    profiles = {p for s in common.compose()["services"].values() for p in s.get("profiles", [])}
+    assert set(re.findall(r"docker-compose --profile (\w+)", doc)) == profiles

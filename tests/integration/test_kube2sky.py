@@ -1,0 +1,526 @@
+"""The real kube2sky process (python -m kube2sky) against the API server double and a real etcd.
+
+Every scenario ends by comparing the whole etcd prefix with records.desired() of the objects
+the API holds: nothing missing, nothing extra (hand-written records excepted, they must stay).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from kube2sky import manifests, objects, records, k8swatch
+from kube2sky import settings as settings_mod
+from skydns import msg
+from tests import apiserver, procs
+
+pytestmark = pytest.mark.integration
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# ---------------------------------------------------------------- objects
+
+def service(name: str, ip: str | None = "10.0.0.10", ns: str = "default", ports=(("http", 80),), **spec) -> dict:
+    body = {"ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports], **spec}
+    if ip is not None:
+        body["clusterIP"] = ip
+    return {"kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": body}
+
+
+def endpoint_slice(name: str, svc: str, endpoints, ns: str = "default", port=("pg", 5432)) -> dict:
+    return {"kind": "EndpointSlice", "metadata": {"name": name, "namespace": ns,
+                                                  "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4", "ports": [{"name": port[0], "port": port[1], "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}, **({"hostname": host} if host else {})}
+                          for ip, host, ready in endpoints]}
+
+
+def expected(api: apiserver.ApiServer, etcd: "Db", **overrides) -> dict[str, str]:
+    settings = settings_mod.Settings(prefix=etcd.prefix, **overrides)
+    state = records.State(
+        services=[objects.parse_service(o) for o in api.objects("Service")],
+        slices=[objects.parse_endpoint_slice(o) for o in api.objects("EndpointSlice")]
+        + [objects.parse_endpoints(o) for o in api.objects("Endpoints")],
+        pods=[objects.parse_pod(o) for o in api.objects("Pod")])
+    return records.desired(state, settings)
+
+
+class Db:
+    """An etcd plus the key prefix a test owns (tests share one etcd unless they stop it)."""
+
+    def __init__(self, server: procs.Etcd, prefix: str) -> None:
+        self.server = server
+        self.prefix = prefix
+        self.url = server.url
+
+    def ctl(self, *args: str) -> str:
+        return self.server.ctl(*args)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.start()
+
+    @property
+    def args(self) -> list[str]:
+        return ["--etcd-server", self.url, "--prefix", self.prefix]
+
+
+@pytest.fixture
+def etcd(shared_etcd, request):
+    """This module's etcd: the session's, with a prefix of the test's own."""
+    db = Db(shared_etcd, "k" + uuid.uuid4().hex[:10])
+    yield db
+    shared_etcd.ctl("del", "--prefix", f"/{db.prefix}")
+
+
+@pytest.fixture
+def own_etcd():
+    """A private etcd, for tests that stop and start it."""
+    with procs.running_etcd() as server:
+        yield Db(server, "skydns")
+
+
+def etcd_prefix(etcd: Db) -> dict[str, str]:
+    lines = etcd.ctl("get", "--prefix", f"/{etcd.prefix}/").splitlines()
+    return dict(zip(lines[0::2], lines[1::2]))
+
+
+def converge(etcd, want, extra: dict[str, str] | None = None, timeout: float = 20.0) -> None:
+    """Wait until the prefix holds exactly want() (+ extra), then return."""
+    def same():
+        target = dict(want() if callable(want) else want)
+        target.update(extra or {})
+        return etcd_prefix(etcd) == target
+
+    try:
+        procs.wait_until(same, timeout=timeout, interval=0.1, what="etcd to match the desired records")
+    except TimeoutError:
+        target = dict(want() if callable(want) else want)
+        target.update(extra or {})
+        have = etcd_prefix(etcd)
+        missing = sorted(set(target) - set(have))
+        orphans = sorted(set(have) - set(target))
+        raise AssertionError(f"missing {missing}, orphans {orphans}") from None
+
+
+# ---------------------------------------------------------------- processes
+
+class Kube2sky:
+    """A kube2sky process on a free loopback healthz port; logs to a file."""
+
+    def __init__(self, tmp_path, *args: str, name: str = "kube2sky") -> None:
+        self.port = procs.free_port()
+        self.log_path = tmp_path / f"{name}.log"
+        self.args = [sys.executable, "-m", "kube2sky", "--healthz-host", "127.0.0.1",
+                     "--healthz-port", str(self.port), *args]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Kube2sky":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE2SKY_") and k != "KUBECONFIG"}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        return self
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def http(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def alive(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"kube2sky exited: {self.log[-3000:]}")
+        return True
+
+    def wait_ready(self) -> None:
+        procs.wait_until(lambda: self.alive() and self.http("/readiness")[0] == 200, timeout=30,
+                         what=f"kube2sky /readiness; log: {self.log_path}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode if self.proc is not None else None
+
+
+@pytest.fixture
+def api():
+    with apiserver.ApiServer(bookmark_interval=0.5) as server:
+        server.create(service("kubernetes", "10.0.0.1", ports=(("https", 443),)))
+        server.create(service("kube-dns", "10.0.0.53", ns="kube-system", ports=(("dns", 53),)))
+        yield server
+
+
+@pytest.fixture
+def kube2sky_proc(tmp_path):
+    started: list[Kube2sky] = []
+
+    def start(*args: str, name: str = "kube2sky") -> Kube2sky:
+        proc = Kube2sky(tmp_path, *args, name=name).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop(signal.SIGKILL)
+
+
+def api_args(api: apiserver.ApiServer, etcd: Db) -> list[str]:
+    return ["--kube-master-url", api.url, *etcd.args]
+
+
+# ---------------------------------------------------------------- scenarios
+
+def test_follows_creates_updates_and_deletes(etcd, api, kube2sky_proc):
+    k = kube2sky_proc(*api_args(api, etcd))
+    k.wait_ready()
+    converge(etcd, lambda: expected(api, etcd))
+    assert k.http("/healthz") == (200, "ok\n")
+
+    api.create(service("web", "10.0.0.20", ports=(("http", 80), ("https", 443))))
+    api.create(service("db", "None", ports=(("pg", 5432),)))
+    api.create(endpoint_slice("db-a", "db", [("10.1.0.1", "db-0", True), ("10.1.0.2", "db-1", True)]))
+    api.create(service("search", None, type="ExternalName", externalName="www.example.com"))
+    converge(etcd, lambda: expected(api, etcd))
+    keys = etcd_prefix(etcd)
+    assert msg.name_to_key("web.default.svc.cluster.local.", etcd.prefix) + "/" + msg.leaf_label(
+        '{"host":"10.0.0.20","priority":10,"weight":10,"ttl":30}') in keys
+    assert any(key.startswith(f"/{etcd.prefix}/local/cluster/svc/default/db/db-1/") for key in keys)
+
+    api.update(service("web", "10.0.0.21"))  # new IP, one port fewer
+    api.update(endpoint_slice("db-a", "db", [("10.1.0.1", "db-0", True), ("10.1.0.2", "db-1", False),
+                                             ("10.1.0.3", "db-2", True)]))
+    converge(etcd, lambda: expected(api, etcd))
+    assert not any("/db/db-1/" in key for key in etcd_prefix(etcd))
+
+    api.delete("Service", "default", "web")
+    api.delete("EndpointSlice", "default", "db-a")
+    converge(etcd, lambda: expected(api, etcd))
+    assert not any("/svc/default/web" in key or "/db/db-" in key for key in etcd_prefix(etcd))
+
+    status, metrics = k.http("/metrics")
+    assert status == 200
+    for name in ('kube2sky_events_total{kind="Service",type="ADDED"}', "kube2sky_etcd_writes_total",
+                 "kube2sky_programming_latency_seconds_bucket", "kube2sky_sync_duration_seconds",
+                 "kube2sky_keys_managed", 'kube2sky_relists_total{cause="start",kind="Service"}'):
+        assert name in metrics
+    assert k.stop() == 0
+    assert "received SIGTERM" in k.log
+
+
+def test_410_relists_and_deletes_orphans(etcd, api, kube2sky_proc):
+    api.create(service("old", "10.0.0.30"))
+    k = kube2sky_proc(*api_args(api, etcd))
+    k.wait_ready()
+    converge(etcd, lambda: expected(api, etcd))
+    # changes whose events are lost: only a relist can see them
+    api.delete("Service", "default", "old", silent=True)
+    api.create(service("new", "10.0.0.31"), silent=True)
+    api.expire_history()
+    converge(etcd, lambda: expected(api, etcd))
+    assert "relisted services (cause: 410 Gone)" in k.log
+
+
+def test_watch_dropped_and_unknown_events_survive(etcd, api, kube2sky_proc):
+    k = kube2sky_proc(*api_args(api, etcd))
+    k.wait_ready()
+    api.inject("Service", {"type": "WEIRD", "object": service("x", "10.0.0.99")})
+    api.drop_watches()
+    api.create(service("after", "10.0.0.40"))
+    converge(etcd, lambda: expected(api, etcd))
+    procs.wait_until(lambda: "unknown event type 'WEIRD'" in k.log, what="the warning")
+    assert k.alive()
+
+
+def test_restart_converges_exactly(etcd, api, kube2sky_proc):
+    api.create(service("stay", "10.0.0.50"))
+    api.create(service("goes", "10.0.0.51"))
+    api.create(service("moves", "10.0.0.52"))
+    k = kube2sky_proc(*api_args(api, etcd))
+    k.wait_ready()
+    converge(etcd, lambda: expected(api, etcd))
+    k.stop(signal.SIGKILL)
+
+    api.delete("Service", "default", "goes")
+    api.update(service("moves", "10.0.0.53"))
+    api.create(service("added", "10.0.0.54"))
+    api.expire_history()
+    # a record an older kube2sky left behind (hash-named leaf), and one an operator wrote by hand
+    orphan_value = '{"host":"10.9.9.9","priority":10,"weight":10,"ttl":30}'
+    etcd.ctl("put", f"/{etcd.prefix}/local/cluster/svc/default/ghost/{msg.leaf_label(orphan_value)}", orphan_value)
+    hand = {f"/{etcd.prefix}/local/cluster/registry/x1": '{"host":"10.5.5.5"}'}
+    etcd.ctl("put", *next(iter(hand.items())))
+
+    k2 = kube2sky_proc(*api_args(api, etcd), name="kube2sky-2")
+    k2.wait_ready()
+    converge(etcd, lambda: expected(api, etcd), extra=hand)
+
+
+def test_periodic_resync_repairs_drift(etcd, api, kube2sky_proc):
+    k = kube2sky_proc(*api_args(api, etcd), "--resync-period", "200ms")
+    k.wait_ready()
+    converge(etcd, lambda: expected(api, etcd))
+    etcd.ctl("del", "--prefix", f"/{etcd.prefix}/local/cluster/svc/")
+    converge(etcd, lambda: expected(api, etcd))
+    assert "full sync (periodic resync)" in k.log
+
+
+def test_etcd_outage_survived(own_etcd, api, kube2sky_proc):
+    etcd = own_etcd
+    k = kube2sky_proc(*api_args(api, etcd), "--etcd-mutation-timeout", "1s")
+    k.wait_ready()
+    converge(etcd, lambda: expected(api, etcd))
+    etcd.stop()
+    api.create(service("during", "10.0.0.60"))
+    api.delete("Service", "default", "kubernetes")
+    procs.wait_until(lambda: "etcd error" in k.log and "retry #" in k.log, timeout=20, what="the etcd error log")
+    etcd.start()
+    converge(etcd, lambda: expected(api, etcd))
+    assert k.alive()
+
+
+def test_readiness_waits_for_the_first_sync(own_etcd, api, kube2sky_proc):
+    etcd = own_etcd
+    etcd.stop()
+    k = kube2sky_proc(*api_args(api, etcd), "--etcd-mutation-timeout", "1s")
+    procs.wait_until(lambda: k.alive() and k.http("/readiness")[0] == 503, timeout=30, what="503")
+    assert k.http("/healthz")[0] == 200
+    etcd.start()
+    k.wait_ready()
+    converge(etcd, lambda: expected(api, etcd))
+
+
+def test_pods_verified(etcd, api, kube2sky_proc):
+    def pod(name: str, ip: str, phase: str = "Running") -> dict:
+        return {"kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+                "status": {"phase": phase, "podIP": ip, "podIPs": [{"ip": ip}]}}
+
+    api.create(pod("p1", "10.244.0.11"))
+    k = kube2sky_proc(*api_args(api, etcd), "--pods", "verified")
+    k.wait_ready()
+    verified = settings_mod.PodsMode.VERIFIED
+    converge(etcd, lambda: expected(api, etcd, pods=verified))
+    assert any("/pod/default/10-244-0-11/" in key for key in etcd_prefix(etcd))
+    api.create(pod("p2", "10.244.0.12"))
+    api.update(pod("p1", "10.244.0.11", phase="Succeeded"))
+    converge(etcd, lambda: expected(api, etcd, pods=verified))
+    keys = etcd_prefix(etcd)
+    assert any("/pod/default/10-244-0-12/" in key for key in keys)
+    assert not any("/pod/default/10-244-0-11/" in key for key in keys)
+
+
+def test_token_file(etcd, api, kube2sky_proc, tmp_path):
+    api.token = "s3cret"
+    token = tmp_path / "token"
+    token.write_text("wrong\n")
+    bad = kube2sky_proc(*api_args(api, etcd), "--token-file", str(token), name="bad")
+    procs.wait_until(lambda: "401" in bad.log and "retry #" in bad.log, timeout=30, what="the 401 log")
+    bad.stop()
+    token.write_text("s3cret\n")
+    good = kube2sky_proc(*api_args(api, etcd), "--token-file", str(token), name="good")
+    good.wait_ready()
+    converge(etcd, lambda: expected(api, etcd))
+
+
+def test_endpoints_when_slices_are_not_served(etcd, kube2sky_proc):
+    with apiserver.ApiServer(serve_endpointslices=False, bookmark_interval=0.5) as api:
+        api.create(service("cache", "None", ports=(("redis", 6379),)))
+        api.create({"kind": "Endpoints", "metadata": {"name": "cache", "namespace": "default"},
+                    "subsets": [{"addresses": [{"ip": "10.2.0.1"}, {"ip": "10.2.0.2", "hostname": "c-1"}],
+                                 "ports": [{"name": "redis", "port": 6379, "protocol": "TCP"}]}]})
+        k = kube2sky_proc(*api_args(api, etcd))
+        k.wait_ready()
+        converge(etcd, lambda: expected(api, etcd))
+        assert "EndpointSlices are not served" in k.log
+        assert any("/svc/default/cache/c-1/" in key for key in etcd_prefix(etcd))
+        k.stop()
+
+
+def manifests_expected(folder: str, etcd: Db) -> dict[str, str]:
+    source = manifests.ManifestSource(folder)
+    state = records.State(
+        services=[objects.parse_service(o) for o in source.list(k8swatch.SERVICES)[0]],
+        slices=[objects.parse_endpoint_slice(o) for o in source.list(k8swatch.ENDPOINT_SLICES)[0]]
+        + [objects.parse_endpoints(o) for o in source.list(k8swatch.ENDPOINTS)[0]])
+    return records.desired(state, settings_mod.Settings(prefix=etcd.prefix))
+
+
+def test_manifests_source(etcd, kube2sky_proc, tmp_path):
+    folder = tmp_path / "manifests"
+    shutil.copytree(os.path.join(ROOT, "examples", "manifests"), folder)
+    k = kube2sky_proc("--manifests", str(folder), *etcd.args)
+    k.wait_ready()
+    converge(etcd, manifests_expected(str(folder), etcd))
+    assert any("/svc/default/db/db-0/" in key for key in etcd_prefix(etcd))
+    (folder / "extra.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: extra, namespace: default}\n"
+        "spec: {clusterIP: 10.96.1.1, ports: [{name: http, port: 8080}]}\n")
+    os.remove(folder / "headless-cache-endpoints.yaml")
+    converge(etcd, manifests_expected(str(folder), etcd))
+    assert "manifests changed" in k.log
+
+
+def test_dry_run_prints_the_manifest_records(tmp_path):
+    default = Db.__new__(Db)
+    default.prefix = "skydns"
+    folder = os.path.join(ROOT, "examples", "manifests")
+    out = subprocess.run([sys.executable, "-m", "kube2sky", "--manifests", folder, "--dry-run"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    printed = dict(line.split(" ", 2)[1:] for line in out.stdout.splitlines())
+    assert printed == manifests_expected(folder, default)
+
+
+def test_dry_run_with_the_api_keeps_printing(api, tmp_path):
+    out_path = tmp_path / "out.txt"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "kube2sky", "--kube-master-url", api.url, "--dry-run"],
+                                stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        procs.wait_until(lambda: "/svc/default/kubernetes/" in out_path.read_text(), timeout=30, what="first records")
+        api.create(service("later", "10.0.0.80"))
+        procs.wait_until(lambda: "put /skydns/local/cluster/svc/default/later/" in out_path.read_text(),
+                         timeout=30, what="the change")
+        api.delete("Service", "default", "later")
+        procs.wait_until(lambda: "delete /skydns/local/cluster/svc/default/later/" in out_path.read_text(),
+                         timeout=30, what="the delete")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_leader_election_one_writer(etcd, api, kube2sky_proc):
+    args = [*api_args(api, etcd), "--leader-elect", "--leader-ttl", "2"]
+    a = kube2sky_proc(*args, name="a")
+    b = kube2sky_proc(*args, name="b")
+    a.wait_ready()
+    b.wait_ready()
+    converge(etcd, lambda: expected(api, etcd))
+    procs.wait_until(lambda: ("became the leader" in a.log) != ("became the leader" in b.log), what="one leader")
+    leader, standby = (a, b) if "became the leader" in a.log else (b, a)
+    assert "kube2sky_leader 1.0" in leader.http("/metrics")[1]
+    assert "kube2sky_leader 0.0" in standby.http("/metrics")[1]
+    assert "kube2sky_etcd_transactions_total 0.0" in standby.http("/metrics")[1]
+    leader.stop(signal.SIGKILL)
+    api.create(service("after-failover", "10.0.0.70"))
+    converge(etcd, lambda: expected(api, etcd), timeout=30)
+    assert "became the leader" in standby.log
+
+
+# ---------------------------------------------------------------- DNS through a real skydns
+
+class Skydns:
+    def __init__(self, etcd_url: str, prefix: str = "skydns") -> None:
+        self.port = procs.free_port()
+        self.http_port = procs.free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYDNS_", "ETCD_"))}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "skydns", f"--addr=127.0.0.1:{self.port}", f"--machines={etcd_url}",
+             "--domain=cluster.local.", f"--path-prefix={prefix}", "--nameservers=", "--lameduck=0", f"--http-addr=127.0.0.1:{self.http_port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+
+    def query(self, name: str, rdtype: str = "A") -> tuple[int, set[str]]:
+        reply = dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1", port=self.port, timeout=2)
+        want = dns.rdatatype.from_text(rdtype)
+        return reply.rcode(), {r.to_text() for rrset in reply.answer if rrset.rdtype == want for r in rrset}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def skydns_server(etcd):
+    if not os.path.exists(os.path.join(ROOT, "skydns", "app.py")):
+        pytest.skip("skydns server not available")
+    server = Skydns(etcd.url, etcd.prefix)
+    yield server
+    server.stop()
+
+
+def answers(server: Skydns, name: str, rdtype: str, want: set[str]):
+    def check():
+        return server.query(name, rdtype) == (dns.rcode.NOERROR, want)
+    procs.wait_until(check, timeout=20, interval=0.1, what=f"{name} {rdtype} -> {want}")
+
+
+def test_dns_answers_follow(etcd, api, kube2sky_proc, skydns_server):
+    k = kube2sky_proc(*api_args(api, etcd))
+    k.wait_ready()
+    api.create(service("web", "10.0.0.20"))
+    api.create(service("db", "None", ports=(("pg", 5432),)))
+    api.create(endpoint_slice("db-a", "db", [("10.1.0.1", "db-0", True), ("10.1.0.2", "db-1", True)]))
+    answers(skydns_server, "web.default.svc.cluster.local.", "A", {"10.0.0.20"})
+    answers(skydns_server, "db.default.svc.cluster.local.", "A", {"10.1.0.1", "10.1.0.2"})
+    answers(skydns_server, "db-1.db.default.svc.cluster.local.", "A", {"10.1.0.2"})
+    answers(skydns_server, "_pg._tcp.db.default.svc.cluster.local.", "SRV",
+            {"10 50 5432 db-0.db.default.svc.cluster.local.", "10 50 5432 db-1.db.default.svc.cluster.local."})
+    answers(skydns_server, "20.0.0.10.in-addr.arpa.", "PTR", {"web.default.svc.cluster.local."})
+    api.update(service("web", "10.0.0.21"))
+    answers(skydns_server, "web.default.svc.cluster.local.", "A", {"10.0.0.21"})
+    answers(skydns_server, "21.0.0.10.in-addr.arpa.", "PTR", {"web.default.svc.cluster.local."})
+    api.delete("Service", "default", "web")
+
+    def gone():
+        return skydns_server.query("web.default.svc.cluster.local.", "A")[0] == dns.rcode.NXDOMAIN
+    procs.wait_until(gone, timeout=20, interval=0.1, what="NXDOMAIN after delete")
+    with contextlib.suppress(Exception):
+        k.stop()
+
+
+# ---------------------------------------------------------------- TLS: the certificate names another host
+
+def test_certificate_name_mismatch_is_explained(etcd, kube2sky_proc, tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "apiserver.crt", tmp_path / "apiserver.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "2", "-subj", "/CN=kubernetes",
+                    "-addext", "subjectAltName=DNS:localhost,DNS:kubernetes"],
+                   check=True, capture_output=True, timeout=60)
+    with apiserver.ApiServer(tls=(str(cert), str(key)), bookmark_interval=0.5) as api:
+        api.create(service("web", "10.0.0.20"))
+        # reached by IP, which the certificate does not name
+        bad = kube2sky_proc("--kube-master-url", api.url, "--ca-file", str(cert), *etcd.args,
+                            name="bad")
+        procs.wait_until(lambda: "not valid for https://127.0.0.1" in bad.log, timeout=30, what="the TLS hint")
+        assert "point --kube-master-url at a name in the certificate" in bad.log
+        assert "KUBERNETES_SERVICE_HOST" in bad.log
+        assert bad.alive() and bad.http("/readiness")[0] == 503
+        bad.stop()
+        # the fix the log suggests: a name in the certificate
+        good = kube2sky_proc("--kube-master-url", f"https://localhost:{api.port}", "--ca-file", str(cert),
+                             *etcd.args, name="good")
+        good.wait_ready()
+        converge(etcd, lambda: expected(api, etcd))
+        good.stop()
