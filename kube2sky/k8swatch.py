@@ -281,7 +281,11 @@ def make_api_client(conn: Connection):
     except Exception as err:  # noqa: BLE001 - the config loaders raise many kinds
         raise ConfigError(f"cannot configure the Kubernetes client: {err}") from err
     if conn.insecure:
+        import urllib3
+
         configuration.verify_ssl = False
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        logger.warning("not verifying the API server certificate (--insecure-skip-tls-verify)")
     if conn.ca_file and not conn.master_url:
         configuration.ssl_ca_cert = conn.ca_file
     return client.ApiClient(configuration)

@@ -155,6 +155,9 @@ class Handler:
             ((dns.name.from_text(z), z) for z in settings.domains),
             key=lambda pair: len(pair[0]), reverse=True)
         self._last_panic_log = 0.0
+        # optional fast path of forwarding.Forwarder: forwarded answers kept as bytes
+        self._encoded_reply = getattr(self.forwarder, "encoded_reply", None)
+        self._remember_encoded = getattr(self.forwarder, "remember_encoded", None)
 
     # -- the packet path ----------------------------------------------------------------------
 
@@ -210,6 +213,13 @@ class Handler:
                         stats.answered(zone, proto, family, query.qtype, out[3] & 0x0F, query.size, len(out),
                                        time.perf_counter() - start)
                         return out
+                    if self._encoded_reply is not None:
+                        # a forwarded answer still fresh in the forward cache, as bytes
+                        out = self._encoded_reply(query, key, generation)
+                        if out is not None:
+                            self.stats.answered(".", proto, family, query.qtype, out[3] & 0x0F, query.size,
+                                                len(out), time.perf_counter() - start)
+                            return out
                     self.stats.miss(_CACHE)
                 else:
                     key = None
@@ -295,7 +305,7 @@ class Handler:
                 out = render(self._servfail(query), limit)
                 self._count(zone, proto, family, qtype, len(data), out, start)
                 return out
-            return self._forward(data, query, limit, proto, family, zone, qtype, start)
+            return self._forward(data, query, limit, proto, family, zone, qtype, start, key)
         if isinstance(result, answering.Resolve):
             if self.forwarder is None:
                 # No forwarding: the answer without the chain that leaves our zones.
@@ -318,11 +328,13 @@ class Handler:
         self.stats.answered(zone, proto, family, qtype, out[3] & 0x0F, size, len(out), time.perf_counter() - start)
 
     async def _forward(self, data: bytes, query: dns.message.Message, limit: int, proto: str,
-                       family: str, zone: str, qtype: int, start: float) -> bytes | None:
+                       family: str, zone: str, qtype: int, start: float, key: tuple | None = None) -> bytes | None:
         try:
             reply = await self.forwarder.forward(query, proto)
             reply.id = query.id
             out = render(reply, limit)
+            if key is not None and self._remember_encoded is not None:
+                self._remember_encoded(key, query, out, self.generation)
         except Exception:  # noqa: BLE001 - rule 1
             return self._panic(data, "forwarding")
         self._count(zone, proto, family, qtype, len(data), out, start)

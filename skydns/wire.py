@@ -6,7 +6,8 @@ Rules:
 2. ``parse`` accepts only the common shape: a QUERY (opcode 0) with QR=0, TC=0, exactly one
    question whose name has no compression pointer, no answer or authority records, and at most
    one additional record which must be an EDNS version 0 OPT at the root with no extended
-   rcode, and nothing after it. Anything else returns None, and the caller takes the
+   rcode, whose options exactly fill its rdata and are all plain (``_PLAIN_OPTIONS``, a
+   well-formed COOKIE), and nothing after it. Anything else returns None, and the caller takes the
    dnspython path, which knows every corner of the protocol.
 3. The cache key holds everything an answer depends on besides the store: the lower-cased
    qname wire, qtype, qclass, whether EDNS was present, the DO bit, and the size limit the
@@ -29,6 +30,12 @@ _OPCODE = 0x78
 _TC = 0x02
 _RD = 0x01
 _DO = 0x8000
+# EDNS options a plain query may carry: NSID (3), COOKIE (10; 8-byte client cookie, optional
+# 8-32 byte server cookie), TCP keepalive (11), padding (12). Any other option (ECS, EDE, ...
+# whose content dnspython checks and may reject as FORMERR) takes the dnspython path, so a
+# packet gets the same answer whether or not the cache holds its name.
+_COOKIE = 10
+_PLAIN_OPTIONS = frozenset({3, _COOKIE, 11, 12})
 
 # The UDP payload of a query without EDNS (RFC 1035), and the TCP message limit, bytes.
 CLASSIC_UDP = 512
@@ -106,7 +113,7 @@ def parse(data: bytes) -> Query | None:
     do = False
     if arcount:
         # OPT: root name (1 byte 0), type 41, class = payload, ttl = ext-rcode, version, flags,
-        # rdlength, rdata (options: ignored).
+        # rdlength, rdata (options: checked to fit, else ignored).
         if end + 11 > size or data[end] != 0:
             return None
         if ((data[end + 1] << 8) | data[end + 2]) != TYPE_OPT:
@@ -116,7 +123,20 @@ def parse(data: bytes) -> Query | None:
             return None
         do = bool(((data[end + 7] << 8) | data[end + 8]) & _DO)
         rdlength = (data[end + 9] << 8) | data[end + 10]
-        end += 11 + rdlength
+        end += 11
+        options_end = end + rdlength
+        if options_end != size:
+            return None
+        while end < options_end:  # each option: code, length, data - all inside rdlength
+            if end + 4 > options_end:
+                return None
+            code = (data[end] << 8) | data[end + 1]
+            length = (data[end + 2] << 8) | data[end + 3]
+            if code not in _PLAIN_OPTIONS or (code == _COOKIE and length != 8 and not 16 <= length <= 40):
+                return None
+            end += 4 + length
+        if end != options_end:
+            return None
         edns = True
     if end != size:
         return None

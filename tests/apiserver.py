@@ -14,8 +14,10 @@ Rules:
    assigned from 10.0.200.0/22 on create.
 4. Tests change the world from their own thread with create/update/delete/apply, force a 410 with
    expire_history(), cut every open watch with drop_watches(), and inject raw events (unknown
-   types, ERROR statuses) with inject(). Bookmarks are sent every bookmark_interval seconds when the
-   client asks with allowWatchBookmarks=true.
+   types, ERROR statuses) with inject(). silent=True changes an object without a watch event (an
+   event lost in a compaction). Bookmarks are sent every bookmark_interval seconds when the
+   client asks with allowWatchBookmarks=true. `token` demands a bearer token (else 401); `tls`
+   serves https with the given certificate.
 5. Binds 127.0.0.1:0 only; close() stops the server and ends every stream.
 """
 

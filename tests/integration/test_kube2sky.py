@@ -524,3 +524,8 @@ def test_certificate_name_mismatch_is_explained(etcd, kube2sky_proc, tmp_path):
         good.wait_ready()
         converge(etcd, lambda: expected(api, etcd))
         good.stop()
+        # or, on a test cluster, no verification at all
+        insecure = kube2sky_proc("--kube-master-url", api.url, "--insecure-skip-tls-verify", *etcd.args,
+                                 name="insecure")
+        insecure.wait_ready()
+        assert "not verifying the API server certificate" in insecure.log

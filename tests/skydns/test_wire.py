@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
@@ -36,6 +37,9 @@ PARSED = [
     ("EDNS with cookie option", query(edns=0, options=[dns.edns.GenericOption(10, b"12345678")]),
      dict(edns=True, payload=1232)),
     ("EDNS payload below 512", query(edns=0, payload=100), dict(edns=True, payload=100)),
+    ("EDNS cookie and padding", query(edns=0, options=[dns.edns.GenericOption(10, b"c" * 24),
+                                                       dns.edns.GenericOption(12, b"\x00" * 5)]),
+     dict(edns=True)),
     ("root name", query(".", "NS"), dict(qname=b"\x00", qtype=2)),
     ("no RD", query(rd=False), dict(flags=0)),
     ("SRV", query("_http._tcp.web.default.svc.cluster.local.", "SRV"), dict(qtype=33)),
@@ -86,6 +90,13 @@ UNUSUAL = [
     ("OPT rdlength past the end", header(ar=1) + _Q + _OPT[:-2] + b"\x00\x08"),
     ("OPT rdlength short of the end", header(ar=1) + _Q + _OPT + b"\x00\x00"),
     ("TSIG-like additional", query(edns=0) + b"\x00"),
+    # an option whose length runs past the OPT rdata: dnspython says FORMERR, so must the cache
+    ("OPT option past rdlength", header(ar=1) + _Q + _OPT[:-2] + b"\x00\x07\x00\x0a\x00\x14abc"),
+    ("OPT half option header", header(ar=1) + _Q + _OPT[:-2] + b"\x00\x03\x00\x0a\x00"),
+    # options dnspython checks (ECS, EDE, ...) or does not know, and a bad cookie: dnspython path
+    ("OPT bad cookie length", query(edns=0, options=[dns.edns.GenericOption(10, b"abc")])),
+    ("OPT ECS", query(edns=0, options=[dns.edns.ECSOption("10.0.0.0", 8)])),
+    ("OPT unknown option", query(edns=0, options=[dns.edns.GenericOption(65001, b"abc")])),
 ]
 
 
