@@ -163,11 +163,7 @@ def main() -> int:
 
         skydns = stack.start("skydns", [
             PY, "-m", "skydns", f"-addr=127.0.0.1:{opts.dns_port}", f"-machines={etcd_url}",
-            f"-domain={domain}.", f"--http-addr=127.0.0.1:{skydns_http}",
-        ], env=env)
-        healthz = stack.start("healthz", [
-            PY, "-m", "healthz", f"-port={healthz_http}", "--address=127.0.0.1",
-            f"--probe=kubernetes=kubernetes.default.svc.{domain}/A@127.0.0.1:{opts.dns_port}",
+            f"-domain={domain}.", f"--http-addr=127.0.0.1:{skydns_http}", "--lameduck=1",
         ], env=env)
 
         for key, value in EXAMPLE_RECORDS:
@@ -177,6 +173,11 @@ def main() -> int:
                            stdout=subprocess.DEVNULL, env=dict(env, ETCDCTL_API="3"))
 
         wait_http(f"http://127.0.0.1:{skydns_http}/ready", 30, skydns, "skydns")
+        # healthz probes skydns, so it starts once skydns answers
+        healthz = stack.start("healthz", [
+            PY, "-m", "healthz", f"-port={healthz_http}", "--address=127.0.0.1",
+            f"--probe=kubernetes=kubernetes.default.svc.{domain}/A@127.0.0.1:{opts.dns_port}",
+        ], env=env)
         wait_http(f"http://127.0.0.1:{kube2sky_http}/readiness", 30, kube2sky, "kube2sky")
         wait_http(f"http://127.0.0.1:{healthz_http}/healthz", 15, healthz, "healthz")
         dig = f"dig @127.0.0.1 -p {opts.dns_port}"

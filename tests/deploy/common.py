@@ -14,7 +14,7 @@ MANIFESTS = ROOT / "manifests"
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-DEPLOY_DOC = ROOT / "docs" / "DEPLOY.md"
+DEPLOY_DOC = ROOT / "README.md"
 SETUP_CFG = ROOT / "setup.cfg"
 
 MANIFEST_FILES = ("rbac.yaml", "skydns-svc.yaml", "skydns-rc.yaml", "skydns-deployment.yaml")
