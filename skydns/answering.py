@@ -47,8 +47,9 @@ Rules (DESIGN section 3; SkyDNS semantics where DESIGN is silent):
    Additional: A/AAAA glue for IP hosts, and the in-zone A/AAAA (with CNAMEs) of name targets.
    MX: the same for records with ``mail`` true (preference = priority).
 8. PTR: for complete reverse names (in-addr.arpa with 4 octets, ip6.arpa with 32 nibbles) the
-   records under ``/<prefix>/arpa/...`` with name hosts; nothing held -> Forward unless the
-   reverse zone is one of ``settings.domains``. Forward names: records at exactly the name.
+   records under ``/<prefix>/arpa/...`` with name hosts, AA off unless the reverse zone is one
+   of ``settings.domains`` (SkyDNS); nothing held -> Forward unless the reverse zone is one of
+   ``settings.domains``. Forward names: records at exactly the name.
 9. Zone apex: SOA ``ns.dns.<zone>. hostmaster.<zone>. <view.revision> 7200 1800 86400 <negative
    ttl>`` (TTL negative ttl); NS from the records under ``ns.dns.<zone>`` (an IP host names the
    server by its key, with glue) or ``ns.dns.<zone>.`` when none is stored; A/AAAA from
@@ -276,7 +277,8 @@ def _describe(query: dns.message.Message) -> str:
 
 def _skeleton(query: dns.message.Message, settings: settings_mod.Settings, aa: bool = False,
               rcode: int = dns.rcode.NOERROR) -> dns.message.Message:
-    """A reply with the question copied, QR/RD/RA/AA flags, and OPT when the query had one."""
+    """A reply with the question copied, QR/RD/RA/AA flags, and OPT when the query had one
+    (with the query's DO bit copied, RFC 3225)."""
     resp = dns.message.Message(id=query.id)
     flags = dns.flags.QR | (query.flags & dns.flags.RD)
     if not settings.no_rec:
@@ -287,7 +289,7 @@ def _skeleton(query: dns.message.Message, settings: settings_mod.Settings, aa: b
     resp.set_opcode(query.opcode())
     resp.question = list(query.question)
     if query.edns >= 0:
-        resp.use_edns(0, 0, settings.edns_payload, query.payload)
+        resp.use_edns(0, query.ednsflags & dns.flags.DO, settings.edns_payload, query.payload)
     if rcode:
         resp.set_rcode(rcode)
     return resp
@@ -314,7 +316,8 @@ def _answer(query: dns.message.Message, view: store.Store,
         if qtype == _PTR and _complete_reverse(path) and view.loaded:
             records = _ptr_records(ctx, path, reverse=True)
             if records:
-                resp = _skeleton(query, settings, aa=True)
+                # Not one of our zones: AA off, as SkyDNS answered PTR (rule 1: AA only in our zones).
+                resp = _skeleton(query, settings)
                 section = _Section(ctx.limit)
                 for rec in records:
                     target = _name(rec.host) if _kind(rec.host) is msg.HostType.NAME else None

@@ -6,7 +6,8 @@ PURE: no I/O. Rules of this module:
    ``msg.host_type(record.host)``. Builders take already-checked records and construct
    rdata objects directly (no zone-file text parsing on the answer path).
 2. Defaults: a record without ``ttl`` gets ``settings.ttl``; a record without ``priority``
-   gets ``settings.default_priority``; TXT text is split into 255-byte strings.
+   gets ``settings.default_priority``; TXT text is split into 255-byte strings and cut at
+   ``TXT_MAX`` (65025) bytes, the most one rdata can hold.
 3. ``targetstrip`` drops that many left-most labels of an SRV/MX/NS target (SkyDNS applies
    it to the host name and to names synthesised from keys alike); stripping every label
    keeps the name unchanged (SkyDNS: "we overshot the name, use the original one").
@@ -50,6 +51,9 @@ SOA_RETRY = 1800
 SOA_EXPIRE = 86400
 
 _TXT_CHUNK = 255
+# Most text bytes in one TXT rdata: 255 strings of 255 bytes (1 + 255 bytes each on the wire),
+# since an rdata holds at most 65535 bytes. Longer text is cut, never an unencodable answer.
+TXT_MAX = _TXT_CHUNK * _TXT_CHUNK
 
 
 def ttl(record: msg.Service, settings: settings_mod.Settings) -> int:
@@ -104,8 +108,9 @@ def mx(preference: int, exchange: dns.name.Name) -> dns.rdata.Rdata:
 
 
 def txt(text: str, rdclass: int = IN) -> dns.rdata.Rdata:
-    """A TXT rdata; text longer than 255 bytes is split into 255-byte strings."""
-    data = text.encode()
+    """A TXT rdata; text longer than 255 bytes is split into 255-byte strings, text longer than
+    ``TXT_MAX`` bytes is cut there (no rdata can hold more)."""
+    data = text.encode()[:TXT_MAX]
     chunks = [data[i:i + _TXT_CHUNK] for i in range(0, len(data), _TXT_CHUNK)] or [b""]
     return dns.rdtypes.ANY.TXT.TXT(rdclass, TXT, chunks)
 

@@ -19,6 +19,9 @@ Rules:
    boundary and TC is set (dnspython's prefer_truncation).
 6. Round robin: A/AAAA RRsets with several records are rotated per response, cached
    answers included (a few rotations are cached); RRset order, so CNAMEs first, never changes.
+6a. TCP: a connection is closed after ``idle_timeout`` without a complete query, and after
+   ``idle_timeout`` with answers it does not read (its unsent answers are dropped), so a
+   slow or stuck client holds one of ``max_connections`` slots for a bounded time.
 7. Sockets are bound before the event loop serves anything, so "address in use" is known at once
    (``ListenError``). SO_REUSEPORT is set only when several workers share the port.
 8. Until the store has been loaded once, names in our zones are answered SERVFAIL (not cached),
@@ -69,16 +72,17 @@ class ListenError(Exception):
 def error_reply(data: bytes, rcode: int) -> bytes | None:
     """A header-only error answer (FORMERR, SERVFAIL) to data; None if data has no header.
 
-    When data is a plain query (``wire.parse`` reads it), the question is echoed too.
+    When data is a QUERY (opcode 0) holding one readable question (``wire.question_end``), the
+    question is echoed too, whatever follows it (two OPTs, a bad option, trailing bytes). Other
+    opcodes get the header only (an UPDATE's first section is a zone, not a question).
     """
     head = wire.formerr(data)
     if head is None:
         return None
     head = head[:3] + bytes(((head[3] & 0xF0) | rcode,)) + head[4:]
-    query = wire.parse(data)
-    if query is None:
+    question_end = None if data[2] & 0x78 else wire.question_end(data)
+    if question_end is None:
         return head
-    question_end = wire.HEADER_SIZE + len(query.qname) + 4
     return head[:4] + b"\x00\x01" + head[6:] + data[wire.HEADER_SIZE:question_end]
 
 
@@ -517,7 +521,14 @@ class Server:
                 if out is None:
                     continue
                 writer.write(len(out).to_bytes(2, "big") + out)
-                await writer.drain()
+                if writer.transport.get_write_buffer_size():
+                    try:
+                        # a client that does not read its answers holds a connection slot only
+                        # as long as an idle one: then the connection is dropped, unsent data too
+                        await asyncio.wait_for(writer.drain(), self.idle_timeout)
+                    except (TimeoutError, asyncio.TimeoutError):
+                        writer.transport.abort()
+                        break
         except asyncio.CancelledError:
             pass
         except Exception as exc:  # noqa: BLE001 - a broken connection ends only itself

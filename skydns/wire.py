@@ -192,6 +192,32 @@ def formerr(data: bytes) -> bytes | None:
     return data[0:2] + bytes((flag_byte, 0x01)) + b"\x00" * 8
 
 
+def question_end(data: bytes) -> int | None:
+    """Where the single question of data ends (offset after its class), or None when data does
+    not hold exactly one question with an uncompressed name of at most 255 bytes.
+
+    Reads only the header's question count and the question itself: the rest of the message
+    may be anything (for echoing the question in an error answer).
+    """
+    size = len(data)
+    if size < HEADER_SIZE + 5 or data[4:6] != b"\x00\x01":
+        return None
+    pos = HEADER_SIZE
+    while True:
+        if pos >= size:
+            return None
+        length = data[pos]
+        if length == 0:
+            pos += 1
+            break
+        if length > MAX_LABEL:
+            return None
+        pos += length + 1
+    if pos - HEADER_SIZE > MAX_NAME or pos + 4 > size:
+        return None
+    return pos + 4
+
+
 def name_to_text(name: bytes) -> str:
     """Dotted text of an uncompressed wire name; non-printable bytes escaped as \\DDD."""
     labels = []

@@ -21,6 +21,7 @@ import dns.rrset
 import pytest
 
 from skydns import answering, httpserver, metrics, msg, settings as settings_mod, store, transport, wire
+from tests import procs
 
 ZONE = dns.name.from_text("cluster.local.")
 
@@ -305,6 +306,30 @@ def test_malformed_packets_never_stop_the_server(server, data, rcode):
         assert addrs(server.tcp()) == ["10.0.0.1"]
 
 
+ERROR_REPLIES = [
+    # (id, packet, rcode, question echoed)
+    ("plain query", dns.message.make_query("web.cluster.local.", "A", id=7).to_wire(), dns.rcode.SERVFAIL, True),
+    ("two OPTs: question still readable", _header(ar=2) + b"\x03web\x00\x00\x01\x00\x01"
+     + b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00" * 2, dns.rcode.FORMERR, True),
+    ("compression loop", _header() + b"\xc0\x0c\x00\x01\x00\x01", dns.rcode.FORMERR, False),
+    ("qdcount 2", _header(qd=2) + b"\x00\x00\x01\x00\x01" * 2, dns.rcode.FORMERR, False),
+    ("header only", _header(), dns.rcode.FORMERR, False),
+    # an UPDATE whose zone section is not SOA: dnspython cannot read it, nor an echo of it
+    ("UPDATE: header only", _header(flags=0x2800) + b"\x03web\x00\x00\x01\x00\x01", dns.rcode.FORMERR, False),
+]
+
+
+@pytest.mark.parametrize(("data", "rcode", "echoed"), [r[1:] for r in ERROR_REPLIES], ids=[r[0] for r in ERROR_REPLIES])
+def test_error_reply_echoes_id_and_readable_question(data, rcode, echoed):
+    out = transport.error_reply(data, rcode)
+    reply = dns.message.from_wire(out)
+    assert out[:2] == data[:2] and reply.flags & dns.flags.QR and reply.rcode() == rcode
+    assert (len(reply.question) == 1) is echoed
+    if echoed:
+        assert out[12:] == data[12:wire.question_end(data)]
+    assert not reply.answer and not reply.authority and not reply.additional
+
+
 def test_panics_and_drops_are_counted(server):
     server.raw_udp(b"\x00" * 5)
     server.raw_udp(_header(flags=0x8100))
@@ -338,6 +363,23 @@ def test_idle_and_max_tcp_connections(server):
     finally:
         for c in conns:
             c.close()
+    assert addrs(server.tcp()) == ["10.0.0.1"]
+
+
+def test_client_that_never_reads_is_dropped_after_the_idle_timeout(server):
+    query = dns.message.make_query("many.cluster.local.", "A").to_wire()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as stuck:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect((server.host, server.port))
+        stuck.setblocking(False)
+        pipelined = (struct.pack("!H", len(query)) + query) * 2000
+        try:
+            stuck.send(pipelined)  # answers pile up: the client reads none of them
+        except BlockingIOError:
+            pass
+        procs.wait_until(lambda: server.server.connections, timeout=5, what="connection open")
+        # idle_timeout is 2 s here: the blocked writer gives up and the slot is free again
+        procs.wait_until(lambda: not server.server.connections, timeout=10, what="stuck connection dropped")
     assert addrs(server.tcp()) == ["10.0.0.1"]
 
 

@@ -213,6 +213,25 @@ def test_formerr(data, expected):
     assert wire.formerr(data) == expected
 
 
+QUESTION_ENDS = [
+    ("plain query", query(), 12 + len(QNAME) + 4),
+    ("question then two OPTs", header(ar=2) + _Q + _OPT + _OPT, 12 + len(_Q)),
+    ("question then garbage", header(ar=1) + _Q + b"\xff" * 9, 12 + len(_Q)),
+    ("root question", header() + b"\x00\x00\x01\x00\x01", 17),
+    ("no question", header(qd=0) + _Q, None),
+    ("two questions", header(qd=2) + _Q + _Q, None),
+    ("compressed name", header() + b"\x03www\xc0\x0c\x00\x01\x00\x01", None),
+    ("name past the end", header() + b"\x3fabc", None),
+    ("class cut", header() + QNAME + b"\x00\x01\x00", None),
+    ("name longer than 255", header() + (b"\x3f" + b"a" * 63) * 5 + b"\x00\x00\x01\x00\x01", None),
+]
+
+
+@pytest.mark.parametrize(("data", "end"), [r[1:] for r in QUESTION_ENDS], ids=[r[0] for r in QUESTION_ENDS])
+def test_question_end(data, end):
+    assert wire.question_end(data) == end
+
+
 NAMES = [
     ("root", b"\x00", "."),
     ("two labels", b"\x03www\x07example\x00", "www.example."),
