@@ -4,7 +4,9 @@ Rules (DESIGN section 4, STYLE 5.7):
 1. Level-triggered. Watch threads (k8swatch.follow, one per kind) put Listed/Changed events on
    an asyncio queue. The engine keeps the latest objects and, per owner (a service, a pod, the
    cluster records), the records they should produce (records.build_*), so the desired content
-   of the prefix is always known in memory.
+   of the prefix is always known in memory. Records are a pure function of the objects, so
+   an object equal to the one held (a relist of an unchanged cluster) is not rebuilt, and each
+   owner's records are encoded once (records.Result.values).
 2. Writes: a change of one object is one etcd transaction over the keys it touched (puts and
    deletes together, chunked with reconcile.chunk below --max-txn-ops). Never delete-then-add.
 3. Full sync: at start (once every kind has been listed), after every relist (410, watch error,
@@ -177,7 +179,8 @@ class Engine:
         for problem in result.problems:
             logger.warning("%s", problem)
             PROBLEMS.inc()
-        self._set_owner(owner, records.encode(result.records), received)
+        # result.values is result.records already encoded (records.Result); no second encode
+        self._set_owner(owner, dict(result.values), received)
 
     def _parse(self, kind: str, raw: dict):
         try:
@@ -257,7 +260,9 @@ class Engine:
             if obj is not None:
                 parsed[objects.ref(raw)] = obj
         if kind == "Service":
-            refs = set(self.services) | set(parsed)
+            # records are a pure function of the objects: an object equal to the one held (same
+            # resourceVersion and content) keeps its records, so a relist rebuilds only changes
+            refs = _changed(self.services, parsed)
             self.services = parsed
             for ref in sorted(refs):
                 self._recompute_owner(("svc", *ref), received)
@@ -271,7 +276,7 @@ class Engine:
             for ref in sorted(touched):
                 self._recompute_owner(("svc", *ref), received)
         elif kind == "Pod":
-            refs = set(self.pods) | set(parsed)
+            refs = _changed(self.pods, parsed)
             self.pods = parsed
             for ref in sorted(refs):
                 self._recompute_owner(("pod", *ref), received)
@@ -543,11 +548,20 @@ async def main(settings: settings_mod.Settings) -> int:
         source = make_source(settings)
     except k8swatch.ConfigError as err:
         raise SystemExit(f"kube2sky: {err}") from None
+    tls = etcdwriter.TLSFiles(settings.etcd_cafile, settings.etcd_certfile, settings.etcd_keyfile)
+    try:
+        etcdwriter.check_tls_files(tls)
+    except etcdwriter.ConfigError as err:
+        raise SystemExit(f"kube2sky: {err}") from None
+    if (tls or any(e.startswith("https://") for e in settings.etcd_endpoints)) and not settings.dry_run:
+        logger.info("etcd over TLS (CA: %s, client certificate: %s)", tls.ca or "system roots",
+                    tls.cert or "none")
     if settings.dry_run:
         store = etcdwriter.DryRun()
     else:
         store = etcdwriter.Etcd(settings.etcd_endpoints, timeout=settings.etcd_mutation_timeout,
-                                on_error=lambda op: ETCD_ERRORS.labels(op).inc())
+                                on_error=lambda op: ETCD_ERRORS.labels(op).inc(),
+                                tls=tls)
     election = None
     if settings.leader_elect and not settings.dry_run:
         key = settings.leader_key or f"/{settings.prefix.strip('/')}-leader/kube2sky"
@@ -619,6 +633,11 @@ async def main(settings: settings_mod.Settings) -> int:
             server.close()
         await store.close()
         logger.info("stopped")
+
+
+def _changed(old: dict, new: dict) -> set:
+    """Keys added, removed or holding a different value."""
+    return {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
 
 
 def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:

@@ -18,7 +18,7 @@ import sys
 
 import click
 
-from kube2sky import app
+from kube2sky import app, etcdwriter
 from kube2sky import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def parse_etcd_servers(text: str) -> tuple[str, ...]:
         if not item:
             continue
         rest = item
+        tls = rest.startswith("https://")
         for scheme in ("http://", "https://"):
             if rest.startswith(scheme):
                 rest = rest[len(scheme):]
@@ -54,10 +55,18 @@ def parse_etcd_servers(text: str) -> tuple[str, ...]:
             host, port = rest, "2379"
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise click.UsageError(f"--etcd-server: want http://host:port, got {item!r}")
-        out.append(f"{host}:{port}")
+        out.append(f"https://{host}:{port}" if tls else f"{host}:{port}")
     if not out:
         raise click.UsageError("--etcd-server: give at least one http://host:port")
     return tuple(out)
+
+
+def check_etcd_tls(cafile: str, certfile: str, keyfile: str) -> None:
+    """Each given TLS file must be readable PEM; the certificate and key come together."""
+    try:
+        etcdwriter.check_tls_files(etcdwriter.TLSFiles(cafile, certfile, keyfile))
+    except etcdwriter.ConfigError as err:
+        raise click.UsageError(str(err)) from None
 
 
 def parse_domain(text: str) -> str:
@@ -106,7 +115,14 @@ def normalize(command: click.Command, args: list[str]) -> list[str]:
 )
 @click.option("--domain", default="cluster.local", show_envvar=True, help="Cluster DNS zone.")
 @click.option("--etcd-server", "etcd_server", default="http://127.0.0.1:2379", show_envvar=True,
-              help="etcd endpoints, comma-separated http://host:port (the Go kube2sky used :4001).")
+              help="etcd endpoints, comma-separated http://host:port (the Go kube2sky used :4001); "
+                   "https:// means TLS.")
+@click.option("--etcd-cafile", "etcd_cafile", default="", show_envvar=True,
+              help="CA bundle (PEM) that signed etcd's server certificate; turns TLS on.")
+@click.option("--etcd-certfile", "etcd_certfile", default="", show_envvar=True,
+              help="Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-keyfile.")
+@click.option("--etcd-keyfile", "etcd_keyfile", default="", show_envvar=True,
+              help="Private key (PEM) of --etcd-certfile.")
 @click.option("--etcd-mutation-timeout", "etcd_mutation_timeout", default="10s", show_envvar=True,
               help="Timeout of one etcd request (e.g. 10s); errors are retried, never fatal.")
 @click.option("--resync-period", "resync_period", default="5m", show_envvar=True,
@@ -178,6 +194,7 @@ def build_settings(opts: dict) -> settings_mod.Settings:
     prefix = opts["prefix"].strip().strip("/")
     if not prefix or "/" in prefix:
         raise click.UsageError(f"--prefix: want one path segment like skydns, got {opts['prefix']!r}")
+    check_etcd_tls(opts["etcd_cafile"].strip(), opts["etcd_certfile"].strip(), opts["etcd_keyfile"].strip())
     return settings_mod.Settings(
         domain=parse_domain(opts["domain"]),
         prefix=prefix,
@@ -188,6 +205,9 @@ def build_settings(opts: dict) -> settings_mod.Settings:
         dns_service=dns_service,
         endpoint_source=settings_mod.EndpointSource(opts["endpoints_source"]),
         etcd_endpoints=parse_etcd_servers(opts["etcd_server"]),
+        etcd_cafile=opts["etcd_cafile"].strip(),
+        etcd_certfile=opts["etcd_certfile"].strip(),
+        etcd_keyfile=opts["etcd_keyfile"].strip(),
         max_txn_ops=opts["max_txn_ops"],
         etcd_mutation_timeout=parse_duration(opts["etcd_mutation_timeout"], "--etcd-mutation-timeout"),
         leader_elect=opts["leader_elect"],

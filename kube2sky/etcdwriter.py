@@ -11,6 +11,11 @@ Rules:
    keeps the desired state and re-reads etcd after a reconnect).
 4. Reads are paged (keys in pages of page_size) so a big prefix never exceeds gRPC's message
    limit.
+5. TLS (--etcd-cafile / --etcd-certfile / --etcd-keyfile, or an https:// endpoint): the gRPC
+   channel is built here with TLS credentials read from the files at each connect (so renewed
+   certificates are picked up on the next reconnect). Without a CA file the system roots are
+   used. check_tls_files() is the start-up check the CLI runs; a file that goes bad later is
+   an EtcdError like any other connection failure (logged, retried).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import aetcd
 import aetcd.exceptions
 import aetcd.rpc
 import aetcd.utils
+import aetcd.watcher
+import grpc
 
 from kube2sky import reconcile
 
@@ -47,28 +54,136 @@ class Guard:
     value: str
 
 
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """'http://host:port', 'host:port' or 'host' -> (host, port); 2379 by default."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One etcd server; tls when it was given as https://."""
+
+    host: str
+    port: int
+    tls: bool = False
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """'http://host:port', 'https://host:port', 'host:port' or 'host' -> Endpoint; 2379 by default."""
     text = text.strip()
+    tls = text.startswith("https://")
     for scheme in ("http://", "https://"):
         if text.startswith(scheme):
             text = text[len(scheme):]
     text = text.rstrip("/")
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else 2379
+        return Endpoint(host, int(rest[1:]) if rest.startswith(":") else 2379, tls)
     host, sep, port = text.rpartition(":")
-    if not sep:
-        return text, 2379
-    return host, int(port)
+    if not sep or ":" in host:
+        return Endpoint(text, 2379, tls)
+    return Endpoint(host, int(port), tls)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """PEM files of etcd client TLS; all empty means "system roots, no client certificate"."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.ca or self.cert or self.key)
+
+
+class ConfigError(Exception):
+    """A TLS file that cannot be used (the CLI turns it into one line and exit 2)."""
+
+
+# flag name and what the PEM must hold, per TLSFiles field
+_TLS_FLAGS = (("ca", "--etcd-cafile", "CERTIFICATE"), ("cert", "--etcd-certfile", "CERTIFICATE"),
+              ("key", "--etcd-keyfile", "PRIVATE KEY"))
+
+
+def _read_pem(path: str, flag: str, kind: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        raise ConfigError(f"{flag}: cannot read {path}: {err.strerror or err}") from None
+    # "-----BEGIN CERTIFICATE-----", "-----BEGIN EC PRIVATE KEY-----", "-----BEGIN PRIVATE KEY-----"
+    if b"-----BEGIN " not in data or kind.encode() + b"-----" not in data:
+        raise ConfigError(f"{flag}: {path} holds no PEM {kind}")
+    return data
+
+
+def check_tls_files(files: TLSFiles) -> None:
+    """Raise ConfigError naming the flag and the file when a TLS file cannot be used."""
+    if bool(files.cert) != bool(files.key):
+        missing = "--etcd-keyfile" if files.cert else "--etcd-certfile"
+        raise ConfigError(f"{missing}: give the client certificate and its key together "
+                          f"(--etcd-certfile and --etcd-keyfile)")
+    for field, flag, kind in _TLS_FLAGS:
+        path = getattr(files, field)
+        if path:
+            _read_pem(path, flag, kind)
+
+
+def credentials(files: TLSFiles) -> grpc.ChannelCredentials:
+    """gRPC TLS credentials from the files (system roots without a CA file)."""
+    def read(field: str) -> bytes | None:
+        for name, flag, kind in _TLS_FLAGS:
+            if name == field and getattr(files, field):
+                return _read_pem(getattr(files, field), flag, kind)
+        return None
+
+    return grpc.ssl_channel_credentials(root_certificates=read("ca"), private_key=read("key"),
+                                        certificate_chain=read("cert"))
+
+
+_CHANNEL_OPTIONS = {
+    "grpc.max_receive_message_length": 64 * 1024 * 1024,
+    "grpc.max_send_message_length": 64 * 1024 * 1024,
+}
+
+
+class _Client(aetcd.Client):
+    """aetcd.Client whose channel is ours: plain text, or TLS with the given credentials.
+
+    aetcd 1.0 only opens insecure channels; this replaces its connect() with the same steps on
+    a secure channel (no etcd user/password: kube2sky authenticates with the client
+    certificate).
+    """
+
+    def __init__(self, endpoint: Endpoint, creds: grpc.ChannelCredentials | None, timeout: float) -> None:
+        super().__init__(host=endpoint.host, port=endpoint.port, timeout=timeout, options=_CHANNEL_OPTIONS)
+        self._target = str(endpoint)
+        self._creds = creds
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        options = list(self._options.items())
+        if self._creds is None:
+            self.channel = aetcd.rpc.insecure_channel(self._target, options=options)
+        else:
+            self.channel = aetcd.rpc.secure_channel(self._target, self._creds, options=options)
+        self.kvstub = aetcd.rpc.KVStub(self.channel)
+        self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
+        self.leasestub = aetcd.rpc.LeaseStub(self.channel)
+        self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
+        self._watcher = aetcd.watcher.Watcher(aetcd.rpc.WatchStub(self.channel), timeout=self._timeout,
+                                              metadata=self.metadata)
+        self._connected.set()
 
 
 class Etcd:
     """An aetcd client over a list of endpoints, rotating on failure."""
 
     def __init__(self, endpoints: tuple[str, ...], timeout: float = 10.0, page_size: int = 2000,
-                 on_error: Callable[[str], None] | None = None) -> None:
-        self.endpoints = tuple(parse_endpoint(e) for e in endpoints) or (("127.0.0.1", 2379),)
+                 on_error: Callable[[str], None] | None = None, tls: TLSFiles = TLSFiles()) -> None:
+        self.endpoints = tuple(parse_endpoint(e) for e in endpoints) or (Endpoint("127.0.0.1", 2379),)
+        self.tls = tls
         self.timeout = timeout
         self.page_size = page_size
         self.on_error = on_error
@@ -77,17 +192,17 @@ class Etcd:
 
     @property
     def endpoint(self) -> str:
-        host, port = self.endpoints[self._index]
-        return f"{host}:{port}"
+        current = self.endpoints[self._index]
+        return f"https://{current}" if current.tls or self.tls else str(current)
 
     async def client(self) -> aetcd.Client:
         if self._client is None:
-            host, port = self.endpoints[self._index]
-            client = aetcd.Client(host=host, port=port, timeout=self.timeout, options={
-                "grpc.max_receive_message_length": 64 * 1024 * 1024,
-                "grpc.max_send_message_length": 64 * 1024 * 1024,
-            })
+            current = self.endpoints[self._index]
+            client = None
             try:
+                # TLS files are re-read at every connect: renewed certificates are picked up.
+                creds = credentials(self.tls) if current.tls or self.tls else None
+                client = _Client(current, creds, self.timeout)
                 await asyncio.wait_for(client.connect(), self.timeout)
             except Exception as err:  # noqa: BLE001
                 await self._drop(client)
@@ -113,7 +228,10 @@ class Etcd:
             text = " ".join(str(err).split()) or type(err).__name__
         if self.on_error is not None:
             self.on_error(what)
-        return EtcdError(f"etcd {self.endpoint} {what}: {text[:300]}")
+        hint = ""
+        if isinstance(err, aetcd.rpc.AioRpcError) and (self.tls or self.endpoints[self._index].tls):
+            hint = _tls_hint(f"{err.details()} {err.debug_error_string()}")
+        return EtcdError(f"etcd {self.endpoint} {what}: {text[:300]}{hint}")
 
     async def reset(self) -> None:
         """Close the client; the next call connects to the next endpoint."""
@@ -126,8 +244,9 @@ class Etcd:
         try:
             return await asyncio.wait_for(coro_factory(client), self.timeout + 1)
         except (aetcd.exceptions.ClientError, aetcd.rpc.AioRpcError, asyncio.TimeoutError, OSError) as err:
+            error = self._error(what, err)  # names this endpoint, before reset() moves on
             await self.reset()
-            raise self._error(what, err) from err
+            raise error from err
 
     async def read_prefix(self, prefix: str) -> tuple[dict[str, str], int]:
         """Every key under prefix (e.g. "/skydns/") with its value as text, and the revision."""
@@ -180,6 +299,30 @@ class Etcd:
     async def close(self) -> None:
         client, self._client = self._client, None
         await self._drop(client)
+
+
+# (words in gRPC's error text, what they mean for the user) - first match wins
+_TLS_HINTS = (
+    (("certificate_verify_failed", "certificate verify failed", "unable to get local issuer"),
+     "etcd's server certificate is not trusted: give the CA that signed it with --etcd-cafile"),
+    (("peer name", "hostname mismatch", "subject alternative name"),
+     "etcd's server certificate does not name this address: use an address it names in --etcd-server"),
+    (("tsi_data_corrupted", "unwrap failed", "certificate required", "bad certificate", "unknown ca",
+      "alert"),
+     "etcd refused the TLS connection, it probably wants a client certificate it trusts: "
+     "give --etcd-certfile and --etcd-keyfile"),
+    (("ssl", "tls", "handshake", "tsi_"),
+     "TLS failed: check --etcd-server (https://), --etcd-cafile, --etcd-certfile and --etcd-keyfile"),
+)
+
+
+def _tls_hint(text: str) -> str:
+    """'; TLS: what to fix' when gRPC's error text of a TLS connection looks like a TLS failure."""
+    lowered = text.lower()
+    for words, hint in _TLS_HINTS:
+        if any(word in lowered for word in words):
+            return f"; TLS: {hint}"
+    return ""
 
 
 class DryRun:

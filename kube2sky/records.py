@@ -12,6 +12,10 @@ Rules of this module:
    A/AAAA record (REFERENCE 3.2 worked example ``.../myservice/_tcp/_http/5f106532``).
 3. Every host record carries the settings' priority, weight and ttl (kube2sky: 10, 10, 30);
    the ``dns-version`` TXT record carries only ``text`` and ``ttl``.
+4. Cheap to rebuild: each distinct record is encoded once and each distinct JSON value hashed
+   once (bounded memo caches, ``_encode`` and ``_leaf_label``; both are pure functions of
+   their argument, so caching never changes a key or a value), and a name's etcd key is
+   computed once per object (SRV and legacy names repeat for every endpoint).
 
 Names, for S = ``<svc>.<ns>.svc.<zone>.`` and L = ``<svc>.<ns>.<zone>.`` (legacy):
 
@@ -43,6 +47,7 @@ Names, for S = ``<svc>.<ns>.svc.<zone>.`` and L = ``<svc>.<ns>.<zone>.`` (legacy
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 from collections.abc import Collection, Iterable, Mapping
@@ -54,6 +59,17 @@ from skydns import msg
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _NAME_LABEL = re.compile(r"^[a-z0-9_]([-a-z0-9_]{0,61}[a-z0-9_])?$")
 _DONE_PHASES = frozenset({"Succeeded", "Failed"})
+
+# Entries of each memo cache below: enough for every record of a big headless service, so
+# recomputing it after one endpoint change encodes and hashes only what changed; bounded so a
+# large cluster's initial sync (all values distinct) costs a few MB at most.
+_CACHE_SIZE = 1 << 13
+
+# msg.encode and msg.leaf_label, memoised: equal records give equal JSON, equal JSON the same
+# FNV label (msg.Service is a frozen dataclass, hashable; ``key`` is not part of its hash).
+# Record fields here are str/int/bool only (never 30.0 for 30), so equal means equal JSON.
+_encode = functools.lru_cache(maxsize=_CACHE_SIZE)(msg.encode)
+_leaf_label = functools.lru_cache(maxsize=_CACHE_SIZE)(msg.leaf_label)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,7 +167,7 @@ class _Builder:
         self.records: dict[str, msg.Service] = {}
         self.values: dict[str, str] = {}
         self.problems: list[str] = []
-        self._leaves: dict[str, str] = {}
+        self._keys: dict[str, str] = {}
 
     def problem(self, why: str) -> None:
         self.problems.append(f"{self.what}: {why}")
@@ -160,25 +176,30 @@ class _Builder:
         s = self.settings
         return msg.Service(host=host, port=port, priority=s.priority, weight=s.weight, ttl=s.ttl)
 
-    def leaf(self, value: str) -> str:
-        """``msg.leaf_label`` of a JSON value, computed once per object."""
-        label = self._leaves.get(value)
-        if label is None:
-            label = self._leaves[value] = msg.leaf_label(value)
-        return label
+    @staticmethod
+    def leaf(value: str) -> str:
+        """``msg.leaf_label`` of a JSON value (memoised)."""
+        return _leaf_label(value)
 
-    def _add(self, key: str, record: msg.Service, value: str, leaf: str) -> None:
-        key = key + "/" + (leaf or self.leaf(value))
+    def key_of(self, name: str) -> str:
+        """``msg.name_to_key`` of a name, computed once per object."""
+        key = self._keys.get(name)
+        if key is None:
+            key = self._keys[name] = msg.name_to_key(name, self.settings.prefix)
+        return key
+
+    def _add(self, key: str, record: msg.Service, leaf: str) -> None:
+        value = _encode(record)
+        key = key + "/" + (leaf or _leaf_label(value))
         self.records[key] = record
         self.values[key] = value
 
     def put(self, name: str, record: msg.Service, leaf: str = "") -> None:
         """Add ``record`` under ``name``, leaf = hash of its JSON unless given."""
-        self._add(msg.name_to_key(name, self.settings.prefix), record, msg.encode(record), leaf)
+        self._add(self.key_of(name), record, leaf)
 
     def put_ptr(self, ip: str, target: str) -> None:
-        record = self.record(host=target)
-        self._add(msg.ip_to_reverse_key(ip, self.settings.prefix), record, msg.encode(record), "")
+        self._add(msg.ip_to_reverse_key(ip, self.settings.prefix), self.record(host=target), "")
 
     def ips(self, texts: Iterable[str], where: str) -> list[str]:
         out = []
@@ -233,6 +254,10 @@ def _srv_name(port: objects.Port, base: str) -> str:
     return f"_{port.name}._{port.protocol}.{base}"
 
 
+def _srv_ports(ports: Iterable[objects.Port], base: str) -> list[tuple[str, int]]:
+    return [(_srv_name(port, base), port.port) for port in ports]
+
+
 def build_service(svc: objects.Service, slices: Iterable[objects.EndpointSlice],
                   settings: settings_mod.Settings) -> Result:
     """The records of one service (with its slices, for headless services) and its problems.
@@ -275,7 +300,8 @@ def _cluster_ip(b: _Builder, svc: objects.Service, name: str, legacy: str | None
         if legacy:
             b.put(legacy, record)
         b.put_ptr(ip, name)
-    leaf = b.leaf(msg.encode(b.record(host=ips[0])))
+    # kube2sky's SRV leaves: the label of the first A/AAAA record (already encoded above)
+    leaf = b.leaf(_encode(b.record(host=ips[0])))
     for port in b.named_ports(svc.ports, "port"):
         b.put(_srv_name(port, name), b.record(host=name, port=port.port), leaf=leaf)
 
@@ -288,8 +314,9 @@ def _headless(b: _Builder, svc: objects.Service, slices: Iterable[objects.Endpoi
         if eps.address_type == "FQDN":
             b.problem(f"EndpointSlice {eps.name} has addressType FQDN, skipped")
             continue
-        slice_ports = b.named_ports(eps.ports, f"EndpointSlice {eps.name} port")
-        subset_ports: dict[tuple[objects.Port, ...], list[objects.Port]] = {}
+        # (SRV name, port number) per named port, worked out once per slice / port subset
+        slice_ports = _srv_ports(b.named_ports(eps.ports, f"EndpointSlice {eps.name} port"), name)
+        subset_ports: dict[tuple[objects.Port, ...], list[tuple[str, int]]] = {}
         for ep in eps.endpoints:
             if not (ep.ready or svc.publish_not_ready):
                 continue
@@ -298,8 +325,8 @@ def _headless(b: _Builder, svc: objects.Service, slices: Iterable[objects.Endpoi
             elif ep.ports in subset_ports:
                 ports = subset_ports[ep.ports]
             else:
-                ports = subset_ports[ep.ports] = b.named_ports(
-                    ep.ports, f"Endpoints {eps.name} port")
+                ports = subset_ports[ep.ports] = _srv_ports(b.named_ports(
+                    ep.ports, f"Endpoints {eps.name} port"), name)
             for ip in b.ips(ep.addresses, f"EndpointSlice {eps.name} address"):
                 target = _under(name, endpoint_label(ep.hostname, ip))
                 record = b.record(host=ip)
@@ -307,8 +334,8 @@ def _headless(b: _Builder, svc: objects.Service, slices: Iterable[objects.Endpoi
                 if legacy:
                     b.put(legacy, record)
                 b.put_ptr(ip, target)
-                for port in ports:
-                    b.put(_srv_name(port, name), b.record(host=target, port=port.port))
+                for srv, number in ports:
+                    b.put(srv, b.record(host=target, port=number))
 
 
 def _external_name(b: _Builder, svc: objects.Service, name: str, legacy: str | None) -> None:
@@ -375,7 +402,7 @@ def for_cluster(dns_service: objects.Service | None,
 
 def encode(records: Mapping[str, msg.Service]) -> dict[str, str]:
     """etcd key -> record becomes etcd key -> JSON value (``msg.encode``)."""
-    return {key: msg.encode(record) for key, record in records.items()}
+    return {key: _encode(record) for key, record in records.items()}
 
 
 def build(state: State, settings: settings_mod.Settings) -> Desired:

@@ -70,11 +70,13 @@ class Settings:
     endpoint_source: EndpointSource = EndpointSource.AUTO
 
     # ---- etcd (etcdwriter.py) ----
-    # etcd endpoints as host:port pairs (http:// and https:// accepted on the CLI).
+    # etcd endpoints: "host:port" (plain text) or "https://host:port" (TLS).
     etcd_endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
-    etcd_ca_cert: str = ""
-    etcd_tls_pem: str = ""
-    etcd_tls_key: str = ""
+    # etcd client TLS, PEM files (--etcd-cafile, --etcd-certfile, --etcd-keyfile). Any of them
+    # turns TLS on for every endpoint; without a CA file the system roots verify the server.
+    etcd_cafile: str = ""
+    etcd_certfile: str = ""
+    etcd_keyfile: str = ""
     # Most operations in one etcd transaction; etcd's --max-txn-ops defaults to 128.
     max_txn_ops: int = 128
     # Timeout of one etcd request, seconds (kube2sky --etcd-mutation-timeout; never fatal here).

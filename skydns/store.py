@@ -25,6 +25,9 @@ Rules of this module:
    clears it. Nothing here raises on bad data.
 7. ``generation`` goes up by one on every change (caches of encoded answers compare it);
    ``revision`` is the etcd revision the mirror reflects (the SOA serial).
+8. Records come out in key order (segments sorted, a record before the records below it),
+   whatever order they were written in: a mirror built by the watch answers exactly like one
+   built by a relist (etcd ranges are key-sorted), e.g. when answering picks the first alias.
 """
 
 from __future__ import annotations
@@ -255,7 +258,7 @@ class Store:
             nxt: list[_Node] = []
             if seg in _WILDCARDS:
                 for node in level:
-                    nxt.extend(child for label, child in node.children.items() if label[:1] != "_")
+                    nxt.extend(child for label, child in _ordered(node.children) if label[:1] != "_")
             else:
                 for node in level:
                     child = node.children.get(seg)
@@ -282,7 +285,19 @@ def _collect(node: _Node, out: list[msg.Service], stop: int | None) -> None:
             if stop is not None and len(out) >= stop:
                 return
         if cur.children:
-            stack.extend(child for label, child in reversed(cur.children.items()) if label[:1] != "_")
+            stack.extend(child for label, child in reversed(_ordered(cur.children)) if label[:1] != "_")
+
+
+def _ordered(children: dict[str, _Node]) -> list[tuple[str, _Node]]:
+    """Children in key order (rule 8): insertion order follows the history of puts."""
+    items = list(children.items())
+    if len(items) > 1:
+        items.sort(key=_label)
+    return items
+
+
+def _label(item: tuple[str, _Node]) -> str:
+    return item[0]
 
 
 def _group(records: list[msg.Service]) -> list[msg.Service]:

@@ -529,3 +529,107 @@ def test_certificate_name_mismatch_is_explained(etcd, kube2sky_proc, tmp_path):
                                  name="insecure")
         insecure.wait_ready()
         assert "not verifying the API server certificate" in insecure.log
+
+
+# ---------------------------------------------------------------- TLS to etcd
+
+def _openssl(folder, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+
+def etcd_pki(folder) -> dict[str, str]:
+    """A one-day CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl(folder, "req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+             "-subj", "/CN=kube2sky test etcd CA")
+    for name, usage in (("server", "serverAuth"), ("client", "clientAuth")):
+        _openssl(folder, "req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        (folder / f"{name}.ext").write_text(f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n")
+        _openssl(folder, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return {name: str(folder / name) for name in
+            ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+class TlsDb:
+    """A private etcd that serves clients only over TLS and wants a client certificate."""
+
+    prefix = "skydns"
+
+    def __init__(self, folder) -> None:
+        self.pki = etcd_pki(folder)
+        port, peer = procs.free_port(), procs.free_port()
+        self.url = f"https://127.0.0.1:{port}"
+        self.log = open(folder / "etcd.log", "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen([
+            "etcd", "--name", "tls", "--data-dir", str(folder / "etcd-data"),
+            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"tls=http://127.0.0.1:{peer}",
+            "--cert-file", self.pki["server.pem"], "--key-file", self.pki["server.key"],
+            "--trusted-ca-file", self.pki["ca.pem"], "--client-cert-auth",
+        ], stdout=self.log, stderr=subprocess.STDOUT)
+
+    def ctl(self, *args: str) -> str:
+        return subprocess.run(
+            ["etcdctl", "--endpoints", self.url, "--cacert", self.pki["ca.pem"],
+             "--cert", self.pki["client.pem"], "--key", self.pki["client.key"], *args],
+            capture_output=True, check=True, timeout=20, env=dict(os.environ, ETCDCTL_API="3"),
+        ).stdout.decode()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture
+def tls_etcd(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    db = TlsDb(tmp_path)
+    try:
+        procs.wait_until(lambda: db.ctl("put", "/tls-probe", "ok"), timeout=20, what="etcd over TLS")
+        yield db
+    finally:
+        db.close()
+
+
+def test_etcd_tls_with_client_certificate(tls_etcd, api, kube2sky_proc):
+    db, pki = tls_etcd, tls_etcd.pki
+    k = kube2sky_proc("--kube-master-url", api.url, "--etcd-server", db.url, "--etcd-cafile", pki["ca.pem"],
+                      "--etcd-certfile", pki["client.pem"], "--etcd-keyfile", pki["client.key"])
+    k.wait_ready()
+    converge(db, lambda: expected(api, db))
+    api.create(service("secure", "10.0.0.70"))
+    converge(db, lambda: expected(api, db))
+    assert "etcd over TLS" in k.log
+
+
+def test_etcd_tls_refused_without_client_certificate(tls_etcd, api, kube2sky_proc):
+    db, pki = tls_etcd, tls_etcd.pki
+    k = kube2sky_proc("--kube-master-url", api.url, "--etcd-server", db.url, "--etcd-cafile", pki["ca.pem"],
+                      "--etcd-mutation-timeout", "1s")
+    procs.wait_until(lambda: "etcd error" in k.log and "retry #2" in k.log, timeout=30,
+                     what=f"the etcd TLS error with its retries; log: {k.log_path}")
+    line = next(line for line in k.log.splitlines() if "etcd error" in line)
+    assert db.url in line and "--etcd-certfile" in line, line
+    assert k.alive() and k.http("/readiness")[0] == 503
+    assert etcd_prefix(db) == {}
+
+
+def test_etcd_https_without_ca_uses_the_system_roots(tls_etcd, api, kube2sky_proc):
+    db, pki = tls_etcd, tls_etcd.pki
+    # our test CA is not among the system roots: the server certificate is refused
+    k = kube2sky_proc("--kube-master-url", api.url, "--etcd-server", db.url, "--etcd-certfile", pki["client.pem"],
+                      "--etcd-keyfile", pki["client.key"], "--etcd-mutation-timeout", "1s")
+    procs.wait_until(lambda: "etcd error" in k.log and "retry #2" in k.log, timeout=30,
+                     what=f"the etcd TLS error with its retries; log: {k.log_path}")
+    line = next(line for line in k.log.splitlines() if "etcd error" in line)
+    assert "--etcd-cafile" in line, line
+    assert k.alive() and k.http("/readiness")[0] == 503

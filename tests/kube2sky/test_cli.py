@@ -34,7 +34,7 @@ CASES = [
     pytest.param(["-v=2", "--logtostderr", "--alsologtostderr"], {}, expect(), id="glog flags accepted"),
     pytest.param(["--resync-period", "0"], {}, expect(resync_period=0.0), id="no periodic resync"),
     pytest.param(["--etcd-server", "http://a:1,https://b:2, c"], {},
-                 expect(etcd_endpoints=("a:1", "b:2", "c:2379")), id="etcd list"),
+                 expect(etcd_endpoints=("a:1", "https://b:2", "c:2379")), id="etcd list, https is TLS"),
     pytest.param([], {"KUBE2SKY_DOMAIN": "Example.ORG", "KUBE2SKY_ETCD_SERVER": "http://e:2379",
                       "KUBE2SKY_HEALTHZ_PORT": "9999", "KUBE2SKY_TTL": "60"},
                  expect(domain="example.org.", etcd_endpoints=("e:2379",), healthz_port=9999, ttl=60),
@@ -105,3 +105,71 @@ def test_python_dash_m_help():
     for flag in ("--domain", "--etcd-server", "--kube-master-url", "--kubecfg-file", "--healthz-port",
                  "--manifests", "--dry-run", "KUBE2SKY_ETCD_SERVER"):
         assert flag in out.stdout
+
+
+# ---- etcd TLS files: checked at start-up, one line naming the flag and the file
+
+CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----\n"
+
+
+@pytest.fixture
+def pem_files(tmp_path):
+    files = {"ca.pem": CERT, "client.pem": CERT, "client.key": KEY, "junk.txt": "not pem\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return lambda name: str(tmp_path / name)
+
+
+def _in(pem_files, arg: str) -> str:
+    """A file name argument (alone or after "=") moved into the test's folder."""
+    flag, sep, value = arg.rpartition("=")
+    return flag + sep + pem_files(value) if value.endswith((".pem", ".key")) else arg
+
+
+TLS_GOOD = [
+    pytest.param(["--etcd-cafile", "ca.pem"], {}, ("ca.pem", "", ""), id="CA only"),
+    pytest.param(["--etcd-cafile", "ca.pem", "--etcd-certfile", "client.pem", "--etcd-keyfile", "client.key"], {},
+                 ("ca.pem", "client.pem", "client.key"), id="client certificate"),
+    pytest.param(["--etcd_certfile=client.pem", "-etcd-keyfile=client.key"], {},
+                 ("", "client.pem", "client.key"), id="old spellings, system roots"),
+    pytest.param([], {"KUBE2SKY_ETCD_CAFILE": "ca.pem", "KUBE2SKY_ETCD_CERTFILE": "client.pem",
+                      "KUBE2SKY_ETCD_KEYFILE": "client.key"}, ("ca.pem", "client.pem", "client.key"),
+                 id="environment"),
+]
+
+
+@pytest.mark.parametrize(("argv", "env", "want"), TLS_GOOD)
+def test_etcd_tls_flags(monkeypatch, pem_files, argv, env, want):
+    got = []
+    monkeypatch.setattr(app, "run", got.append)
+    argv = [_in(pem_files, a) for a in argv]
+    env = {k: pem_files(v) for k, v in env.items()}
+    result = click.testing.CliRunner().invoke(cli.command, argv, env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    have = got[0]
+    assert (have.etcd_cafile, have.etcd_certfile, have.etcd_keyfile) == tuple(pem_files(w) if w else "" for w in want)
+
+
+TLS_BAD = [
+    pytest.param(["--etcd-cafile", "missing.pem"], "--etcd-cafile: cannot read", "missing.pem", id="missing CA"),
+    pytest.param(["--etcd-cafile", "junk.txt"], "--etcd-cafile", "junk.txt holds no PEM CERTIFICATE", id="CA not PEM"),
+    pytest.param(["--etcd-certfile", "client.key", "--etcd-keyfile", "client.key"], "--etcd-certfile",
+                 "client.key holds no PEM CERTIFICATE", id="key given as certificate"),
+    pytest.param(["--etcd-certfile", "client.pem", "--etcd-keyfile", "client.pem"], "--etcd-keyfile",
+                 "client.pem holds no PEM PRIVATE KEY", id="certificate given as key"),
+    pytest.param(["--etcd-certfile", "client.pem"], "--etcd-keyfile", "together", id="certificate without key"),
+    pytest.param(["--etcd-keyfile", "client.key"], "--etcd-certfile", "together", id="key without certificate"),
+    pytest.param(["--etcd-cafile", "."], "--etcd-cafile: cannot read", "", id="a folder"),
+]
+
+
+@pytest.mark.parametrize(("argv", "flag", "needle"), TLS_BAD)
+def test_bad_etcd_tls_files_exit_2_with_one_line(monkeypatch, capsys, pem_files, argv, flag, needle):
+    monkeypatch.setattr(app, "run", lambda s: pytest.fail("must not run"))
+    argv = [pem_files(a) if "." in a else a for a in argv]
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"kube2sky: {flag}") and needle in err

@@ -141,3 +141,36 @@ def test_invalid_objects_are_skipped():
     bad = {"kind": "Service", "metadata": {"name": "bad", "namespace": "default"}, "spec": {"ports": "eighty"}}
     run(settle(e, listed(svc("a", "10.0.0.1"), bad)))
     assert store.data == e.desired and any("/svc/default/a/" in key for key in store.data)
+
+
+RELISTS = [
+    pytest.param([svc("a", "10.0.0.1"), svc("b", "10.0.0.2")], set(), id="nothing changed"),
+    pytest.param([svc("a", "10.0.0.1"), svc("b", "10.0.0.9")], {("default", "b")}, id="one changed"),
+    pytest.param([svc("a", "10.0.0.1")], set(), id="one gone (its records dropped, nothing built)"),
+    pytest.param([svc("a", "10.0.0.1"), svc("b", "10.0.0.2"), svc("c", "10.0.0.3")], {("default", "c")},
+                 id="one new"),
+]
+
+
+@pytest.mark.parametrize(("relisted", "rebuilt"), RELISTS)
+def test_relist_rebuilds_only_changed_services(monkeypatch, relisted, rebuilt):
+    """Records are a pure function of the objects: an equal object keeps its records."""
+    store = Store()
+    e = engine(store)
+    built: list[tuple[str, str]] = []
+    real = app.records.build_service
+
+    def counting(service, slices, settings):
+        built.append(service.ref)
+        return real(service, slices, settings)
+
+    async def go():
+        await settle(e, listed(svc("a", "10.0.0.1"), svc("b", "10.0.0.2")))
+        monkeypatch.setattr(app.records, "build_service", counting)
+        await settle(e, listed(*relisted, cause="410 Gone"))
+
+    run(go())
+    assert set(built) == rebuilt
+    fresh = engine(Store())
+    run(settle(fresh, listed(*relisted)))
+    assert e.desired == fresh.desired == {k: v for k, v in store.data.items()}

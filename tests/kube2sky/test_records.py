@@ -752,3 +752,18 @@ def test_result_values_are_encoded_records(row: Row) -> None:
     for svc in state.services:
         result = records.build_service(svc, slices, S)
         assert result.values == records.encode(result.records)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_memo_caches_change_nothing(row: Row) -> None:
+    """A build with cold caches, one with warm caches and plain msg.encode agree."""
+    s = dataclasses.replace(S, **row.settings)
+    records._encode.cache_clear()
+    records._leaf_label.cache_clear()
+    cold = records.build(load(row.manifests), s)
+    warm = records.build(load(row.manifests), s)
+    assert cold == warm
+    state = load(row.manifests)
+    for svc in state.services:
+        result = records.build_service(svc, list(state.slices), s)
+        assert result.values == {key: msg.encode(record) for key, record in result.records.items()}

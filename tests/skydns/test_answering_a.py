@@ -83,9 +83,10 @@ def test_apex_without_apex_dns_answers_zone_subtree():
 
 
 MAX_CASES = [
+    # the first records in key order (10-1-0-3 < db-0 < db-1), as an etcd range returns them
     Case("db.default.svc.cluster.local.", "A", id="max-answers-caps-records",
-         answer=("db.default.svc.cluster.local. 30 IN A 10.1.0.1",
-                 "db.default.svc.cluster.local. 30 IN A 10.1.0.2")),
+         answer=("db.default.svc.cluster.local. 30 IN A 10.1.0.3",
+                 "db.default.svc.cluster.local. 30 IN A 10.1.0.1")),
 ]
 
 

@@ -73,6 +73,32 @@ def test_two_aliases_give_one_cname():
                view, data.with_settings(domains=("z.local.",)))
 
 
+KEY_ORDER_CASES = [
+    # the first alias in key order, however the records were written (watch) or read (relist)
+    Case("two.z.local.", "A", id="first-alias-in-key-order",
+         answer=("two.z.local. 300 IN CNAME t2.z.local.", "t2.z.local. 300 IN A 10.0.0.2")),
+    Case("two.z.local.", "CNAME", id="cname-query-first-alias-in-key-order",
+         answer=("two.z.local. 300 IN CNAME t2.z.local.",)),
+]
+KEY_ORDER_RECORDS = [("/skydns/local/z/two/b", '{"host":"t1.z.local."}'),
+                     ("/skydns/local/z/two/a", '{"host":"t2.z.local."}'),
+                     ("/skydns/local/z/t1/x", '{"host":"10.0.0.1"}'),
+                     ("/skydns/local/z/t2/x", '{"host":"10.0.0.2"}')]
+
+
+@pytest.mark.parametrize("how", ["watch-puts", "relist"])
+@pytest.mark.parametrize("case", KEY_ORDER_CASES, ids=ids(KEY_ORDER_CASES))
+def test_alias_choice_does_not_depend_on_write_order(case, how):
+    view = data.store.Store()
+    if how == "relist":
+        view.replace(sorted((k, v.encode()) for k, v in KEY_ORDER_RECORDS), 9)
+    else:
+        view.replace([], 1)
+        for revision, (key, value) in enumerate(KEY_ORDER_RECORDS, 2):
+            view.put(key, value.encode(), revision)
+    data.check(case, view, data.with_settings(domains=("z.local.",)))
+
+
 def test_chain_across_zones_and_to_apex():
     view = data.store.Store.from_records({
         "/skydns/local/a/x/r": '{"host":"b.local."}',
