@@ -28,8 +28,17 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free port")
 
 
+# Every wait is stretched by this factor: a loaded machine (CI, a laptop running other work)
+# must never turn a slow start into a failure. Tests never fail on timing, only on a timeout.
+TIMEOUT_SCALE = float(os.environ.get("KUBE_SKYDNS_TEST_TIMEOUT_SCALE", "3"))
+
+
 def wait_until(check, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
-    """Poll check() until it returns a truthy value; return it, or raise TimeoutError."""
+    """Poll check() until it returns a truthy value; return it, or raise TimeoutError.
+
+    timeout (seconds) is multiplied by TIMEOUT_SCALE.
+    """
+    timeout *= TIMEOUT_SCALE
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while time.monotonic() < deadline:
