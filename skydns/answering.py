@@ -557,6 +557,19 @@ def _glue(ctx: _Ctx, target: str, additional: _Section) -> None:
         additional.extend(items)
 
 
+def _target_glue(ctx: _Ctx, rec: msg.Service, kind: msg.HostType, target: str,
+                 target_name: dns.name.Name, ttl: int, glued: set[str], additional: _Section) -> None:
+    """Glue for one SRV/MX/NS target into ``additional``: the record's own address when its host
+    is an IP, else the target name's records (``_glue``), once per target (``glued``)."""
+    if kind is msg.HostType.NAME:
+        if target not in glued:
+            glued.add(target)
+            _glue(ctx, target, additional)
+    else:
+        rdtype = _A if kind is msg.HostType.IPV4 else _AAAA
+        additional.add(target_name, rdtype, ttl, _address(rec.host, rdtype))
+
+
 def _targets(ctx: _Ctx, qname: dns.name.Name, records: list[msg.Service], qtype: int,
              answer: _Section, additional: _Section) -> None:
     """SRV or MX answers with SkyDNS weights and glue (rule 7)."""
@@ -592,13 +605,7 @@ def _targets(ctx: _Ctx, qname: dns.name.Name, records: list[msg.Service], qtype:
             answer.add(qname, _SRV, ttl, rrs.srv(prio, share, rec.port, target_name))
         else:
             answer.add(qname, _MX, ttl, rrs.mx(prio, target_name))
-        if kind is msg.HostType.NAME:
-            if target not in glued:
-                glued.add(target)
-                _glue(ctx, target, additional)
-        else:
-            rdtype = _A if kind is msg.HostType.IPV4 else _AAAA
-            additional.add(target_name, rdtype, ttl, _address(rec.host, rdtype))
+        _target_glue(ctx, rec, kind, target, target_name, ttl, glued, additional)
 
 
 def _ns(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, zone: _Zone) -> Reply:
@@ -621,13 +628,7 @@ def _ns(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, zone: _Zone
             continue
         ttl = rrs.ttl(rec, settings)
         answer.add(qname, _NS, ttl, rrs.ns(target_name))
-        if kind is msg.HostType.NAME:
-            if target not in glued:
-                glued.add(target)
-                _glue(ctx, target, additional)
-        else:
-            rdtype = _A if kind is msg.HostType.IPV4 else _AAAA
-            additional.add(target_name, rdtype, ttl, _address(rec.host, rdtype))
+        _target_glue(ctx, rec, kind, target, target_name, ttl, glued, additional)
     if not answer.count:
         answer.add(qname, _NS, settings.ttl, rrs.ns(zone.default_ns))
     resp.answer = answer.rrsets()

@@ -224,7 +224,12 @@ def _matches(wire: bytes, qend: int, data: bytes) -> bool:
     return len(data) >= qend and data[4:6] == b"\x00\x01" and data[12:qend].lower() == wire[12:qend].lower()
 
 
-def _parse(data: bytes, upstream: Upstream) -> dns.message.Message | None:
+def _reply(wire: bytes, qend: int, data: bytes, upstream: Upstream, via: str) -> dns.message.Message | None:
+    """data as the reply to wire; None (logged at debug) when it answers another query
+    (``_matches``) or does not parse. via names the transport in the log line ("" or "TCP ")."""
+    if not _matches(wire, qend, data):
+        logger.debug("forward: %sreply from %s with wrong id/question ignored", via, upstream.label)
+        return None
     try:
         return dns.message.from_wire(data, ignore_trailing=True)
     except dns.exception.DNSException as exc:
@@ -241,10 +246,7 @@ async def _udp(wire: bytes, qend: int, upstream: Upstream) -> dns.message.Messag
         await loop.sock_sendall(sock, wire)
         while True:
             data = await loop.sock_recv(sock, _UDP_MAX)
-            if not _matches(wire, qend, data):
-                logger.debug("forward: reply from %s with wrong id/question ignored", upstream.label)
-                continue
-            reply = _parse(data, upstream)
+            reply = _reply(wire, qend, data, upstream, "")
             if reply is not None:
                 return reply
     finally:
@@ -259,10 +261,7 @@ async def _tcp(wire: bytes, qend: int, upstream: Upstream) -> dns.message.Messag
         while True:
             (length,) = struct.unpack("!H", await reader.readexactly(2))
             data = await reader.readexactly(length)
-            if not _matches(wire, qend, data):
-                logger.debug("forward: TCP reply from %s with wrong id/question ignored", upstream.label)
-                continue
-            reply = _parse(data, upstream)
+            reply = _reply(wire, qend, data, upstream, "TCP ")
             if reply is not None:
                 return reply
     finally:

@@ -186,17 +186,7 @@ class Handler:
                 # rule 3a: the very same bytes after the ID were answered before -> no parsing
                 hit = self.exact[proto].get(data[2:])
                 if hit is not None:
-                    tails, zone, qtype = hit
-                    if len(tails) > 1:
-                        self.turn += 1
-                        out = data[:2] + tails[self.turn % len(tails)]
-                    else:
-                        out = data[:2] + tails[0]
-                    stats = self.stats
-                    stats.cache_hits[_CACHE] += 1
-                    stats.answered(zone, proto, family, qtype, out[3] & 0x0F, len(data), len(out),
-                                   time.perf_counter() - start)
-                    return out
+                    return self._cached(data, hit, proto, family, start)
             query = wire.parse(data)
             if query is not None:
                 limit = wire.udp_limit(query, self.payload) if proto == "udp" else wire.TCP_MAX
@@ -206,17 +196,8 @@ class Handler:
                     if entry is not None:
                         variants, zone = entry
                         tails = [wire.patch(v, query)[2:] for v in variants]
-                        self._remember(proto, data, tails, zone, query.qtype)
-                        if len(tails) > 1:
-                            self.turn += 1
-                            out = data[:2] + tails[self.turn % len(tails)]
-                        else:
-                            out = data[:2] + tails[0]
-                        stats = self.stats
-                        stats.cache_hits[_CACHE] += 1
-                        stats.answered(zone, proto, family, query.qtype, out[3] & 0x0F, query.size, len(out),
-                                       time.perf_counter() - start)
-                        return out
+                        hit = self._remember(proto, data, tails, zone, query.qtype)
+                        return self._cached(data, hit, proto, family, start)
                     if self._encoded_reply is not None:
                         # a forwarded answer still fresh in the forward cache, as bytes
                         out = self._encoded_reply(query, key, generation)
@@ -234,11 +215,30 @@ class Handler:
         except Exception:  # noqa: BLE001 - rule 1: nothing escapes a packet handler
             return self._panic(data, "handling")
 
-    def _remember(self, proto: str, data: bytes, tails: list[bytes], zone: str, qtype: int) -> None:
+    def _cached(self, data: bytes, hit: tuple[list[bytes], str, int], proto: str, family: str,
+                start: float) -> bytes:
+        """data's ID + one of the cached answer tails of hit, an exact-cache entry (the next
+        rotation when several), counted as a cache hit and an answer."""
+        tails, zone, qtype = hit
+        if len(tails) > 1:
+            self.turn += 1
+            out = data[:2] + tails[self.turn % len(tails)]
+        else:
+            out = data[:2] + tails[0]
+        stats = self.stats
+        stats.cache_hits[_CACHE] += 1
+        stats.answered(zone, proto, family, qtype, out[3] & 0x0F, len(data), len(out),
+                       time.perf_counter() - start)
+        return out
+
+    def _remember(self, proto: str, data: bytes, tails: list[bytes], zone: str,
+                  qtype: int) -> tuple[list[bytes], str, int]:
+        """Keep the answer tails for data's exact bytes (rule 3a); returns the new entry."""
         exact = self.exact[proto]
         if len(exact) >= self.cache_size:
             del exact[next(iter(exact))]
-        exact[data[2:]] = (tails, zone, qtype)
+        hit = exact[data[2:]] = (tails, zone, qtype)
+        return hit
 
     def _panic(self, data: bytes, where: str) -> bytes | None:
         self.stats.panic()

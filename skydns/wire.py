@@ -89,18 +89,8 @@ def parse(data: bytes) -> Query | None:
     if data[4:10] != b"\x00\x01\x00\x00\x00\x00" or data[10] != 0 or data[11] > 1:
         return None
     arcount = data[11]
-    pos = HEADER_SIZE
-    while True:
-        if pos >= size:
-            return None
-        length = data[pos]
-        if length == 0:
-            pos += 1
-            break
-        if length > MAX_LABEL:  # compression pointer (0xC0) or extended label type
-            return None
-        pos += length + 1
-    if pos - HEADER_SIZE > MAX_NAME:
+    pos = _name_end(data, size)
+    if pos is None:
         return None
     qname = data[HEADER_SIZE:pos]
     end = pos + 4
@@ -202,6 +192,16 @@ def question_end(data: bytes) -> int | None:
     size = len(data)
     if size < HEADER_SIZE + 5 or data[4:6] != b"\x00\x01":
         return None
+    pos = _name_end(data, size)
+    if pos is None or pos + 4 > size:
+        return None
+    return pos + 4
+
+
+def _name_end(data: bytes, size: int) -> int | None:
+    """The offset just after the name starting at HEADER_SIZE (its root label included); None
+    when the name runs past size, holds a compression pointer or an extended label type, or is
+    longer than MAX_NAME bytes."""
     pos = HEADER_SIZE
     while True:
         if pos >= size:
@@ -210,12 +210,12 @@ def question_end(data: bytes) -> int | None:
         if length == 0:
             pos += 1
             break
-        if length > MAX_LABEL:
+        if length > MAX_LABEL:  # compression pointer (0xC0) or extended label type
             return None
         pos += length + 1
-    if pos - HEADER_SIZE > MAX_NAME or pos + 4 > size:
+    if pos - HEADER_SIZE > MAX_NAME:
         return None
-    return pos + 4
+    return pos
 
 
 def name_to_text(name: bytes) -> str:
