@@ -37,21 +37,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import dns.flags
 import dns.message
-import dns.query
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
@@ -59,7 +54,7 @@ import dns.rrset
 import pytest
 
 from skydns import msg
-from tests import procs
+from tests import procs, skydnsproc
 
 pytestmark = pytest.mark.integration
 
@@ -484,9 +479,15 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
 class Stack:
     etcd: procs.Etcd
     upstream: TinyUpstream
-    proc: subprocess.Popen
-    port: int
-    http_port: int
+    sky: skydnsproc.Skydns
+
+    @property
+    def port(self) -> int:
+        return self.sky.port
+
+    @property
+    def http_port(self) -> int:
+        return self.sky.http_port
 
     def revision(self) -> int:
         """etcd's current revision (through the v3 JSON gateway: cheaper than running etcdctl)."""
@@ -495,18 +496,11 @@ class Stack:
             return int(json.loads(resp.read())["header"]["revision"])
 
     def http(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+        return self.sky.http(path)
 
     def query(self, qname: str, qtype: str = "A", proto: str = "udp", qclass: str = "IN",
               **kw) -> dns.message.Message:
-        q = dns.message.make_query(qname, qtype, qclass, **kw)
-        if proto == "udp":
-            return dns.query.udp(q, "127.0.0.1", port=self.port, timeout=3)
-        return dns.query.tcp(q, "127.0.0.1", port=self.port, timeout=3)
+        return self.sky.query(qname, qtype, proto, qclass, **kw)
 
 
 def _put_all(etcd: procs.Etcd, records: list[tuple[str, str]]) -> None:
@@ -521,19 +515,11 @@ def stack():
         # half of the table exists before skydns starts (the first list), half comes by the watch
         half = len(RECORDS) // 2
         _put_all(etcd, RECORDS[:half])
-        port, http_port = procs.free_port(), procs.free_port()
-        args = [sys.executable, "-m", "skydns", f"-addr=127.0.0.1:{port}", f"-machines={etcd.url}",
-                "-domain=skydns.local.,cluster.local.", f"--http-addr=127.0.0.1:{http_port}",
-                f"-nameservers=127.0.0.1:{upstream.port}", "--lameduck=0"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYDNS_", "ETCD_"))}
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        server = Stack(etcd, upstream, proc, port, http_port)
+        sky = skydnsproc.Skydns(etcd.url, domain="skydns.local.,cluster.local.", timeout=3,
+                                nameservers=f"127.0.0.1:{upstream.port}")
+        server = Stack(etcd, upstream, sky)
         try:
-            def ready() -> bool:
-                if proc.poll() is not None:
-                    raise AssertionError(f"skydns exited {proc.returncode}: {proc.stderr.read().decode()}")
-                return server.http("/ready")[0] == 200
-            procs.wait_until(ready, timeout=20, what="skydns /ready")
+            sky.wait_ready()
             _put_all(etcd, RECORDS[half:])
             txn = "\n".join(
                 [f'put /skydns/local/skydns/big/r{i} {{"host":"10.99.0.{i}"}}' for i in range(1, BIG + 1)]
@@ -544,14 +530,7 @@ def stack():
             procs.wait_until(lambda: _soa_serial(server) == revision, what="mirror caught up with etcd")
             yield server
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-            proc.stderr.close()
+            sky.stop()
             upstream.close()
 
 

@@ -11,19 +11,14 @@ from __future__ import annotations
 import json
 import re
 import os
-import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import dns.message
-import dns.query
 import dns.rcode
 import pytest
 
-from tests import procs
-from tests import upstreams
+from tests import procs, skydnsproc, upstreams
 
 pytestmark = pytest.mark.integration
 
@@ -31,47 +26,20 @@ ZONE = "cluster.local."
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class Skydns:
-    """`python -m skydns` in a child process, started with flags."""
-
-    def __init__(self, etcd, *flags: str, nameservers: tuple[upstreams.Upstream, ...] = (), port: int | None = None):
-        self.port = port or procs.free_port()
-        self.http_port = procs.free_port()
-        args = [
-            sys.executable, "-m", "skydns", "--addr", f"127.0.0.1:{self.port}",
-            "--http-addr", f"127.0.0.1:{self.http_port}", "--machines", etcd.url, "--domain", ZONE,
-            "--lameduck", "0", "--nameservers", ",".join(f"127.0.0.1:{s.port}" for s in nameservers), *flags,
-        ]
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        procs.wait_until(self.is_ready_or_loop, timeout=15, what="skydns to start")
-
-    def http(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def is_ready_or_loop(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"skydns exited: {self.proc.stdout.read().decode()}")
-        status, body = self.http("/ready")
-        return status == 200 or "loop" in body
-
-    def query(self, name: str, rdtype: str = "A") -> dns.message.Message:
-        return dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1", port=self.port, timeout=3)
-
-    def close(self) -> str:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        return out.decode(errors="replace")
+def start(etcd, *flags: str, nameservers: tuple[upstreams.Upstream, ...] = (),
+          port: int | None = None) -> skydnsproc.Skydns:
+    """skydns forwarding to nameservers, started once /ready is 200 or reports a forwarding loop."""
+    sky = skydnsproc.Skydns(etcd.url, *flags, domain=ZONE, port=port, timeout=3,
+                            nameservers=",".join(f"127.0.0.1:{s.port}" for s in nameservers))
+    try:
+        sky.wait_ready(lambda status, body: status == 200 or "loop" in body, timeout=15, what="skydns to start")
+    except BaseException:
+        sky.stop()
+        raise
+    return sky
 
 
-def doctor(sky: Skydns, etcd, *nameservers: upstreams.Upstream, public=("example.com.", "example.org.")):
+def doctor(sky: skydnsproc.Skydns, etcd, *nameservers: upstreams.Upstream, public=("example.com.", "example.org.")):
     args = [sys.executable, "-m", "skydns.doctor", "--addr", f"127.0.0.1:{sky.port}",
             "--nameservers", ",".join(f"127.0.0.1:{s.port}" for s in nameservers),
             "--domain", ZONE, "--machines", etcd.url, "--metrics-url", f"http://127.0.0.1:{sky.http_port}/metrics",
@@ -102,7 +70,7 @@ def test_every_public_lookup_succeeds_and_doctor_names_the_bad_upstream(cluster_
     servers = {"good": good, "bad": bad}
     with upstreams.Thread(good, bad):
         nameservers = tuple(servers[n] for n in order)
-        sky = Skydns(cluster_etcd, "--loop-check-interval", "0", "--cache-size", "0", *flags, nameservers=nameservers)
+        sky = start(cluster_etcd, "--loop-check-interval", "0", "--cache-size", "0", *flags, nameservers=nameservers)
         try:
             rcodes = [sky.query(f"host{i}.example.com.").rcode() for i in range(20)]
             cluster = sky.query(f"kubernetes.default.svc.{ZONE}")
@@ -120,7 +88,7 @@ def test_every_public_lookup_succeeds_and_doctor_names_the_bad_upstream(cluster_
 def test_doctor_is_happy_with_good_upstreams(cluster_etcd):
     good = upstreams.Upstream("ok")
     with upstreams.Thread(good):
-        sky = Skydns(cluster_etcd, "--loop-check-interval", "0", nameservers=(good,))
+        sky = start(cluster_etcd, "--loop-check-interval", "0", nameservers=(good,))
         try:
             code, report = doctor(sky, cluster_etcd, good)
         finally:
@@ -137,8 +105,8 @@ def test_forwarding_loop_is_detected_and_cluster_names_still_served(cluster_etcd
         port = procs.free_port()
         thread.loop.call_soon_threadsafe(setattr, stub, "forward_to", ("127.0.0.1", port))
         # the stub forwards to skydns's own port: a loop through it, none through `good`
-        sky = Skydns(cluster_etcd, "--loop-check-interval", "0.2", "--forward-policy", "sequential",
-                     "--workers", str(workers), nameservers=(stub, good), port=port)
+        sky = start(cluster_etcd, "--loop-check-interval", "0.2", "--forward-policy", "sequential",
+                    "--workers", str(workers), nameservers=(stub, good), port=port)
         try:
             procs.wait_until(lambda: "loop" in sky.http("/ready")[1], timeout=10, what="loop reported on /ready")
             status, body = sky.http("/ready")
@@ -165,8 +133,8 @@ def test_hosts_file_stub_domain_cache_and_metrics(cluster_etcd, tmp_path):
     default, corp = upstreams.Upstream("ok"), upstreams.Upstream("ok")
     with upstreams.Thread(default, corp) as thread:
         thread.loop.call_soon_threadsafe(setattr, corp, "answer_ip", "192.0.2.99")
-        sky = Skydns(cluster_etcd, "--loop-check-interval", "0", "--hosts", str(hosts), "--hosts-reload", "0.1",
-                     "--stub-domain", f"corp.example=127.0.0.1:{corp.port}", nameservers=(default,))
+        sky = start(cluster_etcd, "--loop-check-interval", "0", "--hosts", str(hosts), "--hosts-reload", "0.1",
+                    "--stub-domain", f"corp.example=127.0.0.1:{corp.port}", nameservers=(default,))
         try:
             from_hosts = sky.query("registry.corp.example.")
             from_stub = sky.query("wiki.corp.example.")

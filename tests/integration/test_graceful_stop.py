@@ -13,15 +13,14 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests import procs, upstreams
-from tests.integration.test_skydns_server import Skydns, addrs, key
+from tests import procs, skydnsproc, upstreams
 
 pytestmark = pytest.mark.integration
 
 LAMEDUCK = 2.0
 
 
-def _load(server: Skydns, proto: str, name: str, until: threading.Event, results: list) -> None:
+def _load(server: skydnsproc.Skydns, proto: str, name: str, until: threading.Event, results: list) -> None:
     """One client asking name over and over until told to stop; records (rcode or error)."""
     query = dns.message.make_query(name, "A")
     while not until.is_set():
@@ -37,16 +36,14 @@ def _load(server: Skydns, proto: str, name: str, until: threading.Event, results
 
 def test_sigterm_under_load_drops_no_query(shared_etcd):
     prefix = "it-graceful"
-    shared_etcd.ctl("put", key(prefix), '{"host":"10.0.0.1"}')
+    shared_etcd.ctl("put", skydnsproc.key(prefix), '{"host":"10.0.0.1"}')
     upstream = upstreams.Upstream("ok")
     with upstreams.Thread(upstream):
-        # later flags win: these replace Skydns's "--lameduck=0" and "-nameservers="
-        server = Skydns(shared_etcd.url, prefix, f"--lameduck={LAMEDUCK}",
-                        f"-nameservers=127.0.0.1:{upstream.port}", "--loop-check-interval=0",
-                        "--cache-size=0")
+        server = skydnsproc.Skydns(shared_etcd.url, "--loop-check-interval=0", "--cache-size=0", prefix=prefix,
+                                   lameduck=str(LAMEDUCK), nameservers=f"127.0.0.1:{upstream.port}")
         try:
             server.wait_ready()
-            assert addrs(server.udp()) == ["10.0.0.1"]
+            assert skydnsproc.addrs(server.udp()) == ["10.0.0.1"]
             stop_load = threading.Event()
             results: dict[tuple[str, str], list] = {}
             threads = []

@@ -23,7 +23,7 @@ import urllib.request
 
 import pytest
 
-from tests import procs
+from tests import procs, skydnsproc
 from tests.healthz import responder
 
 pytestmark = pytest.mark.integration
@@ -45,9 +45,8 @@ class SkydnsBackend:
     def __init__(self, etcd: procs.Etcd, tmp_path) -> None:
         self.etcd = etcd
         self.port = procs.free_port()
-        self.http_port = procs.free_port()
         self.log_path = tmp_path / "skydns.log"
-        self.proc: subprocess.Popen | None = None
+        self.sky: skydnsproc.Skydns | None = None
 
     def put(self) -> None:
         self.etcd.ctl("put", KEY, json.dumps({"host": ADDRESS}))
@@ -56,24 +55,19 @@ class SkydnsBackend:
         self.etcd.ctl("del", KEY)
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed after Popen
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "skydns", f"-addr=127.0.0.1:{self.port}", f"-machines={self.etcd.url}",
-             "-domain=cluster.local.", f"--http-addr=127.0.0.1:{self.http_port}"],
-            stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        procs.wait_until(self._ready, timeout=20, what="skydns /ready")
-
-    def _ready(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"skydns exited: {self.log_path.read_text()[-2000:]}")
-        return http_get(self.http_port, "/ready")[0] == 200
+        # the same DNS port on every start; skydns's own defaults for prefix, nameservers, lameduck
+        self.sky = skydnsproc.Skydns(self.etcd.url, port=self.port, nameservers=None, lameduck=None,
+                                     log_path=self.log_path)
+        try:
+            self.sky.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
+        if self.sky is not None:
+            self.sky.stop(signal.SIGKILL)
+        self.sky = None
 
     def close(self) -> None:
         self.stop()

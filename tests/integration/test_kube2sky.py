@@ -16,8 +16,6 @@ import urllib.error
 import urllib.request
 import uuid
 
-import dns.message
-import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
@@ -25,7 +23,7 @@ import pytest
 from kube2sky import manifests, objects, records, k8swatch
 from kube2sky import settings as settings_mod
 from skydns import msg
-from tests import apiserver, procs
+from tests import apiserver, procs, skydnsproc
 
 pytestmark = pytest.mark.integration
 
@@ -434,43 +432,27 @@ def test_leader_election_one_writer(etcd, api, kube2sky_proc):
 
 # ---------------------------------------------------------------- DNS through a real skydns
 
-class Skydns:
-    def __init__(self, etcd_url: str, prefix: str = "skydns") -> None:
-        self.port = procs.free_port()
-        self.http_port = procs.free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYDNS_", "ETCD_"))}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "skydns", f"--addr=127.0.0.1:{self.port}", f"--machines={etcd_url}",
-             "--domain=cluster.local.", f"--path-prefix={prefix}", "--nameservers=", "--lameduck=0", f"--http-addr=127.0.0.1:{self.http_port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
-
-    def query(self, name: str, rdtype: str = "A") -> tuple[int, set[str]]:
-        reply = dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1", port=self.port, timeout=2)
-        want = dns.rdatatype.from_text(rdtype)
-        return reply.rcode(), {r.to_text() for rrset in reply.answer if rrset.rdtype == want for r in rrset}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+def lookup(server: skydnsproc.Skydns, name: str, rdtype: str = "A") -> tuple[int, set[str]]:
+    """The rcode and the rdtype answers of one UDP query."""
+    reply = server.udp(name, rdtype)
+    want = dns.rdatatype.from_text(rdtype)
+    return reply.rcode(), {r.to_text() for rrset in reply.answer if rrset.rdtype == want for r in rrset}
 
 
 @pytest.fixture
 def skydns_server(etcd):
     if not os.path.exists(os.path.join(ROOT, "skydns", "app.py")):
         pytest.skip("skydns server not available")
-    server = Skydns(etcd.url, etcd.prefix)
-    yield server
-    server.stop()
+    server = skydnsproc.Skydns(etcd.url, prefix=etcd.prefix)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
-def answers(server: Skydns, name: str, rdtype: str, want: set[str]):
+def answers(server: skydnsproc.Skydns, name: str, rdtype: str, want: set[str]):
     def check():
-        return server.query(name, rdtype) == (dns.rcode.NOERROR, want)
+        return lookup(server, name, rdtype) == (dns.rcode.NOERROR, want)
     procs.wait_until(check, timeout=20, interval=0.1, what=f"{name} {rdtype} -> {want}")
 
 
@@ -492,7 +474,7 @@ def test_dns_answers_follow(etcd, api, kube2sky_proc, skydns_server):
     api.delete("Service", "default", "web")
 
     def gone():
-        return skydns_server.query("web.default.svc.cluster.local.", "A")[0] == dns.rcode.NXDOMAIN
+        return lookup(skydns_server, "web.default.svc.cluster.local.", "A")[0] == dns.rcode.NXDOMAIN
     procs.wait_until(gone, timeout=20, interval=0.1, what="NXDOMAIN after delete")
     with contextlib.suppress(Exception):
         k.stop()

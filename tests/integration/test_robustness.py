@@ -16,29 +16,21 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import os
 import random
-import re
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import dns.edns
 import dns.flags
 import dns.message
-import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
 
 from skydns import wire
-from tests import procs, upstreams
+from tests import procs, skydnsproc, upstreams
 
 pytestmark = pytest.mark.integration
 
@@ -71,68 +63,9 @@ def key(name: str) -> str:
 # -- the process -----------------------------------------------------------------------------
 
 
-class Skydns:
-    """python -m skydns on free loopback ports; stderr goes to a file (never a full pipe)."""
-
-    def __init__(self, etcd_url: str, log_path: str, *extra: str) -> None:
-        self.port = procs.free_port()
-        self.http_port = procs.free_port()
-        self.log_path = log_path
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYDNS_", "ETCD_"))}
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "skydns", f"-addr=127.0.0.1:{self.port}", f"-machines={etcd_url}",
-                 f"-domain={ZONE}", f"-path-prefix={PREFIX}", "--lameduck=0",
-                 f"--http-addr=127.0.0.1:{self.http_port}", *extra],
-                stdout=subprocess.DEVNULL, stderr=log, env=env)
-
-    def http(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=3) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def log(self) -> str:
-        with open(self.log_path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait_ready(self) -> None:
-        def ready():
-            assert self.alive(), f"skydns exited {self.proc.returncode}: {self.log()}"
-            return self.http("/ready")[0] == 200
-        procs.wait_until(ready, timeout=20, what="skydns /ready")
-
-    def udp(self, name: str = WEB, rdtype: str = "A", **kw) -> dns.message.Message:
-        return dns.query.udp(dns.message.make_query(name, rdtype, **kw), "127.0.0.1", port=self.port, timeout=3)
-
-    def tcp(self, name: str = WEB, rdtype: str = "A", **kw) -> dns.message.Message:
-        return dns.query.tcp(dns.message.make_query(name, rdtype, **kw), "127.0.0.1", port=self.port, timeout=3)
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of name whose labels include labels."""
-        total = 0.0
-        for line in self.http("/metrics")[1].splitlines():
-            match = re.match(r"^([a-z_]+)(?:\{(.*)\})? (\S+)$", line)
-            if not match or match.group(1) != name:
-                continue
-            have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-            if all(have.get(k) == v for k, v in labels.items()):
-                total += float(match.group(3))
-        return total
-
-    def stop(self) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+def start(etcd_url: str, log_path: str, *extra: str, **kw) -> skydnsproc.Skydns:
+    """skydns for this module's zone and prefix, logging to log_path."""
+    return skydnsproc.Skydns(etcd_url, *extra, prefix=PREFIX, domain=ZONE, log_path=log_path, timeout=3, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +79,8 @@ def upstream():
 def server(shared_etcd, upstream, tmp_path_factory):
     for name, value in RECORDS.items():
         shared_etcd.ctl("put", key(name), json.dumps(value))
-    sky = Skydns(shared_etcd.url, str(tmp_path_factory.mktemp("robust") / "skydns.log"),
-                 f"-nameservers=127.0.0.1:{upstream.port}", "--forward-timeout=0.5")
+    sky = start(shared_etcd.url, str(tmp_path_factory.mktemp("robust") / "skydns.log"), "--forward-timeout=0.5",
+                nameservers=f"127.0.0.1:{upstream.port}")
     try:
         sky.wait_ready()
         yield sky
@@ -156,7 +89,7 @@ def server(shared_etcd, upstream, tmp_path_factory):
         assert code == 0, sky.log()
 
 
-def assert_serving(server: Skydns) -> None:
+def assert_serving(server: skydnsproc.Skydns) -> None:
     """The server answers a normal query correctly over UDP and TCP."""
     assert server.alive()
     for reply in (server.udp(), server.tcp()):
@@ -369,7 +302,7 @@ def problems_of(kind: str, data: bytes, replies: list[bytes], proto: str) -> lis
     return found
 
 
-def fuzz_udp(server: Skydns, sent: list[tuple[str, bytes]]) -> dict[int, list[bytes]]:
+def fuzz_udp(server: skydnsproc.Skydns, sent: list[tuple[str, bytes]]) -> dict[int, list[bytes]]:
     """Send each packet then a sentinel; returns the replies by ID (late forwarded ones too)."""
     by_id: dict[int, list[bytes]] = collections.defaultdict(list)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -710,7 +643,7 @@ def test_bad_etcd_values_are_skipped_counted_and_the_rest_served(server, shared_
         assert server.metric("skydns_etcd_bad_values_total") - before == sum(1 for row in BAD_VALUES if row[3])
         check_bad_value_answers(server)
         # the same values met by the first full load of a new process (the list, not the watch)
-        fresh = Skydns(shared_etcd.url, server.log_path + ".fresh", "-nameservers=")
+        fresh = start(shared_etcd.url, server.log_path + ".fresh")
         try:
             fresh.wait_ready()
             assert fresh.metric("skydns_etcd_bad_values_total") == sum(1 for row in BAD_VALUES if row[3])
@@ -722,7 +655,7 @@ def test_bad_etcd_values_are_skipped_counted_and_the_rest_served(server, shared_
             shared_etcd.ctl("del", zone_path + row[1])
 
 
-def check_bad_value_answers(server: Skydns) -> None:
+def check_bad_value_answers(server: skydnsproc.Skydns) -> None:
     for label, _, _, _, name, rdtype, rcode, answers in BAD_VALUES:
         for proto in ("udp", "tcp"):
             reply = server.udp(name, rdtype) if proto == "udp" else server.tcp(name, rdtype)

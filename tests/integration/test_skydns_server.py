@@ -3,106 +3,30 @@ start-up errors and the stop path."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import dns.flags
-import dns.message
-import dns.query
 import dns.rcode
 import pytest
 
-from tests import procs
+from tests import procs, skydnsproc
 
 pytestmark = pytest.mark.integration
 
-NAME = "web.default.svc.cluster.local."
-
-
-class Skydns:
-    """A skydns process on free loopback ports; stop() sends SIGTERM and returns the exit code."""
-
-    def __init__(self, etcd_url: str, prefix: str, *extra: str, port: int | None = None) -> None:
-        self.port = port or procs.free_port()
-        self.http_port = procs.free_port()
-        self.args = [
-            sys.executable, "-m", "skydns",
-            f"-addr=127.0.0.1:{self.port}", f"-machines={etcd_url}", "-domain=cluster.local.",
-            f"-path-prefix={prefix}", "-nameservers=", "--lameduck=0",
-            f"--http-addr=127.0.0.1:{self.http_port}", *extra,
-        ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYDNS_", "ETCD_"))}
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-
-    def http(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def wait_ready(self) -> None:
-        def ready():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"skydns exited {self.proc.returncode}: {self.proc.stderr.read().decode()}")
-            return self.http("/ready")[0] == 200
-        procs.wait_until(ready, timeout=20, what="skydns /ready")
-
-    def wait_serving(self) -> None:
-        procs.wait_until(lambda: self.proc.poll() is None and self.http("/health")[0] == 200,
-                         timeout=20, what="skydns /health")
-
-    def udp(self, name: str = NAME, rdtype: str = "A", **kw) -> dns.message.Message:
-        return dns.query.udp(dns.message.make_query(name, rdtype, **kw), "127.0.0.1", port=self.port, timeout=2)
-
-    def tcp(self, name: str = NAME, rdtype: str = "A") -> dns.message.Message:
-        return dns.query.tcp(dns.message.make_query(name, rdtype), "127.0.0.1", port=self.port, timeout=2)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
-        return self.proc.returncode
-
-
-@contextlib.contextmanager
-def running(etcd_url: str, prefix: str, *extra: str, ready: bool = True):
-    server = Skydns(etcd_url, prefix, *extra)
-    try:
-        if ready:
-            server.wait_ready()
-        else:
-            server.wait_serving()
-        yield server
-    finally:
-        server.stop()
-
-
-def addrs(reply: dns.message.Message) -> list[str]:
-    return sorted(rr.to_text() for rrset in reply.answer for rr in rrset if rrset.rdtype == 1)
-
-
-def key(prefix: str, name: str = NAME) -> str:
-    return "/" + prefix + "/" + "/".join(reversed(name.rstrip(".").split(".")))
+NAME = skydnsproc.NAME
+addrs = skydnsproc.addrs
+key = skydnsproc.key
 
 
 def test_put_change_delete_over_udp_tcp_and_dig(shared_etcd):
     prefix = "it-srv-a"
     shared_etcd.ctl("put", key(prefix), '{"host":"10.0.0.1","ttl":30}')
-    with running(shared_etcd.url, prefix) as server:
+    with skydnsproc.running(shared_etcd.url, prefix=prefix) as server:
         reply = server.udp()
         assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AA
         assert addrs(reply) == ["10.0.0.1"]
@@ -134,7 +58,7 @@ def test_http_endpoints_and_metrics(shared_etcd):
     prefix = "it-srv-b"
     shared_etcd.ctl("put", key(prefix), '{"host":"10.0.0.1"}')
     shared_etcd.ctl("put", key(prefix, "bad.default.svc.cluster.local."), "not json")
-    with running(shared_etcd.url, prefix) as server:
+    with skydnsproc.running(shared_etcd.url, prefix=prefix) as server:
         server.udp()
         server.udp()
         server.tcp("nope.default.svc.cluster.local.")
@@ -162,7 +86,7 @@ def test_http_endpoints_and_metrics(shared_etcd):
 def test_garbage_never_stops_the_server(shared_etcd):
     prefix = "it-srv-c"
     shared_etcd.ctl("put", key(prefix), '{"host":"10.0.0.1"}')
-    with running(shared_etcd.url, prefix) as server:
+    with skydnsproc.running(shared_etcd.url, prefix=prefix) as server:
         packets = [b"", b"\x01" * 11, b"\x12\x34\x81\x00" + b"\x00" * 8, os.urandom(300),
                    b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01",
                    b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"\x3f" + b"a" * 63 * 2]
@@ -179,7 +103,7 @@ def test_garbage_never_stops_the_server(shared_etcd):
 def test_sigterm_lameduck_then_exit_0(shared_etcd):
     prefix = "it-srv-d"
     shared_etcd.ctl("put", key(prefix), '{"host":"10.0.0.1"}')
-    server = Skydns(shared_etcd.url, prefix, "--lameduck=1.5")
+    server = skydnsproc.Skydns(shared_etcd.url, "--lameduck=1.5", prefix=prefix)
     try:
         server.wait_ready()
         server.proc.send_signal(signal.SIGTERM)
@@ -194,7 +118,7 @@ def test_etcd_unreachable_at_start_is_not_fatal(etcd):
     prefix = "it-srv-e"
     etcd.ctl("put", key(prefix), '{"host":"10.0.0.1"}')
     etcd.stop()
-    with running(etcd.url, prefix, ready=False) as server:
+    with skydnsproc.running(etcd.url, prefix=prefix, ready=False) as server:
         assert server.http("/ready") == (503, "etcd: not loaded yet")
         assert server.http("/health") == (200, "OK")
         assert server.udp().rcode() == dns.rcode.SERVFAIL  # never a false NXDOMAIN
@@ -206,7 +130,7 @@ def test_etcd_unreachable_at_start_is_not_fatal(etcd):
 def test_workers_share_the_port(shared_etcd):
     prefix = "it-srv-f"
     shared_etcd.ctl("put", key(prefix), '{"host":"10.0.0.1"}')
-    with running(shared_etcd.url, prefix, "--workers=2") as server:
+    with skydnsproc.running(shared_etcd.url, "--workers=2", prefix=prefix) as server:
         workers = procs.wait_until(lambda: _children(server.proc.pid), what="worker process")
         for _ in range(20):
             assert addrs(server.udp()) == ["10.0.0.1"]
@@ -235,9 +159,8 @@ def _children(pid: int) -> list[int]:
 
 
 def _one_line_exit(args: list[str]) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYDNS_", "ETCD_"))}
     out = subprocess.run([sys.executable, "-m", "skydns", *args], capture_output=True, text=True,
-                         timeout=30, env=env)
+                         timeout=30, env=skydnsproc.scrubbed_env())
     return out.returncode, out.stderr
 
 
