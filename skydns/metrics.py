@@ -201,6 +201,15 @@ def _size_family(name: str, doc: str, data: dict[tuple[str, str], tuple[list[int
     return family
 
 
+def _counts_family(kind: type, name: str, doc: str, labels: list[str], counts: dict,
+                   server: str) -> core.Metric:
+    """A counter or gauge family from plain counts keyed by one label value or a tuple of them."""
+    family = kind(name, doc, labels=["server", *labels])
+    for key, n in list(counts.items()):
+        family.add_metric([server, *(key if isinstance(key, tuple) else (key,))], n)
+    return family
+
+
 class _DnsCollector:
     """Turns DNS (the plain counters) into metric families at scrape time."""
 
@@ -213,18 +222,13 @@ class _DnsCollector:
     def collect(self) -> Iterator[core.Metric]:
         s = self.stats
         server = s.server
-        fam = core.CounterMetricFamily(
-            f"{NAMESPACE}_dns_requests", "DNS requests answered, by zone, protocol, family and query type.",
-            labels=["server", "zone", "proto", "family", "type"])
-        for key, n in s.requests().items():
-            fam.add_metric([server, *key], n)
-        yield fam
-        fam = core.CounterMetricFamily(
-            f"{NAMESPACE}_dns_responses", "DNS responses sent, by zone and rcode.",
-            labels=["server", "zone", "rcode"])
-        for key, n in s.responses().items():
-            fam.add_metric([server, *key], n)
-        yield fam
+        yield _counts_family(
+            core.CounterMetricFamily, f"{NAMESPACE}_dns_requests",
+            "DNS requests answered, by zone, protocol, family and query type.",
+            ["zone", "proto", "family", "type"], s.requests(), server)
+        yield _counts_family(
+            core.CounterMetricFamily, f"{NAMESPACE}_dns_responses", "DNS responses sent, by zone and rcode.",
+            ["zone", "rcode"], s.responses(), server)
         fam = core.HistogramMetricFamily(
             f"{NAMESPACE}_dns_request_duration_seconds", "Time to answer a request, seconds.",
             labels=["server", "zone", "type"])
@@ -235,27 +239,18 @@ class _DnsCollector:
                            s.sizes(response=False), server)
         yield _size_family(f"{NAMESPACE}_dns_response_size_bytes", "Size of sent responses, bytes.",
                            s.sizes(response=True), server)
-        fam = core.CounterMetricFamily(
-            f"{NAMESPACE}_dns_dropped", "Packets dropped without an answer, by reason.",
-            labels=["server", "reason"])
-        for reason, n in list(s.dropped.items()):
-            fam.add_metric([server, reason], n)
-        yield fam
-        fam = core.CounterMetricFamily(
-            f"{NAMESPACE}_cache_hits", "Answers served from a cache, by cache.", labels=["server", "cache"])
-        for cache, n in list(s.cache_hits.items()):
-            fam.add_metric([server, cache], n)
-        yield fam
-        fam = core.CounterMetricFamily(
-            f"{NAMESPACE}_cache_misses", "Cache lookups that missed, by cache.", labels=["server", "cache"])
-        for cache, n in list(s.cache_misses.items()):
-            fam.add_metric([server, cache], n)
-        yield fam
-        fam = core.GaugeMetricFamily(
-            f"{NAMESPACE}_cache_entries", "Entries held in a cache, by cache.", labels=["server", "cache"])
-        for cache, n in list(s.cache_entries.items()):
-            fam.add_metric([server, cache], n)
-        yield fam
+        yield _counts_family(
+            core.CounterMetricFamily, f"{NAMESPACE}_dns_dropped", "Packets dropped without an answer, by reason.",
+            ["reason"], s.dropped, server)
+        yield _counts_family(
+            core.CounterMetricFamily, f"{NAMESPACE}_cache_hits", "Answers served from a cache, by cache.",
+            ["cache"], s.cache_hits, server)
+        yield _counts_family(
+            core.CounterMetricFamily, f"{NAMESPACE}_cache_misses", "Cache lookups that missed, by cache.",
+            ["cache"], s.cache_misses, server)
+        yield _counts_family(
+            core.GaugeMetricFamily, f"{NAMESPACE}_cache_entries", "Entries held in a cache, by cache.",
+            ["cache"], s.cache_entries, server)
         fam = core.CounterMetricFamily(
             f"{NAMESPACE}_panics", "Exceptions caught at a packet handler (answered SERVFAIL or dropped).")
         fam.add_metric([], s.panics)
