@@ -16,7 +16,7 @@ Rules (DESIGN section 4, STYLE 5.7):
    it will make (#n in Xs) and the next attempt starts with a fresh read of etcd.
 5. With --leader-elect only the holder of the leader key writes (each write is guarded).
 6. Ready (GET /readiness 200 "ok") after the first full sync (a standby replica: after its
-   first listings). SIGTERM/SIGINT set one stop event; everything ends within grace_period.
+   first listings, while its election reaches etcd). SIGTERM/SIGINT set one stop event; everything ends within grace_period.
 7. Bad objects are logged with their namespace/name and counted; they never stop the engine.
 """
 
@@ -455,7 +455,9 @@ class Health:
             return False
         if e.synced:
             return True
-        return e.election is not None and not e.election.is_leader and e.all_listed
+        # a healthy standby: listed everything and reaches etcd, so it can take over at once
+        return (e.election is not None and not e.election.is_leader and e.all_listed
+                and e.election.reachable)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -10,6 +10,8 @@ Rules:
    replica keeps campaigning on the backoff schedule. On stop the holder deletes its key and
    revokes its lease, so a standby takes over at once.
 4. on_change(is_leader) is called on every transition.
+5. reachable is True while the last campaign or lease refresh got an answer from etcd (won or
+   lost): a standby that is reachable can take over, which is what its readiness reports.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Election:
         self.on_change = on_change
         self.rng = rng or random.Random()
         self.is_leader = False
+        self.reachable = False
         self._lease_id: int | None = None
 
     @property
@@ -120,7 +123,9 @@ class Election:
         try:
             while not stop.is_set():
                 try:
-                    if await self._try_acquire():
+                    won = await self._try_acquire()
+                    self.reachable = True
+                    if won:
                         attempt = 0
                         self._set(True)
                         await self._hold(stop)
@@ -128,6 +133,7 @@ class Election:
                         await _sleep(stop, self.ttl / 3 * (1 + self.rng.uniform(0, 0.2)))
                         continue
                 except etcdwriter.EtcdError as err:
+                    self.reachable = False
                     self._set(False)
                     await self._revoke()
                     attempt += 1

@@ -138,3 +138,157 @@ def running_etcd():
         yield etcd
     finally:
         etcd.close()
+
+
+# ---------------------------------------------------------------- TLS and a 3-member cluster
+
+def make_pki(folder: str, clients: tuple[str, ...] = ("root", "kube2sky", "skydns"),
+             hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict[str, tuple[str, str]]:
+    """A CA, one server/peer certificate for hosts and one client certificate per CN, via openssl.
+
+    Returns {"ca": (ca.crt, ca.key), "server": (crt, key), <cn>: (crt, key), ...}. The client
+    certificate's CN is the etcd user it authenticates as (etcd --client-cert-auth).
+    """
+    if shutil.which("openssl") is None:
+        raise RuntimeError("openssl not found (Debian package openssl)")
+    os.makedirs(folder, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30, cwd=folder)
+
+    def path(name: str) -> str:
+        return os.path.join(folder, name)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test-ca")
+    out = {"ca": (path("ca.crt"), path("ca.key"))}
+    sans = ",".join(("IP:" if h[0].isdigit() or ":" in h else "DNS:") + h for h in hosts)
+    for name, cn, usage in (("server", "etcd", "serverAuth,clientAuth"),
+                            *((c, c, "clientAuth") for c in clients)):
+        ext = path(f"{name}.ext")
+        with open(ext, "w") as fh:
+            fh.write(f"extendedKeyUsage={usage}\n" + (f"subjectAltName={sans}\n" if name == "server" else ""))
+        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", ext, "-out", f"{name}.crt")
+        out[name] = (path(f"{name}.crt"), path(f"{name}.key"))
+    return out
+
+
+class EtcdCluster:
+    """Three (or n) etcd members on loopback with peer and client TLS; auth set up by enable_auth().
+
+    Members are named m0..m(n-1); kill(i) / start(i) stop and restart one member with its data.
+    Clients must present a certificate signed by the cluster's CA (--client-cert-auth); with auth
+    on, its CN is the etcd user.
+    """
+
+    def __init__(self, pki: dict[str, tuple[str, str]], folder: str, size: int = 3) -> None:
+        if shutil.which("etcd") is None:
+            raise RuntimeError("etcd binary not found: run scripts/install-deps.sh (Debian package etcd-server)")
+        self.pki = pki
+        self.folder = folder
+        self.client_ports = [free_port() for _ in range(size)]
+        self.peer_ports = [free_port() for _ in range(size)]
+        self.procs: list[subprocess.Popen | None] = [None] * size
+        self.initial = ",".join(f"m{i}=https://127.0.0.1:{p}" for i, p in enumerate(self.peer_ports))
+        self._started_once = [False] * size
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"https://127.0.0.1:{p}" for p in self.client_ports]
+
+    def log_path(self, i: int) -> str:
+        return os.path.join(self.folder, f"m{i}.log")
+
+    def _args(self, i: int) -> list[str]:
+        crt, key = self.pki["server"]
+        ca = self.pki["ca"][0]
+        return [
+            "etcd", "--name", f"m{i}", "--data-dir", os.path.join(self.folder, f"m{i}"),
+            "--listen-client-urls", self.urls[i], "--advertise-client-urls", self.urls[i],
+            "--listen-peer-urls", f"https://127.0.0.1:{self.peer_ports[i]}",
+            "--initial-advertise-peer-urls", f"https://127.0.0.1:{self.peer_ports[i]}",
+            "--initial-cluster", self.initial, "--initial-cluster-state", "new",
+            "--initial-cluster-token", "kube-skydns-test",
+            "--cert-file", crt, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth",
+            "--peer-cert-file", crt, "--peer-key-file", key, "--peer-trusted-ca-file", ca,
+            "--peer-client-cert-auth", "--max-txn-ops", "1024",
+        ]
+
+    def start(self, i: int | None = None, timeout: float = 30.0) -> "EtcdCluster":
+        """Start member i (all members when None) and wait until it reports healthy."""
+        members = range(len(self.procs)) if i is None else [i]
+        env = dict(os.environ, ETCD_UNSUPPORTED_ARCH=os.environ.get("ETCD_UNSUPPORTED_ARCH", ""))
+        env = {k: v for k, v in env.items() if not (k.startswith("ETCD_") and k != "ETCD_UNSUPPORTED_ARCH")}
+        for m in members:
+            with open(self.log_path(m), "ab") as log:
+                self.procs[m] = subprocess.Popen(self._args(m), stdout=log, stderr=subprocess.STDOUT, env=env)
+        for m in members:
+            wait_until(lambda m=m: self.healthy(m), timeout=timeout, what=f"etcd member m{m}")
+        return self
+
+    def alive(self, i: int) -> bool:
+        proc = self.procs[i]
+        return proc is not None and proc.poll() is None
+
+    def healthy(self, i: int) -> bool:
+        """GET /health over TLS (client certificate "root"); raises when the member exited."""
+        if not self.alive(i):
+            raise RuntimeError(f"etcd m{i} exited; log: {self.log_tail(i)}")
+        import ssl
+        ctx = ssl.create_default_context(cafile=self.pki["ca"][0])
+        ctx.load_cert_chain(*self.pki["root"])
+        try:
+            with urllib.request.urlopen(self.urls[i] + "/health", timeout=1, context=ctx) as resp:
+                return b'"true"' in resp.read()
+        except OSError:
+            return False
+
+    def log_tail(self, i: int, n: int = 2000) -> str:
+        try:
+            with open(self.log_path(i), "rb") as fh:
+                return fh.read()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, i: int, sig: int = signal.SIGTERM) -> None:
+        proc, self.procs[i] = self.procs[i], None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def close(self) -> None:
+        for i in range(len(self.procs)):
+            self.stop(i)
+
+    def ctl(self, *args: str, user: str = "root", endpoints: list[str] | None = None,
+            check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
+        """etcdctl (v3) as user (the client certificate with that CN) against the live members."""
+        live = endpoints or [u for i, u in enumerate(self.urls) if self.alive(i)]
+        crt, key = self.pki[user]
+        return subprocess.run(
+            ["etcdctl", "--endpoints", ",".join(live), "--cacert", self.pki["ca"][0], "--cert", crt,
+             "--key", key, "--command-timeout", "10s", *args],
+            input=input, capture_output=True, check=check, timeout=30, env=dict(os.environ, ETCDCTL_API="3"))
+
+    def enable_auth(self, roles: dict[str, list[tuple[str, str, bool]]]) -> None:
+        """Create a role and a password-less user (CN auth) per entry, then turn auth on.
+
+        roles: {user: [(permission, key, is_prefix), ...]} with permission read|write|readwrite;
+        the user "root" gets the root role.
+        """
+        self.ctl("user", "add", "root", "--no-password")
+        self.ctl("role", "add", "root")
+        self.ctl("user", "grant-role", "root", "root")
+        for user, perms in roles.items():
+            self.ctl("role", "add", user)
+            for perm, key, prefix in perms:
+                self.ctl("role", "grant-permission", user, perm, key, *(["--prefix=true"] if prefix else []))
+            self.ctl("user", "add", user, "--no-password")
+            self.ctl("user", "grant-role", user, user)
+        self.ctl("auth", "enable")
