@@ -12,7 +12,8 @@ PURE: no I/O, no clock, no randomness. ``answer(query, view, settings)`` returns
 
 Rules (DESIGN section 3; SkyDNS semantics where DESIGN is silent):
 
-1. Never raises on a parsed query: an unexpected error is logged and answered SERVFAIL.
+1. Never raises on a parsed query: an unexpected error is answered SERVFAIL, with the
+   exception in ``Reply.failure`` for the edge to count and log (rate-limited).
    Opcode other than QUERY -> NOTIMP; a question count other than one (or QR set) -> FORMERR;
    EDNS version > 0 -> BADVERS. The reply has an OPT record only when the query had one,
    advertising ``settings.edns_payload``. RA is set whenever forwarding is possible
@@ -99,10 +100,15 @@ _CHAOS_VERSION = frozenset({"version.bind.", "version.server."})
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reply:
-    """Send ``message``; ``cacheable`` says whether the edge may reuse its encoded bytes."""
+    """Send ``message``; ``cacheable`` says whether the edge may reuse its encoded bytes.
+
+    ``failure`` is the exception behind a SERVFAIL that answering itself caused (rule 1); the
+    edge counts it as a panic and logs it, rate-limited.
+    """
 
     message: dns.message.Message
     cacheable: bool = True
+    failure: BaseException | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -256,15 +262,16 @@ def answer(query: dns.message.Message, view: store.Store,
     """Answer one parsed query from the store (see the module rules)."""
     try:
         return _answer(query, view, settings)
-    except Exception:  # rule 1: one bad case must never take the server down
-        logger.exception("answering %s failed", _describe(query))
+    except Exception as exc:  # rule 1: one bad case must never take the server down
+        logger.debug("answering %s failed", _describe(query), exc_info=True)
         try:
-            return Reply(_skeleton(query, settings, rcode=dns.rcode.SERVFAIL), cacheable=False)
+            return Reply(_skeleton(query, settings, rcode=dns.rcode.SERVFAIL), cacheable=False,
+                         failure=exc)
         except Exception:
             resp = dns.message.Message(id=getattr(query, "id", 0))
             resp.flags = dns.flags.QR
             resp.set_rcode(dns.rcode.SERVFAIL)
-            return Reply(resp, cacheable=False)
+            return Reply(resp, cacheable=False, failure=exc)
 
 
 def _describe(query: dns.message.Message) -> str:

@@ -23,8 +23,11 @@ Rules of this module:
 6. A bad value (msg.RecordError) removes the previous record of that key (etcd no longer
    holds it) and is remembered in ``bad`` with its error text; a later good put or a delete
    clears it. Nothing here raises on bad data.
-7. ``generation`` goes up by one on every change (caches of encoded answers compare it);
-   ``revision`` is the etcd revision the mirror reflects (the SOA serial).
+7. ``generation`` goes up by one on every change; ``revision`` is the etcd revision the mirror
+   reflects (the SOA serial). After every put() and delete(), each callable in ``on_change``
+   is called with the key's lower-cased path segments below the prefix (a bad value counts:
+   it removed the key's previous record); after replace(), with None (everything changed).
+   The answer cache uses this to drop only what a change can affect.
 8. Records come out in key order (segments sorted, a record before the records below it),
    whatever order they were written in: a mirror built by the watch answers exactly like one
    built by a relist (etcd ranges are key-sorted), e.g. when answering picks the first alias.
@@ -33,7 +36,7 @@ Rules of this module:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from skydns import msg
 
@@ -64,6 +67,7 @@ class Store:
         self._head = "/" + self.prefix + "/"
         self.revision = 0
         self.generation = 0
+        self.on_change: list[Callable[[tuple[str, ...] | None], object]] = []
         self.loaded = False
         self.bad: dict[str, str] = {}
         self._root = _Node()
@@ -101,14 +105,18 @@ class Store:
         self.revision = revision
         self.generation += 1
         self.loaded = True
+        for callback in self.on_change:
+            callback(None)
         logger.info("store loaded %d records at revision %d (%d bad)", len(self._records), revision,
                     len(self.bad))
 
     def put(self, key: str, value: bytes, revision: int) -> bool:
         """Apply one etcd put; False when the value is not a valid record (logged, in ``bad``)."""
-        ok = self._put(_text(key), value)
+        key = _text(key)
+        ok = self._put(key, value)
         self.revision = max(self.revision, revision)
         self.generation += 1
+        self._notify(key)
         return ok
 
     def delete(self, key: str, revision: int) -> None:
@@ -118,6 +126,14 @@ class Store:
         self._remove(key)
         self.revision = max(self.revision, revision)
         self.generation += 1
+        self._notify(key)
+
+    def _notify(self, key: str) -> None:
+        if self.on_change:
+            segments = self._segments(key)
+            if segments is not None:
+                for callback in self.on_change:
+                    callback(segments)
 
     def _put(self, key: str, value: bytes) -> bool:
         segments = self._segments(key)

@@ -6,12 +6,19 @@ Rules:
 2. Dropped without an answer: packets shorter than a DNS header (12 bytes) and responses
    (QR=1), so two servers can never ping-pong. Anything else unreadable gets FORMERR.
 3. The hot path (DESIGN section 5): ``wire.parse`` -> cache of encoded answers -> ``wire.patch``.
-   dnspython parses and renders only on a miss or for unusual messages. The cache is dropped
-   whenever the store's generation moves, so a changed record is served on the very next query.
+   dnspython parses and renders only on a miss or for unusual messages. The cache
+   (``anscache``) records what each answer read from the store and drops exactly the answers a
+   store change can affect (the store's ``on_change`` hook), so a changed record is served on
+   the very next query and an unrelated change costs nothing; the SOA serial in negative
+   answers is written in on the way out. A store without the hook (a stand-in view) drops the
+   whole cache whenever its ``generation`` moves.
    3a. In front of it, an exact cache keyed by the query's bytes after the ID (so the same name
    spelling, flags and EDNS bytes) holds the already patched answer: a repeated query costs a
    dict lookup and one concatenation of its ID with the stored answer. Filled only from
-   queries ``wire.parse`` accepted, emptied together with the main cache.
+   queries ``wire.parse`` accepted; an exact hit whose entry was dropped is a miss.
+   3b. A store change under ``arpa`` tells the forwarder to forget what it cached for that
+   reverse name (the name may have become local); nothing else in the store touches forwarded
+   answers.
 4. Only ``answering.Reply`` with ``cacheable`` set is cached. Forwarded and resolved answers
    go through the forwarder (it keeps its own TTL cache) and are never cached here.
 5. Size limits: UDP 512 without EDNS, else min(client payload, our payload) and at least 512;
@@ -46,7 +53,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from skydns import answering, forwarding, metrics, store, settings as settings_mod, wire
+from skydns import anscache, answering, forwarding, metrics, store, settings as settings_mod, wire
 
 logger = logging.getLogger(__name__)
 
@@ -147,11 +154,16 @@ class Handler:
         self.stats.cache_misses.setdefault(_CACHE, 0)
         self.stats.cache_entries.setdefault(_CACHE, 0)
         self.cache_size = cache_size
-        # wire.cache_key -> (encoded answer variants, zone label)
-        self.cache: dict[tuple, tuple[list[bytes], str]] = {}
-        # per proto: the query's bytes after the ID -> (answer variants after the ID, zone, qtype)
-        self.exact: dict[str, dict[bytes, tuple[list[bytes], str, int]]] = {"udp": {}, "tcp": {}}
+        # wire.cache_key -> anscache.Entry (rule 3)
+        self.cache = anscache.AnswerCache(max(1, cache_size))
+        # per proto: the query's bytes after the ID -> [answer tails after the ID, entry, revision]
+        self.exact: dict[str, dict[bytes, list]] = {"udp": {}, "tcp": {}}
         self.generation = -1
+        # rule 3: a store with the on_change hook tells us what changed; else watch generation
+        hook = getattr(view, "on_change", None)
+        self._scoped = hook is not None
+        if hook is not None:
+            hook.append(self._changed)
         self.turn = 0
         self.payload = max(wire.CLASSIC_UDP, settings.edns_payload)
         self.round_robin = settings.round_robin
@@ -176,16 +188,14 @@ class Handler:
                 self.stats.drop("response")
                 return None
             if self.cache_size:
-                generation = self.view.generation
-                if generation != self.generation:
-                    self.cache.clear()
-                    self.exact["udp"].clear()
-                    self.exact["tcp"].clear()
-                    self.generation = generation
-                    self.stats.cache_entries[_CACHE] = 0
+                if not self._scoped:
+                    generation = self.view.generation
+                    if generation != self.generation:
+                        self._changed(None)
+                        self.generation = generation
                 # rule 3a: the very same bytes after the ID were answered before -> no parsing
                 hit = self.exact[proto].get(data[2:])
-                if hit is not None:
+                if hit is not None and hit[1].alive:
                     return self._cached(data, hit, proto, family, start)
             query = wire.parse(data)
             if query is not None:
@@ -194,13 +204,13 @@ class Handler:
                     key = wire.cache_key(query, limit)
                     entry = self.cache.get(key)
                     if entry is not None:
-                        variants, zone = entry
+                        variants = entry.fresh(self._revision())
                         tails = [wire.patch(v, query)[2:] for v in variants]
-                        hit = self._remember(proto, data, tails, zone, query.qtype)
+                        hit = self._remember(proto, data, tails, entry)
                         return self._cached(data, hit, proto, family, start)
                     if self._encoded_reply is not None:
                         # a forwarded answer still fresh in the forward cache, as bytes
-                        out = self._encoded_reply(query, key, generation)
+                        out = self._encoded_reply(query, key, 0)
                         if out is not None:
                             self.stats.answered(".", proto, family, query.qtype, out[3] & 0x0F, query.size,
                                                 len(out), time.perf_counter() - start)
@@ -215,11 +225,15 @@ class Handler:
         except Exception:  # noqa: BLE001 - rule 1: nothing escapes a packet handler
             return self._panic(data, "handling")
 
-    def _cached(self, data: bytes, hit: tuple[list[bytes], str, int], proto: str, family: str,
-                start: float) -> bytes:
+    def _cached(self, data: bytes, hit: list, proto: str, family: str, start: float) -> bytes:
         """data's ID + one of the cached answer tails of hit, an exact-cache entry (the next
         rotation when several), counted as a cache hit and an answer."""
-        tails, zone, qtype = hit
+        tails, entry, revision = hit
+        if entry.serials and revision != self._revision():
+            # rule 3: the SOA serial of the current mirror (the tails are offset by the ID)
+            revision = hit[2] = self._revision()
+            tails = hit[0] = [anscache.patch_serials(tail, [o - 2 for o in offsets], revision)
+                              for tail, offsets in zip(tails, entry.serials)]
         if len(tails) > 1:
             self.turn += 1
             out = data[:2] + tails[self.turn % len(tails)]
@@ -227,27 +241,45 @@ class Handler:
             out = data[:2] + tails[0]
         stats = self.stats
         stats.cache_hits[_CACHE] += 1
-        stats.answered(zone, proto, family, qtype, out[3] & 0x0F, len(data), len(out),
+        stats.answered(entry.zone, proto, family, entry.qtype, out[3] & 0x0F, len(data), len(out),
                        time.perf_counter() - start)
         return out
 
-    def _remember(self, proto: str, data: bytes, tails: list[bytes], zone: str,
-                  qtype: int) -> tuple[list[bytes], str, int]:
+    def _remember(self, proto: str, data: bytes, tails: list[bytes], entry: anscache.Entry) -> list:
         """Keep the answer tails for data's exact bytes (rule 3a); returns the new entry."""
         exact = self.exact[proto]
         if len(exact) >= self.cache_size:
             del exact[next(iter(exact))]
-        hit = exact[data[2:]] = (tails, zone, qtype)
+        hit = exact[data[2:]] = [tails, entry, entry.revision]
         return hit
 
-    def _panic(self, data: bytes, where: str) -> bytes | None:
+    def _revision(self) -> int:
+        """The mirror's revision (the SOA serial); 0 for a stand-in view without one."""
+        return getattr(self.view, "revision", 0)
+
+    def _changed(self, segments: tuple[str, ...] | None) -> None:
+        """The store's on_change hook: drop what the change can affect (rules 3, 3b)."""
+        self.cache.changed(segments)
+        if segments is None:
+            self.exact["udp"].clear()
+            self.exact["tcp"].clear()
+        else:
+            forget = getattr(self.forwarder, "forget", None)
+            if forget is not None and segments[:1] == ("arpa",):
+                name = _reverse_name(segments)
+                if name is not None:
+                    forget(name)
+        self.stats.cache_entries[_CACHE] = len(self.cache)
+
+    def _panic(self, data: bytes, where: str, exc: BaseException | None = None) -> bytes | None:
         self.stats.panic()
         now = time.monotonic()
         if now - self._last_panic_log >= _PANIC_LOG_INTERVAL:
             self._last_panic_log = now
-            logger.exception("exception while %s a %d-byte packet; answered SERVFAIL "
-                             "(further ones are counted in skydns_panics_total, logged every %ss)",
-                             where, len(data), _PANIC_LOG_INTERVAL)
+            info = (type(exc), exc, exc.__traceback__) if exc is not None else True
+            logger.error("exception while %s a %d-byte packet; answered SERVFAIL "
+                         "(further ones are counted in skydns_panics_total, logged every %ss)",
+                         where, len(data), _PANIC_LOG_INTERVAL, exc_info=info)
         try:
             return error_reply(data, dns.rcode.SERVFAIL)
         except Exception:  # noqa: BLE001
@@ -275,8 +307,12 @@ class Handler:
                 limit = max(wire.CLASSIC_UDP, min(query.payload, self.payload))
         qtype = query.question[0].rdtype if query.question else 0
         zone = self.zone_of(query.question[0].name) if query.question else "."
-        result = self.answer(query, self.view, self.settings)
+        reads = anscache.Reads(self.view) if key is not None and self._scoped else self.view
+        result = self.answer(query, reads, self.settings)
         if isinstance(result, answering.Reply):
+            failure = getattr(result, "failure", None)
+            if failure is not None:
+                self._panic(data, "answering", failure)
             if zone != "." and not getattr(self.view, "loaded", True):
                 # rule 8: no mirror yet -> SERVFAIL, never a false NXDOMAIN that clients cache
                 out = render(self._servfail(query), limit)
@@ -296,12 +332,13 @@ class Handler:
                 variants = [render(message, limit)]
                 out = variants[0]
             if key is not None and result.cacheable and parsed is not None:
-                if len(self.cache) >= self.cache_size:
-                    del self.cache[next(iter(self.cache))]
-                self.cache[key] = (variants, zone)
+                entry = anscache.Entry(variants, zone, qtype,
+                                       tuple(wire.soa_serial_offsets(v) for v in variants),
+                                       self._revision())
+                self.cache.put(key, entry, reads if self._scoped else anscache.Reads(None))  # type: ignore[arg-type]
                 self.stats.cache_entries[_CACHE] = len(self.cache)
                 # rendered for this very query: the tails after the ID are its exact answers
-                self._remember(proto, data, [v[2:] for v in variants], zone, qtype)
+                self._remember(proto, data, [v[2:] for v in variants], entry)
             self._count(zone, proto, family, qtype, len(data), out, start)
             return out
         if isinstance(result, answering.Forward):
@@ -338,7 +375,7 @@ class Handler:
             reply.id = query.id
             out = render(reply, limit)
             if key is not None and self._remember_encoded is not None:
-                self._remember_encoded(key, query, out, self.generation)
+                self._remember_encoded(key, query, out, 0)
         except Exception:  # noqa: BLE001 - rule 1
             return self._panic(data, "forwarding")
         self._count(zone, proto, family, qtype, len(data), out, start)
@@ -358,6 +395,15 @@ class Handler:
             return self._panic(data, "resolving")
         self._count(zone, proto, family, qtype, len(data), out, start)
         return out
+
+
+def _reverse_name(segments: tuple[str, ...]) -> str | None:
+    """The complete reverse name a key under ``arpa`` belongs to (leaf labels below it ignored)."""
+    if segments[:2] == ("arpa", "in-addr") and len(segments) >= 6:
+        return ".".join(reversed(segments[:6])) + "."
+    if segments[:2] == ("arpa", "ip6") and len(segments) >= 34:
+        return ".".join(reversed(segments[:34])) + "."
+    return None
 
 
 # -- sockets ----------------------------------------------------------------------------------

@@ -231,3 +231,52 @@ def name_to_text(name: bytes) -> str:
             chr(b) if 0x21 <= b <= 0x7E and b not in (0x2E, 0x5C) else f"\\{b:03d}" for b in label))
         pos += length + 1
     return ".".join(labels) + "." if labels else "."
+
+
+TYPE_SOA = 6
+
+
+def soa_serial_offsets(message: bytes) -> tuple[int, ...]:
+    """Offsets of the serial field of every SOA record in an encoded message (any section).
+
+    () when the message holds no SOA or cannot be walked (the caller then patches nothing).
+    """
+    try:
+        size = len(message)
+        if size < HEADER_SIZE:
+            return ()
+        qdcount = (message[4] << 8) | message[5]
+        rrcount = sum((message[i] << 8) | message[i + 1] for i in (6, 8, 10))
+        pos = HEADER_SIZE
+        for _ in range(qdcount):
+            pos = _skip_name(message, pos) + 4
+        offsets = []
+        for _ in range(rrcount):
+            pos = _skip_name(message, pos)
+            rdtype = (message[pos] << 8) | message[pos + 1]
+            rdlength = (message[pos + 8] << 8) | message[pos + 9]
+            rdata = pos + 10
+            if rdtype == TYPE_SOA:
+                serial = _skip_name(message, _skip_name(message, rdata))
+                if serial + 4 <= rdata + rdlength:
+                    offsets.append(serial)
+            pos = rdata + rdlength
+        if pos > size:
+            return ()
+        return tuple(offsets)
+    except IndexError:
+        return ()
+
+
+def _skip_name(message: bytes, pos: int) -> int:
+    """The offset just past a (possibly compressed) name at pos; IndexError when cut short."""
+    while True:
+        length = message[pos]
+        if length == 0:
+            return pos + 1
+        if length >= 0xC0:
+            message[pos + 1]  # noqa: B018 - the pointer's second byte must exist
+            return pos + 2
+        if length > MAX_LABEL:
+            raise IndexError(f"unsupported label type at offset {pos}")
+        pos += length + 1
