@@ -12,8 +12,15 @@ Rules:
    are exactly this script's output for the kind defaults, and a test holds them to it).
 3. Bad input (an address outside the service CIDR, a bad domain, a bad replica count, a
    CIDR that is not a network) prints one line `render.py: error: ...` and exits 2.
-4. Every container's arguments are built here, in one place (`container_args`); the tests
-   parse them with the daemons' own click commands.
+4. Every container's arguments are built here, in one place (`container_args`,
+   `shared_container_args`); the tests parse them with the daemons' own click commands.
+5. `--topology per-pod` (the default) puts etcd and kube2sky in every DNS pod. `--topology
+   shared` renders the large-cluster shape into its own files (`SHARED_FILES`, checked in as
+   manifests/shared/): a 3-member etcd StatefulSet with peer and client TLS and auth, two
+   kube2sky with --leader-elect, skydns+healthz replicas behind the same kube-dns Service.
+   Nothing in it resolves a cluster name (DNS must not depend on itself): every etcd member
+   has a ClusterIP Service with a fixed address (`--etcd-ips`, default the three addresses
+   after --cluster-dns) that the daemons dial and the server certificate names.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ MAX_REPLICAS = 100
 MAX_REVERSE_ZONES = 256
 PULL_POLICIES = ("IfNotPresent", "Always", "Never")
 CONTROLLERS = ("replicationcontroller", "deployment")
+TOPOLOGIES = ("per-pod", "shared")
 
 # Where each part goes: file name in manifests/ and template in deploy/templates/.
 FILES = {
@@ -64,6 +72,25 @@ KUBE2SKY_HEALTHZ_PORT = 8081
 # rollout); well inside terminationGracePeriodSeconds (30).
 SKYDNS_LAMEDUCK = 5
 HEALTHZ_PORT = 8080
+
+# The shared topology (rule 5).
+SHARED_FILES = {
+    "rbac": "rbac.yaml",
+    "service": "skydns-svc.yaml",
+    "etcd": "etcd.yaml",
+    "etcd-setup": "etcd-setup.yaml",
+    "kube2sky": "kube2sky.yaml",
+    "skydns": "skydns.yaml",
+}
+SHARED_DIR = "shared"
+ETCD_MEMBERS = 3
+ETCD_NAME = "kube-dns-etcd"  # StatefulSet, headless Service; member i is ETCD_NAME-i
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+ETCD_METRICS_PORT = 2381
+ETCD_TLS_DIR = "/etc/etcd-tls"  # every pod mounts its own Secret here: ca.crt, tls.crt, tls.key
+RECORDS_PREFIX = "skydns"  # kube2sky --prefix default: records under /skydns/
+LEADER_KEY = f"/{RECORDS_PREFIX}-leader/kube2sky"  # kube2sky's default --leader-key
 
 _LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
@@ -88,6 +115,9 @@ class Params:
     pull_policy: str = "IfNotPresent"
     replicas: int = DEFAULT_REPLICAS
     etcd_image: str = ETCD_IMAGE
+    # Shared topology: the fixed ClusterIPs of the etcd members; empty: the ETCD_MEMBERS
+    # addresses after cluster_dns.
+    etcd_ips: tuple[str, ...] = ()
 
 
 def normalize_domain(domain: str) -> str:
@@ -184,7 +214,40 @@ def check(params: Params) -> Params:
         service_cidr=str(service_cidr),
         domain=domain,
         reverse_cidrs=tuple(cidrs),
+        # checked here only when given: the defaults matter (and are made) in check_shared
+        etcd_ips=_etcd_ips(params.etcd_ips, dns_ip, service_cidr) if params.etcd_ips else (),
     )
+
+
+def check_shared(params: Params) -> Params:
+    """check() plus the shared topology's etcd member addresses (defaults filled in)."""
+    params = check(params)
+    dns_ip = ipaddress.ip_address(params.cluster_dns)
+    return dataclasses.replace(params, etcd_ips=_etcd_ips(params.etcd_ips, dns_ip,
+                                                          ipaddress.ip_network(params.service_cidr)))
+
+
+def _etcd_ips(given: tuple[str, ...], dns_ip, service_cidr) -> tuple[str, ...]:
+    """The etcd members' fixed ClusterIPs: given (comma lists allowed) or the ones after dns_ip."""
+    texts = [part.strip() for item in given for part in item.split(",") if part.strip()]
+    if not texts:
+        ips = [dns_ip + n for n in range(1, ETCD_MEMBERS + 1)]
+    else:
+        ips = []
+        for text in texts:
+            try:
+                ips.append(ipaddress.ip_address(text))
+            except ValueError:
+                raise RenderError(f"bad --etcd-ips {text!r}: not an IP address") from None
+    if len(ips) != ETCD_MEMBERS or len(set(ips)) != ETCD_MEMBERS:
+        raise RenderError(f"bad --etcd-ips: give {ETCD_MEMBERS} different addresses, one per etcd member")
+    for ip in ips:
+        if ip.version != service_cidr.version or ip not in service_cidr or ip in (
+                dns_ip, service_cidr.network_address, service_cidr.network_address + 1) or (
+                service_cidr.version == 4 and ip == service_cidr.broadcast_address):
+            raise RenderError(f"bad --etcd-ips: {ip} is not a free address of the service CIDR {service_cidr} "
+                              "(not the network, the kubernetes Service or --cluster-dns); pass --etcd-ips")
+    return tuple(str(ip) for ip in ips)
 
 
 def skydns_domains(params: Params) -> list[str]:
@@ -232,6 +295,95 @@ def container_args(params: Params) -> dict[str, list[str]]:
     }
 
 
+def _host_port(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def etcd_client_urls(params: Params) -> list[str]:
+    """https://<member ClusterIP>:2379 for every member (params already checked)."""
+    return [f"https://{_host_port(ip, ETCD_CLIENT_PORT)}" for ip in params.etcd_ips]
+
+
+def etcd_server_names(params: Params) -> list[str]:
+    """What the etcd server (and peer) certificate must name, as openssl subjectAltName items."""
+    names = [f"DNS:{ETCD_NAME}-{i}" for i in range(ETCD_MEMBERS)]
+    names += [f"DNS:{ETCD_NAME}-{i}.{ETCD_NAME}.kube-system.svc.{params.domain}" for i in range(ETCD_MEMBERS)]
+    return names + [f"IP:{ip}" for ip in params.etcd_ips] + ["DNS:localhost", "IP:127.0.0.1"]
+
+
+def shared_container_args(params: Params) -> dict[str, list[str]]:
+    """container_args for the shared topology: the daemons dial every etcd member over TLS with
+    their own client certificate, and kube2sky campaigns for the leader key."""
+    args = container_args(params)
+    urls = ",".join(etcd_client_urls(params))
+    tls = {"ca": f"{ETCD_TLS_DIR}/ca.crt", "cert": f"{ETCD_TLS_DIR}/tls.crt", "key": f"{ETCD_TLS_DIR}/tls.key"}
+    kube2sky = [a for a in args["kube2sky"] if not a.startswith("--etcd-server=")]
+    skydns = [a for a in args["skydns"] if not a.startswith("-machines=")]
+    return {
+        "kube2sky": [*kube2sky[:1], f"--etcd-server={urls}", f"--etcd-cafile={tls['ca']}",
+                     f"--etcd-certfile={tls['cert']}", f"--etcd-keyfile={tls['key']}", *kube2sky[1:],
+                     "--leader-elect"],
+        "skydns": [f"-machines={urls}", f"-ca-cert={tls['ca']}", f"-tls-pem={tls['cert']}",
+                   f"-tls-key={tls['key']}", *skydns],
+        "healthz": args["healthz"],
+    }
+
+
+def etcd_command(params: Params) -> list[str]:
+    """The etcd member's command line; $(POD_NAME) is the member name (Kubernetes expands it)."""
+    ipv6 = ipaddress.ip_address(params.cluster_dns).version == 6
+    any_addr = "[::]" if ipv6 else "0.0.0.0"
+    peers = ",".join(f"{ETCD_NAME}-{i}=https://{ETCD_NAME}-{i}:{ETCD_PEER_PORT}" for i in range(ETCD_MEMBERS))
+    crt, key, ca = f"{ETCD_TLS_DIR}/tls.crt", f"{ETCD_TLS_DIR}/tls.key", f"{ETCD_TLS_DIR}/ca.crt"
+    return [
+        "etcd",
+        "--name=$(POD_NAME)",
+        "--data-dir=/var/lib/etcd/data",
+        f"--listen-client-urls=https://{any_addr}:{ETCD_CLIENT_PORT}",
+        f"--advertise-client-urls=https://$(POD_NAME):{ETCD_CLIENT_PORT}",
+        f"--listen-peer-urls=https://{any_addr}:{ETCD_PEER_PORT}",
+        f"--initial-advertise-peer-urls=https://$(POD_NAME):{ETCD_PEER_PORT}",
+        f"--listen-metrics-urls=http://{any_addr}:{ETCD_METRICS_PORT}",
+        f"--initial-cluster={peers}",
+        "--initial-cluster-state=new",
+        f"--initial-cluster-token={ETCD_NAME}",
+        f"--cert-file={crt}", f"--key-file={key}", f"--trusted-ca-file={ca}", "--client-cert-auth",
+        f"--peer-cert-file={crt}", f"--peer-key-file={key}", f"--peer-trusted-ca-file={ca}",
+        "--peer-client-cert-auth",
+        # Peers connect from pod addresses, which no certificate can name in advance.
+        "--experimental-peer-skip-client-san-verification",
+        "--auto-compaction-mode=periodic",
+        "--auto-compaction-retention=1h",
+        "--quota-backend-bytes=2147483648",
+        "--snapshot-count=10000",
+    ]
+
+
+def etcd_auth_steps(prefix: str = RECORDS_PREFIX, leader_key: str = LEADER_KEY) -> list[tuple[str, list[str]]]:
+    """(step name, etcdctl args) of the one-time least-privilege setup, in order (as root).
+
+    A client certificate's CN is its etcd user: kube2sky reads and writes /<prefix>/ and its
+    leader key, skydns only reads /<prefix>/, root does everything (the operator).
+    """
+    records = f"/{prefix.strip('/')}/"
+    return [
+        ("wait-for-etcd", ["endpoint", "health"]),
+        ("root-user", ["user", "add", "root", "--no-password"]),
+        ("root-role", ["role", "add", "root"]),
+        ("root-grant", ["user", "grant-role", "root", "root"]),
+        ("kube2sky-role", ["role", "add", "kube2sky"]),
+        ("kube2sky-records", ["role", "grant-permission", "kube2sky", "readwrite", records, "--prefix=true"]),
+        ("kube2sky-leader", ["role", "grant-permission", "kube2sky", "readwrite", leader_key]),
+        ("kube2sky-user", ["user", "add", "kube2sky", "--no-password"]),
+        ("kube2sky-grant", ["user", "grant-role", "kube2sky", "kube2sky"]),
+        ("skydns-role", ["role", "add", "skydns"]),
+        ("skydns-records", ["role", "grant-permission", "skydns", "read", records, "--prefix=true"]),
+        ("skydns-user", ["user", "add", "skydns", "--no-password"]),
+        ("skydns-grant", ["user", "grant-role", "skydns", "skydns"]),
+        ("auth-enable", ["auth", "enable"]),
+    ]
+
+
 def _yaml_scalar(text: str) -> str:
     return text if _PLAIN_RE.match(text) else json.dumps(text)
 
@@ -268,14 +420,47 @@ def render(params: Params) -> dict[str, str]:
     return {part: _template(file).substitute(values) for part, file in FILES.items()}
 
 
+def render_shared(params: Params) -> dict[str, str]:
+    """Part name (see SHARED_FILES) -> manifest text of the shared topology (RenderError)."""
+    params = check_shared(params)
+    per_pod = render(params)
+    args = shared_container_args(params)
+    urls = ",".join(etcd_client_urls(params))
+    members = "\n".join(
+        _template("shared-etcd-member-svc.yaml").substitute(index=str(i), ip=ip).rstrip("\n")
+        for i, ip in enumerate(params.etcd_ips))
+    aliases = "\n".join(f"        - ip: {_yaml_scalar(ip)}\n          hostnames: [{ETCD_NAME}-{i}]"
+                         for i, ip in enumerate(params.etcd_ips))
+    etcd = _template("shared-etcd.yaml").substitute(
+        member_services=members, host_aliases=aliases, etcd_image=params.etcd_image,
+        etcd_command=_yaml_list(etcd_command(params), 12), client_urls=_yaml_scalar(urls))
+    steps = [_template("shared-etcd-step.yaml").substitute(
+        name=name, etcd_image=params.etcd_image, command=_yaml_list(["etcdctl", *argv], 4),
+        client_urls=_yaml_scalar(urls)).rstrip("\n") for name, argv in etcd_auth_steps()]
+    setup = _template("shared-etcd-setup.yaml").substitute(
+        steps=_indent("\n".join(steps[:-1]), 8), last_step=_indent(steps[-1], 8))
+    common = {"image": params.image, "pull_policy": params.pull_policy, "replicas": str(params.replicas),
+              **{f"{name}_args": _yaml_list(values, 12) for name, values in args.items()}}
+    return {
+        "rbac": per_pod["rbac"],
+        "service": per_pod["service"],
+        "etcd": etcd,
+        "etcd-setup": setup,
+        "kube2sky": _template("shared-kube2sky.yaml").substitute(common),
+        "skydns": _template("shared-skydns.yaml").substitute(common),
+    }
+
+
 def kubelet_flags(params: Params) -> str:
     """The kubelet flags that send pods to this DNS (params already checked)."""
     return f"--cluster-dns={params.cluster_dns} --cluster-domain={params.domain}"
 
 
 def stream(parts: dict[str, str], controller: str) -> str:
-    """One multi-document YAML for `kubectl apply -f -`: RBAC, Service, controller."""
-    docs = [parts["rbac"], parts["service"], parts[controller]]
+    """One multi-document YAML for `kubectl apply -f -`: RBAC, Service, controller (per-pod)
+    or every part in SHARED_FILES order (controller "shared")."""
+    names = list(SHARED_FILES) if controller == "shared" else ["rbac", "service", controller]
+    docs = [parts[name] for name in names]
     return "---\n".join(doc if doc.endswith("\n") else doc + "\n" for doc in docs)
 
 
@@ -292,7 +477,7 @@ def _replicas(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None) -> tuple[Params, str, str]:
-    """argv -> (Params, controller, out_dir)."""
+    """argv -> (Params, controller, out_dir); controller is "shared" for --topology shared."""
     parser = _Parser(
         prog="render.py",
         description="Render the kube-skydns manifests (RBAC, kube-dns Service, controller) to stdout "
@@ -315,7 +500,14 @@ def parse_args(argv: list[str] | None) -> tuple[Params, str, str]:
     parser.add_argument("--replicas", type=_replicas, default=DEFAULT_REPLICAS,
                         help="pods; default %(default)s")
     parser.add_argument("--controller", default="replicationcontroller", choices=CONTROLLERS,
-                        help="what runs the pods; default %(default)s")
+                        help="what runs the pods (per-pod topology; shared uses Deployments); "
+                        "default %(default)s")
+    parser.add_argument("--topology", default="per-pod", choices=TOPOLOGIES,
+                        help="per-pod: etcd and kube2sky in every DNS pod (small clusters); shared: "
+                        "one 3-member etcd, two elected kube2sky, --replicas resolvers; default %(default)s")
+    parser.add_argument("--etcd-ips", action="append", default=[], metavar="IP,IP,IP",
+                        help="shared topology: the fixed ClusterIPs of the 3 etcd members; default "
+                        "the three addresses after --cluster-dns")
     parser.add_argument("--out-dir", default="",
                         help="write rbac.yaml, skydns-svc.yaml, skydns-rc.yaml and "
                         "skydns-deployment.yaml into this directory instead of stdout")
@@ -329,22 +521,24 @@ def parse_args(argv: list[str] | None) -> tuple[Params, str, str]:
         pull_policy=ns.pull_policy,
         replicas=ns.replicas,
         etcd_image=ns.etcd_image,
+        etcd_ips=tuple(ns.etcd_ips),
     )
-    return params, ns.controller, ns.out_dir
+    return params, ("shared" if ns.topology == "shared" else ns.controller), ns.out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     params, controller, out_dir = parse_args(argv)
     try:
-        checked = check(params)
-        parts = render(checked)
+        checked = check_shared(params) if controller == "shared" else check(params)
+        parts = render_shared(checked) if controller == "shared" else render(checked)
     except RenderError as exc:
         sys.stderr.write(f"render.py: error: {exc}\n")
         return 2
+    files = SHARED_FILES if controller == "shared" else FILES
     if out_dir:
         out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        for part, file in FILES.items():
+        for part, file in files.items():
             (out / file).write_text(parts[part], encoding="utf-8")
             sys.stderr.write(f"wrote {out / file}\n")
     else:
@@ -353,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
         "# Set these kubelet flags (or clusterDNS/clusterDomain in the KubeletConfiguration):\n"
         f"{kubelet_flags(checked)}\n"
     )
+    if controller == "shared":
+        sys.stderr.write(
+            "# Before applying: the Secrets kube-dns-etcd-{server,root,kube2sky,skydns} (README, "
+            "\"Large clusters\");\n# the server certificate must name: "
+            f"{','.join(etcd_server_names(checked))}\n")
     return 0
 
 

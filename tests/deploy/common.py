@@ -18,6 +18,10 @@ DEPLOY_DOC = ROOT / "README.md"
 SETUP_CFG = ROOT / "setup.cfg"
 
 MANIFEST_FILES = ("rbac.yaml", "skydns-svc.yaml", "skydns-rc.yaml", "skydns-deployment.yaml")
+# The shared topology (deploy/render.py --topology shared --replicas 2 --out-dir manifests/shared).
+SHARED = MANIFESTS / "shared"
+SHARED_FILES = ("rbac.yaml", "skydns-svc.yaml", "etcd.yaml", "etcd-setup.yaml", "kube2sky.yaml", "skydns.yaml")
+SHARED_REPLICAS = 2
 CONTROLLER_FILES = ("skydns-rc.yaml", "skydns-deployment.yaml")
 # Containers built from this repo: container name == package == console script.
 DAEMONS = ("kube2sky", "skydns", "healthz")
@@ -56,6 +60,17 @@ def container_argv(container: dict) -> list[str]:
 def compose() -> dict:
     (doc,) = load_docs(COMPOSE)
     return doc
+
+
+def shared(name: str) -> list[dict]:
+    """The documents of a manifests/shared/ file."""
+    return load_docs(SHARED / name)
+
+
+def shared_containers(name: str, kind: str) -> dict[str, dict]:
+    """Container name -> container of the one `kind` object of a manifests/shared/ file."""
+    (obj,) = [d for d in shared(name) if d["kind"] == kind]
+    return {c["name"]: c for c in obj["spec"]["template"]["spec"]["containers"]}
 
 
 def by_kind(docs: list[dict]) -> dict[str, dict]:

@@ -123,3 +123,17 @@ def test_images_and_profiles_match():
     assert f"`{base}`" in doc
     profiles = {p for s in common.compose()["services"].values() for p in s.get("profiles", [])}
     assert set(re.findall(r"docker-compose --profile (\w+)", doc)) == profiles
+
+
+def test_large_clusters_section_lists_the_auth_steps_and_the_shared_files():
+    doc = text()
+    assert "### Large clusters" in doc.splitlines()
+    lines = code_lines()
+    for name, argv in render.etcd_auth_steps():
+        if name != "wait-for-etcd":
+            assert " ".join(["etcdctl", *argv]) in lines, name
+    for file in render.SHARED_FILES.values():
+        assert f"`{file}`" in doc, file
+    leader_default = re.search(r"within the lease TTL \((\d+) s\)", doc)
+    from kube2sky import settings as kube2sky_settings
+    assert leader_default and int(leader_default.group(1)) == kube2sky_settings.Settings().leader_ttl

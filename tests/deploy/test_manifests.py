@@ -25,12 +25,14 @@ except ImportError:  # pragma: no cover - the test extra installs it
 K8S_VERSIONS = ("1.25", "1.33", "latest")
 
 DOCS = [(name, index, doc) for name in common.MANIFEST_FILES for index, doc in enumerate(common.manifest(name))]
+DOCS += [(f"shared/{name}", index, doc) for name in common.SHARED_FILES
+         for index, doc in enumerate(common.shared(name))]
 DOC_IDS = [f"{name}:{doc['kind']}" for name, _, doc in DOCS]
 
 
-@pytest.mark.parametrize("name", common.MANIFEST_FILES)
+@pytest.mark.parametrize("name", [*common.MANIFEST_FILES, *(f"shared/{n}" for n in common.SHARED_FILES)])
 def test_manifest_parses(name):
-    docs = common.manifest(name)
+    docs = common.load_docs(common.MANIFESTS / name)
     assert docs, f"{name} has no document"
     for doc in docs:
         assert {"apiVersion", "kind", "metadata"} <= set(doc)

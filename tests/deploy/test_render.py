@@ -32,6 +32,53 @@ def test_checked_in_manifest_is_the_render_for_kind_defaults(part):
 
 def test_manifests_dir_holds_only_rendered_files():
     assert sorted(p.name for p in common.MANIFESTS.glob("*.yaml")) == sorted(render.FILES.values())
+    assert sorted(p.name for p in common.SHARED.glob("*")) == sorted(render.SHARED_FILES.values())
+    assert sorted(render.SHARED_FILES.values()) == sorted(common.SHARED_FILES)
+
+
+@pytest.mark.parametrize("part", sorted(render.SHARED_FILES), ids=sorted(render.SHARED_FILES))
+def test_checked_in_shared_manifest_is_the_render_for_kind(part):
+    rendered = render.render_shared(render.Params(replicas=common.SHARED_REPLICAS))[part]
+    checked_in = (common.SHARED / render.SHARED_FILES[part]).read_text(encoding="utf-8")
+    assert checked_in == rendered, (
+        f"manifests/shared/{render.SHARED_FILES[part]} differs from the generator's output: run "
+        f"`python deploy/render.py --topology shared --replicas {common.SHARED_REPLICAS} --out-dir manifests/shared`"
+    )
+
+
+SHARED_CASES = [
+    ("kind", [], ["10.96.0.11", "10.96.0.12", "10.96.0.13"], "10.96.0.10"),
+    ("given-ips", ["--etcd-ips", "10.96.1.1,10.96.1.2", "--etcd-ips", "10.96.1.3"],
+     ["10.96.1.1", "10.96.1.2", "10.96.1.3"], "10.96.0.10"),
+    ("ipv6", ["--cluster-dns", "fd00:10:96::a", "--service-cidr", "fd00:10:96::/112"],
+     ["[fd00:10:96::b]", "[fd00:10:96::c]", "[fd00:10:96::d]"], "fd00:10:96::a"),
+]
+
+
+@pytest.mark.parametrize(("argv", "members", "dns"), [c[1:] for c in SHARED_CASES], ids=[c[0] for c in SHARED_CASES])
+def test_render_shared_stream(argv, members, dns):
+    proc = run("--topology", "shared", "--replicas", "5", *argv)
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert [d["kind"] for d in docs] == [
+        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service",
+        "Service", "Service", "Service", "Service", "StatefulSet", "PodDisruptionBudget",
+        "Job", "Deployment", "PodDisruptionBudget", "Deployment", "PodDisruptionBudget"]
+    assert docs[3]["spec"]["clusterIP"] == dns
+    assert [d["spec"]["clusterIP"] for d in docs[5:8]] == [m.strip("[]") for m in members]
+    skydns = docs[13]
+    assert skydns["spec"]["replicas"] == 5
+    args = skydns["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"-machines={','.join(f'https://{m}:2379' for m in members)}" in args
+    names = proc.stderr.splitlines()[-1]
+    assert all(f"IP:{m.strip('[]')}" in names for m in members)
+    assert "kube-dns-etcd-{server,root,kube2sky,skydns}" in proc.stderr
+
+
+def test_render_shared_out_dir_writes_the_shared_files(tmp_path):
+    proc = run("--topology", "shared", "--out-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(render.SHARED_FILES.values())
 
 
 REVERSE_ZONES = [
@@ -139,6 +186,13 @@ BAD_INPUT = [
     ("image-trailing-colon", ["--image", "kube-skydns:"], "bad --image"),
     ("pull-policy", ["--pull-policy", "Sometimes"], "invalid choice"),
     ("unknown-flag", ["--clusterdns", "10.96.0.10"], "unrecognized arguments"),
+    ("topology", ["--topology", "big"], "invalid choice"),
+    ("etcd-ips-two", ["--topology", "shared", "--etcd-ips", "10.96.0.11,10.96.0.12"], "give 3 different"),
+    ("etcd-ips-same", ["--topology", "shared", "--etcd-ips", "10.96.0.11,10.96.0.11,10.96.0.12"], "give 3 different"),
+    ("etcd-ips-word", ["--etcd-ips", "a,b,c"], "not an IP address"),
+    ("etcd-ips-outside", ["--topology", "shared", "--etcd-ips", "10.0.0.1,10.0.0.2,10.0.0.3"], "not a free address"),
+    ("etcd-ips-dns", ["--topology", "shared", "--etcd-ips", "10.96.0.10,10.96.0.12,10.96.0.13"], "not a free address"),
+    ("etcd-ips-default-overflow", ["--topology", "shared", "--cluster-dns", "10.111.255.253"], "pass --etcd-ips"),
 ]
 
 

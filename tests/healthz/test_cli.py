@@ -137,7 +137,9 @@ def healthz_containers() -> list[tuple[str, list[str]]]:
 
     found = []
     folder = os.path.join(ROOT, "manifests")
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+    names = [os.path.relpath(os.path.join(d, f), folder) for d, _, files in os.walk(folder) for f in files
+             if f.endswith(".yaml")]  # manifests/shared/ too
+    for name in sorted(names):
         with open(os.path.join(folder, name)) as fh:
             docs = [doc for doc in yaml.safe_load_all(fh) if isinstance(doc, dict)]
         for doc in docs:

@@ -4,9 +4,9 @@ two kube2sky with --leader-elect fed by the API double, three skydns reading the
 Rules:
 1. Everything is real: etcd binaries, kube2sky and skydns processes, DNS over UDP. Certificates
    are made here with the openssl CLI; etcd maps a client certificate's CN to the etcd user.
-2. Least privilege as in the shared manifests (deploy/render.py --topology shared): kube2sky may
-   read and write the records prefix and its leader key; skydns may only read the prefix; root
-   (the operator) sets everything up and writes custom records.
+2. Least privilege exactly as the shared manifests set it up: the fixture runs the etcdctl steps
+   of their setup Job (render.etcd_auth_steps) as root. kube2sky may read and write the records
+   prefix and its leader key; skydns may only read the prefix; root writes custom records.
 3. One world for the module (starting it costs seconds); the scenarios run in file order and
    each leaves two kube2sky, three skydns and three healthy etcd members behind.
 4. Timing is never asserted tightly: every wait is a poll with a deadline stretched by
@@ -30,17 +30,14 @@ import dns.exception
 import dns.rcode
 import pytest
 
+from deploy import render
 from tests import apiserver, procs, skydnsproc
 
 pytestmark = pytest.mark.integration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TTL = 3  # seconds, --leader-ttl of both kube2sky
-LEADER_KEY = "/skydns-leader/kube2sky"
-ROLES = {
-    "kube2sky": [("readwrite", "/skydns/", True), ("readwrite", LEADER_KEY, False)],
-    "skydns": [("read", "/skydns/", True)],
-}
+LEADER_KEY = render.LEADER_KEY
 PROBE_NAME = "kubernetes.default.svc.cluster.local."
 
 
@@ -162,7 +159,8 @@ def world(tmp_path_factory):
     w = World(folder, cluster, api)
     try:
         cluster.start()
-        cluster.enable_auth(ROLES)
+        for _, argv in render.etcd_auth_steps():  # what manifests/shared/etcd-setup.yaml runs
+            cluster.ctl(*argv)
         api.create(service("kubernetes", "10.0.0.1", port=443))
         api.create(service("kube-dns", "10.0.0.53", ns="kube-system", port=53))
         w.start_kube2sky()
