@@ -16,8 +16,8 @@ only the answers it can affect):
        reached through a ``_`` segment below P are not seen). A change of key K touches it when
        P is a prefix of K (P == K included) and no segment of K after P starts with ``_``.
    1b. ``below(P)``: whether anything at all is stored at or below P (``exists_path``,
-       NXDOMAIN versus NODATA), and every read with a wildcard, recorded at the path before the
-       first wildcard. A change of key K touches it when P is a prefix of K.
+       NXDOMAIN versus NODATA), the labels below P (``children``), and every read with a
+       wildcard, recorded at the path before the first wildcard. A change of key K touches it when P is a prefix of K.
    1c. ``exact(P)``: the record at exactly P (CNAME and forward-zone PTR lookups). A change of
        key K touches it when P == K.
    A change of key K is checked against every prefix of K (at most one dict lookup per segment
@@ -90,6 +90,10 @@ class Reads:
         base = _base(segments)
         self.below.add(segments if base is None else base)
         return self.view.exists_path(segments)
+
+    def children(self, segments: tuple[str, ...]) -> list[str]:
+        self.below.add(segments)
+        return self.view.children(segments)
 
     def lookup(self, name: str, exact: bool = False) -> list:
         try:

@@ -16,8 +16,8 @@ Rules (DESIGN section 3; SkyDNS semantics where DESIGN is silent):
    exception in ``Reply.failure`` for the edge to count and log (rate-limited).
    Opcode other than QUERY -> NOTIMP; a question count other than one (or QR set) -> FORMERR;
    EDNS version > 0 -> BADVERS. The reply has an OPT record only when the query had one,
-   advertising ``settings.edns_payload``. RA is set whenever forwarding is possible
-   (``not settings.no_rec``); AA on every answer from our zones.
+   advertising ``settings.edns_payload``. RA is set only when forwarding is possible (not
+   ``no_rec`` and some upstream or stub domain configured); AA on every answer from our zones.
 2. Zones: the longest of ``settings.domains`` containing the name wins. Names matched
    case-insensitively; answers whose owner is the query name use the query's own name object,
    so its spelling is kept; other owner names are lower-case.
@@ -48,19 +48,45 @@ Rules (DESIGN section 3; SkyDNS semantics where DESIGN is silent):
    Additional: A/AAAA glue for IP hosts, and the in-zone A/AAAA (with CNAMEs) of name targets.
    MX: the same for records with ``mail`` true (preference = priority).
 8. PTR: for complete reverse names (in-addr.arpa with 4 octets, ip6.arpa with 32 nibbles) the
-   records under ``/<prefix>/arpa/...`` with name hosts, AA off unless the reverse zone is one
-   of ``settings.domains`` (SkyDNS); nothing held -> Forward unless the reverse zone is one of
-   ``settings.domains``. Forward names: records at exactly the name.
+   records under ``/<prefix>/arpa/...`` with name hosts, always authoritative (our own data,
+   as the stock Corefile serves ``in-addr.arpa ip6.arpa`` with fallthrough); nothing held ->
+   Forward unless the reverse zone is one of ``settings.domains``. Forward names: records at
+   exactly the name.
 9. Zone apex: SOA ``ns.dns.<zone>. hostmaster.<zone>. <view.revision> 7200 1800 86400 <negative
    ttl>`` (TTL negative ttl); NS from the records under ``ns.dns.<zone>`` (an IP host names the
    server by its key, with glue) or ``ns.dns.<zone>.`` when none is stored; A/AAAA from
    ``apex.dns.<zone>`` when that name has records, else as any other name. SOA and NS elsewhere
    are NODATA. An apex is never NXDOMAIN, even in an empty zone.
 10. ``settings.pods == "insecure"``: ``a-b-c-d.<ns>.pod.<zone>`` (or the dashed IPv6 form) with
-    nothing stored answers A/AAAA parsed from the name (TTL ``settings.ttl``); any namespace.
+    nothing stored answers A/AAAA parsed from the name; any namespace. TTL ``settings.pods_ttl``
+    (30, kube2sky's record TTL: cluster answers share one TTL).
 11. Before the store's first load, names in our zones get SERVFAIL (not cacheable).
 12. Identical records are answered once; an RRset has one TTL (the smallest of its records).
     Address answers are not shuffled here (a pure function); the edge may rotate them.
+13. Kubernetes names win over SkyDNS aggregation in the zones kube2sky lays out. A zone is one
+    when it holds ``dns-version.<zone>`` (kube2sky always writes it; hand-written zones do
+    not, and keep rules 4-7 exactly, as the CoreDNS etcd plugin reads them). There:
+    13a. The apex, ``svc``, ``pod``, ``<ns>.svc``, ``<ns>.pod`` and a legacy namespace name
+         ``<ns>.<zone>`` (when ``<ns>.svc.<zone>`` exists) answer only records stored at exactly
+         their own key, never their subtree: such a name exists (NODATA with the SOA) but holds
+         no addresses, so a short name equal to a namespace falls through the search list.
+         ``svc`` and ``pod`` exist even when empty, ``<ns>.pod`` when ``<ns>.svc`` does.
+         (The apex still answers A/AAAA from ``apex.dns.<zone>``, rule 9.)
+    13b. A name that holds SRV data (a first label starting with ``_``, or any record with a
+         port) never answers with a CNAME: a caching resolver in front would serve SRV queries
+         from it. A/AAAA there are the in-zone addresses of its SRV targets (CoreDNS answers the
+         service's addresses). SRV answers only come from records with a port (MX from records
+         with ``mail``), and SRV at a service name ``<svc>.<ns>.svc.<zone>`` answers the SRV
+         records kube2sky keeps under ``_<proto>._<port>.<svc>...`` (one per named port, or per
+         endpoint and port for a headless service), glue in additional.
+    13c. A pure alias name (ExternalName, the legacy ``<svc>.<ns>.<zone>`` name) is a CNAME for
+         every type but CNAME/PTR/NS/SOA: the CNAME is sent followed by whatever its target has
+         for the type, and stays when the target has nothing (the spec: the CNAME exists).
+    13d. NS at the apex names one server, ``ns.dns.<zone>.`` (the SOA's MNAME), glued with the
+         addresses stored under that name.
+14. CNAME queries answer the alias stored at exactly the name first, whatever its target
+    (the CoreDNS etcd plugin's exact lookup: the target may lie below the name); without one,
+    the first alias of the subtree that does not point into the name itself (rule 6).
 """
 
 from __future__ import annotations
@@ -96,6 +122,8 @@ _AXFR, _IXFR = dns.rdatatype.AXFR, dns.rdatatype.IXFR
 _ADDRESS = {_A: msg.HostType.IPV4, _AAAA: msg.HostType.IPV6}
 _CHAOS_TEXT = {"hostname.bind.": "localhost", "id.server.": "localhost"}
 _CHAOS_VERSION = frozenset({"version.bind.", "version.server."})
+# Second-level labels of a kube2sky zone that hold namespaces (rule 13a).
+_KUBE_TOPS = frozenset({"svc", "pod"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -141,6 +169,7 @@ class _Zone:
     ns_path: tuple[str, ...]       # ns.dns.<zone>
     apex_path: tuple[str, ...]     # apex.dns.<zone>
     default_ns: dns.name.Name      # ns.dns.<zone>.
+    version_path: tuple[str, ...]  # dns-version.<zone>: kube2sky's mark (rule 13)
 
 
 @functools.lru_cache(maxsize=16)
@@ -159,6 +188,7 @@ def _zones(domains: tuple[str, ...]) -> tuple[_Zone, ...]:
             ns_path=path + ("dns", "ns"),
             apex_path=path + ("dns", "apex"),
             default_ns=dns.name.from_text("ns.dns." + msg.normalize(domain)),
+            version_path=path + ("dns-version",),
         ))
     zones.sort(key=lambda z: len(z.path), reverse=True)
     return tuple(zones)
@@ -288,7 +318,7 @@ def _skeleton(query: dns.message.Message, settings: settings_mod.Settings, aa: b
     (with the query's DO bit copied, RFC 3225)."""
     resp = dns.message.Message(id=query.id)
     flags = dns.flags.QR | (query.flags & dns.flags.RD)
-    if not settings.no_rec:
+    if _can_forward(settings):
         flags |= dns.flags.RA
     if aa:
         flags |= dns.flags.AA
@@ -300,6 +330,11 @@ def _skeleton(query: dns.message.Message, settings: settings_mod.Settings, aa: b
     if rcode:
         resp.set_rcode(rcode)
     return resp
+
+
+def _can_forward(settings: settings_mod.Settings) -> bool:
+    """Whether a name outside our zones can be forwarded at all (RA, rule 1)."""
+    return not settings.no_rec and bool(settings.nameservers or settings.stub_domains)
 
 
 def _answer(query: dns.message.Message, view: store.Store,
@@ -323,8 +358,9 @@ def _answer(query: dns.message.Message, view: store.Store,
         if qtype == _PTR and _complete_reverse(path) and view.loaded:
             records = _ptr_records(ctx, path, reverse=True)
             if records:
-                # Not one of our zones: AA off, as SkyDNS answered PTR (rule 1: AA only in our zones).
-                resp = _skeleton(query, settings)
+                # Our own records: authoritative, like the stock Corefile's reverse zones served
+                # by the kubernetes plugin with fallthrough (rule 8).
+                resp = _skeleton(query, settings, aa=True)
                 section = _Section(ctx.limit)
                 for rec in records:
                     target = _name(rec.host) if _kind(rec.host) is msg.HostType.NAME else None
@@ -405,19 +441,39 @@ def _in_zone(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, qtype:
         resp.answer = [rrset]
         return Reply(resp)
 
+    kube = _is_kube(ctx, zone)
+    own: list[msg.Service] = []  # CNAME queries: the aliases at exactly the name
     if qtype == _PTR:
         records = _ptr_records(ctx, path, reverse=_is_reverse_path(path))
+    elif qtype == _CNAME:
+        # rule 14: the record at exactly the name first (its target may lie below it)
+        records = ctx.view.find(path, exact=True, limit=ctx.limit)
+        own = [rec for rec in records if _kind(rec.host) is msg.HostType.NAME]
+        records = own or _records_for(ctx, path, zone, qtype)
     else:
         records = _records_for(ctx, path, zone, qtype)
     answer = _Section(ctx.limit)
     additional = _Section(ctx.limit)
     resolve: tuple[str, int] | None = None
     qtext = ".".join(reversed(path)) + "."
+    srv_name = kube and _holds_srv(path, records)
+    # rule 13c: an alias name of a kube2sky zone (ExternalName, legacy name) is a CNAME for
+    # every type, kept even when its target has nothing of that type
+    alias = (kube and not srv_name and qtype not in (_CNAME, _PTR, _NS, _SOA) and bool(records)
+             and _pure_alias(records))
 
-    if qtype in (_A, _AAAA, _TXT):
-        items, resolve = _chase(ctx, qname, qtext, records, qtype, frozenset((qtext,)), 0)
+    if alias:
+        items, resolve = _chase(ctx, qname, qtext, records, qtype, frozenset((qtext,)), 0, keep=True)
+        answer.extend(items)
+    elif srv_name and qtype in _ADDRESS:
+        answer.extend(_target_addresses(ctx, qname, records, qtype))
+    elif qtype in (_A, _AAAA, _TXT):
+        items, resolve = _chase(ctx, qname, qtext, records, qtype, frozenset((qtext,)), 0,
+                                aliases=not srv_name)
         answer.extend(items)
     elif qtype in (_SRV, _MX):
+        if kube:  # rule 13b: only SRV data (a port) makes SRV answers; mail makes MX answers
+            records = [rec for rec in records if (rec.port if qtype == _SRV else rec.mail)]
         _targets(ctx, qname, records, qtype, answer, additional)
     elif qtype == _PTR:
         for rec in records:
@@ -430,20 +486,26 @@ def _in_zone(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, qtype:
                 continue
             target = msg.normalize(rec.host)
             target_name = _name(target)
-            if target_name is not None and not _below(target, qtext):
+            if target_name is not None and (rec in own or not _below(target, qtext)):
                 answer.add(qname, _CNAME, rrs.ttl(rec, settings), rrs.cname(target_name))
                 break
-    elif qtype not in (_NS, _SOA) and records and _pure_alias(records):
+    elif qtype not in (_NS, _SOA) and records and _pure_alias(records) and not srv_name:
         items, resolve = _chase(ctx, qname, qtext, records, qtype, frozenset((qtext,)), 0)
         answer.extend(items)
 
     if not answer.count:
-        exists = apex or bool(records) or ctx.view.exists_path(path)
+        exists = (apex or bool(records) or ctx.view.exists_path(path)
+                  or (kube and _always_exists(ctx, path, zone)))
         return _negative(ctx, query, zone, exists)
     resp = _skeleton(query, settings, aa=True)
     resp.answer = answer.rrsets()
     resp.additional = additional.rrsets()
     if resolve is not None:
+        if alias:
+            # rule 13c: the CNAME exists whatever the target has; nothing more to add
+            fallback = _skeleton(query, settings, aa=True)
+            fallback.answer = answer.rrsets()
+            return Resolve(resp, resolve[0], resolve[1], fallback)
         # What to send when the forwarders have nothing for the target: the answer without
         # chains that leave our zones (SkyDNS and CoreDNS drop such a CNAME), else NODATA.
         items, _ = _chase(ctx, qname, qtext, records, qtype, frozenset((qtext,)), 0, external=False)
@@ -458,19 +520,100 @@ def _in_zone(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, qtype:
     return Reply(resp)
 
 
+def _is_kube(ctx: _Ctx, zone: _Zone) -> bool:
+    """Whether kube2sky lays out this zone: it holds ``dns-version.<zone>`` (rule 13)."""
+    return ctx.view.exists_path(zone.version_path)
+
+
+def _structural(ctx: _Ctx, path: tuple[str, ...], zone: _Zone) -> bool:
+    """A name above the services of a kube2sky zone (rule 13a): the apex, ``svc``, ``pod``,
+    ``<ns>.svc``, ``<ns>.pod`` and a legacy namespace name ``<ns>`` (when ``<ns>.svc`` exists)."""
+    rel = path[len(zone.path):]
+    if len(rel) == 0:
+        return True
+    if rel[0] in _KUBE_TOPS and len(rel) <= 2:
+        return True
+    return len(rel) == 1 and ctx.view.exists_path(zone.path + ("svc", rel[0]))
+
+
+def _always_exists(ctx: _Ctx, path: tuple[str, ...], zone: _Zone) -> bool:
+    """``svc.<zone>`` and ``pod.<zone>`` exist in a kube2sky zone even when empty, and so does
+    ``<ns>.pod.<zone>`` for a namespace that has services (rule 13a, the spec and CoreDNS)."""
+    rel = path[len(zone.path):]
+    if len(rel) == 1:
+        return rel[0] in _KUBE_TOPS
+    return len(rel) == 2 and rel[0] == "pod" and ctx.view.exists_path(zone.path + ("svc", rel[1]))
+
+
+def _holds_srv(path: tuple[str, ...], records: list[msg.Service]) -> bool:
+    """Whether a name holds SRV data: a ``_`` first label or any record with a port (rule 13b)."""
+    if path and path[-1][:1] == "_":
+        return True
+    return any(rec.port for rec in records)
+
+
+def _service_srv(ctx: _Ctx, path: tuple[str, ...]) -> list[msg.Service]:
+    """The SRV records of a service name: those kube2sky keeps under ``_<proto>/_<port>``."""
+    view = ctx.view
+    found: list[msg.Service] = []
+    for proto in view.children(path):
+        if proto[:1] != "_":
+            continue
+        for port in view.children(path + (proto,)):
+            if port[:1] == "_":
+                found.extend(rec for rec in view.find(path + (proto, port), limit=ctx.limit) if rec.port)
+    return found[:ctx.limit]
+
+
+def _target_addresses(ctx: _Ctx, owner: dns.name.Name, records: list[msg.Service],
+                      qtype: int) -> list[_RR]:
+    """A/AAAA of an SRV name: the in-zone addresses of its targets, owned by the name itself,
+    never a CNAME (rule 13b)."""
+    want = _ADDRESS[qtype]
+    out: list[_RR] = []
+    settings = ctx.settings
+    for rec in records:
+        kind = _kind(rec.host)
+        if kind is want:
+            out.append((owner, qtype, rrs.ttl(rec, settings), _address(rec.host, qtype)))
+            continue
+        if kind is not msg.HostType.NAME:
+            continue
+        target = msg.normalize(rec.host)
+        target_path = _text_path(target)
+        target_name = _name(target)
+        if target_path is None or target_name is None:
+            continue
+        zone = _zone_of(target_path, ctx.zones)
+        if zone is None:
+            continue
+        items, _ = _chase(ctx, target_name, target, _records_for(ctx, target_path, zone, qtype), qtype,
+                          frozenset((target,)), 0, external=False)
+        out.extend((owner, rdtype, ttl, rdata) for _, rdtype, ttl, rdata in items if rdtype == qtype)
+    return out
+
+
 def _records_for(ctx: _Ctx, path: tuple[str, ...], zone: _Zone, qtype: int) -> list[msg.Service]:
-    """The records a name in ``zone`` answers with, with the apex and pod rules applied."""
+    """The records a name in ``zone`` answers with, with the apex, kube2sky and pod rules applied."""
     view = ctx.view
     if qtype in _ADDRESS and len(path) == len(zone.path):
         apex = view.find(zone.apex_path, limit=ctx.limit)
         if apex:
             return apex
+    if _is_kube(ctx, zone):
+        if _structural(ctx, path, zone):
+            return view.find(path, exact=True, limit=ctx.limit)
+        rel = path[len(zone.path):]
+        if qtype == _SRV and len(rel) == 3 and rel[0] == "svc":
+            srv = _service_srv(ctx, path)
+            if srv:
+                return srv
     records = view.find(path, limit=ctx.limit)
     if (not records and ctx.settings.pods == "insecure" and len(path) == len(zone.path) + 3
             and path[len(zone.path)] == "pod" and not view.exists_path(path)):
         ip = _dashed_ip(path[-1])
         if ip is not None:
-            return [msg.Service(host=ip, ttl=ctx.settings.ttl, key=msg.name_to_key(
+            return [msg.Service(host=ip, ttl=ctx.settings.pods_ttl or ctx.settings.ttl, key=msg.name_to_key(
                 ".".join(reversed(path)) + ".", view.prefix))]
     return records
 
@@ -503,12 +646,14 @@ def _pure_alias(records: list[msg.Service]) -> bool:
 
 
 def _chase(ctx: _Ctx, owner: dns.name.Name, owner_text: str, records: list[msg.Service],
-           qtype: int, seen: frozenset[str], depth: int,
-           external: bool = True) -> tuple[list[_RR], tuple[str, int] | None]:
+           qtype: int, seen: frozenset[str], depth: int, external: bool = True,
+           aliases: bool = True, keep: bool = False) -> tuple[list[_RR], tuple[str, int] | None]:
     """Answer RRs for ``owner``: direct records of ``qtype`` plus CNAME chains (rule 5).
 
     Returns the RRs (CNAMEs before what they lead to) and the first out-of-zone target.
-    With ``external`` false, chains leaving our zones count as ending in nothing.
+    With ``external`` false, chains leaving our zones count as ending in nothing; with
+    ``aliases`` false no CNAME is made at all (an SRV name, rule 13b); with ``keep`` a CNAME
+    stays even when its target has nothing of the type (an alias name, rule 13c).
     """
     settings = ctx.settings
     want = _ADDRESS.get(qtype)
@@ -523,7 +668,7 @@ def _chase(ctx: _Ctx, owner: dns.name.Name, owner_text: str, records: list[msg.S
         if want is not None and kind is want:
             out.append((owner, qtype, rrs.ttl(rec, settings), _address(rec.host, qtype)))
             continue
-        if kind is not msg.HostType.NAME or linked:
+        if kind is not msg.HostType.NAME or linked or not aliases:
             continue
         target = msg.normalize(rec.host)
         if _below(target, owner_text) or target in seen or depth >= MAX_CHAIN:
@@ -541,8 +686,8 @@ def _chase(ctx: _Ctx, owner: dns.name.Name, owner_text: str, records: list[msg.S
             continue
         next_records = _records_for(ctx, target_path, zone, qtype)
         sub, sub_resolve = _chase(ctx, target_name, target, next_records, qtype, seen | {target},
-                                  depth + 1, external)
-        if sub:
+                                  depth + 1, external, keep=keep)
+        if sub or keep:
             out.append(link)
             out.extend(sub)
             resolve, linked = sub_resolve, True
@@ -622,7 +767,19 @@ def _ns(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, zone: _Zone
     answer = _Section(ctx.limit)
     additional = _Section(ctx.limit)
     glued: set[str] = set()
-    for rec in ctx.view.find(zone.ns_path, limit=ctx.limit):
+    records = ctx.view.find(zone.ns_path, limit=ctx.limit)
+    if _is_kube(ctx, zone):
+        # rule 13d: one server, ns.dns.<zone>. (the SOA's MNAME), glued with every address
+        # stored under that name, however kube2sky named its leaves
+        ttl = min((rrs.ttl(rec, settings) for rec in records), default=settings.ttl)
+        answer.add(qname, _NS, ttl, rrs.ns(zone.default_ns))
+        for rec in records:
+            kind = _kind(rec.host)
+            if kind in (msg.HostType.IPV4, msg.HostType.IPV6):
+                rdtype = _A if kind is msg.HostType.IPV4 else _AAAA
+                additional.add(zone.default_ns, rdtype, rrs.ttl(rec, settings), _address(rec.host, rdtype))
+        records = []
+    for rec in records:
         kind = _kind(rec.host)
         if kind is msg.HostType.NONE:
             continue

@@ -353,6 +353,9 @@ _FROM_RESOLV = "from /etc/resolv.conf"
 @click.option("--pods", "pods", type=click.Choice(["disabled", "insecure"]), default=_DEFAULTS.pods,
               show_envvar=True, help="a-b-c-d.<ns>.pod.<zone> names: only from etcd (disabled) or "
                                      "answered from the name (insecure).")
+@click.option("--pods-ttl", "pods_ttl", type=click.IntRange(0, 2**31 - 1), default=_DEFAULTS.pods_ttl,
+              show_envvar=True, help="TTL of pod names answered from the name (--pods=insecure), seconds "
+                                     "(kube2sky's record TTL, so cluster answers share one TTL).")
 @click.option("--hostmaster", "hostmaster", default=_DEFAULTS.hostmaster, show_envvar=True,
               help="SOA mailbox (hostmaster@example.com or a name); empty: hostmaster.<zone>.")
 @click.option("--edns-payload", "edns_payload", type=click.IntRange(512, 65535), default=_DEFAULTS.edns_payload,

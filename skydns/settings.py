@@ -64,6 +64,9 @@ class Settings:
     # Pod records a-b-c-d.<ns>.pod.<zone>: "disabled" (served only if in etcd) or "insecure"
     # (answered by parsing the name).
     pods: str = "disabled"
+    # TTL of those generated pod answers, seconds: kube2sky's record TTL (one TTL for cluster
+    # answers; CoreDNS's stock Corefile: ttl 30).
+    pods_ttl: int = 30
     # Answer ANY queries minimally (RFC 8482) instead of REFUSED.
     any_minimal: bool = True
     # HTTP server for /metrics, /health and /ready; empty host means all addresses.

@@ -251,6 +251,15 @@ class Store:
             del found[limit:]
         return found
 
+    def children(self, segments: tuple[str, ...]) -> list[str]:
+        """The labels directly below a path (no wildcards), in key order, ``_`` ones included."""
+        node: _Node | None = self._root
+        for seg in segments:
+            node = node.children.get(seg)  # type: ignore[union-attr]
+            if node is None:
+                return []
+        return sorted(node.children)  # type: ignore[union-attr]
+
     def exists_path(self, segments: tuple[str, ...]) -> bool:
         """exists() by path segments; with wildcards, any matching name counts."""
         for _ in self._matches(segments):

@@ -4,7 +4,8 @@ Rules:
 1. No packet can kill the server. ``Handler.handle`` catches every exception, counts it in
    skydns_panics_total, logs it (rate-limited) and answers SERVFAIL when the header is readable.
 2. Dropped without an answer: packets shorter than a DNS header (12 bytes) and responses
-   (QR=1), so two servers can never ping-pong. Anything else unreadable gets FORMERR.
+   (QR=1), so two servers can never ping-pong. An opcode other than QUERY gets NOTIMP (header
+   only); anything else unreadable gets FORMERR.
 3. The hot path (DESIGN section 5): ``wire.parse`` -> cache of encoded answers -> ``wire.patch``.
    dnspython parses and renders only on a miss or for unusual messages. The cache
    (``anscache``) records what each answer read from the store and drops exactly the answers a
@@ -294,6 +295,12 @@ class Handler:
 
     def _slow(self, data: bytes, parsed: wire.Query | None, key: tuple | None, limit: int,
               proto: str, family: str, start: float) -> bytes | None | Awaitable[bytes | None]:
+        if data[2] & 0x78:
+            # an opcode other than QUERY (UPDATE, NOTIFY, ...): not implemented, whatever its
+            # sections hold (an UPDATE's zone section need not parse as a question)
+            out = error_reply(data, dns.rcode.NOTIMP)
+            self._count(".", proto, family, 0, len(data), out, start)
+            return out
         try:
             query = dns.message.from_wire(data)
         except Exception as exc:  # noqa: BLE001 - any parse failure is the client's

@@ -336,9 +336,10 @@ ROWS = [
     Row("soa-second-zone", "cluster.local.", "SOA", answer=(SOA_C,)),
     Row("ns-readme", "skydns.local.", "NS", answer=("skydns.local. 300 IN NS ns.dns.skydns.local.",),
         additional=("ns.dns.skydns.local. 300 IN A 172.16.0.1",)),
+    # a kube2sky zone (it has dns-version): one NS, the SOA's MNAME, glued with both addresses
     Row("ns-two", "cluster.local.", "NS",
-        answer=("cluster.local. 60 IN NS ns1.ns.dns.cluster.local.", "cluster.local. 60 IN NS ns2.ns.dns.cluster.local."),
-        additional=("ns1.ns.dns.cluster.local. 60 IN A 10.0.0.53", "ns2.ns.dns.cluster.local. 60 IN AAAA fd00::53")),
+        answer=("cluster.local. 60 IN NS ns.dns.cluster.local.",),
+        additional=("ns.dns.cluster.local. 60 IN A 10.0.0.53", "ns.dns.cluster.local. 60 IN AAAA fd00::53")),
     Row("ns-name-a", "ns.dns.skydns.local.", "A", answer=("ns.dns.skydns.local. 300 IN A 172.16.0.1",)),
     Row("apex-a", "cluster.local.", "A", answer=("cluster.local. 300 IN A 10.0.0.10",)),
     Row("apex-aaaa", "cluster.local.", "AAAA", answer=("cluster.local. 300 IN AAAA fd00::10",)),
@@ -357,8 +358,9 @@ ROWS = [
     Row("k2s-dns-version", "dns-version.cluster.local.", "TXT",
         answer=('dns-version.cluster.local. 28800 IN TXT "1.1.0"',)),
     # PTR from /skydns/arpa: not one of our zones -> AA off (SkyDNS README; discrepancy D3)
-    Row("ptr-v4", R125, "PTR", answer=(f"{R125} 300 IN PTR service1.example.com.",), flags="ra"),
-    Row("ptr-v6", V6_REV_NAME, "PTR", answer=(f"{V6_REV_NAME} 300 IN PTR {R6}",), flags="ra"),
+    # our own PTR records: authoritative (the stock Corefile's in-addr.arpa with fallthrough)
+    Row("ptr-v4", R125, "PTR", answer=(f"{R125} 300 IN PTR service1.example.com.",), flags="aa ra"),
+    Row("ptr-v6", V6_REV_NAME, "PTR", answer=(f"{V6_REV_NAME} 300 IN PTR {R6}",), flags="aa ra"),
     Row("ptr-forwarded", "4.3.2.1.in-addr.arpa.", "PTR",
         answer=(f"4.3.2.1.in-addr.arpa. ~{UPSTREAM_TTL} IN PTR fwd.example.net.",), flags="ra"),
     # names outside our zones are forwarded, the upstream's reply relayed

@@ -115,7 +115,9 @@ RECORDS: dict[str, str] = {
 
 REVISION = 42
 VIEW = store.Store.from_records(RECORDS, revision=REVISION)
-SETTINGS = settings_mod.Settings(domains=("cluster.local.", "skydns.local."))
+# An upstream is configured (RA is set only when forwarding is possible); nothing is sent to it.
+SETTINGS = settings_mod.Settings(domains=("cluster.local.", "skydns.local."),
+                                 nameservers=(settings_mod.Upstream("192.0.2.53"),))
 
 SOA_CLUSTER = ("cluster.local. 30 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. "
                f"{REVISION} 7200 1800 86400 30")

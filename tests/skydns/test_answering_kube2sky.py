@@ -54,7 +54,8 @@ def _view() -> store.Store:
 VIEW = _view()
 SETTINGS = data.with_settings(domains=("cluster.local.",))
 SOA = "cluster.local. 30 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 100 7200 1800 86400 30"
-NS_NAME = msg.leaf_label('{"host":"10.0.0.53","priority":10,"weight":10,"ttl":30}') + ".ns.dns.cluster.local."
+# rule 13d: the NS target is the SOA's MNAME, not a name made from kube2sky's hash leaf
+NS_NAME = "ns.dns.cluster.local."
 
 CASES = [
     Case("myservice.default.svc.cluster.local.", "A", id="clusterip",
@@ -83,9 +84,9 @@ CASES = [
     Case("dns-version.cluster.local.", "TXT", id="dns-version",
          answer=('dns-version.cluster.local. 30 IN TXT "1.1.0"',)),
     Case("10.0.0.10.in-addr.arpa.", "PTR", id="ptr-clusterip",
-         answer=("10.0.0.10.in-addr.arpa. 30 IN PTR myservice.default.svc.cluster.local.",), flags="ra"),
+         answer=("10.0.0.10.in-addr.arpa. 30 IN PTR myservice.default.svc.cluster.local.",), flags="aa ra"),
     Case("2.0.1.10.in-addr.arpa.", "PTR", id="ptr-endpoint",
-         answer=("2.0.1.10.in-addr.arpa. 30 IN PTR 10-1-0-2.db.default.svc.cluster.local.",), flags="ra"),
+         answer=("2.0.1.10.in-addr.arpa. 30 IN PTR 10-1-0-2.db.default.svc.cluster.local.",), flags="aa ra"),
     Case("cluster.local.", "NS", id="ns", answer=(f"cluster.local. 30 IN NS {NS_NAME}",),
          additional=(f"{NS_NAME} 30 IN A 10.0.0.53",)),
     Case("ns.dns.cluster.local.", "A", id="ns-address", answer=("ns.dns.cluster.local. 30 IN A 10.0.0.53",)),

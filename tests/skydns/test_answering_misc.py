@@ -9,7 +9,7 @@ import dns.opcode
 import dns.rcode
 import pytest
 
-from skydns import answering
+from skydns import answering, settings as settings_mod, store
 from tests import dnscase
 from tests.dnscase import Case, ids
 from tests.skydns import answering_data as data
@@ -24,11 +24,11 @@ CASES = [
     Case("Cluster.Local.", "SOA", id="apex-soa-query-case",
          answer=(SOA_ANSWER.replace("cluster.local. 30", "Cluster.Local. 30", 1),)),
     Case("skydns.local.", "SOA", id="apex-soa-second-zone", answer=(SOA_SKYDNS,)),
+    # rule 13d: a kube2sky zone names one server, the SOA's MNAME, glued with its addresses
     Case("cluster.local.", "NS", id="apex-ns-from-ns-dns",
-         answer=("cluster.local. 60 IN NS ns1.ns.dns.cluster.local.",
-                 "cluster.local. 60 IN NS ns2.ns.dns.cluster.local."),
-         additional=("ns1.ns.dns.cluster.local. 60 IN A 10.0.0.53",
-                     "ns2.ns.dns.cluster.local. 60 IN AAAA fd00::53")),
+         answer=("cluster.local. 60 IN NS ns.dns.cluster.local.",),
+         additional=("ns.dns.cluster.local. 60 IN A 10.0.0.53",
+                     "ns.dns.cluster.local. 60 IN AAAA fd00::53")),
     Case("skydns.local.", "NS", id="apex-ns-without-records",
          answer=("skydns.local. 300 IN NS ns.dns.skydns.local.",)),
     # TXT
@@ -177,3 +177,57 @@ def test_dnscase_ttl_is_compared_unless_told():
                                          answer=("myservice.default.svc.cluster.local. 31 IN A 10.0.0.10",)))
     dnscase.assert_reply(reply, Case("myservice.default.svc.cluster.local.", "A", check_ttl=False,
                                      answer=("myservice.default.svc.cluster.local. 0 IN A 10.0.0.10",)))
+
+
+def test_internal_error_hands_the_exception_to_the_edge(monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(answering, "_in_zone", boom)
+    result = _reply(dnscase.make_query(Case("myservice.default.svc.cluster.local.", "A")))
+    assert isinstance(result.failure, RuntimeError)  # counted as a panic by the transport
+
+
+# Issue 10 point 7 and rule 13: behaviour with and without kube2sky's layout, in one small store.
+K8S_AND_HAND = store.Store.from_records({
+    "/skydns/local/cluster/dns-version/v": '{"text":"1.1.0","ttl":30}',
+    "/skydns/local/cluster/svc/ns1/web/w": '{"host":"10.0.0.20","ttl":30}',
+    # hand-written zone: no dns-version, SkyDNS aggregation everywhere (CoreDNS etcd plugin)
+    "/skydns/local/hand/region2": '{"host":"mainendpoint.region2.hand.local."}',
+    "/skydns/local/hand/region2/mainendpoint": '{"host":"10.240.0.1"}',
+    "/skydns/local/hand/a/x": '{"host":"10.1.0.1"}',
+    "/skydns/local/hand/svc/ns1/web/w": '{"host":"10.1.0.2"}',
+}, revision=7)
+SOA_C7 = "cluster.local. 30 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 7 7200 1800 86400 30"
+SOA_H7 = "hand.local. 30 IN SOA ns.dns.hand.local. hostmaster.hand.local. 7 7200 1800 86400 30"
+LAYOUT_CASES = [
+    Case("cluster.local.", "A", id="k8s-apex-no-addresses-nodata", authority=(SOA_C7,)),
+    Case("ns1.svc.cluster.local.", "A", id="k8s-namespace-nodata", authority=(SOA_C7,)),
+    Case("ns1.pod.cluster.local.", "A", id="k8s-pod-namespace-of-existing-ns-nodata", authority=(SOA_C7,)),
+    Case("ns2.pod.cluster.local.", "A", id="k8s-pod-namespace-unknown-nxdomain", rcode="NXDOMAIN",
+         authority=(SOA_C7,)),
+    Case("hand.local.", "A", id="hand-apex-aggregates-subtree",
+         answer=("hand.local. 300 IN A 10.1.0.1", "hand.local. 300 IN A 10.1.0.2",
+                 "hand.local. 300 IN A 10.240.0.1")),
+    Case("ns1.svc.hand.local.", "A", id="hand-svc-label-is-just-a-label",
+         answer=("ns1.svc.hand.local. 300 IN A 10.1.0.2",)),
+    # the CoreDNS etcd plugin's exact CNAME lookup: the own key's alias, though it points below
+    Case("region2.hand.local.", "CNAME", id="cname-own-key-alias-below-the-name",
+         answer=("region2.hand.local. 300 IN CNAME mainendpoint.region2.hand.local.",)),
+]
+
+
+@pytest.mark.parametrize("case", LAYOUT_CASES, ids=ids(LAYOUT_CASES))
+def test_kubernetes_layout_only_where_kube2sky_writes(case):
+    data.check(case, view=K8S_AND_HAND, settings=data.with_settings(domains=("cluster.local.", "hand.local.")))
+
+
+@pytest.mark.parametrize("changes, ra", [
+    ({}, True),
+    ({"no_rec": True}, False),
+    ({"nameservers": (), "stub_domains": ()}, False),
+    ({"nameservers": (), "stub_domains": (("corp.", (settings_mod.Upstream("192.0.2.1"),)),)}, True),
+], ids=["upstream", "no-rec", "no-upstream", "stub-only"])
+def test_ra_only_when_forwarding_is_possible(changes, ra):
+    query = dnscase.make_query(Case("myservice.default.svc.cluster.local.", "A"))
+    result = answering.answer(query, data.VIEW, data.with_settings(**changes))
+    assert bool(result.message.flags & dns.flags.RA) is ra

@@ -13,12 +13,12 @@ R_DB0 = msg.ip_to_reverse_name("10.1.0.1")
 R_V6 = msg.ip_to_reverse_name("fd00::10")
 
 CASES = [
-    # reverse zones that are not ours: AA off, as SkyDNS (its README: "sent with the AA bit off")
-    Case(R10, "PTR", id="clusterip-ptr", flags="ra",
+    # our own PTR records are authoritative, also outside our zones (rule 8: the stock Corefile)
+    Case(R10, "PTR", id="clusterip-ptr", flags="aa ra",
          answer=(f"{R10} 30 IN PTR myservice.default.svc.cluster.local.",)),
-    Case(R_DB0, "PTR", id="endpoint-ptr", flags="ra", answer=(f"{R_DB0} 30 IN PTR db-0.db.default.svc.cluster.local.",)),
-    Case(R_V6, "PTR", id="ip6-ptr", flags="ra", answer=(f"{R_V6} 30 IN PTR v6.default.svc.cluster.local.",)),
-    Case(R_V6.upper(), "PTR", id="ip6-ptr-query-case", flags="ra", answer=(f"{R_V6.upper()} 30 IN PTR v6.default.svc.cluster.local.",)),
+    Case(R_DB0, "PTR", id="endpoint-ptr", flags="aa ra", answer=(f"{R_DB0} 30 IN PTR db-0.db.default.svc.cluster.local.",)),
+    Case(R_V6, "PTR", id="ip6-ptr", flags="aa ra", answer=(f"{R_V6} 30 IN PTR v6.default.svc.cluster.local.",)),
+    Case(R_V6.upper(), "PTR", id="ip6-ptr-query-case", flags="aa ra", answer=(f"{R_V6.upper()} 30 IN PTR v6.default.svc.cluster.local.",)),
     Case(msg.ip_to_reverse_name("10.0.0.99"), "PTR", id="unknown-address-forwarded", kind="forward"),
     Case("0.10.in-addr.arpa.", "PTR", id="partial-reverse-name-forwarded", kind="forward"),
     Case(R10, "A", id="reverse-name-other-type-forwarded", kind="forward"),
@@ -52,5 +52,5 @@ def test_hand_written_ptr_leaf_at_address_key():
     view = data.store.Store.from_records({
         "/skydns/arpa/in-addr/10/0/1/125": '{"host":"reverse.skydns.local."}',
     })
-    data.check(Case("125.1.0.10.in-addr.arpa.", "PTR", flags="ra",
+    data.check(Case("125.1.0.10.in-addr.arpa.", "PTR", flags="aa ra",
                     answer=("125.1.0.10.in-addr.arpa. 300 IN PTR reverse.skydns.local.",)), view)

@@ -140,7 +140,7 @@ TABLE = [
     (Case("txt.skydns.test.", "TXT", id="txt-directory",
           answer=('txt.skydns.test. 3600 IN TXT "abc abc"', 'txt.skydns.test. 3600 IN TXT "abc"')), None),
     (Case("1.0.0.10.in-addr.arpa.", "PTR", id="reverse-v4",
-          answer=("1.0.0.10.in-addr.arpa. 3600 IN PTR reverse.example.com.",), flags="ra"), None),
+          answer=("1.0.0.10.in-addr.arpa. 3600 IN PTR reverse.example.com.",), flags="aa ra"), None),
     (Case("skydns.test.", "HINFO", id="hinfo-apex-nodata", authority=(SOA,)), None),
     (Case("bar.skydns.test.", "A", id="one-ip-two-ports-a", kind="resolve", resolve=("bar.skydns.local.", "A"),
           answer=("bar.skydns.test. 3600 IN A 192.168.0.1", "bar.skydns.test. 3600 IN CNAME bar.skydns.local.")),

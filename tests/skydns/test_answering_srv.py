@@ -23,11 +23,15 @@ SRV_CASES = [
          answer=tuple(f"_pg._tcp.db.default.svc.cluster.local. 30 IN SRV 10 33 5432 {ep}.db.default.svc.cluster.local."
                       for ep in data.DB),
          additional=tuple(f"{ep}.db.default.svc.cluster.local. 30 IN A {ip}" for ep, ip in data.DB.items())),
-    # An IP host gets a target named from its key, with glue for that name.
-    Case("myservice.default.svc.cluster.local.", "SRV", id="ip-host-target-from-key",
-         answer=("myservice.default.svc.cluster.local. 30 IN SRV 10 100 0 "
-                 "5f106532.myservice.default.svc.cluster.local.",),
-         additional=("5f106532.myservice.default.svc.cluster.local. 30 IN A 10.0.0.10",)),
+    # rule 13b: SRV at a service name: one per named port, the service as target, glue
+    Case("myservice.default.svc.cluster.local.", "SRV", id="service-name-srv-per-named-port",
+         answer=("myservice.default.svc.cluster.local. 30 IN SRV 10 100 80 myservice.default.svc.cluster.local.",),
+         additional=("myservice.default.svc.cluster.local. 30 IN A 10.0.0.10",)),
+    Case("db.default.svc.cluster.local.", "SRV", id="headless-service-name-srv-per-endpoint",
+         answer=tuple(f"db.default.svc.cluster.local. 30 IN SRV 10 33 5432 {ep}.db.default.svc.cluster.local."
+                      for ep in data.DB),
+         additional=tuple(f"{ep}.db.default.svc.cluster.local. 30 IN A {ip}" for ep, ip in data.DB.items())),
+    Case("db-0.db.default.svc.cluster.local.", "SRV", id="endpoint-name-srv-nodata", authority=(SOA_CLUSTER,)),
     Case("weights.skydns.local.", "SRV", id="weights-per-priority",
          answer=("weights.skydns.local. 300 IN SRV 10 7 80 a.weights.skydns.local.",
                  "weights.skydns.local. 300 IN SRV 10 15 80 b.weights.skydns.local.",
@@ -46,9 +50,8 @@ SRV_CASES = [
          answer=("_http._tcp.legacy.default.svc.cluster.local. 30 IN SRV 10 100 8080 "
                  "myservice.default.cluster.local.",),
          additional=("myservice.default.cluster.local. 30 IN A 10.0.0.10",)),
-    Case("v6.default.svc.cluster.local.", "SRV", id="aaaa-glue",
-         answer=(f"v6.default.svc.cluster.local. 30 IN SRV 10 100 0 {data.leaf(data.V6)}.v6.default.svc.cluster.local.",),
-         additional=(f"{data.leaf(data.V6)}.v6.default.svc.cluster.local. 30 IN AAAA fd00::10",)),
+    Case("v6.default.svc.cluster.local.", "SRV", id="service-without-named-port-nodata",
+         authority=(SOA_CLUSTER,)),
     Case("nohost.skydns.local.", "SRV", id="record-without-host-nodata", authority=(SOA_SKYDNS,)),
     Case("_dns._udp.myservice.default.svc.cluster.local.", "SRV", id="unknown-port-nxdomain",
          rcode="NXDOMAIN", authority=(SOA_CLUSTER,)),

@@ -277,6 +277,9 @@ GARBAGE = [
     ("huge query", _header(ar=1) + b"\x00\x00\x01\x00\x01" + b"\x00\x00\x29\x10\x00\x00\x00\x00\x00\xff\xe3"
      + b"\x00" * 65507, "any"),
     ("answering raises", dns.message.make_query("boom.cluster.local.", "A", id=0x4242).to_wire(), dns.rcode.SERVFAIL),
+    # dig +opcode=update: a question-shaped UPDATE (its zone section is not an SOA question)
+    ("opcode update", _header(flags=0x2900) + b"\x03web\x07cluster\x05local\x00\x00\x01\x00\x01",
+     dns.rcode.NOTIMP),
 ]
 
 
