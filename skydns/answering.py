@@ -118,12 +118,15 @@ _CH = dns.rdataclass.CH
 _A, _AAAA, _CNAME = dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.CNAME
 _SRV, _MX, _TXT, _PTR = dns.rdatatype.SRV, dns.rdatatype.MX, dns.rdatatype.TXT, dns.rdatatype.PTR
 _NS, _SOA, _ANY = dns.rdatatype.NS, dns.rdatatype.SOA, dns.rdatatype.ANY
+_HINFO = dns.rdatatype.HINFO
 _AXFR, _IXFR = dns.rdatatype.AXFR, dns.rdatatype.IXFR
 _ADDRESS = {_A: msg.HostType.IPV4, _AAAA: msg.HostType.IPV6}
 _CHAOS_TEXT = {"hostname.bind.": "localhost", "id.server.": "localhost"}
 _CHAOS_VERSION = frozenset({"version.bind.", "version.server."})
 # Second-level labels of a kube2sky zone that hold namespaces (rule 13a).
 _KUBE_TOPS = frozenset({"svc", "pod"})
+_NOERROR, _NXDOMAIN, _SERVFAIL, _REFUSED = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN, dns.rcode.SERVFAIL,
+                                            dns.rcode.REFUSED)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -160,15 +163,89 @@ class Resolve:
     fallback: dns.message.Message | None = None
 
 
+# -- plans: an answer as plain values, before any dnspython object or wire byte ---------------
+
+class Section:
+    """Ordered RRsets of one section, as plain values, with de-duplication and an RR cap.
+
+    An RRset is ``[display, owner, rdtype, ttl, rdatas]``: ``owner`` the lower-case name text,
+    ``display`` None when the owner is the query name (it keeps the query's spelling) else the
+    owner text; ``ttl`` the smallest TTL added (also by duplicates, as dnspython counts it);
+    ``rdatas`` plain rdata values in the order added (see ``rdata_of``). Equal names compare
+    equal whatever their letter case, as in DNS.
+    """
+
+    __slots__ = ("sets", "count", "limit", "_seen")
+
+    def __init__(self, limit: int) -> None:
+        self.sets: dict[tuple[str, int], list] = {}
+        self._seen: dict[tuple[str, int], set] = {}
+        self.count = 0
+        self.limit = limit
+
+    def add(self, owner: str | None, qtext: str, rdtype: int, ttl: int, rdata: object) -> None:
+        """Add one record; ``owner`` None is the query name, whose lower-case text is ``qtext``."""
+        if self.count >= self.limit:
+            return
+        key = (qtext if owner is None else owner, rdtype)
+        rrset = self.sets.get(key)
+        if rrset is None:
+            self.sets[key] = [owner, key[0], rdtype, ttl, [rdata]]
+            self._seen[key] = {rdata}
+            self.count += 1
+            return
+        if ttl < rrset[3]:
+            rrset[3] = ttl
+        seen = self._seen[key]
+        if rdata not in seen:
+            seen.add(rdata)
+            rrset[4].append(rdata)
+            self.count += 1
+
+    def extend(self, items: list[tuple], qtext: str) -> None:
+        for owner, rdtype, ttl, rdata in items:
+            self.add(owner, qtext, rdtype, ttl, rdata)
+
+    def rrsets(self) -> list[list]:
+        return list(self.sets.values())
+
+
+@dataclasses.dataclass(slots=True)
+class Plan:
+    """A reply from our zones as plain values: what both renderers (dnspython for the reference
+    path, ``encode`` for the fast path) turn into a message for one query."""
+
+    rcode: int = _NOERROR
+    aa: bool = True
+    answer: list = dataclasses.field(default_factory=list)
+    authority: list = dataclasses.field(default_factory=list)
+    additional: list = dataclasses.field(default_factory=list)
+    cacheable: bool = True
+
+
+@dataclasses.dataclass(slots=True)
+class ResolvePlan:
+    """An answer whose CNAME chain leaves our zones: ``plan`` plus the forwarders' answer for
+    (name, rdtype), or ``fallback`` when they have nothing."""
+
+    plan: Plan
+    name: str
+    rdtype: int
+    fallback: Plan
+
+
+FORWARD = "forward"  # the plan of a name that is not ours
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Zone:
     """A served zone, precomputed once per Settings."""
 
-    name: dns.name.Name
+    name: str                      # lower-case, fully qualified
     path: tuple[str, ...]          # key segments below the prefix ("local", "cluster")
     ns_path: tuple[str, ...]       # ns.dns.<zone>
     apex_path: tuple[str, ...]     # apex.dns.<zone>
-    default_ns: dns.name.Name      # ns.dns.<zone>.
+    default_ns: str                # ns.dns.<zone>.
     version_path: tuple[str, ...]  # dns-version.<zone>: kube2sky's mark (rule 13)
 
 
@@ -182,12 +259,13 @@ def _zones(domains: tuple[str, ...]) -> tuple[_Zone, ...]:
             logger.error("ignoring bad zone %r", domain)
             continue
         path = tuple(reversed(labels))
+        name = msg.normalize(domain)
         zones.append(_Zone(
-            name=dns.name.from_text(msg.normalize(domain)),
+            name=name,
             path=path,
             ns_path=path + ("dns", "ns"),
             apex_path=path + ("dns", "apex"),
-            default_ns=dns.name.from_text("ns.dns." + msg.normalize(domain)),
+            default_ns="ns.dns." + name if name != "." else "ns.dns.",
             version_path=path + ("dns-version",),
         ))
     zones.sort(key=lambda z: len(z.path), reverse=True)
@@ -216,19 +294,26 @@ def _text_path(text: str) -> tuple[str, ...] | None:
         return None
 
 
-# Memoised builders: records are immutable and so are dnspython names and rdata, so a miss
-# reuses the parsed forms of hosts seen before (bounded caches; still no I/O).
+# Memoised helpers: records are immutable, so a miss reuses the checked forms of hosts seen
+# before (bounded caches; still no I/O).
 _kind = functools.lru_cache(maxsize=1 << 16)(msg.host_type)
-_address = functools.lru_cache(maxsize=1 << 16)(rrs.address_text)
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _name(text: str) -> dns.name.Name | None:
-    """A dnspython name for a host/target from a record, or None when it is not a valid name."""
+def _ip(host: str) -> str:
+    """The canonical text of an address host (the plain rdata of A/AAAA: equal addresses are
+    equal however they were written)."""
+    return str(ipaddress.ip_address(host))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _valid_name(text: str) -> bool:
+    """Whether a host/target from a record is a valid absolute DNS name."""
     try:
-        return rrs.name(text)
+        rrs.name(text)
+        return True
     except dns.exception.DNSException:
-        return None
+        return False
 
 
 def _is_reverse_path(path: tuple[str, ...]) -> bool:
@@ -240,51 +325,22 @@ def _complete_reverse(path: tuple[str, ...]) -> bool:
     return (head == ("arpa", "in-addr") and len(path) == 6) or (head == ("arpa", "ip6") and len(path) == 34)
 
 
-class _Section:
-    """Ordered RRsets of one section with de-duplication and an RR count cap."""
-
-    __slots__ = ("sets", "count", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.sets: dict[tuple[dns.name.Name, int], dns.rrset.RRset] = {}
-        self.count = 0
-        self.limit = limit
-
-    def add(self, owner: dns.name.Name, rdtype: int, ttl: int, rdata: dns.rdata.Rdata,
-            rdclass: int = _IN) -> None:
-        if self.count >= self.limit:
-            return
-        key = (owner, rdtype)
-        rrset = self.sets.get(key)
-        if rrset is None:
-            rrset = self.sets[key] = dns.rrset.RRset(owner, rdclass, rdtype)
-        before = len(rrset)
-        rrset.add(rdata, ttl)
-        self.count += len(rrset) - before
-
-    def extend(self, items: list[tuple[dns.name.Name, int, int, dns.rdata.Rdata]]) -> None:
-        for owner, rdtype, ttl, rdata in items:
-            self.add(owner, rdtype, ttl, rdata)
-
-    def rrsets(self) -> list[dns.rrset.RRset]:
-        return list(self.sets.values())
-
-
-# (owner, rdtype, ttl, rdata) of one answer RR.
-_RR = tuple[dns.name.Name, int, int, dns.rdata.Rdata]
+# (owner, rdtype, ttl, rdata) of one answer RR; owner None is the query name.
+_RR = tuple[str | None, int, int, object]
 
 
 class _Ctx:
-    """What one answer() call needs everywhere."""
+    """What one plan needs everywhere."""
 
-    __slots__ = ("view", "settings", "zones", "limit")
+    __slots__ = ("view", "settings", "zones", "limit", "qtext")
 
     def __init__(self, view: store.Store, settings: settings_mod.Settings,
-                 zones: tuple[_Zone, ...]) -> None:
+                 zones: tuple[_Zone, ...], qtext: str) -> None:
         self.view = view
         self.settings = settings
         self.zones = zones
         self.limit = max(1, settings.max_answers)
+        self.qtext = qtext
 
 
 def answer(query: dns.message.Message, view: store.Store,
@@ -295,12 +351,11 @@ def answer(query: dns.message.Message, view: store.Store,
     except Exception as exc:  # rule 1: one bad case must never take the server down
         logger.debug("answering %s failed", _describe(query), exc_info=True)
         try:
-            return Reply(_skeleton(query, settings, rcode=dns.rcode.SERVFAIL), cacheable=False,
-                         failure=exc)
+            return Reply(_skeleton(query, settings, rcode=_SERVFAIL), cacheable=False, failure=exc)
         except Exception:
             resp = dns.message.Message(id=getattr(query, "id", 0))
             resp.flags = dns.flags.QR
-            resp.set_rcode(dns.rcode.SERVFAIL)
+            resp.set_rcode(_SERVFAIL)
             return Reply(resp, cacheable=False, failure=exc)
 
 
@@ -312,13 +367,18 @@ def _describe(query: dns.message.Message) -> str:
         return f"query id {getattr(query, 'id', '?')}"
 
 
+def can_forward(settings: settings_mod.Settings) -> bool:
+    """Whether a name outside our zones can be forwarded at all (RA, rule 1)."""
+    return not settings.no_rec and bool(settings.nameservers or settings.stub_domains)
+
+
 def _skeleton(query: dns.message.Message, settings: settings_mod.Settings, aa: bool = False,
-              rcode: int = dns.rcode.NOERROR) -> dns.message.Message:
+              rcode: int = _NOERROR) -> dns.message.Message:
     """A reply with the question copied, QR/RD/RA/AA flags, and OPT when the query had one
     (with the query's DO bit copied, RFC 3225)."""
     resp = dns.message.Message(id=query.id)
     flags = dns.flags.QR | (query.flags & dns.flags.RD)
-    if _can_forward(settings):
+    if can_forward(settings):
         flags |= dns.flags.RA
     if aa:
         flags |= dns.flags.AA
@@ -330,11 +390,6 @@ def _skeleton(query: dns.message.Message, settings: settings_mod.Settings, aa: b
     if rcode:
         resp.set_rcode(rcode)
     return resp
-
-
-def _can_forward(settings: settings_mod.Settings) -> bool:
-    """Whether a name outside our zones can be forwarded at all (RA, rule 1)."""
-    return not settings.no_rec and bool(settings.nameservers or settings.stub_domains)
 
 
 def _answer(query: dns.message.Message, view: store.Store,
@@ -349,10 +404,27 @@ def _answer(query: dns.message.Message, view: store.Store,
     qname, qtype, qclass = question.name, question.rdtype, question.rdclass
     if qclass == _CH:
         return _chaos(query, qname, qtype, settings)
+    result = plan(_path_of(qname), qtype, qclass, view, settings)
+    if result is FORWARD:
+        return Forward(query)
+    if isinstance(result, ResolvePlan):
+        return Resolve(to_message(query, result.plan, settings), result.name, result.rdtype,
+                       to_message(query, result.fallback, settings))
+    return Reply(to_message(query, result, settings), cacheable=result.cacheable)  # type: ignore[arg-type]
+
+
+def plan(path: tuple[str, ...], qtype: int, qclass: int, view: store.Store,
+         settings: settings_mod.Settings) -> Plan | ResolvePlan | str:
+    """The answer for a class IN (or other non-CHAOS) question, as plain values.
+
+    ``path`` is the query name's lower-case labels reversed. Returns a Plan, a ResolvePlan, or
+    FORWARD. The single source of the answer semantics: answer() renders it with dnspython,
+    the transport's fast path with ``encode``.
+    """
     if qclass != _IN or qtype in (_AXFR, _IXFR):
-        return Reply(_skeleton(query, settings, rcode=dns.rcode.REFUSED))
-    path = _path_of(qname)
-    ctx = _Ctx(view, settings, _zones(settings.domains))
+        return Plan(rcode=_REFUSED, aa=False)
+    qtext = ".".join(reversed(path)) + "." if path else "."
+    ctx = _Ctx(view, settings, _zones(settings.domains), qtext)
     zone = _zone_of(path, ctx.zones)
     if zone is None:
         if qtype == _PTR and _complete_reverse(path) and view.loaded:
@@ -360,19 +432,18 @@ def _answer(query: dns.message.Message, view: store.Store,
             if records:
                 # Our own records: authoritative, like the stock Corefile's reverse zones served
                 # by the kubernetes plugin with fallthrough (rule 8).
-                resp = _skeleton(query, settings, aa=True)
-                section = _Section(ctx.limit)
+                section = Section(ctx.limit)
                 for rec in records:
-                    target = _name(rec.host) if _kind(rec.host) is msg.HostType.NAME else None
-                    if target is not None:
-                        section.add(qname, _PTR, rrs.ttl(rec, settings), rrs.ptr(target))
+                    if _kind(rec.host) is msg.HostType.NAME:
+                        target = msg.normalize(rec.host)
+                        if _valid_name(target):
+                            section.add(None, qtext, _PTR, rrs.ttl(rec, settings), target)
                 if section.count:
-                    resp.answer = section.rrsets()
-                    return Reply(resp)
-        return Forward(query)
+                    return Plan(answer=section.rrsets())
+        return FORWARD
     if not view.loaded:
-        return Reply(_skeleton(query, settings, rcode=dns.rcode.SERVFAIL), cacheable=False)
-    return _in_zone(ctx, query, qname, qtype, path, zone)
+        return Plan(rcode=_SERVFAIL, aa=False, cacheable=False)
+    return _in_zone(ctx, qtype, path, zone)
 
 
 def _chaos(query: dns.message.Message, qname: dns.name.Name, qtype: int,
@@ -385,61 +456,41 @@ def _chaos(query: dns.message.Message, qname: dns.name.Name, qtype: int,
         rrset.add(rrs.txt(value, _CH), 0)
         resp.answer = [rrset]
         return Reply(resp)
-    return Reply(_skeleton(query, settings, rcode=dns.rcode.REFUSED))
+    return Reply(_skeleton(query, settings, rcode=_REFUSED))
 
 
-def _negative(ctx: _Ctx, query: dns.message.Message, zone: _Zone, exists: bool) -> Reply:
+def _soa_rr(ctx: _Ctx, zone: _Zone, owner: str | None) -> list:
+    """The zone's SOA RRset (rule 9) with owner ``owner`` (None: the query name)."""
+    settings = ctx.settings
+    if settings.hostmaster:
+        rname = settings.hostmaster.replace("@", ".")
+        rname = rname if rname.endswith(".") else rname + "."
+    else:
+        rname = "hostmaster." + zone.name if zone.name != "." else "hostmaster."
+    soa = (zone.default_ns, rname, ctx.view.revision & 0xFFFFFFFF, rrs.SOA_REFRESH, rrs.SOA_RETRY,
+           rrs.SOA_EXPIRE, settings.negative_ttl)
+    return [owner, zone.name if owner is not None else ctx.qtext, _SOA, settings.negative_ttl, [soa]]
+
+
+def _negative(ctx: _Ctx, zone: _Zone, exists: bool) -> Plan:
     """NODATA (the name exists) or NXDOMAIN, with the zone's SOA in authority."""
-    resp = _skeleton(query, ctx.settings, aa=True,
-                     rcode=dns.rcode.NOERROR if exists else dns.rcode.NXDOMAIN)
+    return Plan(rcode=_NOERROR if exists else _NXDOMAIN, authority=[_soa_rr(ctx, zone, zone.name)])
+
+
+def _in_zone(ctx: _Ctx, qtype: int, path: tuple[str, ...], zone: _Zone) -> Plan | ResolvePlan:
     settings = ctx.settings
-    resp.authority = [_soa_authority(zone.name, ctx.view.revision, settings.negative_ttl,
-                                     settings.hostmaster)]
-    return Reply(resp)
-
-
-def _soa_rrset(ctx: _Ctx, zone: _Zone, owner: dns.name.Name) -> dns.rrset.RRset:
-    settings = ctx.settings
-    rrset = dns.rrset.RRset(owner, _IN, _SOA)
-    rrset.add(_soa(zone.name, ctx.view.revision, settings.negative_ttl, settings.hostmaster),
-              settings.negative_ttl)
-    return rrset
-
-
-@functools.lru_cache(maxsize=64)
-def _soa(zone: dns.name.Name, serial: int, negative_ttl: int, hostmaster: str) -> dns.rdata.Rdata:
-    return rrs.soa(zone, serial, settings_mod.Settings(negative_ttl=negative_ttl, hostmaster=hostmaster))
-
-
-@functools.lru_cache(maxsize=64)
-def _soa_authority(zone: dns.name.Name, serial: int, negative_ttl: int,
-                   hostmaster: str) -> dns.rrset.RRset:
-    """The SOA RRset of negative answers, shared between replies (never mutated)."""
-    rrset = dns.rrset.RRset(zone, _IN, _SOA)
-    rrset.add(_soa(zone, serial, negative_ttl, hostmaster), negative_ttl)
-    return rrset
-
-
-def _in_zone(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, qtype: int,
-             path: tuple[str, ...], zone: _Zone) -> Reply | Resolve:
-    settings = ctx.settings
+    qtext = ctx.qtext
     apex = len(path) == len(zone.path)
     if apex and qtype == _SOA:
-        resp = _skeleton(query, settings, aa=True)
-        resp.answer = [_soa_rrset(ctx, zone, qname)]
-        return Reply(resp)
+        return Plan(answer=[_soa_rr(ctx, zone, None)])
     if apex and qtype == _NS:
-        return _ns(ctx, query, qname, zone)
+        return _ns(ctx, zone)
     if qtype == _ANY:
         if not settings.any_minimal:
-            return Reply(_skeleton(query, settings, rcode=dns.rcode.REFUSED))
+            return Plan(rcode=_REFUSED, aa=False)
         if not (apex or ctx.view.exists_path(path) or _records_for(ctx, path, zone, _A)):
-            return _negative(ctx, query, zone, exists=False)
-        resp = _skeleton(query, settings, aa=True)
-        rrset = dns.rrset.RRset(qname, _IN, dns.rdatatype.HINFO)
-        rrset.add(rrs.hinfo("RFC8482", ""), settings.ttl)
-        resp.answer = [rrset]
-        return Reply(resp)
+            return _negative(ctx, zone, exists=False)
+        return Plan(answer=[[None, qtext, _HINFO, settings.ttl, [(b"RFC8482", b"")]]])
 
     kube = _is_kube(ctx, zone)
     own: list[msg.Service] = []  # CNAME queries: the aliases at exactly the name
@@ -452,10 +503,9 @@ def _in_zone(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, qtype:
         records = own or _records_for(ctx, path, zone, qtype)
     else:
         records = _records_for(ctx, path, zone, qtype)
-    answer = _Section(ctx.limit)
-    additional = _Section(ctx.limit)
+    answer = Section(ctx.limit)
+    additional = Section(ctx.limit)
     resolve: tuple[str, int] | None = None
-    qtext = ".".join(reversed(path)) + "."
     srv_name = kube and _holds_srv(path, records)
     # rule 13c: an alias name of a kube2sky zone (ExternalName, legacy name) is a CNAME for
     # every type, kept even when its target has nothing of that type
@@ -463,61 +513,56 @@ def _in_zone(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, qtype:
              and _pure_alias(records))
 
     if alias:
-        items, resolve = _chase(ctx, qname, qtext, records, qtype, frozenset((qtext,)), 0, keep=True)
-        answer.extend(items)
+        items, resolve = _chase(ctx, None, qtext, records, qtype, frozenset((qtext,)), 0, keep=True)
+        answer.extend(items, qtext)
     elif srv_name and qtype in _ADDRESS:
-        answer.extend(_target_addresses(ctx, qname, records, qtype))
+        answer.extend(_target_addresses(ctx, records, qtype), qtext)
     elif qtype in (_A, _AAAA, _TXT):
-        items, resolve = _chase(ctx, qname, qtext, records, qtype, frozenset((qtext,)), 0,
+        items, resolve = _chase(ctx, None, qtext, records, qtype, frozenset((qtext,)), 0,
                                 aliases=not srv_name)
-        answer.extend(items)
+        answer.extend(items, qtext)
     elif qtype in (_SRV, _MX):
         if kube:  # rule 13b: only SRV data (a port) makes SRV answers; mail makes MX answers
             records = [rec for rec in records if (rec.port if qtype == _SRV else rec.mail)]
-        _targets(ctx, qname, records, qtype, answer, additional)
+        _targets(ctx, records, qtype, answer, additional)
     elif qtype == _PTR:
         for rec in records:
-            target_name = _name(rec.host) if _kind(rec.host) is msg.HostType.NAME else None
-            if target_name is not None:
-                answer.add(qname, _PTR, rrs.ttl(rec, settings), rrs.ptr(target_name))
+            if _kind(rec.host) is msg.HostType.NAME:
+                target = msg.normalize(rec.host)
+                if _valid_name(target):
+                    answer.add(None, qtext, _PTR, rrs.ttl(rec, settings), target)
     elif qtype == _CNAME:
         for rec in records:
             if _kind(rec.host) is not msg.HostType.NAME:
                 continue
             target = msg.normalize(rec.host)
-            target_name = _name(target)
-            if target_name is not None and (rec in own or not _below(target, qtext)):
-                answer.add(qname, _CNAME, rrs.ttl(rec, settings), rrs.cname(target_name))
+            if _valid_name(target) and (rec in own or not _below(target, qtext)):
+                answer.add(None, qtext, _CNAME, rrs.ttl(rec, settings), target)
                 break
     elif qtype not in (_NS, _SOA) and records and _pure_alias(records) and not srv_name:
-        items, resolve = _chase(ctx, qname, qtext, records, qtype, frozenset((qtext,)), 0)
-        answer.extend(items)
+        items, resolve = _chase(ctx, None, qtext, records, qtype, frozenset((qtext,)), 0)
+        answer.extend(items, qtext)
 
     if not answer.count:
         exists = (apex or bool(records) or ctx.view.exists_path(path)
                   or (kube and _always_exists(ctx, path, zone)))
-        return _negative(ctx, query, zone, exists)
-    resp = _skeleton(query, settings, aa=True)
-    resp.answer = answer.rrsets()
-    resp.additional = additional.rrsets()
-    if resolve is not None:
-        if alias:
-            # rule 13c: the CNAME exists whatever the target has; nothing more to add
-            fallback = _skeleton(query, settings, aa=True)
-            fallback.answer = answer.rrsets()
-            return Resolve(resp, resolve[0], resolve[1], fallback)
-        # What to send when the forwarders have nothing for the target: the answer without
-        # chains that leave our zones (SkyDNS and CoreDNS drop such a CNAME), else NODATA.
-        items, _ = _chase(ctx, qname, qtext, records, qtype, frozenset((qtext,)), 0, external=False)
-        if items:
-            fallback = _skeleton(query, settings, aa=True)
-            inner = _Section(ctx.limit)
-            inner.extend(items)
-            fallback.answer = inner.rrsets()
-        else:
-            fallback = _negative(ctx, query, zone, exists=True).message
-        return Resolve(resp, resolve[0], resolve[1], fallback)
-    return Reply(resp)
+        return _negative(ctx, zone, exists)
+    result = Plan(answer=answer.rrsets(), additional=additional.rrsets())
+    if resolve is None:
+        return result
+    if alias:
+        # rule 13c: the CNAME exists whatever the target has; nothing more to add
+        return ResolvePlan(result, resolve[0], resolve[1], Plan(answer=answer.rrsets()))
+    # What to send when the forwarders have nothing for the target: the answer without
+    # chains that leave our zones (SkyDNS and CoreDNS drop such a CNAME), else NODATA.
+    items, _ = _chase(ctx, None, qtext, records, qtype, frozenset((qtext,)), 0, external=False)
+    if items:
+        inner = Section(ctx.limit)
+        inner.extend(items, qtext)
+        fallback = Plan(answer=inner.rrsets())
+    else:
+        fallback = _negative(ctx, zone, exists=True)
+    return ResolvePlan(result, resolve[0], resolve[1], fallback)
 
 
 def _is_kube(ctx: _Ctx, zone: _Zone) -> bool:
@@ -565,8 +610,7 @@ def _service_srv(ctx: _Ctx, path: tuple[str, ...]) -> list[msg.Service]:
     return found[:ctx.limit]
 
 
-def _target_addresses(ctx: _Ctx, owner: dns.name.Name, records: list[msg.Service],
-                      qtype: int) -> list[_RR]:
+def _target_addresses(ctx: _Ctx, records: list[msg.Service], qtype: int) -> list[_RR]:
     """A/AAAA of an SRV name: the in-zone addresses of its targets, owned by the name itself,
     never a CNAME (rule 13b)."""
     want = _ADDRESS[qtype]
@@ -575,21 +619,20 @@ def _target_addresses(ctx: _Ctx, owner: dns.name.Name, records: list[msg.Service
     for rec in records:
         kind = _kind(rec.host)
         if kind is want:
-            out.append((owner, qtype, rrs.ttl(rec, settings), _address(rec.host, qtype)))
+            out.append((None, qtype, rrs.ttl(rec, settings), _ip(rec.host)))
             continue
         if kind is not msg.HostType.NAME:
             continue
         target = msg.normalize(rec.host)
         target_path = _text_path(target)
-        target_name = _name(target)
-        if target_path is None or target_name is None:
+        if target_path is None or not _valid_name(target):
             continue
         zone = _zone_of(target_path, ctx.zones)
         if zone is None:
             continue
-        items, _ = _chase(ctx, target_name, target, _records_for(ctx, target_path, zone, qtype), qtype,
+        items, _ = _chase(ctx, target, target, _records_for(ctx, target_path, zone, qtype), qtype,
                           frozenset((target,)), 0, external=False)
-        out.extend((owner, rdtype, ttl, rdata) for _, rdtype, ttl, rdata in items if rdtype == qtype)
+        out.extend((None, rdtype, ttl, rdata) for _, rdtype, ttl, rdata in items if rdtype == qtype)
     return out
 
 
@@ -645,7 +688,7 @@ def _pure_alias(records: list[msg.Service]) -> bool:
     return all(not rec.text and _kind(rec.host) is msg.HostType.NAME for rec in records)
 
 
-def _chase(ctx: _Ctx, owner: dns.name.Name, owner_text: str, records: list[msg.Service],
+def _chase(ctx: _Ctx, owner: str | None, owner_text: str, records: list[msg.Service],
            qtype: int, seen: frozenset[str], depth: int, external: bool = True,
            aliases: bool = True, keep: bool = False) -> tuple[list[_RR], tuple[str, int] | None]:
     """Answer RRs for ``owner``: direct records of ``qtype`` plus CNAME chains (rule 5).
@@ -663,10 +706,10 @@ def _chase(ctx: _Ctx, owner: dns.name.Name, owner_text: str, records: list[msg.S
     for rec in records:
         kind = _kind(rec.host)
         if qtype == _TXT and rec.text:
-            out.append((owner, _TXT, rrs.ttl(rec, settings), rrs.txt(rec.text)))
+            out.append((owner, _TXT, rrs.ttl(rec, settings), rrs.txt_chunks(rec.text)))
             continue
         if want is not None and kind is want:
-            out.append((owner, qtype, rrs.ttl(rec, settings), _address(rec.host, qtype)))
+            out.append((owner, qtype, rrs.ttl(rec, settings), _ip(rec.host)))
             continue
         if kind is not msg.HostType.NAME or linked or not aliases:
             continue
@@ -674,10 +717,9 @@ def _chase(ctx: _Ctx, owner: dns.name.Name, owner_text: str, records: list[msg.S
         if _below(target, owner_text) or target in seen or depth >= MAX_CHAIN:
             continue
         target_path = _text_path(target)
-        target_name = _name(target)
-        if target_path is None or target_name is None:
+        if target_path is None or not _valid_name(target):
             continue
-        link: _RR = (owner, _CNAME, rrs.ttl(rec, settings), rrs.cname(target_name))
+        link: _RR = (owner, _CNAME, rrs.ttl(rec, settings), target)
         zone = _zone_of(target_path, ctx.zones)
         if zone is None:
             if external:
@@ -685,7 +727,7 @@ def _chase(ctx: _Ctx, owner: dns.name.Name, owner_text: str, records: list[msg.S
                 resolve, linked = (target, qtype), True
             continue
         next_records = _records_for(ctx, target_path, zone, qtype)
-        sub, sub_resolve = _chase(ctx, target_name, target, next_records, qtype, seen | {target},
+        sub, sub_resolve = _chase(ctx, target, target, next_records, qtype, seen | {target},
                                   depth + 1, external, keep=keep)
         if sub or keep:
             out.append(link)
@@ -694,23 +736,22 @@ def _chase(ctx: _Ctx, owner: dns.name.Name, owner_text: str, records: list[msg.S
     return out, resolve
 
 
-def _glue(ctx: _Ctx, target: str, additional: _Section) -> None:
+def _glue(ctx: _Ctx, target: str, additional: Section) -> None:
     """In-zone A/AAAA (with CNAMEs) of an SRV/MX/NS target name into ``additional``."""
     target_path = _text_path(target)
-    target_name = _name(target)
-    if target_path is None or target_name is None:
+    if target_path is None or not _valid_name(target):
         return
     zone = _zone_of(target_path, ctx.zones)
     if zone is None:
         return
     for rdtype in (_A, _AAAA):
         records = _records_for(ctx, target_path, zone, rdtype)
-        items, _ = _chase(ctx, target_name, target, records, rdtype, frozenset((target,)), 0)
-        additional.extend(items)
+        items, _ = _chase(ctx, target, target, records, rdtype, frozenset((target,)), 0)
+        additional.extend(items, ctx.qtext)
 
 
-def _target_glue(ctx: _Ctx, rec: msg.Service, kind: msg.HostType, target: str,
-                 target_name: dns.name.Name, ttl: int, glued: set[str], additional: _Section) -> None:
+def _target_glue(ctx: _Ctx, rec: msg.Service, kind: msg.HostType, target: str, ttl: int,
+                 glued: set[str], additional: Section) -> None:
     """Glue for one SRV/MX/NS target into ``additional``: the record's own address when its host
     is an IP, else the target name's records (``_glue``), once per target (``glued``)."""
     if kind is msg.HostType.NAME:
@@ -719,16 +760,16 @@ def _target_glue(ctx: _Ctx, rec: msg.Service, kind: msg.HostType, target: str,
             _glue(ctx, target, additional)
     else:
         rdtype = _A if kind is msg.HostType.IPV4 else _AAAA
-        additional.add(target_name, rdtype, ttl, _address(rec.host, rdtype))
+        additional.add(target, ctx.qtext, rdtype, ttl, _ip(rec.host))
 
 
-def _targets(ctx: _Ctx, qname: dns.name.Name, records: list[msg.Service], qtype: int,
-             answer: _Section, additional: _Section) -> None:
+def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
+             additional: Section) -> None:
     """SRV or MX answers with SkyDNS weights and glue (rule 7)."""
     settings = ctx.settings
     prefix = ctx.view.prefix
     seen: set[tuple[int, int, int, str]] = set()
-    chosen: list[tuple[int, int, str, dns.name.Name, msg.Service, msg.HostType]] = []
+    chosen: list[tuple[int, int, str, msg.Service, msg.HostType]] = []
     sums: dict[int, int] = {}
     for rec in records:
         kind = _kind(rec.host)
@@ -738,8 +779,7 @@ def _targets(ctx: _Ctx, qname: dns.name.Name, records: list[msg.Service], qtype:
             target = rrs.target(rec, prefix)
         except msg.PathError:
             continue
-        target_name = _name(target)
-        if target_name is None:
+        if not _valid_name(target):
             continue
         prio = rrs.priority(rec, settings)
         weight = rec.weight or 100
@@ -747,37 +787,38 @@ def _targets(ctx: _Ctx, qname: dns.name.Name, records: list[msg.Service], qtype:
         if ident in seen:
             continue
         seen.add(ident)
-        chosen.append((prio, weight, target, target_name, rec, kind))
+        chosen.append((prio, weight, target, rec, kind))
         sums[prio] = sums.get(prio, 0) + weight
     glued: set[str] = set()
-    for prio, weight, target, target_name, rec, kind in chosen:
+    qtext = ctx.qtext
+    for prio, weight, target, rec, kind in chosen:
         ttl = rrs.ttl(rec, settings)
         if qtype == _SRV:
             share = min(0xFFFF, max(1, 100 * weight // sums[prio]))
-            answer.add(qname, _SRV, ttl, rrs.srv(prio, share, rec.port, target_name))
+            answer.add(None, qtext, _SRV, ttl, (prio, share, rec.port, target))
         else:
-            answer.add(qname, _MX, ttl, rrs.mx(prio, target_name))
-        _target_glue(ctx, rec, kind, target, target_name, ttl, glued, additional)
+            answer.add(None, qtext, _MX, ttl, (prio, target))
+        _target_glue(ctx, rec, kind, target, ttl, glued, additional)
 
 
-def _ns(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, zone: _Zone) -> Reply:
+def _ns(ctx: _Ctx, zone: _Zone) -> Plan:
     """NS at the apex from ``ns.dns.<zone>`` (rule 9)."""
     settings = ctx.settings
-    resp = _skeleton(query, settings, aa=True)
-    answer = _Section(ctx.limit)
-    additional = _Section(ctx.limit)
+    qtext = ctx.qtext
+    answer = Section(ctx.limit)
+    additional = Section(ctx.limit)
     glued: set[str] = set()
     records = ctx.view.find(zone.ns_path, limit=ctx.limit)
     if _is_kube(ctx, zone):
         # rule 13d: one server, ns.dns.<zone>. (the SOA's MNAME), glued with every address
         # stored under that name, however kube2sky named its leaves
         ttl = min((rrs.ttl(rec, settings) for rec in records), default=settings.ttl)
-        answer.add(qname, _NS, ttl, rrs.ns(zone.default_ns))
+        answer.add(None, qtext, _NS, ttl, zone.default_ns)
         for rec in records:
             kind = _kind(rec.host)
             if kind in (msg.HostType.IPV4, msg.HostType.IPV6):
                 rdtype = _A if kind is msg.HostType.IPV4 else _AAAA
-                additional.add(zone.default_ns, rdtype, rrs.ttl(rec, settings), _address(rec.host, rdtype))
+                additional.add(zone.default_ns, qtext, rdtype, rrs.ttl(rec, settings), _ip(rec.host))
         records = []
     for rec in records:
         kind = _kind(rec.host)
@@ -787,14 +828,63 @@ def _ns(ctx: _Ctx, query: dns.message.Message, qname: dns.name.Name, zone: _Zone
             target = rrs.target(rec, ctx.view.prefix)
         except msg.PathError:
             continue
-        target_name = _name(target)
-        if target_name is None:
+        if not _valid_name(target):
             continue
         ttl = rrs.ttl(rec, settings)
-        answer.add(qname, _NS, ttl, rrs.ns(target_name))
-        _target_glue(ctx, rec, kind, target, target_name, ttl, glued, additional)
+        answer.add(None, qtext, _NS, ttl, target)
+        _target_glue(ctx, rec, kind, target, ttl, glued, additional)
     if not answer.count:
-        answer.add(qname, _NS, settings.ttl, rrs.ns(zone.default_ns))
-    resp.answer = answer.rrsets()
-    resp.additional = additional.rrsets()
-    return Reply(resp)
+        answer.add(None, qtext, _NS, settings.ttl, zone.default_ns)
+    return Plan(answer=answer.rrsets(), additional=additional.rrsets())
+
+
+# -- the reference renderer: a plan as a dnspython message ------------------------------------
+
+def to_message(query: dns.message.Message, result: Plan, settings: settings_mod.Settings) -> dns.message.Message:
+    """The reply to ``query`` that ``result`` describes, as a dnspython message."""
+    resp = _skeleton(query, settings, aa=result.aa, rcode=result.rcode)
+    qname = query.question[0].name
+    resp.answer = [_rrset(entry, qname) for entry in result.answer]
+    resp.authority = [_rrset(entry, qname) for entry in result.authority]
+    resp.additional = [_rrset(entry, qname) for entry in result.additional]
+    return resp
+
+
+def _rrset(entry: list, qname: dns.name.Name) -> dns.rrset.RRset:
+    display, owner, rdtype, ttl, rdatas = entry
+    rrset = dns.rrset.RRset(qname if display is None else _dns_name(owner), _IN, rdtype)
+    for value in rdatas:
+        rrset.add(_rdata(rdtype, value), ttl)
+    return rrset
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _dns_name(text: str) -> dns.name.Name:
+    return rrs.name(text)
+
+
+def _rdata(rdtype: int, value: object) -> dns.rdata.Rdata:
+    """A dnspython rdata from a plan's plain value (see Section)."""
+    if rdtype in (_A, _AAAA):
+        return rrs.address_text(value, rdtype)  # type: ignore[arg-type]
+    if rdtype == _CNAME:
+        return rrs.cname(_dns_name(value))  # type: ignore[arg-type]
+    if rdtype == _PTR:
+        return rrs.ptr(_dns_name(value))  # type: ignore[arg-type]
+    if rdtype == _NS:
+        return rrs.ns(_dns_name(value))  # type: ignore[arg-type]
+    if rdtype == _SRV:
+        prio, weight, port, target = value  # type: ignore[misc]
+        return rrs.srv(prio, weight, port, _dns_name(target))
+    if rdtype == _MX:
+        pref, target = value  # type: ignore[misc]
+        return rrs.mx(pref, _dns_name(target))
+    if rdtype == _TXT:
+        return rrs.txt_from_chunks(value)  # type: ignore[arg-type]
+    if rdtype == _HINFO:
+        cpu, os = value  # type: ignore[misc]
+        return rrs.hinfo(cpu, os)
+    if rdtype == _SOA:
+        mname, rname, serial, refresh, retry, expire, minimum = value  # type: ignore[misc]
+        return rrs.soa_rdata(_dns_name(mname), _dns_name(rname), serial, refresh, retry, expire, minimum)
+    raise ValueError(f"no plain rdata for type {rdtype}")

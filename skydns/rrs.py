@@ -115,7 +115,22 @@ def txt(text: str, rdclass: int = IN) -> dns.rdata.Rdata:
     return dns.rdtypes.ANY.TXT.TXT(rdclass, TXT, chunks)
 
 
-def hinfo(cpu: str, os: str) -> dns.rdata.Rdata:
+def txt_chunks(text: str) -> tuple[bytes, ...]:
+    """The character-strings of a TXT rdata for text: 255-byte pieces, cut at ``TXT_MAX``."""
+    data = text.encode()[:TXT_MAX]
+    return tuple(data[i:i + _TXT_CHUNK] for i in range(0, len(data), _TXT_CHUNK)) or (b"",)
+
+
+def txt_from_chunks(chunks: tuple[bytes, ...], rdclass: int = IN) -> dns.rdata.Rdata:
+    return dns.rdtypes.ANY.TXT.TXT(rdclass, TXT, chunks)
+
+
+def soa_rdata(mname: dns.name.Name, rname: dns.name.Name, serial: int, refresh: int, retry: int,
+              expire: int, minimum: int) -> dns.rdata.Rdata:
+    return dns.rdtypes.ANY.SOA.SOA(IN, SOA, mname, rname, serial, refresh, retry, expire, minimum)
+
+
+def hinfo(cpu: str | bytes, os: str | bytes) -> dns.rdata.Rdata:
     return dns.rdtypes.ANY.HINFO.HINFO(IN, HINFO, cpu, os)
 
 

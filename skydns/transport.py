@@ -17,6 +17,9 @@ Rules:
    spelling, flags and EDNS bytes) holds the already patched answer: a repeated query costs a
    dict lookup and one concatenation of its ID with the stored answer. Filled only from
    queries ``wire.parse`` accepted; an exact hit whose entry was dropped is a miss.
+   3c. A miss with a plain query is answered without dnspython: ``answering.plan`` (the same
+   semantics as ``answering.answer``) rendered by ``encode``; whatever that renderer does not
+   write (other types, truncation, forwarded names, errors) takes the dnspython path.
    3b. A store change under ``arpa`` tells the forwarder to forget what it cached for that
    reverse name (the name may have become local); nothing else in the store touches forwarded
    answers.
@@ -54,7 +57,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from skydns import anscache, answering, forwarding, metrics, store, settings as settings_mod, wire
+from skydns import anscache, answering, encode, forwarding, metrics, store, settings as settings_mod, wire
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +175,10 @@ class Handler:
             ((dns.name.from_text(z), z) for z in settings.domains),
             key=lambda pair: len(pair[0]), reverse=True)
         self._last_panic_log = 0.0
+        # the fast path's header bits and zone labels (rule 3c)
+        self._recursion = answering.can_forward(settings)
+        self.payload_advertised = settings.edns_payload
+        self._zone_wires = [(z.to_wire().lower(), text) for z, text in self._zones]
         # optional fast path of forwarding.Forwarder: forwarded answers kept as bytes
         self._encoded_reply = getattr(self.forwarder, "encoded_reply", None)
         self._remember_encoded = getattr(self.forwarder, "remember_encoded", None)
@@ -217,6 +224,10 @@ class Handler:
                                                 len(out), time.perf_counter() - start)
                             return out
                     self.stats.miss(_CACHE)
+                    if self._scoped and query.qclass == 1:
+                        out = self._fast(data, query, key, limit, proto, family, start)
+                        if out is not None:
+                            return out
                 else:
                     key = None
             else:
@@ -253,6 +264,50 @@ class Handler:
             del exact[next(iter(exact))]
         hit = exact[data[2:]] = [tails, entry, entry.revision]
         return hit
+
+    def _fast(self, data: bytes, query: wire.Query, key: tuple, limit: int, proto: str, family: str,
+              start: float) -> bytes | None:
+        """A miss answered without dnspython (rule 3c): the answering plan rendered by ``encode``.
+
+        None when the plan is not a cacheable reply from our zones or the renderer cannot write
+        it (then the dnspython path answers, with the same semantics).
+        """
+        reads = anscache.Reads(self.view)
+        try:
+            result = answering.plan(wire.path_of(query.qname), query.qtype, query.qclass, reads, self.settings)
+            if not isinstance(result, answering.Plan) or not result.cacheable:
+                return None
+            count = encode.rotations(result, ROTATIONS) if self.round_robin else 1
+            variants = []
+            for turn in range(count):
+                out = encode.reply(query, result, self._recursion, self.payload_advertised, limit, turn)
+                if out is None:
+                    return None
+                variants.append(out)
+        except Exception:  # noqa: BLE001 - the reference path answers (and reports) it
+            return None
+        zone = self.zone_of_path(query)
+        entry = anscache.Entry(variants, zone, query.qtype,
+                               tuple(wire.soa_serial_offsets(v) for v in variants), self._revision())
+        self.cache.put(key, entry, reads)
+        self.stats.cache_entries[_CACHE] = len(self.cache)
+        self._remember(proto, data, [v[2:] for v in variants], entry)
+        if count > 1:
+            self.turn += 1
+            out = variants[self.turn % count]
+        else:
+            out = variants[0]
+        self.stats.answered(zone, proto, family, query.qtype, out[3] & 0x0F, len(data), len(out),
+                            time.perf_counter() - start)
+        return out
+
+    def zone_of_path(self, query: wire.Query) -> str:
+        """zone_of for a parsed query (the metrics' zone label), without a dnspython name."""
+        name = query.qname.lower()
+        for suffix, text in self._zone_wires:
+            if name.endswith(suffix) and (len(name) == len(suffix) or _label_boundary(name, len(name) - len(suffix))):
+                return text
+        return "."
 
     def _revision(self) -> int:
         """The mirror's revision (the SOA serial); 0 for a stand-in view without one."""
@@ -402,6 +457,14 @@ class Handler:
             return self._panic(data, "resolving")
         self._count(zone, proto, family, qtype, len(data), out, start)
         return out
+
+
+def _label_boundary(name: bytes, at: int) -> bool:
+    """Whether offset ``at`` of an uncompressed wire name starts a label."""
+    pos = 0
+    while pos < at:
+        pos += name[pos] + 1
+    return pos == at
 
 
 def _reverse_name(segments: tuple[str, ...]) -> str | None:

@@ -280,3 +280,16 @@ def _skip_name(message: bytes, pos: int) -> int:
         if length > MAX_LABEL:
             raise IndexError(f"unsupported label type at offset {pos}")
         pos += length + 1
+
+
+def path_of(qname: bytes) -> tuple[str, ...]:
+    """The lower-case key segments of an uncompressed wire name (labels reversed, root dropped),
+    as ``answering`` computes them from a dnspython name."""
+    labels = []
+    pos = 0
+    while qname[pos]:
+        length = qname[pos]
+        labels.append(qname[pos + 1:pos + 1 + length].lower().decode("latin-1"))
+        pos += 1 + length
+    labels.reverse()
+    return tuple(labels)
