@@ -87,7 +87,8 @@ def run(settings: settings_mod.Settings) -> None:
     _setup_logging(settings.log_level)
     reuseport = settings.workers > 1
     try:
-        udp, tcp = transport.bind(settings.addr_host, settings.addr_port, reuseport=reuseport)
+        udp, tcp = transport.bind(settings.addr_host, settings.addr_port, reuseport=reuseport,
+                                  rcvbuf=settings.udp_rcvbuf)
         http_sock = httpserver.bind(settings.http_host, settings.http_port) if settings.http_port >= 0 else None
         forwarder = forwarding.Forwarder(settings)
     except (transport.ListenError, httpserver.ListenError, ValueError, OSError) as exc:
@@ -155,7 +156,7 @@ async def _serve_when_loaded(settings: settings_mod.Settings, view: store.Store,
         if stop.is_set():
             return
         await asyncio.sleep(0.05)
-    udp, tcp = transport.bind(settings.addr_host, port, reuseport=True)
+    udp, tcp = transport.bind(settings.addr_host, port, reuseport=True, rcvbuf=settings.udp_rcvbuf)
     server = _dns_server(settings, handler, udp, tcp)
     dns_servers.append(server)
     await server.start()

@@ -366,6 +366,8 @@ _FROM_RESOLV = "from /etc/resolv.conf"
               default=_DEFAULTS.log_level, show_envvar=True, help="Log level.")
 @click.option("--verbose", "verbose", is_flag=True, default=False, show_envvar=True,
               help="Same as --log-level=debug (old SkyDNS -verbose).")
+@click.option("--udp-rcvbuf", "udp_rcvbuf", type=click.IntRange(0), default=_DEFAULTS.udp_rcvbuf, show_envvar=True,
+              help="UDP receive buffer to ask for (SO_RCVBUF), bytes; capped by net.core.rmem_max (0: kernel default).")
 @click.option("--answer-cache-size", "answer_cache_size", type=click.IntRange(0), hidden=True,
               default=_DEFAULTS.answer_cache_size, show_envvar=True,
               help="Encoded answers kept for the hot path; 0 turns the cache off (benchmarks).")

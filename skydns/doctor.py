@@ -12,7 +12,8 @@ Rules:
    public name no upstream resolves; a stub-domain upstream not answering its domain; a
    forwarding loop (our probe sent to an upstream reached skydns, seen in skydns's
    skydns_forward_loop_probes_received_total, or skydns itself reports one); the mirror
-   disagreeing with etcd (record count, or skydns ahead of etcd's revision).
+   disagreeing with etcd (record count, or skydns ahead of etcd's revision); a value in etcd
+   that is not a valid record (key and reason, at most ``BAD_SHOWN`` of them listed).
 3. Exit code 0 when there is no problem, 1 otherwise (2 for a bad command line).
 """
 
@@ -35,6 +36,8 @@ from skydns import forwarding
 from skydns import settings as settings_mod
 
 DEFAULT_PUBLIC_NAMES = ("example.com.", "kubernetes.io.")
+# Most bad etcd values listed one by one in the report (the rest are counted).
+BAD_SHOWN = 20
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -81,6 +84,7 @@ class Report:
     rows: list[Row]
     mirror: str = ""
     problems: list[str] = dataclasses.field(default_factory=list)
+    bad: dict[str, str] = dataclasses.field(default_factory=dict)  # etcd key -> why it is not served
 
     @property
     def exit_code(self) -> int:
@@ -141,6 +145,12 @@ async def _mirror(settings: settings_mod.Settings, samples: dict | None, report:
     etcd_revision = got.header.revision
     view.replace(((kv.key.decode("utf-8", "replace"), kv.value) for kv in got), etcd_revision)
     bad = f", {len(view.bad)} bad values" if view.bad else ""
+    report.bad = dict(view.bad)
+    for key, reason in sorted(view.bad.items())[:BAD_SHOWN]:
+        why = reason[len(key) + 2:] if reason.startswith(key + ": ") else reason
+        report.problems.append(f"bad value in etcd at {key} (not served): {why}")
+    if len(view.bad) > BAD_SHOWN:
+        report.problems.append(f"{len(view.bad) - BAD_SHOWN} more bad values in etcd (not served)")
     ours = f"skydns {int(keys) if keys is not None else '?'} records at revision {int(revision) if revision is not None else '?'}"
     report.mirror = f"mirror: etcd {len(view)} records{bad} at revision {etcd_revision}; {ours}"
     if keys is None or revision is None:

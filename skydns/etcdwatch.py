@@ -19,9 +19,13 @@ Rules of this module:
 4. Silence is not health. A quiet watch is probed with an etcd progress request every
    ``settings.etcd_watch_check`` seconds; no answer within ``settings.etcd_timeout`` seconds
    is a lost watch (a frozen or partitioned etcd never closes the TCP connection).
-5. One bad value is skipped by the store (``view.put`` returns False; the store logs it with
-   its key and keeps it in ``view.bad``), counted here in ``skydns_etcd_bad_values_total``
-   (each time it is read); the rest of the data keeps flowing.
+5. One bad value is skipped by the store (``view.put`` returns False; the store keeps it in
+   ``view.bad`` with its reason); the rest of the data keeps flowing. It is logged here, with
+   its key, revision and reason, and counted in ``skydns_etcd_bad_values_total``, once per key
+   and revision: a relist or reconnect that finds the same bad value again stays quiet (at
+   most ``_BAD_LOG_LINES`` lines per relist, then one summary line).
+   5a. The log of a compaction names the revision the watch had reached (the last event or
+   progress answer applied), not the one it started from.
 6. ``run()`` returns only when ``stop`` is set (or it is cancelled); transient errors never
    leave it. Only a broken TLS configuration raises (``ConfigError``), at once.
 """
@@ -70,6 +74,8 @@ _JITTER = 0.2
 # A watch that ran this long was a healthy connection: the next failure restarts the
 # back-off schedule at its first step, seconds.
 _STABLE = 10.0
+# Most "bad value" log lines one relist writes; the rest are summed up in one line (rule 5).
+_BAD_LOG_LINES = 20
 
 
 class Error(Exception):
@@ -322,6 +328,10 @@ class _Mirror:
         self.page_size = int(getattr(settings, "etcd_page_size", _DEFAULT_PAGE_SIZE))
         self.endpoints = endpoints(settings)
         credentials(settings, any(ep.tls for ep in self.endpoints))  # fail now on bad TLS files
+        # The revision the view reflects: the list's, then each applied event's (rule 5a).
+        self.reached = 0
+        # Bad values already logged and counted: key -> (revision, reason) (rule 5).
+        self.reported: dict[str, tuple[int, str]] = {}
 
     def _notify(self, update: Update) -> None:
         if self.on_event is None:
@@ -352,8 +362,8 @@ class _Mirror:
                         await self._watch(client, revision + 1)
                     except Compacted as exc:
                         self.meters.reconnect()
-                        logger.info("etcd: revision %d compacted, relisting (history starts at %d)",
-                                    revision + 1, exc.compact_revision)
+                        logger.info("etcd: watch at revision %d compacted, relisting (history starts at %d)",
+                                    max(revision, self.reached) + 1, exc.compact_revision)
                         phase = "list"
                         revision = await self._load(client)
                         phase = "watch"
@@ -399,9 +409,10 @@ class _Mirror:
             if not response.more or not response.kvs:
                 break
             key = response.kvs[-1].key + b"\0"
-        self.view.replace(items, revision)  # the store logs each bad value with its key
+        self.view.replace(items, revision)
+        self.reached = revision
         bad = self.view.bad
-        self.meters.bad_value(len(bad))
+        self._report_listed(bad, revision)
         self.meters.view_changed(self.view, time.time())
         self.meters.loaded(self.view)
         self.meters.connected(True)
@@ -445,8 +456,12 @@ class _Mirror:
                     raise Compacted(response.compact_revision)
                 if response.canceled:
                     raise WatchLost(f"watch cancelled by etcd: {response.cancel_reason or 'no reason'}")
-                if response.created or not response.events:
-                    continue  # created, or a progress answer
+                if response.created:
+                    continue
+                if not response.events:  # a progress answer: every event up to it was sent
+                    if not pending and response.header.revision > self.reached:
+                        self.reached = response.header.revision
+                    continue
                 pending.extend(response.events)
                 if response.fragment:
                     continue  # more of the same revision follows
@@ -465,15 +480,51 @@ class _Mirror:
         for event in events:
             key = event.kv.key.decode("utf-8", "replace")
             revision = event.kv.mod_revision
+            if revision > self.reached:
+                self.reached = revision
             if event.type == rpc.Event.DELETE:
                 view.delete(key, revision)
+                self.reported.pop(key, None)
                 self._notify(Update(Change.DELETE, key, revision))
             elif view.put(key, event.kv.value, revision):
+                self.reported.pop(key, None)
                 self._notify(Update(Change.PUT, key, revision))
-            else:  # the store logged it with its key
-                self.meters.bad_value()
+            else:
+                reason = view.bad.get(key, "not a valid record")
+                if self._report_bad(key, revision, reason):
+                    logger.warning("etcd: skipping bad value at %s (revision %d): %s", key, revision,
+                                   _reason(key, reason))
                 self._notify(Update(Change.PUT, key, revision, ok=False))
         self.meters.view_changed(view, time.time())
+
+    def _report_bad(self, key: str, revision: int, reason: str, listed: bool = False) -> bool:
+        """Log and count one bad value unless this key and revision were reported (rule 5);
+        True when it was new. ``listed``: found by a relist at ``revision`` (its own
+        modification revision is not known there)."""
+        seen = self.reported.get(key)
+        if seen is not None and (seen[0] == revision or (listed and seen[1] == reason)):
+            return False
+        self.reported[key] = (revision, reason)
+        self.meters.bad_value()
+        return True
+
+    def _report_listed(self, bad: dict[str, str], revision: int) -> None:
+        """Rule 5 for a relist: new bad values logged (a bounded number of lines), keys that
+        are no longer bad forgotten."""
+        fresh = [key for key, reason in bad.items() if self._report_bad(key, revision, reason, listed=True)]
+        for key in fresh[:_BAD_LOG_LINES]:
+            logger.warning("etcd: skipping bad value at %s (listed at revision %d): %s", key, revision,
+                           _reason(key, bad[key]))
+        if len(fresh) > _BAD_LOG_LINES:
+            logger.warning("etcd: skipping %d more bad values (listed at revision %d; "
+                           "`skydns doctor` lists them)", len(fresh) - _BAD_LOG_LINES, revision)
+        for key in [key for key in self.reported if key not in bad]:
+            del self.reported[key]
+
+
+def _reason(key: str, reason: str) -> str:
+    """A bad value's reason without the key the store put in front of it."""
+    return reason[len(key) + 2:] if reason.startswith(key + ": ") else reason
 
 
 async def _close(client: aetcd.Client) -> None:

@@ -9,8 +9,10 @@ Rules:
    entry exists), REFUSED when more than max_concurrent distinct exchanges are in flight.
 2. Order of upstreams per query comes from the policy: sequential (configured order),
    round_robin (start rotates by one per query), random (a fresh permutation). Healthy
-   upstreams come first, down ones after them (if all are down they are tried anyway);
-   upstreams found to loop back to us are never used until a later loop check clears them.
+   upstreams come first, down ones after them; upstreams found to loop back to us are never
+   used until a later loop check clears them. While every upstream of the group is down, no
+   upstream is asked: the query gets SERVFAIL (or a stale answer) at once, and the background
+   health checks bring an upstream back as soon as it answers (rule 4).
 3. One attempt per upstream: UDP, then TCP when the reply is truncated. A reply counts only
    when its ID, QR flag and question match what we sent (error replies may lack the
    question); anything else is ignored and the attempt ends at its timeout. Timeout, network
@@ -18,9 +20,15 @@ Rules:
    to the next upstream; all of this within forward_deadline. If every upstream failed that
    way the client gets SERVFAIL; an NXDOMAIN listed there is relayed if nothing better comes.
 4. Consecutive failures (timeouts, network errors, failover rcodes) mark an upstream down
-   after forward_max_fails; a background check (". IN NS") brings it back.
+   after forward_max_fails; a background check (". IN NS") every forward_health_interval
+   brings it back. An upstream coming back forgets every cached failure (rule 6a).
 5. Identical queries in flight (same cache key) share one upstream exchange.
 6. NOERROR/NXDOMAIN answers go through fwdcache (TTL count-down, serve-stale).
+   6a. A query every upstream failed (SERVFAIL, "all upstreams failed", every upstream down)
+   is answered SERVFAIL from memory for servfail_cache_ttl seconds (fwdcache.Failures),
+   unless a stale answer can be served instead.
+   6b. An upstream reply never brings records for a name in our zones: such RRsets are
+   dropped from every section before the answer is cached or relayed.
 7. Stub domains: the longest configured suffix of the qname picks its own upstream group.
 8. The hosts file (when configured) is answered before any of this (also with -no-rec).
 9. Loop check: a signed random HINFO probe "<nonce>.<upstream#>.<mac>.loop-check." goes
@@ -30,9 +38,14 @@ Rules:
    secret is shared by the forked workers, so whichever worker receives a probe knows.
 10. Encoded answers (the transport's hot path): remember_encoded() keeps the rendered reply
    of a cached forwarded answer under the transport's cache key; encoded_reply() serves it
-   with ID, RD, qname case and TTLs patched, until the cache entry expires. A new store
-   generation or a hosts-file reload drops them all; CD queries and truncated replies are
-   never kept.
+   with ID, RD, qname case and TTLs patched, until the cache entry expires. They do not
+   depend on the store: forget(name) drops every cached answer of a name (the transport calls
+   it when a reverse name becomes local), and a hosts-file reload forgets the names whose
+   hosts entries changed. CD queries and truncated replies are never kept.
+11. lookup() (the out-of-zone end of an in-zone CNAME chain) returns only the chased chain:
+   CNAMEs from the asked name on, each owned by the previous link's target, then the records
+   of the asked type owned by the last target; anything else in the upstream's reply (other
+   owners, other types, names in our zones) is dropped.
 """
 
 from __future__ import annotations
@@ -296,6 +309,76 @@ async def exchange(
 
 
 # ---------------------------------------------------------------------------------------------
+# what an upstream may tell us (rules 6b and 11)
+
+
+def _local_zones(domains: tuple[str, ...]) -> tuple[dns.name.Name, ...]:
+    zones = []
+    for domain in domains:
+        try:
+            zones.append(dns.name.from_text(domain))
+        except dns.exception.DNSException:
+            continue
+    return tuple(zones)
+
+
+def _is_local(name: dns.name.Name, local: tuple[dns.name.Name, ...]) -> bool:
+    return any(name.is_subdomain(zone) for zone in local)
+
+
+def scrub(answer: fwdcache.Answer, local: tuple[dns.name.Name, ...]) -> fwdcache.Answer:
+    """answer without the RRsets owned by names in our zones (rule 6b)."""
+    if not local:
+        return answer
+    sections = (answer.answer, answer.authority, answer.additional)
+    if not any(_is_local(rrset.name, local) for section in sections for rrset in section):
+        return answer
+    kept = [tuple(r for r in section if not _is_local(r.name, local)) for section in sections]
+    return dataclasses.replace(answer, answer=kept[0], authority=kept[1], additional=kept[2])
+
+
+# Longest chain of CNAMEs taken from an upstream's answer (as for in-zone chains: SkyDNS 8).
+MAX_CHAIN = 8
+
+
+def chain(rrsets: list[dns.rrset.RRset] | tuple[dns.rrset.RRset, ...], name: dns.name.Name, rdtype: int,
+          local: tuple[dns.name.Name, ...] = ()) -> list[dns.rrset.RRset]:
+    """The chased chain for (name, rdtype) out of an upstream's answer section (rule 11).
+
+    CNAMEs are followed from name on (one CNAME per owner, at most MAX_CHAIN, no loops); the
+    result is the CNAME RRsets in chain order, then the RRsets of rdtype owned by the last name.
+    A chain that reaches one of our zones stops there: nothing owned by a name in our zones
+    is ever taken from an upstream.
+    """
+    by_owner: dict[tuple[dns.name.Name, int], dns.rrset.RRset] = {}
+    for rrset in rrsets:
+        if rrset.rdclass == dns.rdataclass.IN and len(rrset):
+            by_owner.setdefault((rrset.name, rrset.rdtype), rrset)
+    out: list[dns.rrset.RRset] = []
+    owner = name
+    seen = {owner}
+    while not _is_local(owner, local):
+        if rdtype != dns.rdatatype.CNAME:
+            wanted = by_owner.get((owner, rdtype))
+            if wanted is not None:
+                out.append(wanted)
+                break
+        link = by_owner.get((owner, dns.rdatatype.CNAME))
+        if link is None or len(out) >= MAX_CHAIN:
+            break
+        if len(link) > 1:  # a name has one CNAME: keep only the first
+            link = dns.rrset.from_rdata(link.name, link.ttl, link[0])
+        out.append(link)
+        if rdtype == dns.rdatatype.CNAME:
+            break
+        owner = link[0].target
+        if owner in seen:
+            break
+        seen.add(owner)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # replies to clients
 
 
@@ -350,10 +433,11 @@ class Forwarder:
         self.cache = fwdcache.Cache(
             settings.cache_size, settings.cache_max_ttl, settings.cache_max_negative_ttl, settings.cache_serve_stale
         )
+        self.failures = fwdcache.Failures(max(1, settings.cache_size), settings.servfail_cache_ttl)
         self.hosts = hostsfile.Hosts(settings.hosts_file, settings.hosts_ttl) if settings.hosts_file else None
         self._inflight: dict[fwdcache.Key, asyncio.Future] = {}
-        self._encoded: dict[tuple, fwdcache.Encoded] = {}
-        self._encoded_generation: int | None = None
+        self._encoded = fwdcache.Encodings(max(1, settings.cache_size))
+        self._local = _local_zones(settings.domains)
         self._tasks: list[asyncio.Task] = []
         self._probe_seen: set[str] = set()
         for upstream in self.upstreams():
@@ -410,14 +494,14 @@ class Forwarder:
         try:
             query = dns.message.make_query(name, rdtype)
             reply = await self._forward(query)
+            if reply.rcode() != dns.rcode.NOERROR:
+                return []
+            return chain(reply.answer, query.question[0].name, rdtype, self._local)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001
             logger.exception("forward: lookup of %s %s failed", name, rdtype)
             return []
-        if reply.rcode() != dns.rcode.NOERROR:
-            return []
-        return list(reply.answer)
 
     async def _forward(self, query: dns.message.Message) -> dns.message.Message:
         if len(query.question) != 1:
@@ -442,22 +526,34 @@ class Forwarder:
             return _rcode_reply(query, dns.rcode.SERVFAIL, self.payload)
         key = fwdcache.key_for(query)
         assert key is not None
-        hit = self.cache.get(key, self.clock())
+        now = self.clock()
+        hit = self.cache.get(key, now)
         if hit is not None:
             self.metrics.cache_hit(CACHE_NAME)
             return respond(query, hit[0], self.payload)
+        if self.failures.failed(key, now):  # rule 6a
+            return self._failure(query, key, cached=True)
         self.metrics.cache_miss(CACHE_NAME)
         answer = await self._resolve(key, group, query)
         if answer is _REJECTED:
             return _rcode_reply(query, dns.rcode.REFUSED, self.payload)
-        if answer is None:
-            stale = self.cache.get_stale(key, self.clock())
-            if stale is not None:
-                logger.info("forward: every upstream failed for %s; serving a stale answer", key.name)
-                self.metrics.cache_hit(CACHE_NAME + "_stale")
-                return respond(query, stale[0], self.payload)
-            return _rcode_reply(query, dns.rcode.SERVFAIL, self.payload)
+        if answer is None or answer.rcode == dns.rcode.SERVFAIL:
+            self.failures.put(key, self.clock())
+            if answer is None:
+                return self._failure(query, key, cached=False)
         return respond(query, answer, self.payload)
+
+    def _failure(self, query: dns.message.Message, key: fwdcache.Key, cached: bool) -> dns.message.Message:
+        """SERVFAIL for a query every upstream failed, or a stale answer when one is kept."""
+        stale = self.cache.get_stale(key, self.clock())
+        if stale is not None:
+            if not cached:
+                logger.info("forward: every upstream failed for %s; serving a stale answer", key.name)
+            self.metrics.cache_hit(CACHE_NAME + "_stale")
+            return respond(query, stale[0], self.payload)
+        if cached:
+            self.metrics.cache_hit(CACHE_NAME + "_servfail")
+        return _rcode_reply(query, dns.rcode.SERVFAIL, self.payload)
 
     def _group_for(self, qname: dns.name.Name) -> _Group:
         for group in self.stubs:
@@ -511,7 +607,10 @@ class Forwarder:
     async def _ask_group(self, group: _Group, query: dns.message.Message) -> fwdcache.Answer | None:
         deadline = time.monotonic() + self.settings.forward_deadline
         last: fwdcache.Answer | None = None
-        for upstream in self.order(group):
+        upstreams = self.order(group)
+        if all(u.down for u in upstreams):
+            return None  # rule 2: every upstream is down; the health checks bring them back
+        for upstream in upstreams:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -528,7 +627,7 @@ class Forwarder:
                 self.metrics.forward_duration.labels(upstream.label).observe(time.perf_counter() - started)
             rcode = reply.rcode()
             self.metrics.forward_responses.labels(upstream.label, dns.rcode.to_text(rcode)).inc()
-            answer = fwdcache.answer_from(reply)
+            answer = scrub(fwdcache.answer_from(reply), self._local)
             if rcode in self.settings.forward_failover_rcodes:
                 if rcode in _QUESTIONLESS_RCODES:  # FORMERR, SERVFAIL, NOTIMP, REFUSED: its failure
                     self._failed(upstream, dns.rcode.to_text(rcode))
@@ -550,40 +649,33 @@ class Forwarder:
         upstream.fails = 0
         if upstream.down:
             upstream.down = False
+            self.failures.clear()  # rule 4: what failed may resolve now
             self.metrics.forward_upstream_healthy.labels(upstream.label).set(1)
             logger.info("forward: upstream %s is healthy again", upstream.label)
 
     # -- encoded answers for the transport's hot path (rule 10) ---------------------------------
 
-    def encoded_reply(self, query: wire.Query, key: tuple, generation: int) -> bytes | None:
+    def encoded_reply(self, query: wire.Query, key: tuple) -> bytes | None:
         """A cached forwarded answer as bytes for a parsed query, or None (take the slow path).
 
-        key is the transport's wire.cache_key(query, limit); generation the store's generation
-        (a change drops every encoded answer: the name may be answered locally now).
+        key is the transport's wire.cache_key(query, limit).
         """
-        if generation != self._encoded_generation:
-            self._encoded.clear()
-            self._encoded_generation = generation
-            return None
         encoded = self._encoded.get(key)
         if encoded is None or query.flags & dns.flags.CD:
             return None
         out = encoded.at(self.clock())
         if out is None:
-            del self._encoded[key]
+            self._encoded.drop(key)
             return None
         self.metrics.cache_hit(CACHE_NAME)
         return wire.patch(out, query)
 
-    def remember_encoded(self, key: tuple, query: dns.message.Message, out: bytes, generation: int) -> bool:
+    def remember_encoded(self, key: tuple, query: dns.message.Message, out: bytes) -> bool:
         """Keep out (the rendered reply forward() gave for query) for encoded_reply().
 
         Kept only when it came from (or went into) the cache of forwarded answers and was not
         truncated; True when kept.
         """
-        if generation != self._encoded_generation:
-            self._encoded.clear()
-            self._encoded_generation = generation
         if len(out) < 12 or out[2] & 0x02 or out[3] & 0x0F not in (0, 3) or query.flags & dns.flags.CD:
             return False
         cache_key = fwdcache.key_for(query)
@@ -595,10 +687,20 @@ class Forwarder:
         offsets = fwdcache.ttl_offsets(out)
         if now >= expires or offsets is None:
             return False
-        if len(self._encoded) >= max(1, self.settings.cache_size):
-            del self._encoded[next(iter(self._encoded))]
-        self._encoded[key] = fwdcache.Encoded(out, offsets, stored, int(now - stored), expires)
+        self._encoded.put(key, cache_key.name, fwdcache.Encoded(out, offsets, stored, int(now - stored), expires))
         return True
+
+    def forget(self, name: str) -> None:
+        """Drop every cached forwarded answer of name (lower-case, fully qualified text, e.g.
+        "1.0.0.10.in-addr.arpa."): encoded replies, cached answers and failures, all types.
+
+        For the transport, when the name becomes local (a reverse name whose PTR record
+        appeared), so that its next query is answered from the store.
+        """
+        name = name.lower()
+        self._encoded.forget(name)
+        self.cache.forget(name)
+        self.failures.forget(name)
 
     # -- background ----------------------------------------------------------------------------
 
@@ -681,9 +783,11 @@ class Forwarder:
         while True:
             await asyncio.sleep(self.settings.hosts_reload)
             try:
+                before = self.hosts.table
                 if self.hosts.reload():
                     self.metrics.hosts_entries.set(len(self.hosts))
-                    self._encoded.clear()  # a hosts name may shadow a forwarded one now
+                    for name in hostsfile.changed(before, self.hosts.table):
+                        self.forget(name)  # a hosts name may shadow a forwarded one now, or no more
             except Exception:  # noqa: BLE001
                 logger.exception("hosts: reload of %s failed", self.settings.hosts_file)
 
@@ -749,6 +853,7 @@ OPTION_FIELDS = {
     "cache_max_ttl": "cache_max_ttl",
     "cache_max_negative_ttl": "cache_max_negative_ttl",
     "cache_serve_stale": "cache_serve_stale",
+    "servfail_cache_ttl": "servfail_cache_ttl",
     "loop_check_interval": "loop_check_interval",
     "hosts": "hosts_file",
     "hosts_ttl": "hosts_ttl",
@@ -802,6 +907,9 @@ def click_options(command: Any) -> Any:
         option("--cache-serve-stale", "cache_serve_stale", type=click.FloatRange(min=0),
                      default=d.cache_serve_stale, show_default=True,
                      help="Serve expired answers this long when every upstream fails, seconds (0: off)."),
+        option("--servfail-cache-ttl", "servfail_cache_ttl", type=click.FloatRange(min=0),
+                     default=d.servfail_cache_ttl, show_default=True,
+                     help="Answer a query every upstream failed SERVFAIL from memory this long, seconds (0: off)."),
         option("--loop-check-interval", "loop_check_interval", type=click.FloatRange(min=0),
                      default=d.loop_check_interval, show_default=True,
                      help="Forwarding-loop probe through each upstream at start and this often, seconds (0: off)."),

@@ -21,6 +21,14 @@ Rules:
    keep what they get.
 7. Encoded (the hot path): an encoded reply plus the offsets of its TTL fields; a hit copies
    the bytes and lowers each TTL by the whole seconds elapsed, never past the entry's expiry.
+   ``Encodings`` holds them by the transport's cache key, bounded, oldest out first.
+8. Nothing here depends on the local store: entries leave by TTL, by capacity, or by
+   ``forget(name)``, which drops every entry of one name (all types, both flags) in time
+   proportional to that name's entries (a name index), e.g. when a reverse name became local
+   or the hosts file changed it.
+9. ``Failures``: (key -> expiry) of queries every upstream just failed (SERVFAIL); the
+   forwarder answers them SERVFAIL without asking again until they expire (CoreDNS caches
+   SERVFAIL for 5 s). Bounded, oldest out first; never served stale.
 """
 
 from __future__ import annotations
@@ -164,6 +172,7 @@ class Cache:
         self.stale = stale
         self._entries: collections.OrderedDict[Key, _Entry] = collections.OrderedDict()
         self._counts = {Kind.SUCCESS: 0, Kind.DENIAL: 0}
+        self._names = _NameIndex()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -186,8 +195,16 @@ class Cache:
         if len(self._entries) >= self.capacity:
             self._evict(now)
         self._entries[key] = _Entry(answer, kind, now, seconds)
+        self._names.add(key.name, key)
         self._counts[kind] += 1
         return kind
+
+    def forget(self, name: str) -> int:
+        """Drop every entry of name (lower-case, fully qualified text); how many went (rule 8)."""
+        keys = self._names.pop(name)
+        for key in keys:
+            self._remove(key)
+        return len(keys)
 
     def get(self, key: Key, now: float) -> tuple[Answer, Kind] | None:
         """A fresh answer with TTLs counted down, or None (expired entries stay for get_stale)."""
@@ -226,6 +243,7 @@ class Cache:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._counts[entry.kind] -= 1
+            self._names.discard(key.name, key)
 
     def _evict(self, now: float) -> None:
         # Least recently used first; an entry past its stale window goes too if it is next.
@@ -234,6 +252,82 @@ class Cache:
             if len(self._entries) < self.capacity and now - entry.stored - entry.lifetime <= self.stale:
                 return
             self._remove(key)
+
+
+class _NameIndex:
+    """name -> the keys filed under it, for forget(name) (rule 8)."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self) -> None:
+        self._keys: dict[str, set] = {}
+
+    def add(self, name: str, key: object) -> None:
+        keys = self._keys.get(name)
+        if keys is None:
+            keys = self._keys[name] = set()
+        keys.add(key)
+
+    def discard(self, name: str, key: object) -> None:
+        keys = self._keys.get(name)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._keys[name]
+
+    def pop(self, name: str) -> list:
+        return list(self._keys.pop(name, ()))
+
+    def clear(self) -> None:
+        self._keys.clear()
+
+
+class Failures:
+    """Queries every upstream failed just now, answered SERVFAIL until they expire (rule 9)."""
+
+    def __init__(self, capacity: int = 10000, ttl: float = 5.0) -> None:
+        self.capacity = capacity
+        self.ttl = ttl
+        self._expires: collections.OrderedDict[Key, float] = collections.OrderedDict()
+        self._names = _NameIndex()
+
+    def __len__(self) -> int:
+        return len(self._expires)
+
+    def put(self, key: Key, now: float) -> bool:
+        """Remember that key failed at now; False when failures are not kept (ttl or capacity 0)."""
+        if self.ttl <= 0 or self.capacity <= 0:
+            return False
+        self._drop(key)
+        while len(self._expires) >= self.capacity:
+            self._drop(next(iter(self._expires)))
+        self._expires[key] = now + self.ttl
+        self._names.add(key.name, key)
+        return True
+
+    def failed(self, key: Key, now: float) -> bool:
+        """Whether key failed less than ttl seconds before now."""
+        expires = self._expires.get(key)
+        if expires is None:
+            return False
+        if now < expires and now >= expires - self.ttl:
+            return True
+        self._drop(key)
+        return False
+
+    def forget(self, name: str) -> int:
+        keys = self._names.pop(name)
+        for key in keys:
+            self._expires.pop(key, None)
+        return len(keys)
+
+    def clear(self) -> None:
+        self._expires.clear()
+        self._names.clear()
+
+    def _drop(self, key: Key) -> None:
+        if self._expires.pop(key, None) is not None:
+            self._names.discard(key.name, key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,3 +404,43 @@ class Encoded:
         if now >= self.expires:
             return None
         return age_wire(self.message, self.offsets, int(now - self.stored) - self.rendered_elapsed)
+
+
+class Encodings:
+    """Encoded forwarded replies by the transport's cache key (rule 7), bounded (the oldest
+    entry goes first), with forget(name) (rule 8)."""
+
+    def __init__(self, capacity: int = 10000) -> None:
+        self.capacity = max(1, capacity)
+        self._entries: dict[tuple, tuple[str, Encoded]] = {}
+        self._names = _NameIndex()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple) -> Encoded | None:
+        entry = self._entries.get(key)
+        return None if entry is None else entry[1]
+
+    def put(self, key: tuple, name: str, encoded: Encoded) -> None:
+        """File encoded under key for name (lower-case, fully qualified text)."""
+        self.drop(key)
+        while len(self._entries) >= self.capacity:
+            self.drop(next(iter(self._entries)))
+        self._entries[key] = (name, encoded)
+        self._names.add(name, key)
+
+    def drop(self, key: tuple) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._names.discard(entry[0], key)
+
+    def forget(self, name: str) -> int:
+        keys = self._names.pop(name)
+        for key in keys:
+            self._entries.pop(key, None)
+        return len(keys)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._names.clear()

@@ -13,6 +13,8 @@ Rules:
 3. answer(query): a known name answers A/AAAA (AA set, TTL `ttl`); a known name asked for a
    type it has no records of is NODATA; a reverse name of a listed address answers PTR;
    anything else returns None (so the caller forwards it).
+4. changed(old, new): the names whose answers a reload changed (the forwarder forgets their
+   cached forwarded answers).
 """
 
 from __future__ import annotations
@@ -94,6 +96,17 @@ def parse(text: str) -> Table:
         {k: tuple(v) for k, v in ptr.items()},
         tuple(bad),
     )
+
+
+def changed(old: Table, new: Table) -> set[str]:
+    """Names (lower-case FQDN text, reverse names included) whose answers differ between two
+    tables: the names a reload must forget from the caches of forwarded answers."""
+    out: set[str] = set()
+    for before, after in ((old.v4, new.v4), (old.v6, new.v6), (old.ptr, new.ptr)):
+        for name in before.keys() | after.keys():
+            if before.get(name) != after.get(name):
+                out.add(name)
+    return out
 
 
 def answer_from(table: Table, query: dns.message.Message, ttl: int) -> dns.message.Message | None:

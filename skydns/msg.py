@@ -9,6 +9,14 @@ Rules of this module:
 3. One key mapping: a DNS name is ``/<prefix>/`` + its labels reversed and lower-cased.
    The prefix is always a parameter, never a global.
 4. Pure: no I/O, no clock, no randomness.
+5. ``decode`` is total: whatever bytes it is given (any JSON, NaN/Infinity/1e400, huge
+   numbers, deep nesting, non-UTF-8, lone surrogates, megabytes), it returns a valid record
+   or raises ``RecordError``, never anything else. A record it returns can always be
+   answered: ``host`` is empty, an IPv4 address, an IPv6 address without a zone id
+   (``fe80::1%eth0`` is refused), or a DNS host name (labels of letters, digits, ``-``, ``_``
+   and ``*``, 1-63 bytes each, at most 255 bytes on the wire); every string encodes as UTF-8;
+   numbers are integers in their field's range (an integral float such as ``30.0`` counts).
+   Text of any length is accepted (answers cut it).
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import dataclasses
 import enum
 import ipaddress
 import json
+import math
+import re
 
 DEFAULT_PREFIX = "skydns"
 WILDCARDS = frozenset({"*", "any"})
@@ -26,6 +36,12 @@ _FIELDS = ("host", "port", "priority", "weight", "text", "mail", "ttl", "targets
 _INT_FIELDS = frozenset({"port", "priority", "weight", "ttl", "targetstrip"})
 _INT_LIMITS = {"port": 0xFFFF, "priority": 0xFFFF, "weight": 0xFFFF, "ttl": 0xFFFFFFFF,
                "targetstrip": 255}
+# A host name (rule 5): dot-separated labels of 1-63 letters, digits, "-", "_" or "*", an
+# optional final dot; the length (at most 253 characters without it) is checked apart.
+_HOST_NAME = re.compile(r"(?:[A-Za-z0-9_*-]{1,63}\.)*[A-Za-z0-9_*-]{1,63}\.?\Z")
+_MAX_NAME_TEXT = 253
+# Longest quoted value in an error message, characters (a bad value may be a megabyte).
+_SHOWN = 60
 
 
 class RecordError(ValueError):
@@ -75,6 +91,8 @@ def host_type(host: str) -> HostType:
     if not host:
         return HostType.NONE
     if ":" in host:
+        if "%" in host:  # a zone id: no AAAA record can hold it (rule 5)
+            return HostType.NAME
         try:
             ipaddress.IPv6Address(host)
             return HostType.IPV6
@@ -100,36 +118,100 @@ def encode(record: Service) -> str:
 
 
 def decode(data: bytes | str, key: str = "") -> Service:
-    """Parse SkyDNS JSON into a record; unknown fields are ignored.
+    """Parse SkyDNS JSON into a record; unknown fields are ignored (rule 5: total).
 
     Raises:
-        RecordError: the value is not a JSON object or a known field has the wrong type.
+        RecordError: the value is not a JSON object, a known field has the wrong type or is
+            out of range, or ``host`` is neither an IP address nor a valid host name.
     """
+    where = key or "value"
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RecordError(f"{key or 'value'}: not JSON: {exc}") from None
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data
+        obj = _JSON.decode(text)
+    except RecordError as exc:
+        raise RecordError(f"{where}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"{where}: not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise RecordError(f"{where}: not JSON: {_short(str(exc))}") from None
+    except RecursionError:
+        raise RecordError(f"{where}: not JSON: nested too deeply") from None
     if not isinstance(obj, dict):
-        raise RecordError(f"{key or 'value'}: want a JSON object, got {type(obj).__name__}")
+        raise RecordError(f"{where}: want a JSON object, got {type(obj).__name__}")
     fields: dict[str, object] = {}
     for field in _FIELDS:
-        if field not in obj or obj[field] is None:
+        value = obj.get(field)
+        if value is None:
             continue
-        value = obj[field]
         if field in _INT_FIELDS:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-                raise RecordError(f"{key or 'value'}: {field} must be an integer, got {value!r}")
-            value = int(value)
-            if not 0 <= value <= _INT_LIMITS[field]:
-                raise RecordError(f"{key or 'value'}: {field} {value} out of range "
-                                  f"0..{_INT_LIMITS[field]}")
+            fields[field] = _integer(where, field, value)
         elif field == "mail":
             if not isinstance(value, bool):
-                raise RecordError(f"{key or 'value'}: mail must be true or false, got {value!r}")
+                raise RecordError(f"{where}: mail must be true or false, got {_shown(value)}")
+            fields[field] = value
         elif not isinstance(value, str):
-            raise RecordError(f"{key or 'value'}: {field} must be a string, got {value!r}")
-        fields[field] = value
+            raise RecordError(f"{where}: {field} must be a string, got {_shown(value)}")
+        else:
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise RecordError(f"{where}: {field} is not valid Unicode "
+                                      "(a lone surrogate escape)") from None
+            if field == "host":
+                _check_host(where, value)
+            fields[field] = value
     return Service(key=key, **fields)  # type: ignore[arg-type]
+
+
+def _reject_constant(name: str) -> object:
+    raise RecordError(f"{name} is not a number a record can hold")
+
+
+# One decoder for every value: NaN, Infinity and -Infinity are refused while parsing.
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _integer(where: str, field: str, value: object) -> int:
+    """An integer field's value in range, from an int or an integral finite float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecordError(f"{where}: {field} must be an integer, got {_shown(value)}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise RecordError(f"{where}: {field} must be an integer, got {_shown(value)}")
+        value = int(value)
+    if not 0 <= value <= _INT_LIMITS[field]:
+        raise RecordError(f"{where}: {field} {_shown(value)} out of range 0..{_INT_LIMITS[field]}")
+    return value
+
+
+def _check_host(where: str, host: str) -> None:
+    """RecordError unless host is empty, an IP address, or a valid host name (rule 5)."""
+    if not host:
+        return
+    kind = host_type(host)
+    if kind is HostType.IPV4 or kind is HostType.IPV6:
+        return
+    if "%" in host and ":" in host:
+        raise RecordError(f"{where}: host {_shown(host)} is an IPv6 address with a zone id")
+    if len(host.rstrip(".")) > _MAX_NAME_TEXT:
+        raise RecordError(f"{where}: host is {len(host)} characters, longer than a DNS name")
+    if not _HOST_NAME.match(host):
+        raise RecordError(f"{where}: host {_shown(host)} is neither an IP address nor a valid "
+                          "host name")
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+
+
+def _shown(value: object) -> str:
+    """repr(value), cut for a log line."""
+    if isinstance(value, (dict, list)):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a {len(str(abs(value)))}-digit number" if value.bit_length() < 14000 else "a huge number"
+    return _short(repr(value))
 
 
 def leaf_label(value: str) -> str:

@@ -110,6 +110,9 @@ class Settings:
     # Serve an expired cached answer for up to this long after expiry when every upstream
     # fails, seconds (RFC 8767; 0 turns it off).
     cache_serve_stale: float = 3600.0
+    # A query every upstream failed (or answered SERVFAIL) is answered SERVFAIL without asking
+    # again for this long, seconds (CoreDNS cache: 5 s; 0 turns it off).
+    servfail_cache_ttl: float = 5.0
     # Loop check: a random HINFO probe through each upstream at start and then this often,
     # seconds (0 turns it off).
     loop_check_interval: float = 60.0
@@ -137,7 +140,11 @@ class Settings:
     answer_cache_size: int = 10000
     # A TCP connection with no complete query for this long is closed, seconds.
     tcp_idle_timeout: float = 10.0
-    # Most TCP connections open at once; more are closed at once.
+    # Most TCP connections open at once; when full, the least recently active one is closed
+    # to admit a new one.
     tcp_max_connections: int = 1000
+    # Receive buffer asked for the UDP socket (SO_RCVBUF), bytes; the kernel caps it at
+    # net.core.rmem_max (the default 208 KiB holds about 0.2 s of a query flood). 0: leave it.
+    udp_rcvbuf: int = 4 * 1024 * 1024
     # Log level name: debug, info, warning, error.
     log_level: str = "info"

@@ -30,9 +30,17 @@ Rules:
    boundary and TC is set (dnspython's prefer_truncation).
 6. Round robin: A/AAAA RRsets with several records are rotated per response, cached
    answers included (a few rotations are cached); RRset order, so CNAMEs first, never changes.
-6a. TCP: a connection is closed after ``idle_timeout`` without a complete query, and after
-   ``idle_timeout`` with answers it does not read (its unsent answers are dropped), so a
-   slow or stuck client holds one of ``max_connections`` slots for a bounded time.
+6a. TCP: a connection is closed ``idle_timeout`` after its last activity (accepted, or a
+   query answered), and after ``idle_timeout`` with answers it does not read (its unsent
+   answers are dropped), so a slow or stuck client holds one of ``max_connections`` slots for
+   a bounded time. A frame the handler drops (zero-length, a response, shorter than a header)
+   is not activity: a client sending only those is closed on time. When every slot is taken, a
+   new connection closes the least recently active one (counted as ``tcp_evicted``) instead of
+   being turned away, so idle or trickling clients can never lock TCP out.
+6b. The TCP listen backlog is ``TCP_BACKLOG`` (the kernel caps it at net.core.somaxconn), also
+   after the event loop takes the socket over. The UDP receive buffer is raised to the size
+   asked (``bind(rcvbuf=...)``, default 4 MiB), capped by the kernel (net.core.rmem_max); a
+   smaller buffer is logged.
 7. Sockets are bound before the event loop serves anything, so "address in use" is known at once
    (``ListenError``). SO_REUSEPORT is set only when several workers share the port.
 8. Until the store has been loaded once, names in our zones are answered SERVFAIL (not cached),
@@ -42,9 +50,11 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import logging
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -67,8 +77,12 @@ CACHE_SIZE = 10000
 ROTATIONS = 8
 # A TCP connection with no complete query for this long is closed, seconds.
 TCP_IDLE_TIMEOUT = 10.0
-# Most TCP connections open at once; more are closed as soon as they are accepted.
+# Most TCP connections open at once; a new one beyond it closes the least recently active one.
 TCP_MAX_CONNECTIONS = 1000
+# Pending connections the kernel queues before we accept them (rule 6b).
+TCP_BACKLOG = 1024
+# UDP receive buffer asked by default, bytes (rule 6b).
+UDP_RCVBUF = 4 * 1024 * 1024
 # At most one "exception in packet handler" log line per this many seconds.
 _PANIC_LOG_INTERVAL = 10.0
 
@@ -218,7 +232,7 @@ class Handler:
                         return self._cached(data, hit, proto, family, start)
                     if self._encoded_reply is not None:
                         # a forwarded answer still fresh in the forward cache, as bytes
-                        out = self._encoded_reply(query, key, 0)
+                        out = self._encoded_reply(query, key)
                         if out is not None:
                             self.stats.answered(".", proto, family, query.qtype, out[3] & 0x0F, query.size,
                                                 len(out), time.perf_counter() - start)
@@ -437,7 +451,7 @@ class Handler:
             reply.id = query.id
             out = render(reply, limit)
             if key is not None and self._remember_encoded is not None:
-                self._remember_encoded(key, query, out, 0)
+                self._remember_encoded(key, query, out)
         except Exception:  # noqa: BLE001 - rule 1
             return self._panic(data, "forwarding")
         self._count(zone, proto, family, qtype, len(data), out, start)
@@ -492,9 +506,11 @@ def _new_socket(family: int, kind: int, reuseport: bool) -> socket.socket:
     return sock
 
 
-def bind(host: str, port: int, reuseport: bool = False) -> tuple[socket.socket, socket.socket]:
+def bind(host: str, port: int, reuseport: bool = False,
+         rcvbuf: int = UDP_RCVBUF) -> tuple[socket.socket, socket.socket]:
     """Bind the UDP and TCP sockets of host:port (port 0: one free port for both).
 
+    rcvbuf: the UDP receive buffer to ask for, bytes (0 leaves the kernel's default; rule 6b).
     Raises ListenError with a one-line reason.
     """
     try:
@@ -513,7 +529,7 @@ def bind(host: str, port: int, reuseport: bool = False) -> tuple[socket.socket, 
         tcp = _new_socket(family, socket.SOCK_STREAM, reuseport)
         try:
             tcp.bind((sockaddr[0], bound_port, *sockaddr[2:]))
-            tcp.listen(1024)
+            tcp.listen(TCP_BACKLOG)
         except OSError as exc:
             tcp.close()
             udp.close()
@@ -522,8 +538,29 @@ def bind(host: str, port: int, reuseport: bool = False) -> tuple[socket.socket, 
             raise ListenError(_listen_message(host, port, "tcp", exc)) from None
         udp.setblocking(False)
         tcp.setblocking(False)
+        if rcvbuf > 0:
+            set_rcvbuf(udp, rcvbuf)
         return udp, tcp
     raise ListenError(f"cannot listen on {_fmt(host, port)}: no port free for both UDP and TCP")
+
+
+def set_rcvbuf(sock: socket.socket, size: int) -> int:
+    """Ask for a receive buffer of size bytes; returns what the kernel gave (logged when less).
+
+    Linux caps the request at net.core.rmem_max and reports twice the size it keeps (the
+    other half is its bookkeeping); the figure compared and returned is the usable half.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    except OSError as exc:
+        logger.warning("cannot set the UDP receive buffer to %d bytes: %s", size, exc)
+        return 0
+    usable = got // 2 if sys.platform.startswith("linux") else got
+    if usable < size:
+        logger.warning("UDP receive buffer is %d bytes, not the %d asked (--udp-rcvbuf): the kernel caps it; "
+                       "raise net.core.rmem_max to get more", usable, size)
+    return usable
 
 
 def _listen_message(host: str, port: int, proto: str, exc: OSError) -> str:
@@ -578,7 +615,8 @@ class Server:
         self.family = "2" if udp.family == socket.AF_INET6 else "1"
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
-        self.connections: set[asyncio.Task] = set()
+        # open TCP connections, least recently active first (rule 6a): task -> its writer
+        self.connections: collections.OrderedDict[asyncio.Task, asyncio.StreamWriter] = collections.OrderedDict()
         self._udp_transport: asyncio.DatagramTransport | None = None
         self._udp_protocol: _UdpProtocol | None = None
         self._tcp_server: asyncio.base_events.Server | None = None
@@ -593,7 +631,8 @@ class Server:
         loop = asyncio.get_running_loop()
         self._udp_transport, self._udp_protocol = await loop.create_datagram_endpoint(
             lambda: _UdpProtocol(self.handler, self.family), sock=self.udp_sock)
-        self._tcp_server = await asyncio.start_server(self._serve_tcp, sock=self.tcp_sock)
+        # backlog: start_server(sock=...) calls listen() again, with 100 unless told (rule 6b)
+        self._tcp_server = await asyncio.start_server(self._serve_tcp, sock=self.tcp_sock, backlog=TCP_BACKLOG)
         host, port = self.address
         self.handler.stats.server = f"dns://{_fmt(host, port)}"
         logger.info("serving DNS on %s (udp, tcp)", _fmt(host, port))
@@ -616,26 +655,44 @@ class Server:
             except (TimeoutError, asyncio.TimeoutError):
                 pass
 
+    def _evict(self) -> None:
+        """Close the least recently active TCP connection to free its slot (rule 6a)."""
+        task, writer = self.connections.popitem(last=False)
+        self.handler.stats.drop("tcp_evicted")
+        try:
+            writer.transport.abort()
+        except Exception:  # noqa: BLE001 - it may be closing already
+            pass
+        task.cancel()
+
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if len(self.connections) >= self.max_connections:
-            self.handler.stats.drop("tcp_max_connections")
-            writer.close()
-            return
-        self.connections.add(task)  # type: ignore[arg-type]
+        task: asyncio.Task = asyncio.current_task()  # type: ignore[assignment]
+        connections = self.connections
+        while len(connections) >= max(1, self.max_connections):
+            self._evict()
+        connections[task] = writer
+        loop = asyncio.get_running_loop()
+        handle = self.handler.handle
+        family = self.family
+        last = loop.time()  # the last activity: accepted, or a query answered (rule 6a)
         try:
             while True:
                 try:
-                    head = await asyncio.wait_for(reader.readexactly(2), self.idle_timeout)
-                    data = await asyncio.wait_for(
-                        reader.readexactly(int.from_bytes(head, "big")), self.idle_timeout)
-                except (asyncio.IncompleteReadError, TimeoutError, asyncio.TimeoutError, ConnectionError):
+                    async with asyncio.timeout_at(last + self.idle_timeout):
+                        size = int.from_bytes(await reader.readexactly(2), "big")
+                        data = await reader.readexactly(size) if size else b""
+                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                     break
-                out = self.handler.handle(data, "tcp", self.family)
-                if out is not None and not isinstance(out, bytes):
-                    out = await out
+                out = handle(data, "tcp", family)
                 if out is None:
-                    continue
+                    continue  # dropped: not activity, the idle deadline stays where it was
+                last = loop.time()
+                if task in connections:
+                    connections.move_to_end(task)
+                if not isinstance(out, bytes):
+                    out = await out
+                    if out is None:
+                        continue
                 writer.write(len(out).to_bytes(2, "big") + out)
                 if writer.transport.get_write_buffer_size():
                     try:
@@ -650,7 +707,7 @@ class Server:
         except Exception as exc:  # noqa: BLE001 - a broken connection ends only itself
             logger.debug("TCP connection ended: %s", exc)
         finally:
-            self.connections.discard(task)  # type: ignore[arg-type]
+            connections.pop(task, None)
             try:
                 writer.close()
             except Exception:  # noqa: BLE001

@@ -32,6 +32,8 @@ MODES = (
     "nxdomain_public", # NXDOMAIN for every name (". NS" answered fine)
     "slow",            # like ok after `delay` seconds
     "forward",         # relays the query to `forward_to` (host, port) over UDP: a forwarding loop
+    "liar",            # like ok, plus records nobody asked for: other names, names in cluster.local.,
+                       # another type of the asked name, in every section
 )
 
 
@@ -129,6 +131,11 @@ class Upstream:
             reply.flags |= dns.flags.TC
         elif question.rdtype == dns.rdatatype.A:
             reply.answer.append(dns.rrset.from_text(question.name, self.ttl, "IN", "A", self.answer_ip))
+        if mode == "liar" and not is_root_ns:
+            for section in (reply.answer, reply.authority, reply.additional):
+                section.append(dns.rrset.from_text("victim.spoof.test.", self.ttl, "IN", "A", "6.6.6.6"))
+                section.append(dns.rrset.from_text("web.default.svc.cluster.local.", self.ttl, "IN", "A", "6.6.6.6"))
+            reply.answer.append(dns.rrset.from_text(question.name, self.ttl, "IN", "TXT", '"lie"'))
         if mode == "wrong_id":
             reply.id = (reply.id + 1) & 0xFFFF
         if mode == "wrong_question":

@@ -457,9 +457,10 @@ def tcp_too_many_connections(server):
     try:
         for _ in range(1010):  # the default limit is 1000 connections
             held.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
-        procs.wait_until(lambda: server.metric("skydns_dns_dropped_total", reason="tcp_max_connections") > 0,
-                         what="connections over the limit dropped")
+        procs.wait_until(lambda: server.metric("skydns_dns_dropped_total", reason="tcp_evicted") > 0,
+                         what="the least recently active connections closed for new ones")
         assert server.udp().answer  # UDP unaffected
+        assert server.tcp().answer  # a fresh TCP query takes the slot of the oldest idle one
     finally:
         for sock in held:
             sock.close()

@@ -280,3 +280,74 @@ def test_a_silent_watch_is_probed_before_it_is_given_up():
 def test_watch_events_carry_their_revision():
     _, view, _, _ = play(STREAMS[0])
     assert view.revision == 4
+
+
+# -- issue 11: bad values reported once per key and revision, the revision a watch reached -------
+
+
+def test_bad_values_are_reported_once_per_key_and_revision(caplog):
+    caplog.set_level("WARNING", logger="skydns.etcdwatch")
+    stream = (CREATED, response(put("a", '{"ttl":1e400}', 2), put("b", A2, 3)),
+              response(put("a", '{"ttl":1e400}', 4)), response(put("a", A1, 5), put("c", "[", 6)), EOF)
+    _, view, _, bad = play(Stream("bad values", stream, etcdwatch.WatchLost, "closed"))
+    assert bad == 3  # a at 2, a again at 4 (a new revision), c at 6
+    lines = [r.getMessage() for r in caplog.records if r.name == "skydns.etcdwatch"]
+    assert lines == [
+        f"etcd: skipping bad value at {PREFIX}a (revision 2): ttl must be an integer, got inf",
+        f"etcd: skipping bad value at {PREFIX}a (revision 4): ttl must be an integer, got inf",
+        f"etcd: skipping bad value at {PREFIX}c (revision 6): not JSON: Expecting value: line 1 column 2 (char 1)",
+    ]
+    assert set(view.bad) == {PREFIX + "c"}
+
+
+def test_a_relist_reports_only_new_bad_values(caplog):
+    caplog.set_level("WARNING", logger="skydns.etcdwatch")
+    counted = []
+    meters = etcdwatch._Meters(None)
+    meters.bad_value = lambda count=1: counted.append(count)
+    view = store.Store()
+    mirror = etcdwatch._Mirror(settings_mod.Settings(), view, None, meters, random.Random(1))
+    first = [(PREFIX + "x", b'{"port":NaN}'), (PREFIX + "y", b"{"), (PREFIX + "ok", A1.encode())]
+    for revision, items in ((10, first), (20, first), (30, first[1:]), (40, first)):
+        view.replace(items, revision)
+        mirror._report_listed(view.bad, revision)
+    lines = [r.getMessage() for r in caplog.records if r.name == "skydns.etcdwatch"]
+    assert [line.split(" (")[0] for line in lines] == [
+        f"etcd: skipping bad value at {PREFIX}x", f"etcd: skipping bad value at {PREFIX}y",
+        f"etcd: skipping bad value at {PREFIX}x"]  # x: gone at 30, back at 40
+    assert "(listed at revision 40)" in lines[-1]
+    assert sum(counted) == 3
+
+
+def test_compaction_log_names_the_revision_the_watch_reached(caplog):
+    caplog.set_level("INFO", logger="skydns.etcdwatch")
+    view = store.Store()
+    mirror = etcdwatch._Mirror(settings_mod.Settings(), view, None, etcdwatch._Meters(None), random.Random(1))
+    loads = []
+
+    async def load(client):
+        loads.append(1)
+        if len(loads) > 1:
+            raise asyncio.CancelledError  # stop after the relist
+        view.replace([], 5)
+        mirror.reached = 5
+        return 5
+
+    async def watch(client, start):
+        mirror._apply([put("a", A1, 8), put("b", A2, 9)])
+        raise etcdwatch.Compacted(12)
+
+    class Client:
+        async def connect(self):
+            pass
+
+    mirror._load = load
+    mirror._watch = watch
+    original = etcdwatch.make_client
+    etcdwatch.make_client = lambda settings, endpoint=None: Client()
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(mirror.loop())
+    finally:
+        etcdwatch.make_client = original
+    assert "etcd: watch at revision 10 compacted, relisting (history starts at 12)" in caplog.text

@@ -214,19 +214,78 @@ def test_failing_upstream_is_marked_down_then_recovers():
     assert sample("skydns_forward_healthcheck_failures_total", to=first.label) >= 2
 
 
-def test_all_upstreams_down_are_tried_anyway():
+def test_all_upstreams_down_answer_servfail_at_once_until_one_is_back():
     async def main():
-        async with upstreams.Upstream("servfail") as a, upstreams.Upstream("servfail") as b:
-            fwd = make(a, b, cache_size=0, forward_max_fails=1)
+        async with upstreams.Upstream("timeout") as a, upstreams.Upstream("timeout") as b:
+            fwd = make(a, b, cache_size=0, forward_max_fails=1, forward_timeout=0.3)
             await fwd.forward(query("n0.example.com."))
             assert all(u.down for u in fwd.default.upstreams)
+            asked = len(a.queries) + len(b.queries)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            # getent-like: several names and types, each answered at once (no upstream asked)
+            fast = [await fwd.forward(query(f"n{i}.example.com.", t)) for i in range(1, 4) for t in ("A", "AAAA")]
+            took = loop.time() - started
+            asked_while_down = len(a.queries) + len(b.queries) - asked
             a.mode = "ok"
-            reply = await fwd.forward(query("n1.example.com."))
-            return reply, fwd.ready()
+            await fwd.start()  # the health checks find a again
+            try:
+                while fwd.default.upstreams[0].down:
+                    await asyncio.sleep(0.01)
+                back = await fwd.forward(query("n1.example.com."))
+            finally:
+                await fwd.close()
+            return fast, took, asked_while_down, back, fwd.ready()
 
-    reply, ready = run(main())
-    assert reply.rcode() == dns.rcode.NOERROR
+    fast, took, asked_while_down, back, ready = run(main())
+    assert [r.rcode() for r in fast] == [dns.rcode.SERVFAIL] * 6
+    assert asked_while_down == 0
+    assert took < 0.3  # not one forward_timeout, let alone one per query
+    assert back.rcode() == dns.rcode.NOERROR  # its failure was forgotten when a came back
     assert ready == (True, "")
+
+
+def test_servfail_is_cached_for_servfail_cache_ttl():
+    clock = Clock()
+
+    async def main():
+        async with upstreams.Upstream("servfail") as up:
+            fwd = make(up, clock=clock, forward_max_fails=100, servfail_cache_ttl=5)
+            first = await fwd.forward(query())
+            clock.now += 4.5
+            cached = await fwd.forward(query("WWW.example.com."))
+            other = await fwd.forward(query("other.example.com."))
+            asked_within = len(up.queries)
+            clock.now += 1
+            up.mode = "ok"
+            after = await fwd.forward(query())
+            off = make(up, clock=clock, forward_max_fails=100, servfail_cache_ttl=0)
+            up.mode = "servfail"
+            await off.forward(query("x.example.com."))
+            await off.forward(query("x.example.com."))
+            return first, cached, other, asked_within, after, len(up.queries)
+
+    first, cached, other, asked_within, after, asked = run(main())
+    assert first.rcode() == cached.rcode() == other.rcode() == dns.rcode.SERVFAIL
+    assert str(cached.question[0].name) == "WWW.example.com." and cached.id != first.id
+    assert asked_within == 2  # www once, other once
+    assert after.rcode() == dns.rcode.NOERROR  # expired after 5 s
+    assert asked == 5  # servfail_cache_ttl=0: every query asks again
+
+
+def test_relayed_servfail_is_cached_too():
+    clock = Clock()
+
+    async def main():
+        async with upstreams.Upstream("servfail") as up:
+            # SERVFAIL not in the failover rcodes: the upstream's SERVFAIL is relayed as it is
+            fwd = make(up, clock=clock, forward_failover_rcodes=(5,))
+            replies = [await fwd.forward(query()) for _ in range(3)]
+            return replies, len(up.queries)
+
+    replies, asked = run(main())
+    assert [r.rcode() for r in replies] == [dns.rcode.SERVFAIL] * 3
+    assert asked == 1
 
 
 def test_ready_can_require_a_healthy_upstream():
@@ -376,6 +435,77 @@ def test_lookup_returns_answer_rrsets_or_nothing():
     good, nx, failed = run(main())
     assert [rr.to_text() for rr in good[0]] == ["192.0.2.1"]
     assert nx == [] and failed == []
+
+
+# What a lying upstream adds to the reply of "target.spoof.test." (tests/upstreams.py "liar"):
+# records of other names, of our own zone, of another type, a second CNAME for one owner.
+LIES = (
+    "victim.spoof.test. 300 IN A 6.6.6.6",
+    "web.default.svc.cluster.local. 300 IN A 6.6.6.6",
+    "target.spoof.test. 300 IN TXT \"lie\"",
+)
+
+
+@pytest.mark.parametrize(
+    "answer, rdtype, want",
+    [
+        (("target.spoof.test. 300 IN A 192.0.2.1", *LIES), "A", ["target.spoof.test. 300 IN A 192.0.2.1"]),
+        (("target.spoof.test. 300 IN CNAME next.spoof.test.", "next.spoof.test. 300 IN CNAME last.example.",
+          "last.example. 300 IN A 192.0.2.2", *LIES), "A",
+         ["target.spoof.test. 300 IN CNAME next.spoof.test.", "next.spoof.test. 300 IN CNAME last.example.",
+          "last.example. 300 IN A 192.0.2.2"]),
+        # a chain that leads into our zone stops there: its records come from us, never upstream
+        (("target.spoof.test. 300 IN CNAME web.default.svc.cluster.local.", *LIES), "A",
+         ["target.spoof.test. 300 IN CNAME web.default.svc.cluster.local."]),
+        (("target.spoof.test. 300 IN CNAME a.example.", "a.example. 300 IN CNAME target.spoof.test.",
+          "a.example. 300 IN A 192.0.2.3"), "A",
+         ["target.spoof.test. 300 IN CNAME a.example.", "a.example. 300 IN A 192.0.2.3"]),
+        (("target.spoof.test. 300 IN CNAME a.example.", "a.example. 300 IN CNAME target.spoof.test."), "A",
+         ["target.spoof.test. 300 IN CNAME a.example.", "a.example. 300 IN CNAME target.spoof.test."]),
+        (("other.example. 300 IN A 192.0.2.9",), "A", []),
+        (("target.spoof.test. 300 IN A 192.0.2.1", *LIES), "TXT", ['target.spoof.test. 300 IN TXT "lie"']),
+        (("target.spoof.test. 300 IN CNAME a.example.", "a.example. 300 IN A 192.0.2.3"), "CNAME",
+         ["target.spoof.test. 300 IN CNAME a.example."]),
+        (("Target.Spoof.Test. 300 IN AAAA 2001:db8::1", "target.spoof.test. 300 IN A 192.0.2.1"), "AAAA",
+         ["Target.Spoof.Test. 300 IN AAAA 2001:db8::1"]),
+    ],
+    ids=["extra-records", "long-chain", "chain-into-our-zone", "loop-with-records", "loop", "nothing-of-ours",
+         "txt", "cname-query", "case"],
+)
+def test_chain_keeps_only_the_chased_chain(answer, rdtype, want):
+    rrsets = [dns.rrset.from_text(*line.split(" ", 4)[:4], line.split(" ", 4)[4]) for line in answer]
+    local = (dns.name.from_text("cluster.local."),)
+    got = forwarding.chain(rrsets, dns.name.from_text("target.spoof.test."), dns.rdatatype.from_text(rdtype), local)
+    assert [line for rrset in got for line in rrset.to_text().splitlines()] == want
+
+
+@pytest.mark.parametrize("mode", ["liar", "wrong_id", "wrong_question"])
+def test_lookup_through_a_lying_upstream(mode):
+    async def main():
+        async with upstreams.Upstream(mode) as up:
+            fwd = make(up, domains=("cluster.local.",), forward_timeout=0.3)
+            return await fwd.lookup("target.spoof.test.", dns.rdatatype.A)
+
+    got = run(main())
+    if mode == "liar":
+        assert [rrset.to_text() for rrset in got] == ["target.spoof.test. 300 IN A 192.0.2.1"]
+    else:  # a reply to another query is never taken
+        assert got == []
+
+
+def test_forwarded_replies_never_carry_records_of_our_zones():
+    async def main():
+        async with upstreams.Upstream("liar") as up:
+            fwd = make(up, domains=("cluster.local.",))
+            first = await fwd.forward(query("target.spoof.test."))
+            cached = await fwd.forward(query("target.spoof.test."))
+            return first, cached
+
+    for reply in run(main()):
+        names = {rrset.name.to_text() for section in (reply.answer, reply.authority, reply.additional)
+                 for rrset in section}
+        assert "target.spoof.test." in names
+        assert not any(name.endswith("cluster.local.") for name in names), names
 
 
 def test_metrics_count_requests_and_responses():
@@ -543,7 +673,7 @@ def test_click_options_reject_bad_values(argv, message):
 # -- encoded answers for the transport's hot path ----------------------------------------------
 
 
-def test_encoded_replies_are_patched_per_query_and_dropped_on_new_generation():
+def test_encoded_replies_are_patched_per_query_until_they_expire():
     clock = Clock()
 
     async def main():
@@ -552,30 +682,54 @@ def test_encoded_replies_are_patched_per_query_and_dropped_on_new_generation():
             q1 = query("www.example.com.", use_edns=0)
             p1 = wire.parse(q1.to_wire())
             key = wire.cache_key(p1, wire.udp_limit(p1, 1232))
-            assert fwd.encoded_reply(p1, key, generation=1) is None
+            assert fwd.encoded_reply(p1, key) is None
             reply = await fwd.forward(q1)
-            kept = fwd.remember_encoded(key, q1, reply.to_wire(max_size=1232), generation=1)
+            kept = fwd.remember_encoded(key, q1, reply.to_wire(max_size=1232))
             clock.now += 100.5
             q2 = query("WWW.example.COM.", use_edns=0)
             p2 = wire.parse(q2.to_wire())
-            hit = fwd.encoded_reply(p2, wire.cache_key(p2, wire.udp_limit(p2, 1232)), generation=1)
-            new_generation = fwd.encoded_reply(p2, key, generation=2)
-            q3 = query("www.example.com.", use_edns=0)
-            await fwd.forward(q3)
-            again = fwd.remember_encoded(key, q3, (await fwd.forward(q3)).to_wire(), generation=2)
+            hit = fwd.encoded_reply(p2, wire.cache_key(p2, wire.udp_limit(p2, 1232)))
             clock.now += 200
-            expired = fwd.encoded_reply(p2, key, generation=2)
-            return kept, q2, hit, new_generation, again, expired, len(up.queries)
+            expired = fwd.encoded_reply(p2, key)
+            return kept, q2, hit, expired, len(up.queries)
 
-    kept, q2, hit, new_generation, again, expired, asked = run(main())
+    kept, q2, hit, expired, asked = run(main())
     assert kept
     message = dns.message.from_wire(hit)
     assert message.id == q2.id
     assert str(message.question[0].name) == "WWW.example.COM."
     assert message.answer[0].ttl == 200
     assert message.edns == 0
-    assert new_generation is None
-    assert again and expired is None
+    assert expired is None
+    assert asked == 1
+
+
+def test_forget_drops_every_cached_answer_of_one_name():
+    clock = Clock()
+
+    async def main():
+        async with upstreams.Upstream(ttl=300) as up:
+            fwd = make(up, clock=clock)
+            keys = {}
+            for name in ("1.0.0.10.in-addr.arpa.", "2.0.0.10.in-addr.arpa."):
+                for do in (False, True):  # two cache keys per name (the fake upstream answers only A)
+                    q = query(name, "A", use_edns=0, want_dnssec=do)
+                    p = wire.parse(q.to_wire())
+                    key = keys[name, do] = wire.cache_key(p, wire.udp_limit(p, 1232))
+                    assert fwd.remember_encoded(key, q, (await fwd.forward(q)).to_wire())
+            fwd.forget("1.0.0.10.in-addr.arpa.")
+            hits = {}
+            for (name, do), key in keys.items():
+                p = wire.parse(query(name, "A", use_edns=0, want_dnssec=do).to_wire())
+                hits[name, do] = fwd.encoded_reply(p, key) is not None
+            before = len(up.queries)
+            await fwd.forward(query("1.0.0.10.in-addr.arpa.", "A"))  # asked again
+            await fwd.forward(query("2.0.0.10.in-addr.arpa.", "A"))  # still cached
+            return hits, len(up.queries) - before
+
+    hits, asked = run(main())
+    assert hits == {("1.0.0.10.in-addr.arpa.", False): False, ("1.0.0.10.in-addr.arpa.", True): False,
+                    ("2.0.0.10.in-addr.arpa.", False): True, ("2.0.0.10.in-addr.arpa.", True): True}
     assert asked == 1
 
 
@@ -595,7 +749,7 @@ def test_remember_encoded_only_cached_answers(mode, name, kept):
             if mode == "truncate":  # pretend the transport had to cut it for a small UDP limit
                 out = out[:2] + bytes([out[2] | 0x02]) + out[3:]
             p = wire.parse(q.to_wire())
-            return fwd.remember_encoded(wire.cache_key(p, 512), q, out, generation=0)
+            return fwd.remember_encoded(wire.cache_key(p, 512), q, out)
 
     assert run(main()) is kept
 

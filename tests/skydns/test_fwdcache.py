@@ -203,3 +203,67 @@ def test_entry_times():
     cache.put(key(), ans(answer=["www.example.com. 100 IN A 192.0.2.1"]), now=5.0)
     assert cache.entry_times(key()) == (5.0, 105.0)
     assert cache.entry_times(key("other.")) is None
+
+
+# -- issue 9.3 / 10.6: forget(name), failures, encoded replies by key ---------------------------
+
+A = "{name} 300 IN A 192.0.2.1"
+
+
+def test_forget_drops_every_entry_of_one_name_only():
+    cache = fwdcache.Cache(100)
+    names = ("1.0.0.10.in-addr.arpa.", "2.0.0.10.in-addr.arpa.")
+    for name in names:
+        for rdtype, do, cd in ((1, False, False), (12, False, False), (1, True, False), (1, False, True)):
+            assert cache.put(fwdcache.Key(name, rdtype, 1, do, cd), ans(answer=[A.format(name=name)]), 0.0)
+    assert cache.forget("1.0.0.10.in-addr.arpa.") == 4
+    assert cache.forget("1.0.0.10.in-addr.arpa.") == 0
+    assert len(cache) == 4 and cache.count(fwdcache.Kind.SUCCESS) == 4
+    assert cache.get(fwdcache.Key(names[0], 1, 1), 1.0) is None
+    assert cache.get(fwdcache.Key(names[1], 1, 1), 1.0) is not None
+
+
+def test_forget_index_follows_eviction_and_replacement():
+    cache = fwdcache.Cache(2)
+    for i in range(3):
+        cache.put(key(f"n{i}.example."), ans(answer=[A.format(name=f"n{i}.example.")]), float(i))
+    cache.put(key("n2.example."), ans(answer=[A.format(name="n2.example.")]), 3.0)
+    assert cache.forget("n0.example.") == 0  # evicted already
+    assert cache.forget("n2.example.") == 1
+    assert len(cache) == 1
+
+
+@pytest.mark.parametrize(
+    "ttl, capacity, at, failed",
+    [(5.0, 10, 4.9, True), (5.0, 10, 5.0, False), (0.0, 10, 0.1, False), (5.0, 0, 0.1, False)],
+    ids=["fresh", "expired", "off", "no-room"],
+)
+def test_failures_expire(ttl, capacity, at, failed):
+    failures = fwdcache.Failures(capacity, ttl)
+    failures.put(key(), 100.0)
+    assert failures.failed(key(), 100.0 + at) is failed
+    assert not failures.failed(key("other.example."), 100.0)
+
+
+def test_failures_are_bounded_and_forgotten():
+    failures = fwdcache.Failures(2, 5.0)
+    for i in range(3):
+        failures.put(key(f"n{i}.example."), 0.0)
+    assert len(failures) == 2 and not failures.failed(key("n0.example."), 1.0)
+    assert failures.forget("n1.example.") == 1
+    assert not failures.failed(key("n1.example."), 1.0) and failures.failed(key("n2.example."), 1.0)
+    failures.clear()
+    assert len(failures) == 0
+
+
+def test_encodings_by_key_with_forget():
+    enc = fwdcache.Encodings(2)
+    entry = fwdcache.Encoded(b"x" * 12, (), 0.0, 0, 10.0)
+    enc.put(("a", 1), "a.example.", entry)
+    enc.put(("a", 28), "a.example.", entry)
+    enc.put(("b", 1), "b.example.", entry)  # full: the oldest, ("a", 1), goes
+    assert enc.get(("a", 1)) is None and enc.get(("a", 28)) is entry
+    assert enc.forget("a.example.") == 1
+    assert len(enc) == 1 and enc.get(("b", 1)) is entry
+    enc.drop(("b", 1))
+    assert enc.forget("b.example.") == 0

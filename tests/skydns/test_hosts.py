@@ -118,3 +118,51 @@ def test_hosts_answered_before_forwarding_and_reloaded(tmp_path):
     assert second.answer[0][0].to_text() == "10.8.8.8"
     assert other.answer[0][0].to_text() == "192.0.2.1"
     assert asked == ["www.example.com."]
+
+
+@pytest.mark.parametrize(
+    "before, after, names",
+    [
+        ("10.0.0.1 a\n", "10.0.0.1 a\n", set()),
+        ("10.0.0.1 a\n", "10.0.0.2 a\n", {"a.", "1.0.0.10.in-addr.arpa.", "2.0.0.10.in-addr.arpa."}),
+        ("10.0.0.1 a\n", "10.0.0.1 a b\n", {"b.", "1.0.0.10.in-addr.arpa."}),
+        ("10.0.0.1 a\nfd00::1 c\n", "10.0.0.1 a\n",
+         {"c.", "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa."}),
+    ],
+    ids=["same", "address-changed", "alias-added", "v6-removed"],
+)
+def test_changed_names_between_two_tables(before, after, names):
+    assert hosts.changed(hosts.parse(before), hosts.parse(after)) == names
+
+
+def test_reload_forgets_the_forwarded_answers_of_changed_names_only(tmp_path):
+    from skydns import wire
+
+    path = tmp_path / "hosts"
+    path.write_text("10.9.9.9 other.corp.example\n")
+
+    async def main():
+        async with upstreams.Upstream() as up:
+            fwd = forwarding.Forwarder(settings.Settings(
+                nameservers=(up.upstream,), hosts_file=str(path), hosts_reload=0.02, loop_check_interval=0))
+            await fwd.start()
+            try:
+                keys = {}
+                for name in ("registry.corp.example.", "www.example.com."):
+                    q = dns.message.make_query(name, "A")
+                    p = wire.parse(q.to_wire())
+                    keys[name] = (p, wire.cache_key(p, 512))
+                    assert fwd.remember_encoded(keys[name][1], q, (await fwd.forward(q)).to_wire())
+                path.write_text("10.9.9.9 other.corp.example\n10.8.8.8 registry.corp.example\n")
+                os.utime(path, ns=(2, 2))
+                while fwd.encoded_reply(*keys["registry.corp.example."]) is not None:
+                    await asyncio.sleep(0.01)
+                still = fwd.encoded_reply(*keys["www.example.com."])
+                now = await fwd.forward(dns.message.make_query("registry.corp.example.", "A"))
+            finally:
+                await fwd.close()
+            return still, now
+
+    still, now = asyncio.run(main())
+    assert still is not None  # an unrelated forwarded answer stays cached
+    assert now.answer[0][0].to_text() == "10.8.8.8"

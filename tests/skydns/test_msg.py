@@ -70,13 +70,75 @@ BAD_VALUES = [
     '{"mail":"yes"}',
     '{"priority":1.5}',
     b"\xff\xfe",
+    # issue 11: numbers no record can hold, hosts no answer can carry, strings that are not text
+    '{"host":"10.0.0.1","ttl":1e400}',
+    '{"ttl":NaN}',
+    '{"port":Infinity}',
+    '{"weight":-Infinity}',
+    '{"priority":1e300}',
+    '{"targetstrip":' + "9" * 5000 + "}",
+    '{"port":' + "9" * 100 + "}",
+    '{"ttl":4294967296}',
+    '{"ttl":true}',
+    '{"host":"fe80::1%eth0"}',
+    '{"host":"10.0.0.1%eth0"}',
+    '{"host":"a..example."}',
+    '{"host":".example."}',
+    '{"host":"."}',
+    '{"host":"a b.example."}',
+    '{"host":"a\\.b.example."}',
+    '{"host":"caf\\u00e9.example."}',
+    '{"host":"' + "a" * 64 + '.example."}',
+    '{"host":"' + ".".join(["a" * 63] * 4) + '"}',
+    '{"host":"\\ud800.example."}',
+    '{"text":"\\udfff"}',
+    '{"group":"\\ud83d"}',
+    '{"host":["10.0.0.1"]}',
+    '{"mail":1}',
+    "[" * 100000 + "]" * 100000,
+    '{"host":"10.0.0.1"} trailing',
+    b'\xef\xbb\xbf{"host":"10.0.0.1"}',
+    "",
+    "null",
 ]
 
 
-@pytest.mark.parametrize("value", BAD_VALUES, ids=[repr(v) for v in BAD_VALUES])
+@pytest.mark.parametrize("value", BAD_VALUES, ids=[repr(v)[:40] for v in BAD_VALUES])
 def test_decode_bad_values_raise_record_error(value):
-    with pytest.raises(msg.RecordError):
+    with pytest.raises(msg.RecordError) as info:
         msg.decode(value, key="/skydns/bad")
+    assert str(info.value).startswith("/skydns/bad: ")
+    assert len(str(info.value)) < 200  # a huge value never makes a huge log line
+
+
+GOOD_VALUES = [
+    # what kube2sky writes, and SkyDNS-era hand-written values
+    ('{"host":"10.0.0.10","priority":10,"weight":10,"ttl":30}', msg.Service(host="10.0.0.10", priority=10,
+                                                                          weight=10, ttl=30)),
+    ('{"host":"fd00::1","ttl":30}', msg.Service(host="fd00::1", ttl=30)),
+    ('{"host":"web.default.svc.cluster.local.","port":80,"priority":10,"weight":10,"ttl":30}',
+     msg.Service(host="web.default.svc.cluster.local.", port=80, priority=10, weight=10, ttl=30)),
+    ('{"host":"_http._tcp.Web-1.example"}', msg.Service(host="_http._tcp.Web-1.example")),
+    ('{"host":"*.example."}', msg.Service(host="*.example.")),
+    ('{"host":"1.2.3.4.nip.io"}', msg.Service(host="1.2.3.4.nip.io")),
+    ('{"host":"' + ".".join(["a" * 63] * 3) + "." + "a" * 61 + '."}',
+     msg.Service(host=".".join(["a" * 63] * 3) + "." + "a" * 61 + ".")),
+    ('{"ttl":30.0,"port":53.0}', msg.Service(ttl=30, port=53)),
+    ('{"ttl":4294967295,"port":65535,"targetstrip":255}', msg.Service(ttl=4294967295, port=65535, targetstrip=255)),
+    ('{"text":"' + "x" * 100000 + '"}', msg.Service(text="x" * 100000)),
+    ('{"text":"caf\\u00e9 \\ud83d\\ude00"}', msg.Service(text="café 😀")),
+    ('{"host":null,"port":null,"Host":"ignored","extra":{"deep":[1,2,NaN]}}', None),
+]
+
+
+@pytest.mark.parametrize(("value", "record"), GOOD_VALUES, ids=[v[:40] for v, _ in GOOD_VALUES])
+def test_decode_good_values(value, record):
+    if record is None:  # NaN in an ignored field is still refused while parsing: not a valid value
+        with pytest.raises(msg.RecordError):
+            msg.decode(value)
+        return
+    assert msg.decode(value) == record
+    assert msg.decode(value.encode()) == record
 
 
 LEAF_CASES = [
@@ -98,6 +160,8 @@ HOST_TYPES = [
     ("web.default.svc.cluster.local.", msg.HostType.NAME),
     ("1.2.3.4.nip.io", msg.HostType.NAME),
     ("300.1.1.1", msg.HostType.NAME),
+    ("fe80::1%eth0", msg.HostType.NAME),  # a zone id: no AAAA can hold it (decode refuses it)
+    ("10.0.0.1.", msg.HostType.NAME),
 ]
 
 
