@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps run test unit lint bench clean
+.PHONY: deps run test unit lint bench fuzz clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -23,5 +23,10 @@ unit: deps
 bench: deps
 	@$(PY) bench/run.py
 
+## fuzz: long fuzzing runs: atheris targets FUZZ_SECONDS each (default 300) when installed, then the
+## hypothesis properties of tests/fuzz with FUZZ_EXAMPLES examples each (default 20000)
+fuzz: deps
+	@$(PY) fuzz/run.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info .fuzz-corpus

@@ -415,7 +415,7 @@ class RealRunning(Running):
         self.stats = metrics.DnsStats()
         self.view = view
         self.handler = transport.Handler(self.settings, view, None, stats=self.stats)
-        self.loop = new_loop()
+        self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         udp, tcp = transport.bind("127.0.0.1", 0)
