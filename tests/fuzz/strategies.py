@@ -82,7 +82,19 @@ FIELD_VALUES = {
     "mail": st.one_of(st.booleans(), st.none(), INTS, TEXT),
     "group": st.one_of(st.sampled_from(["", "g1", "g2"]), TEXT, st.none()),
 }
-RECORD = st.fixed_dictionaries({}, optional={**FIELD_VALUES, "extra": JSON, "Host": TEXT})
+RECORD = st.one_of(
+    st.fixed_dictionaries({"host": HOSTS}, optional={k: v for k, v in FIELD_VALUES.items() if k != "host"}),
+    st.fixed_dictionaries({}, optional={**FIELD_VALUES, "extra": JSON, "Host": TEXT}),
+)
+
+
+# The reproducers of issue 11 and their kin: always among the examples (hypothesis.example).
+KNOWN_BAD = (
+    b'{"host":"10.0.0.1","ttl":1e400}', b'{"host":"10.0.0.1","port":NaN}', b'{"host":"10.0.0.1","weight":Infinity}',
+    b'{"host":"10.0.0.1","priority":' + b"9" * 400 + b"}", b'{"host":"fe80::1%eth0"}',
+    b'{"host":"web.default.svc.cluster.local.","port":1e400}', b'{"host":"a..b."}', b'{"text":"\\ud800"}',
+    b'{"host":"' + b"a" * 300 + b'"}', b"[" * 100000, b"\xff\xfe", b'{"host":"10.0.0.1%eth0"}',
+)
 
 
 def _dump(obj: object) -> bytes:

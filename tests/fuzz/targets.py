@@ -99,6 +99,9 @@ def check_answer(view: store.Store, settings: settings_mod.Settings, name: str, 
     except dns.exception.DNSException:
         return  # not a name a client can ask
     result = answering.answer(query, view, settings)
+    failure = getattr(result, "failure", None)
+    if failure is not None:
+        raise AssertionError(f"answering {name} {rdtype} failed: {failure!r}") from failure
     errors.check(f"answering {name} {rdtype}")
     messages = []
     if isinstance(result, answering.Reply):

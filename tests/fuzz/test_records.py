@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from tests.fuzz import strategies, targets
 
@@ -22,12 +22,17 @@ def errors():
 
 
 @settings(max_examples=strategies.examples(300))
+@example(b'{"host":"fe80::1%eth0"}')
+@example(b'{"host":"10.0.0.1","ttl":1e400}')
 @given(st.one_of(strategies.VALUES, strategies.JSON.map(str), st.text(max_size=50)))
 def test_decode_is_total(value):
     targets.check_decode(value)
 
 
 @settings(max_examples=strategies.examples(40))  # each example answers ~100 queries
+@example([(f"/skydns/local/cluster/svc/default/x/{i}", v) for i, v in enumerate(strategies.KNOWN_BAD)]
+         + [("/skydns/local/cluster/svc/default/x/good", b'{"host":"10.0.0.2"}'),
+            ("/skydns/local/cluster/svc/default/x/v6", b'{"host":"fd00::2"}')], targets.SETTINGS[0])
 @given(strategies.STORES, st.sampled_from(targets.SETTINGS))
 def test_accepted_records_answer_every_type(errors, items, settings):
     targets.check_store(items, settings, errors)
