@@ -287,6 +287,7 @@ def _path_of(name: dns.name.Name) -> tuple[str, ...]:
     return tuple(label.lower().decode("latin-1") for label in reversed(labels))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _text_path(text: str) -> tuple[str, ...] | None:
     try:
         return tuple(reversed(msg.labels(text)))
@@ -332,7 +333,7 @@ _RR = tuple[str | None, int, int, object]
 class _Ctx:
     """What one plan needs everywhere."""
 
-    __slots__ = ("view", "settings", "zones", "limit", "qtext")
+    __slots__ = ("view", "settings", "zones", "limit", "qtext", "kube")
 
     def __init__(self, view: store.Store, settings: settings_mod.Settings,
                  zones: tuple[_Zone, ...], qtext: str) -> None:
@@ -341,6 +342,7 @@ class _Ctx:
         self.zones = zones
         self.limit = max(1, settings.max_answers)
         self.qtext = qtext
+        self.kube: dict[str, bool] = {}  # zone name -> laid out by kube2sky (read once per plan)
 
 
 def answer(query: dns.message.Message, view: store.Store,
@@ -567,7 +569,10 @@ def _in_zone(ctx: _Ctx, qtype: int, path: tuple[str, ...], zone: _Zone) -> Plan 
 
 def _is_kube(ctx: _Ctx, zone: _Zone) -> bool:
     """Whether kube2sky lays out this zone: it holds ``dns-version.<zone>`` (rule 13)."""
-    return ctx.view.exists_path(zone.version_path)
+    kube = ctx.kube.get(zone.name)
+    if kube is None:
+        kube = ctx.kube[zone.name] = ctx.view.exists_path(zone.version_path)
+    return kube
 
 
 def _structural(ctx: _Ctx, path: tuple[str, ...], zone: _Zone) -> bool:
@@ -744,8 +749,11 @@ def _glue(ctx: _Ctx, target: str, additional: Section) -> None:
     zone = _zone_of(target_path, ctx.zones)
     if zone is None:
         return
+    # one lookup serves both families (they differ only at an apex, rule 9)
+    records = _records_for(ctx, target_path, zone, _A)
     for rdtype in (_A, _AAAA):
-        records = _records_for(ctx, target_path, zone, rdtype)
+        if rdtype == _AAAA and len(target_path) == len(zone.path):
+            records = _records_for(ctx, target_path, zone, rdtype)
         items, _ = _chase(ctx, target, target, records, rdtype, frozenset((target,)), 0)
         additional.extend(items, ctx.qtext)
 

@@ -69,7 +69,8 @@ def _packed(address: str) -> bytes:
     return ipaddress.ip_address(address).packed
 
 
-def _question_keys(qname: bytes) -> list[tuple[bytes, int]]:
+@functools.lru_cache(maxsize=1 << 14)
+def _question_keys(qname: bytes) -> tuple[tuple[bytes, int], ...]:
     """(suffix key, offset) of every suffix of the question's name (at offset 12)."""
     out = []
     labels = []
@@ -83,7 +84,7 @@ def _question_keys(qname: bytes) -> list[tuple[bytes, int]]:
     for i, (offset, _) in enumerate(labels):
         key = b".".join(label for _, label in labels[i:]).lower()
         out.append((key, wire.HEADER_SIZE + offset))
-    return out
+    return tuple(out)
 
 
 class _Writer:
@@ -159,6 +160,45 @@ def reply(query: wire.Query, result: object, recursion: bool, payload: int, limi
 
     ``recursion`` sets RA; ``payload`` is our EDNS payload (advertised when the query had OPT).
     """
+    out = _render(query, result, recursion, payload, limit, turn, None)
+    return None if out is None else out
+
+
+def replies(query: wire.Query, result: object, recursion: bool, payload: int, limit: int,
+            count: int) -> list[bytes] | None:
+    """``reply`` for turns 0 .. count-1 (rule 4), rendered once: the records of each rotated
+    RRset are moved as byte spans when each of them names its owner by a pointer (then no
+    offset changes), else every turn is rendered in full."""
+    spans: list[list[tuple[int, int]]] = []
+    first = _render(query, result, recursion, payload, limit, 0, spans)
+    if first is None or count <= 1:
+        return None if first is None else [first]
+    if not all(first[start] >= 0xC0 for rrset in spans for start, _ in rrset):
+        out = [first]
+        for turn in range(1, count):
+            variant = _render(query, result, recursion, payload, limit, turn, None)
+            if variant is None:
+                return None
+            out.append(variant)
+        return out
+    variants = [first]
+    for turn in range(1, count):
+        pieces = []
+        pos = 0
+        for rrset in spans:
+            start, end = rrset[0][0], rrset[-1][1]
+            shift = turn % len(rrset)
+            pieces.append(first[pos:start])
+            pieces.extend(first[a:b] for a, b in rrset[shift:])
+            pieces.extend(first[a:b] for a, b in rrset[:shift])
+            pos = end
+        pieces.append(first[pos:])
+        variants.append(b"".join(pieces))
+    return variants
+
+
+def _render(query: wire.Query, result: object, recursion: bool, payload: int, limit: int,
+            turn: int, spans: list | None) -> bytes | None:
     flags = _QR | (query.flags & _RD) | (result.rcode & 0x0F)  # type: ignore[attr-defined]
     if recursion:
         flags |= _RA
@@ -173,16 +213,23 @@ def reply(query: wire.Query, result: object, recursion: bool, payload: int, limi
         writer = _Writer(out, dict(_question_keys(query.qname)))
         for index, section in enumerate(sections):
             for display, owner, rdtype, ttl, rdatas in section:
-                if index == 0 and turn and rdtype in _ROTATE and len(rdatas) > 1:
+                rotating = index == 0 and rdtype in _ROTATE and len(rdatas) > 1
+                if rotating and turn:
                     shift = turn % len(rdatas)
                     rdatas = rdatas[shift:] + rdatas[:shift]
+                record_spans = [] if rotating and spans is not None else None
                 owner_text = owner if display is None else display
                 for value in rdatas:
+                    start = len(out)
                     writer.name(owner_text)
                     head = len(out)
                     out += _RRHEAD.pack(rdtype, _IN, ttl, 0)
                     writer.rdata(rdtype, value)
                     struct.pack_into("!H", out, head + 8, len(out) - head - 10)
+                    if record_spans is not None:
+                        record_spans.append((start, len(out)))
+                if record_spans:
+                    spans.append(record_spans)  # type: ignore[union-attr]
     except Unsupported:
         return None
     arcount = counts[2]

@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import functools
 import logging
 import socket
 import sys
@@ -192,7 +193,7 @@ class Handler:
         # the fast path's header bits and zone labels (rule 3c)
         self._recursion = answering.can_forward(settings)
         self.payload_advertised = settings.edns_payload
-        self._zone_wires = [(z.to_wire().lower(), text) for z, text in self._zones]
+        self._zone_wires = tuple((z.to_wire().lower(), text) for z, text in self._zones)
         # optional fast path of forwarding.Forwarder: forwarded answers kept as bytes
         self._encoded_reply = getattr(self.forwarder, "encoded_reply", None)
         self._remember_encoded = getattr(self.forwarder, "remember_encoded", None)
@@ -292,17 +293,14 @@ class Handler:
             if not isinstance(result, answering.Plan) or not result.cacheable:
                 return None
             count = encode.rotations(result, ROTATIONS) if self.round_robin else 1
-            variants = []
-            for turn in range(count):
-                out = encode.reply(query, result, self._recursion, self.payload_advertised, limit, turn)
-                if out is None:
-                    return None
-                variants.append(out)
+            variants = encode.replies(query, result, self._recursion, self.payload_advertised, limit, count)
+            if variants is None:
+                return None
         except Exception:  # noqa: BLE001 - the reference path answers (and reports) it
             return None
-        zone = self.zone_of_path(query)
-        entry = anscache.Entry(variants, zone, query.qtype,
-                               tuple(wire.soa_serial_offsets(v) for v in variants), self._revision())
+        zone = _zone_label(self._zone_wires, query.qname.lower())
+        serials = tuple(wire.soa_serial_offsets(v) for v in variants) if _has_soa(result) else ()
+        entry = anscache.Entry(variants, zone, query.qtype, serials, self._revision())
         self.cache.put(key, entry, reads)
         self.stats.cache_entries[_CACHE] = len(self.cache)
         self._remember(proto, data, [v[2:] for v in variants], entry)
@@ -314,14 +312,6 @@ class Handler:
         self.stats.answered(zone, proto, family, query.qtype, out[3] & 0x0F, len(data), len(out),
                             time.perf_counter() - start)
         return out
-
-    def zone_of_path(self, query: wire.Query) -> str:
-        """zone_of for a parsed query (the metrics' zone label), without a dnspython name."""
-        name = query.qname.lower()
-        for suffix, text in self._zone_wires:
-            if name.endswith(suffix) and (len(name) == len(suffix) or _label_boundary(name, len(name) - len(suffix))):
-                return text
-        return "."
 
     def _revision(self) -> int:
         """The mirror's revision (the SOA serial); 0 for a stand-in view without one."""
@@ -471,6 +461,19 @@ class Handler:
             return self._panic(data, "resolving")
         self._count(zone, proto, family, qtype, len(data), out, start)
         return out
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _zone_label(zones: tuple[tuple[bytes, str], ...], name: bytes) -> str:
+    """The served zone holding a lower-case wire name (the metrics' zone label), "." when none."""
+    for suffix, text in zones:
+        if name.endswith(suffix) and (len(name) == len(suffix) or _label_boundary(name, len(name) - len(suffix))):
+            return text
+    return "."
+
+
+def _has_soa(result: answering.Plan) -> bool:
+    return any(entry[2] == 6 for section in (result.answer, result.authority) for entry in section)
 
 
 def _label_boundary(name: bytes, at: int) -> bool:

@@ -20,6 +20,8 @@ Rules:
 
 from __future__ import annotations
 
+import functools
+
 HEADER_SIZE = 12
 MAX_NAME = 255
 MAX_LABEL = 63
@@ -282,6 +284,7 @@ def _skip_name(message: bytes, pos: int) -> int:
         pos += length + 1
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def path_of(qname: bytes) -> tuple[str, ...]:
     """The lower-case key segments of an uncompressed wire name (labels reversed, root dropped),
     as ``answering`` computes them from a dnspython name."""

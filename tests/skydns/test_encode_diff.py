@@ -46,7 +46,10 @@ def test_encoder_writes_what_dnspython_renders(seed):
                 continue
             message = answering.answer(dns.message.from_wire(data), view, settings).message
             limit = rng.choice([512, 1232, 65535])
-            for turn in range(encode.rotations(result, transport.ROTATIONS)):
+            count = encode.rotations(result, transport.ROTATIONS)
+            together = encode.replies(query, result, answering.can_forward(settings), settings.edns_payload,
+                                      limit, count)
+            for turn in range(count):
                 got = encode.reply(query, result, answering.can_forward(settings), settings.edns_payload,
                                    limit, turn)
                 saved = transport._rotated(message, turn)
@@ -58,6 +61,7 @@ def test_encoder_writes_what_dnspython_renders(seed):
                     assert len(want) <= limit and (want[2] & 0x02 or len(message.to_wire()) > limit)
                     continue
                 rendered += 1
+                assert together is not None and together[turn] == got  # rendered once, rotated as spans
                 assert got == want, (f"seed {seed}: {dns.message.from_wire(data).question[0]} turn {turn}\n"
                                      f"encoder:\n{dns.message.from_wire(got)}\ndnspython:\n{message}")
     assert rendered > 300  # most plans were written by the encoder
