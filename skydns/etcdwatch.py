@@ -395,8 +395,12 @@ class _Mirror:
             await asyncio.sleep(delay)
 
     async def _load(self, client: _Client) -> int:
-        """Read the whole prefix at one revision, replace the view; return the revision."""
-        items: list[tuple[str, bytes]] = []
+        """Read the whole prefix at one revision, replace the view; return the revision.
+
+        Each page is decoded into the new snapshot as it arrives and then dropped (never all
+        pages' bytes at once); the view answers from its last snapshot until the swap.
+        """
+        load = self.view.begin_replace()
         key = self.prefix
         revision = 0
         while True:
@@ -405,18 +409,19 @@ class _Mirror:
             response = await client.kvstub.Range(request, timeout=self.timeout, metadata=client.metadata)
             if revision == 0:
                 revision = response.header.revision
-            items.extend((kv.key.decode("utf-8", "replace"), kv.value) for kv in response.kvs)
+            load.add((kv.key, kv.value) for kv in response.kvs)  # the store logs each bad value
             if not response.more or not response.kvs:
                 break
             key = response.kvs[-1].key + b"\0"
-        self.view.replace(items, revision)
+            del response
+        self.view.finish_replace(load, revision)
         self.reached = revision
         bad = self.view.bad
         self._report_listed(bad, revision)
         self.meters.view_changed(self.view, time.time())
         self.meters.loaded(self.view)
         self.meters.connected(True)
-        logger.info("etcd: loaded %d records at revision %d from %s%s", len(items), revision,
+        logger.info("etcd: loaded %d records at revision %d from %s%s", load.read, revision,
                     client.endpoint, f" ({len(bad)} bad values skipped)" if bad else "")
         self._notify(Update(Change.REPLACE, "", revision))
         return revision

@@ -1,42 +1,67 @@
 """The in-memory mirror of the etcd prefix: etcd key -> msg.Service, indexed for lookups.
 
 PURE: no I/O, no clock, no randomness. The etcd watch (skydns.etcdwatch) feeds it with
-replace()/put()/delete(); answering reads it with find()/lookup()/exists().
+replace() (or begin_replace()/Load.add()/finish_replace(), page by page) and put()/delete();
+answering reads it with find()/lookup()/exists().
 
 Rules of this module:
 
-1. Keys are stored by path: a trie of key segments below ``/<prefix>/`` (the labels of the
-   name, reversed). A lookup walks the trie by the query's labels and never scans keys that
-   are not at or below the queried name. Segments are matched case-insensitively; ``bad``,
-   ``records()`` and ``Service.key`` keep the etcd key as written. (Two keys that differ only
-   in letter case share one trie node: the last put answers.)
+1. Keys are stored by path: the segments below ``/<prefix>/`` (the labels of the name,
+   reversed), lower-cased and joined by NUL, in one table sorted by path. NUL sorts below
+   every other character, so the table is in segment order and a name's records (the name
+   and every key below it) are one contiguous range. A lookup seeks to the queried name
+   (binary search) and never reads keys that are not at or below it. Segments are matched
+   case-insensitively; ``bad``, ``records()`` and ``Service.key`` keep the etcd key as
+   written. (Two keys that differ only in letter case share one path: the last put answers.)
+   A key with a NUL or newline character in it cannot be stored and is reported in ``bad``.
 2. What a name answers with (DESIGN section 3): every record at or below its key, except
    records reached through a segment starting with ``_`` *below* the queried name (the etcd
    v2 hidden-key rule kube2sky's SRV layout ``<svc>/_tcp/_http/<leaf>`` relied on). Labels
-   written in the query itself may start with ``_``.
+   written in the query itself may start with ``_``. A hidden subtree is skipped with one
+   seek past it, never read.
 3. Wildcards ``*`` and ``any`` in the query match exactly one segment, anywhere in the name
    (never a ``_`` segment); deeper records below a match are included as for plain names.
+   The distinct segments at a wildcard are visited with one seek each.
 4. ``exact=True`` returns only records whose key is the name itself (no subtree).
 5. SkyDNS ``group``: among the records found, the group of the shallowest records decides;
    if set, only records of that group or without a group are returned; if the shallowest
    records disagree, grouping is ignored.
 6. A bad value (msg.RecordError) removes the previous record of that key (etcd no longer
    holds it) and is remembered in ``bad`` with its error text; a later good put or a delete
-   clears it. Nothing here raises on bad data.
+   clears it. Nothing here raises on bad data: whatever the decoder throws counts as a bad
+   value, and a snapshot with bad values loads every good one.
 7. ``generation`` goes up by one on every change; ``revision`` is the etcd revision the mirror
-   reflects (the SOA serial). After every put() and delete(), each callable in ``on_change``
-   is called with the key's lower-cased path segments below the prefix (a bad value counts:
-   it removed the key's previous record); after replace(), with None (everything changed).
-   The answer cache uses this to drop only what a change can affect.
+   reflects (the SOA serial).
 8. Records come out in key order (segments sorted, a record before the records below it),
    whatever order they were written in: a mirror built by the watch answers exactly like one
    built by a relist (etcd ranges are key-sorted), e.g. when answering picks the first alias.
+9. Compact: no Python object per key. The table is a list of blocks of up to 128 entries;
+   a block is the paths joined into one string, the hosts joined into one string, and an
+   array of shape numbers, where a shape is every other field of a record (port, priority,
+   weight, text, mail, ttl, targetstrip, group), stored once and counted (the records
+   kube2sky writes share a handful of shapes). find() builds the msg.Service objects it
+   returns; their ``key`` is the path turned back into an etcd key.
+10. A snapshot is built aside: replace() fills a new table, page by page through
+    begin_replace()/Load.add(), while the current one keeps answering, and finish_replace()
+    swaps it in at once. A view never shows half a snapshot; ``loaded`` turns true when the
+    first snapshot is in.
+11. ``on_change``: callables called after each put()/delete() of a key under the prefix with
+    its lower-cased path segments below the prefix (``tuple[str, ...]``; a bad value counts: it
+    removed the key's previous record), and after each replace with None (everything changed).
+    The answer cache uses this to drop only what a change can affect. A hook that raises is
+    logged and does not stop the others.
 """
 
 from __future__ import annotations
 
+import array
+import bisect
+import dataclasses
+import itertools
+import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from skydns import msg
 
@@ -44,19 +69,415 @@ logger = logging.getLogger(__name__)
 
 _WILDCARDS = msg.WILDCARDS
 
+_SEP = "\0"    # joins the segments of a path: sorts below every label character
+_NL = "\n"     # joins the entries of a block
+_PAST = "\x01"  # path + _PAST sorts after the path's whole subtree (path + _SEP + ...)
+_ODD = "\x1f"  # the host stored in a block for a host kept aside (it holds _NL or _ODD)
+_BLOCK = 64     # entries per block built by a load
+_MAX_BLOCK = 128  # a block that grows past this is split in two
+_BATCH = 4096   # replace() feeds its items to the load in batches of this many
+_CACHE = 64     # split blocks kept between changes
 
-# The children of every leaf: never written to (_put replaces it before adding a child).
-_NO_CHILDREN: dict[str, _Node] = {}
+_FIELDS = tuple(f.name for f in dataclasses.fields(msg.Service))
+_SHAPE_FIELDS = tuple(name for name in _FIELDS if name not in ("host", "key"))
+# The fast constructor and the fast decoder know msg.Service's fields in this order.
+_KNOWN = _FIELDS == ("host", "port", "priority", "weight", "text", "mail", "ttl", "targetstrip",
+                     "group", "key")
+_FAST_KEYS = frozenset({"host", "port", "priority", "weight", "ttl"})
+_GROUP = _SHAPE_FIELDS.index("group")
+_scan = json.JSONDecoder().scan_once
+
+Shape = tuple  # (port, priority, weight, text, mail, ttl, targetstrip, group)
+Hook = Callable[[tuple[str, ...] | None], object]
 
 
-class _Node:
-    """One key segment: the record stored at exactly this key (if any) and the deeper segments."""
+def _decode(value: bytes | str, key: str) -> tuple[str, Shape]:
+    """(host, shape) of an etcd value.
 
-    __slots__ = ("children", "record")
+    Raises:
+        msg.RecordError: the value is not a valid record (whatever the decoder raised).
+    """
+    if _KNOWN:
+        # kube2sky writes compact JSON: one C scan of the object, no json.loads wrapper.
+        try:
+            text = value.decode() if isinstance(value, bytes) else value
+            obj, end = _scan(text, 0)
+            if end != len(text):
+                obj = None
+        except Exception:  # noqa: BLE001 - msg.decode below gives the error text
+            obj = None
+        # The shape kube2sky writes: checked exactly as msg.decode checks it, without
+        # building a msg.Service; anything else goes through msg.decode.
+        if type(obj) is dict and obj.keys() <= _FAST_KEYS:
+            host = obj.get("host", "")
+            port = obj.get("port", 0)
+            priority = obj.get("priority", 0)
+            weight = obj.get("weight", 0)
+            ttl = obj.get("ttl", 0)
+            if (type(host) is str and type(port) is int and type(priority) is int
+                    and type(weight) is int and type(ttl) is int and 0 <= port <= 0xFFFF
+                    and 0 <= priority <= 0xFFFF and 0 <= weight <= 0xFFFF and 0 <= ttl <= 0xFFFFFFFF):
+                return host, (port, priority, weight, "", False, ttl, 0, "")
+    try:
+        record = msg.decode(value, key=key)
+    except msg.RecordError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - rule 6: any decoder failure is a bad value
+        raise msg.RecordError(f"{key or 'value'}: cannot decode: {type(exc).__name__}: {exc}") from None
+    return record.host, tuple(getattr(record, name) for name in _SHAPE_FIELDS)
+
+
+if _KNOWN:
+    _new = object.__new__
+    (_set_host, _set_port, _set_priority, _set_weight, _set_text, _set_mail, _set_ttl,
+     _set_targetstrip, _set_group, _set_key) = (getattr(msg.Service, name).__set__ for name in _FIELDS)
+
+    def _service(host: str, shape: Shape, key: str) -> msg.Service:
+        """msg.Service(host, *shape, key=key), about three times faster than its __init__."""
+        rec = _new(msg.Service)
+        _set_host(rec, host)
+        _set_port(rec, shape[0])
+        _set_priority(rec, shape[1])
+        _set_weight(rec, shape[2])
+        _set_text(rec, shape[3])
+        _set_mail(rec, shape[4])
+        _set_ttl(rec, shape[5])
+        _set_targetstrip(rec, shape[6])
+        _set_group(rec, shape[7])
+        _set_key(rec, key)
+        return rec
+else:  # pragma: no cover - msg.Service changed its fields; stay correct, only slower
+    def _service(host: str, shape: Shape, key: str) -> msg.Service:
+        return msg.Service(host=host, key=key, **dict(zip(_SHAPE_FIELDS, shape)))  # type: ignore[arg-type]
+
+
+class _Table:
+    """The sorted table of one snapshot (rules 1 and 9)."""
+
+    __slots__ = ("first", "keys", "hosts", "shapes", "shape_ids", "shape_list", "shape_refs",
+                 "free", "odd", "spelling", "count", "grouped", "_kc", "_hc")
 
     def __init__(self) -> None:
-        self.children: dict[str, _Node] = _NO_CHILDREN  # a leaf shares one empty dict
-        self.record: msg.Service | None = None
+        self.first: list[str] = []               # the first path of each block (for bisect)
+        self.keys: list[str] = []                # per block: its paths joined by _NL
+        self.hosts: list[str] = []               # per block: its hosts joined by _NL
+        self.shapes: list[array.array] = []      # per block: the shape number of each entry
+        self.shape_ids: dict[Shape, int] = {}
+        self.shape_list: list[Shape | None] = []
+        self.shape_refs: list[int] = []
+        self.free: list[int] = []                # unused shape numbers
+        self.odd: dict[str, str] = {}            # path -> a host holding _NL or _ODD
+        self.spelling: dict[str, str] = {}       # path -> etcd key when it is not the plain one
+        self.count = 0
+        self.grouped = 0                         # records with a non-empty group
+        self._kc: dict[int, list[str]] = {}      # block -> its paths, split (until a change)
+        self._hc: dict[int, list[str]] = {}      # block -> its hosts, split (until a change)
+
+    # -- shapes -------------------------------------------------------------------------
+
+    def _ref(self, shape: Shape) -> int:
+        sid = self.shape_ids.get(shape)
+        if sid is None:
+            if self.free:
+                sid = self.free.pop()
+                self.shape_list[sid] = shape
+                self.shape_refs[sid] = 0
+            else:
+                sid = len(self.shape_list)
+                self.shape_list.append(shape)
+                self.shape_refs.append(0)
+            self.shape_ids[shape] = sid
+        self.shape_refs[sid] += 1
+        if shape[_GROUP]:
+            self.grouped += 1
+        return sid
+
+    def _unref(self, sid: int) -> None:
+        shape = self.shape_list[sid]
+        assert shape is not None
+        if shape[_GROUP]:
+            self.grouped -= 1
+        self.shape_refs[sid] -= 1
+        if not self.shape_refs[sid]:
+            del self.shape_ids[shape]
+            self.shape_list[sid] = None
+            self.free.append(sid)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _keys_of(self, b: int) -> list[str]:
+        got = self._kc.get(b)
+        if got is None:
+            if len(self._kc) >= _CACHE:
+                self._kc.clear()
+            got = self._kc[b] = self.keys[b].split(_NL)
+        return got
+
+    def _hosts_of(self, b: int) -> list[str]:
+        got = self._hc.get(b)
+        if got is None:
+            if len(self._hc) >= _CACHE:
+                self._hc.clear()
+            got = self._hc[b] = self.hosts[b].split(_NL)
+        return got
+
+    def seek(self, path: str) -> tuple[int, int]:
+        """The position (block, index) of the first path >= path; (len(blocks), 0) past the end."""
+        b = bisect.bisect_right(self.first, path) - 1
+        if b < 0:
+            return 0, 0
+        keys = self._keys_of(b)
+        i = bisect.bisect_left(keys, path)
+        if i == len(keys):
+            return b + 1, 0
+        return b, i
+
+    def at(self, b: int, i: int) -> str | None:
+        """The path at a position from seek(), None past the end."""
+        return self._keys_of(b)[i] if b < len(self.first) else None
+
+    def exists(self, path: str) -> bool:
+        """Whether any path is at or below path."""
+        if not path:
+            return True
+        b, i = self.seek(path)
+        found = self.at(b, i)
+        return found is not None and (found == path or found.startswith(path + _SEP))
+
+    def record(self, b: int, i: int, path: str, head: str) -> msg.Service:
+        host = self._hosts_of(b)[i]
+        if host == _ODD:
+            host = self.odd[path]
+        key = self.spelling.get(path) if self.spelling else None
+        if key is None:
+            key = head + path.replace(_SEP, "/")
+        shape = self.shape_list[self.shapes[b][i]]
+        return _service(host, shape, key)  # type: ignore[arg-type]
+
+    def key_of(self, path: str, head: str) -> str:
+        key = self.spelling.get(path) if self.spelling else None
+        return key if key is not None else head + path.replace(_SEP, "/")
+
+    def get(self, path: str) -> tuple[int, int] | None:
+        b, i = self.seek(path)
+        return (b, i) if self.at(b, i) == path else None
+
+    def collect(self, path: str, out: list[msg.Service], stop: int | None, head: str) -> None:
+        """Append every record at or below path, skipping ``_`` segments below it (rule 2)."""
+        nb = len(self.first)
+        b, i = self.seek(path)
+        sub = path + _SEP if path else ""
+        start = len(sub)
+        shape_list = self.shape_list
+        spelling = self.spelling
+        while b < nb:
+            keys = self._keys_of(b)
+            hosts: list[str] | None = None
+            shapes = self.shapes[b]
+            n = len(keys)
+            while i < n:
+                k = keys[i]
+                if k != path:
+                    if not k.startswith(sub):
+                        return
+                    if k[start] == "_":
+                        hidden = start
+                    else:
+                        hidden = k.find("\0_", start)
+                        if hidden >= 0:
+                            hidden += 1
+                    if hidden >= 0:
+                        end = k.find(_SEP, hidden)
+                        b, i = self.seek((k if end < 0 else k[:end]) + _PAST)
+                        break
+                if hosts is None:
+                    hosts = self._hosts_of(b)
+                host = hosts[i]
+                if host == _ODD:
+                    host = self.odd[k]
+                key = spelling.get(k) if spelling else None
+                out.append(_service(host, shape_list[shapes[i]],  # type: ignore[arg-type]
+                                    head + k.replace(_SEP, "/") if key is None else key))
+                if stop is not None and len(out) >= stop:
+                    return
+                i += 1
+            else:
+                b += 1
+                i = 0
+
+    def children(self, path: str) -> list[str]:
+        """The paths of the segments right below path, in order, except ``_`` ones (rule 3)."""
+        sub = path + _SEP if path else ""
+        start = len(sub)
+        out: list[str] = []
+        b, i = self.seek(sub)
+        while True:
+            k = self.at(b, i)
+            if k is None or not k.startswith(sub):
+                return out
+            end = k.find(_SEP, start)
+            child = k if end < 0 else k[:end]
+            if child[start] != "_":
+                out.append(child)
+            b, i = self.seek(child + _PAST)
+
+    def items(self, head: str) -> Iterator[tuple[str, msg.Service]]:
+        for b in range(len(self.first)):
+            for i, path in enumerate(self.keys[b].split(_NL)):
+                rec = self.record(b, i, path, head)
+                yield rec.key, rec
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        if self._kc:
+            self._kc.clear()
+        if self._hc:
+            self._hc.clear()
+
+    def _host(self, path: str, host: str) -> str:
+        if self.odd:
+            self.odd.pop(path, None)
+        if _NL in host or _ODD in host:
+            self.odd[path] = host
+            return _ODD
+        return host
+
+    def put(self, path: str, host: str, shape: Shape, spelling: str | None) -> None:
+        """Store one record at path (replacing the one there)."""
+        sid = self._ref(shape)
+        host = self._host(path, host)
+        if spelling is not None:
+            self.spelling[path] = spelling
+        elif self.spelling:
+            self.spelling.pop(path, None)
+        self._changed()
+        if not self.first:
+            self._set_block(0, [path], [host], array.array("I", (sid,)), insert=True)
+            self.count += 1
+            return
+        b = max(bisect.bisect_right(self.first, path) - 1, 0)
+        keys = self.keys[b].split(_NL)
+        hosts = self.hosts[b].split(_NL)
+        shapes = self.shapes[b]
+        i = bisect.bisect_left(keys, path)
+        if i < len(keys) and keys[i] == path:
+            old = shapes[i]
+            hosts[i] = host
+            shapes[i] = sid
+            self.hosts[b] = _NL.join(hosts)
+            self._unref(old)
+            return
+        keys.insert(i, path)
+        hosts.insert(i, host)
+        shapes.insert(i, sid)
+        self.count += 1
+        if len(keys) <= _MAX_BLOCK:
+            self._set_block(b, keys, hosts, shapes)
+            return
+        half = len(keys) // 2
+        self._set_block(b, keys[:half], hosts[:half], shapes[:half])
+        self._set_block(b + 1, keys[half:], hosts[half:], shapes[half:], insert=True)
+
+    def remove(self, path: str) -> bool:
+        """Drop the record at path; False when there is none."""
+        where = self.get(path)
+        if where is None:
+            return False
+        b, i = where
+        self._changed()
+        keys = self.keys[b].split(_NL)
+        hosts = self.hosts[b].split(_NL)
+        shapes = self.shapes[b]
+        self._unref(shapes[i])
+        del keys[i], hosts[i], shapes[i]
+        self.count -= 1
+        if self.odd:
+            self.odd.pop(path, None)
+        if self.spelling:
+            self.spelling.pop(path, None)
+        if keys:
+            self._set_block(b, keys, hosts, shapes)
+        else:
+            del self.first[b], self.keys[b], self.hosts[b], self.shapes[b]
+        return True
+
+    def _set_block(self, b: int, keys: list[str], hosts: list[str], shapes: array.array,
+                   insert: bool = False) -> None:
+        values = (keys[0], _NL.join(keys), _NL.join(hosts), shapes)
+        if insert:
+            for column, value in zip((self.first, self.keys, self.hosts, self.shapes), values):
+                column.insert(b, value)  # type: ignore[attr-defined]
+        else:
+            self.first[b], self.keys[b], self.hosts[b], self.shapes[b] = values
+
+    def extend(self, entries: list[tuple[str, str, Shape, str | None]]) -> None:
+        """Add entries sorted by path; those after the last path become whole new blocks."""
+        cut = 0
+        if self.first:
+            last = self.keys[-1].rsplit(_NL, 1)[-1]
+            cut = bisect.bisect_right(entries, last, key=operator.itemgetter(0))
+            for entry in entries[:cut]:
+                self.put(*entry)
+        self._changed()
+        keys: list[str] = []
+        hosts: list[str] = []
+        shapes = array.array("I")
+        for path, host, shape, spelling in itertools.islice(entries, cut, None):
+            sid = self._ref(shape)
+            host = self._host(path, host)
+            if spelling is not None:
+                self.spelling[path] = spelling
+            elif self.spelling:
+                self.spelling.pop(path, None)
+            if keys and keys[-1] == path:  # two spellings of one key: the last one answers
+                self._unref(shapes[-1])
+                hosts[-1] = host
+                shapes[-1] = sid
+                continue
+            if len(keys) == _BLOCK:
+                self._set_block(len(self.first), keys, hosts, shapes, insert=True)
+                keys, hosts, shapes = [], [], array.array("I")
+            keys.append(path)
+            hosts.append(host)
+            shapes.append(sid)
+            self.count += 1
+        if keys:
+            self._set_block(len(self.first), keys, hosts, shapes, insert=True)
+
+
+class Load:
+    """A snapshot being read (Store.begin_replace); the store keeps answering from the last one."""
+
+    def __init__(self, view: Store) -> None:
+        self._view = view
+        self._table = _Table()
+        self.bad: dict[str, str] = {}
+        self.read = 0  # keys handed to add()
+
+    def add(self, items: Iterable[tuple[str | bytes, bytes | str]]) -> None:
+        """Decode a page of ``(key, value)`` pairs into the snapshot (bad ones go to ``bad``)."""
+        view = self._view
+        entries: list[tuple[str, str, Shape, str | None]] = []
+        for key, value in items:
+            key = _text(key)
+            self.read += 1
+            path, spelling, error = view._path(key)
+            if path is None:
+                self.bad[key] = error
+                logger.warning("skipping key %s: %s", key, error)
+                continue
+            try:
+                host, shape = _decode(value, key)
+            except msg.RecordError as exc:
+                self.bad[key] = str(exc)
+                logger.warning("skipping bad record at %s: %s", key, exc)
+                continue
+            if key in self.bad:  # the same key twice in one snapshot
+                del self.bad[key]
+            entries.append((path, host, shape, spelling))
+        entries.sort(key=operator.itemgetter(0))  # stable: of two spellings the later wins
+        self._table.extend(entries)
 
 
 class Store:
@@ -67,13 +488,10 @@ class Store:
         self._head = "/" + self.prefix + "/"
         self.revision = 0
         self.generation = 0
-        self.on_change: list[Callable[[tuple[str, ...] | None], object]] = []
         self.loaded = False
         self.bad: dict[str, str] = {}
-        self._root = _Node()
-        self._records: dict[str, msg.Service] = {}
-        # Records with a non-empty group; when zero, lookups can stop early at their limit.
-        self._grouped = 0
+        self.on_change: list[Hook] = []
+        self._t = _Table()
 
     # -- building -------------------------------------------------------------------------
 
@@ -94,123 +512,105 @@ class Store:
         store.replace(items, revision)
         return store
 
-    def replace(self, items: Iterable[tuple[str, bytes]], revision: int) -> None:
+    def replace(self, items: Iterable[tuple[str | bytes, bytes | str]], revision: int) -> None:
         """Load a full snapshot (the result of a prefix range read at ``revision``)."""
-        self._root = _Node()
-        self._records = {}
-        self._grouped = 0
-        self.bad = {}
-        for key, value in items:
-            self._put(_text(key), value)
+        load = self.begin_replace()
+        it = iter(items)
+        while batch := list(itertools.islice(it, _BATCH)):
+            load.add(batch)
+        self.finish_replace(load, revision)
+
+    def begin_replace(self) -> Load:
+        """Start a snapshot to be filled page by page with ``Load.add`` (rule 10)."""
+        return Load(self)
+
+    def finish_replace(self, load: Load, revision: int) -> None:
+        """Swap the snapshot in: the view now answers from it alone."""
+        self._t = load._table
+        self.bad = load.bad
         self.revision = revision
         self.generation += 1
         self.loaded = True
-        for callback in self.on_change:
-            callback(None)
-        logger.info("store loaded %d records at revision %d (%d bad)", len(self._records), revision,
-                    len(self.bad))
+        logger.info("store loaded %d records at revision %d (%d bad)", len(self), revision, len(self.bad))
+        self._changed(None)
 
-    def put(self, key: str, value: bytes, revision: int) -> bool:
+    def put(self, key: str | bytes, value: bytes | str, revision: int) -> bool:
         """Apply one etcd put; False when the value is not a valid record (logged, in ``bad``)."""
         key = _text(key)
-        ok = self._put(key, value)
+        path, spelling, error = self._path(key)
+        ok = False
+        if path is None:
+            self.bad[key] = error
+            logger.warning("skipping key %s: %s", key, error)
+        else:
+            try:
+                host, shape = _decode(value, key)
+            except msg.RecordError as exc:
+                self._remove(key, path)
+                self.bad[key] = str(exc)
+                logger.warning("skipping bad record at %s: %s", key, exc)
+            else:
+                self.bad.pop(key, None)
+                self._t.put(path, host, shape, spelling)
+                ok = True
         self.revision = max(self.revision, revision)
         self.generation += 1
-        self._notify(key)
+        if path is not None:
+            self._changed(tuple(path.split(_SEP)))
         return ok
 
-    def delete(self, key: str, revision: int) -> None:
+    def delete(self, key: str | bytes, revision: int) -> None:
         """Apply one etcd delete (unknown keys are fine)."""
         key = _text(key)
         self.bad.pop(key, None)
-        self._remove(key)
+        path = self._path(key)[0]
+        if path is not None:
+            self._remove(key, path)
         self.revision = max(self.revision, revision)
         self.generation += 1
-        self._notify(key)
+        if path is not None:
+            self._changed(tuple(path.split(_SEP)))
 
-    def _notify(self, key: str) -> None:
-        if self.on_change:
-            segments = self._segments(key)
-            if segments is not None:
-                for callback in self.on_change:
-                    callback(segments)
+    def _remove(self, key: str, path: str) -> None:
+        # Only this spelling's record: the path may answer for another one (rule 1).
+        if self._t.get(path) is not None and self._t.key_of(path, self._head) == key:
+            self._t.remove(path)
 
-    def _put(self, key: str, value: bytes) -> bool:
-        segments = self._segments(key)
-        if segments is None:
-            self.bad[key] = f"key is not under {self._head}"
-            logger.warning("skipping key %s: not under %s", key, self._head)
-            return False
-        try:
-            record = msg.decode(value, key=key)
-        except msg.RecordError as exc:
-            self._remove(key)
-            self.bad[key] = str(exc)
-            logger.warning("skipping bad record at %s: %s", key, exc)
-            return False
-        self.bad.pop(key, None)
-        node = self._root
-        for seg in segments:
-            child = node.children.get(seg)
-            if child is None:
-                if node.children is _NO_CHILDREN:
-                    node.children = {}
-                child = node.children[seg] = _Node()
-            node = child
-        old = node.record
-        if old is not None and old.group:
-            self._grouped -= 1
-        if record.group:
-            self._grouped += 1
-        node.record = record
-        self._records[key] = record
-        return True
+    def _changed(self, segments: tuple[str, ...] | None) -> None:
+        for hook in self.on_change:
+            try:
+                hook(segments)
+            except Exception:  # noqa: BLE001 - rule 11
+                logger.exception("store: on_change hook %r failed", hook)
 
-    def _remove(self, key: str) -> None:
-        if self._records.pop(key, None) is None:
-            return
-        segments = self._segments(key)
-        if segments is None:  # cannot happen: only keys under the prefix are stored
-            return
-        path = [self._root]
-        for seg in segments:
-            nxt = path[-1].children.get(seg)
-            if nxt is None:
-                return
-            path.append(nxt)
-        node = path[-1]
-        if node.record is None or node.record.key != key:
-            return  # the node answers for another spelling of this key (rule 1)
-        if node.record.group:
-            self._grouped -= 1
-        node.record = None
-        # Prune empty nodes so that "node exists" means "some record at or below it".
-        for depth in range(len(segments), 0, -1):
-            node = path[depth]
-            if node.record is not None or node.children:
-                break
-            parent = path[depth - 1]
-            del parent.children[segments[depth - 1]]
-            if not parent.children:
-                parent.children = _NO_CHILDREN
+    def _path(self, key: str) -> tuple[str | None, str | None, str]:
+        """(table path, spelling, "") of a key, or (None, None, why it cannot be stored).
 
-    def _segments(self, key: str) -> tuple[str, ...] | None:
-        """Lower-cased trie path of a key; None when it is not a record key under the prefix."""
-        if not key.startswith(self._head):
-            return None
-        parts = key[len(self._head):].lower().split("/")
-        if "" in parts:
-            parts = [seg for seg in parts if seg]
-        return tuple(parts) or None
+        The spelling is the key itself when the path does not give it back (mixed case,
+        extra slashes), else None.
+        """
+        head = self._head
+        if not key.startswith(head):
+            return None, None, f"key is not under {head}"
+        rest = key[len(head):]
+        if _SEP in rest or _NL in rest:
+            return None, None, "key has a NUL or newline character"
+        low = rest.lower()
+        if "//" in low or low[:1] == "/" or low[-1:] == "/" or not low:
+            parts = [seg for seg in low.split("/") if seg]
+            if not parts:
+                return None, None, f"key is not under {head}"
+            return _SEP.join(parts), key, ""
+        return low.replace("/", _SEP), (None if low == rest else key), ""
 
     # -- reading --------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._t.count
 
     def records(self) -> dict[str, msg.Service]:
         """A copy of every good record by etcd key."""
-        return dict(self._records)
+        return dict(self._t.items(self._head))
 
     def lookup(self, name: str, exact: bool = False) -> list[msg.Service]:
         """The records a DNS name answers with (rules 2-5); [] for names that cannot exist."""
@@ -232,20 +632,22 @@ class Store:
              limit: int | None = None) -> list[msg.Service]:
         """lookup() by path segments (lower-case labels, reversed: ``("local", "cluster", ...)``).
 
-        ``limit`` caps the number of records returned (the first ones in trie order).
+        ``limit`` caps the number of records returned (the first ones in key order).
         """
+        table = self._t
         # With no grouped records, stopping early cannot change which records survive.
-        stop = limit if (limit is not None and self._grouped == 0) else None
+        stop = limit if (limit is not None and table.grouped == 0) else None
         found: list[msg.Service] = []
-        for node in self._matches(segments):
+        for path in self._matches(segments):
             if exact:
-                if node.record is not None:
-                    found.append(node.record)
+                where = table.get(path)
+                if where is not None:
+                    found.append(table.record(where[0], where[1], path, self._head))
             else:
-                _collect(node, found, stop)
+                table.collect(path, found, stop, self._head)
             if stop is not None and len(found) >= stop:
                 break
-        if self._grouped and len(found) > 1:
+        if table.grouped and len(found) > 1:
             found = _group(found)
         if limit is not None and len(found) > limit:
             del found[limit:]
@@ -262,32 +664,41 @@ class Store:
 
     def exists_path(self, segments: tuple[str, ...]) -> bool:
         """exists() by path segments; with wildcards, any matching name counts."""
-        for _ in self._matches(segments):
+        for _ in self._matches(segments, check=True):
             return True
         return False
 
-    def _matches(self, segments: tuple[str, ...]) -> Iterable[_Node]:
-        """The trie nodes of the names a (possibly wildcard) path denotes."""
-        node: _Node | None = self._root
+    def _matches(self, segments: tuple[str, ...], check: bool = False) -> list[str]:
+        """The paths of the names a (possibly wildcard) path denotes (only existing ones with
+        a wildcard or ``check``; a plain path is returned as it is otherwise)."""
         for i, seg in enumerate(segments):
             if seg in _WILDCARDS:
-                return self._wild(node, segments, i)  # type: ignore[arg-type]
-            node = node.children.get(seg)  # type: ignore[union-attr]
-            if node is None:
-                return ()
-        return (node,)  # type: ignore[return-value]
+                return self._wild(segments, i)
+            if _SEP in seg or _NL in seg:
+                return []
+        path = _SEP.join(segments)
+        if check and not self._t.exists(path):
+            return []
+        return [path]
 
-    def _wild(self, start: _Node, segments: tuple[str, ...], first: int) -> list[_Node]:
-        level = [start]
+    def _wild(self, segments: tuple[str, ...], first: int) -> list[str]:
+        table = self._t
+        base = segments[:first]
+        if any(_SEP in seg or _NL in seg for seg in segments):
+            return []
+        path = _SEP.join(base)
+        if not table.exists(path):
+            return []
+        level = [path]
         for seg in segments[first:]:
-            nxt: list[_Node] = []
+            nxt: list[str] = []
             if seg in _WILDCARDS:
-                for node in level:
-                    nxt.extend(child for label, child in _ordered(node.children) if label[:1] != "_")
+                for path in level:
+                    nxt.extend(table.children(path))
             else:
-                for node in level:
-                    child = node.children.get(seg)
-                    if child is not None:
+                for path in level:
+                    child = path + _SEP + seg if path else seg
+                    if table.exists(child):
                         nxt.append(child)
             if not nxt:
                 return []
@@ -298,31 +709,6 @@ class Store:
 def _text(key: str | bytes) -> str:
     """etcd clients hand out bytes keys; the store works on text."""
     return key.decode("utf-8", "replace") if isinstance(key, bytes) else key
-
-
-def _collect(node: _Node, out: list[msg.Service], stop: int | None) -> None:
-    """Append every record at or below node, skipping ``_`` segments below it."""
-    stack = [node]
-    while stack:
-        cur = stack.pop()
-        if cur.record is not None:
-            out.append(cur.record)
-            if stop is not None and len(out) >= stop:
-                return
-        if cur.children:
-            stack.extend(child for label, child in reversed(_ordered(cur.children)) if label[:1] != "_")
-
-
-def _ordered(children: dict[str, _Node]) -> list[tuple[str, _Node]]:
-    """Children in key order (rule 8): insertion order follows the history of puts."""
-    items = list(children.items())
-    if len(items) > 1:
-        items.sort(key=_label)
-    return items
-
-
-def _label(item: tuple[str, _Node]) -> str:
-    return item[0]
 
 
 def _group(records: list[msg.Service]) -> list[msg.Service]:

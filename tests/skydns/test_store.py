@@ -196,4 +196,206 @@ def test_leaf_grows_children_and_back():
     assert not view.exists("y.x.a.local.") and not view.exists("y.w.a.local.")
     view.delete("/skydns/local/a/x", 5)
     assert hosts(view.lookup("a.local.")) == ["10.0.0.3"]
-    assert store._NO_CHILDREN == {}
+
+
+# -- the compact table against a plain model of the rules -------------------------------------
+
+def _model_find(model, segments, exact=False, limit=None):
+    """Rules 2-5 and 8 by brute force over ``{path tuple: record}``."""
+    depth = len(segments)
+
+    def matches(path):
+        if len(path) < depth or (exact and len(path) != depth):
+            return False
+        for want, got in zip(segments, path):
+            if want in msg.WILDCARDS:
+                if got.startswith("_"):
+                    return False
+            elif want != got:
+                return False
+        return not any(seg.startswith("_") for seg in path[depth:])
+
+    found = [rec for path, rec in sorted(model.items()) if matches(path)]
+    if len(found) > 1:
+        found = store._group(found)
+    return found[:limit] if limit is not None else found
+
+
+def _model_exists(model, segments):
+    return not segments or any(
+        len(path) >= len(segments) and all(
+            (want in msg.WILDCARDS and not got.startswith("_")) or want == got
+            for want, got in zip(segments, path))
+        for path in model)
+
+
+def test_random_history_matches_the_model():
+    """Many puts/deletes (blocks split and empty out, spellings change) answer like the model."""
+    import random
+
+    rng = random.Random(12)
+    # Labels chosen to trip a string sort that is not segment by segment ("a" < "a-b" < "a0").
+    labels = ["a", "a-b", "a0", "b", "_tcp", "_x", "Zed", "zed", "m"]
+    view = store.Store()
+    model: dict[tuple[str, ...], msg.Service] = {}
+    keys: list[str] = []
+    for step in range(1500):
+        if keys and rng.random() < 0.3:
+            key = rng.choice(keys)
+            view.delete(key, step)
+            path = tuple(key.lower().split("/")[2:])
+            if path in model and model[path].key == key:
+                del model[path]
+            continue
+        depth = rng.randint(1, 4)
+        segs = [rng.choice(labels) for _ in range(depth)]
+        if rng.random() < 0.5:
+            segs.append(f"h{rng.randrange(400)}")  # big fan-out: blocks split
+        key = "/skydns/" + "/".join(segs)
+        keys.append(key)
+        if rng.random() < 0.05:
+            view.put(key, b'{"host": 5}', step)  # rule 6: drops this key's record, not another spelling's
+            path = tuple(key.lower().split("/")[2:])
+            if path in model and model[path].key == key:
+                del model[path]
+            continue
+        group = rng.choice(["", "", "", "g1", "g2"])
+        rec = msg.Service(host=f"10.0.{step // 256}.{step % 256}", port=rng.choice([0, 80]), group=group,
+                          key=key)
+        assert view.put(key, msg.encode(rec).encode(), step)
+        model[tuple(key.lower().split("/")[2:])] = rec
+    assert len(view) == len(model)
+    assert {r.key: r for r in view.records().values()} == {r.key: r for r in model.values()}
+    queries = sorted({path[:n] for path in model for n in range(len(path) + 1)})
+    queries = rng.sample(queries, 150) + [
+        (), ("*",), ("a", "*"), ("*", "a"), ("any", "*", "h1"), ("_tcp", "*"), ("nope",), ("a", "nope")]
+    for segments in queries:
+        for exact in (False, True):
+            want = _model_find(model, segments, exact)
+            assert view.find(segments, exact) == want, (segments, exact)
+            assert [r.key for r in view.find(segments, exact)] == [r.key for r in want]
+        assert view.find(segments, limit=3) == _model_find(model, segments, limit=3), segments
+        assert view.exists_path(segments) is _model_exists(model, segments), segments
+    # A relist of the same data answers the same (rule 8).
+    relisted = store.Store()
+    relisted.replace([(r.key, msg.encode(r).encode()) for r in view.records().values()], 1)
+    for segments in queries:
+        assert [r.key for r in relisted.find(segments)] == [r.key for r in view.find(segments)]
+
+
+# Values the fast decoder takes and those it hands to msg.decode: the store must agree with it.
+VALUES = [
+    b'{"host":"10.0.0.1","priority":10,"weight":10,"ttl":30}',
+    b'{"host":"web.default.svc.cluster.local.","port":80,"priority":10,"weight":10,"ttl":30}',
+    b'{}',
+    b' {"host":"10.0.0.1"} ',
+    b'{"host":"10.0.0.1","ttl":30.0}',
+    b'{"host":"10.0.0.1","ttl":null,"port":null}',
+    b'{"host":"10.0.0.1","extra":[1,2]}',
+    b'{"text":"hello","ttl":5}',
+    b'{"host":"a.example.","mail":true,"priority":5}',
+    b'{"host":"10.0.0.1","group":"g1","targetstrip":1}',
+    '{"host":"caf\u00e9.example."}'.encode(),
+    b'{"host":"10.0.0.1","ttl":true}',
+    b'{"host":"10.0.0.1","port":65536}',
+    b'{"host":"10.0.0.1","ttl":-1}',
+    b'{"host":"10.0.0.1","ttl":4294967296}',
+    b'{"host":5}',
+    b'{"host":"10.0.0.1"}{}',
+    b'[1,2]',
+    b'"host"',
+    b'\xff\xfe',
+    b'',
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=[v.decode("utf-8", "replace") or "empty" for v in VALUES])
+def test_values_decode_like_msg(value):
+    key = "/skydns/local/a/x"
+    try:
+        want: msg.Service | None = msg.decode(value, key=key)
+    except msg.RecordError:
+        want = None
+    view = store.Store()
+    assert view.put(key, value, 1) is (want is not None)
+    got = view.lookup("x.a.local.")
+    if want is None:
+        assert got == [] and key in view.bad
+    else:
+        assert got == [want] and got[0].key == key and view.bad == {}
+
+
+ODD_KEYS = [
+    ("/skydns/local/a\0b/x", "key has a NUL or newline character"),
+    ("/skydns/local/a\nb/x", "key has a NUL or newline character"),
+    ("/skydns/", "key is not under /skydns/"),
+    ("/skydns//", "key is not under /skydns/"),
+    ("/other/local/a", "key is not under /skydns/"),
+]
+
+
+@pytest.mark.parametrize(("key", "error"), ODD_KEYS, ids=[repr(k) for k, _ in ODD_KEYS])
+def test_keys_that_cannot_be_stored_are_bad(key, error):
+    view = store.Store.from_records({key: '{"host":"10.0.0.1"}', "/skydns/local/b": '{"host":"10.0.0.2"}'})
+    assert view.bad == {key: error} and len(view) == 1
+    assert view.put(key, b'{"host":"10.0.0.3"}', 2) is False and view.bad == {key: error}
+    view.delete(key, 3)
+    assert view.bad == {} and len(view) == 1
+
+
+def test_odd_hosts_and_spellings_round_trip():
+    records = {
+        "/skydns/local/a/x": '{"host":"line\\none"}',
+        "/skydns/local/a/y": '{"host":"unit\\u001fsep","text":"t\\nx"}',
+        "/skydns//local/A//z/": '{"host":"10.0.0.3"}',
+    }
+    view = store.Store.from_records(records)
+    assert [(r.key, r.host, r.text) for r in view.lookup("a.local.")] == [
+        ("/skydns/local/a/x", "line\none", ""), ("/skydns/local/a/y", "unit\x1fsep", "t\nx"),
+        ("/skydns//local/A//z/", "10.0.0.3", "")]
+    view.put("/skydns/local/a/x", b'{"host":"10.0.0.1"}', 2)
+    view.put("/skydns/local/a/z", b'{"host":"10.0.0.4"}', 3)  # the plain spelling now answers
+    assert [(r.key, r.host) for r in view.lookup("a.local.")] == [
+        ("/skydns/local/a/x", "10.0.0.1"), ("/skydns/local/a/y", "unit\x1fsep"), ("/skydns/local/a/z", "10.0.0.4")]
+
+
+def test_decoder_failures_of_any_kind_are_bad_values():
+    deep = b"[" * 100_000 + b"]" * 100_000  # the json module raises RecursionError
+    view = store.Store()
+    view.replace([("/skydns/local/a/x", deep), ("/skydns/local/a/y", b'{"host":"10.0.0.2"}')], 1)
+    assert set(view.bad) == {"/skydns/local/a/x"} and hosts(view.lookup("a.local.")) == ["10.0.0.2"]
+    assert view.put("/skydns/local/a/y", deep, 2) is False
+    assert view.lookup("a.local.") == [] and set(view.bad) == {"/skydns/local/a/x", "/skydns/local/a/y"}
+
+
+def test_load_page_by_page_keeps_answering_from_the_last_snapshot():
+    view = store.Store.from_records({"/skydns/local/old/x": '{"host":"10.0.0.1"}'}, revision=3)
+    gen = view.generation
+    load = view.begin_replace()
+    load.add([("/skydns/local/new/b", b'{"host":"10.0.0.3"}'), ("/skydns/local/new/a", b"nope")])
+    load.add([(b"/skydns/local/new/a", b'{"host":"10.0.0.2"}'), ("/skydns/local/new/0", b'{"host":"10.0.0.4"}')])
+    # Rule 10: nothing of the snapshot shows before finish_replace().
+    assert hosts(view.lookup("old.local.")) == ["10.0.0.1"] and not view.exists("new.local.")
+    assert (view.revision, view.generation, view.bad) == (3, gen, {})
+    assert load.read == 4 and load.bad == {}  # the key's later good value cleared its bad one
+    view.finish_replace(load, 9)
+    assert [r.host for r in view.lookup("new.local.")] == ["10.0.0.4", "10.0.0.2", "10.0.0.3"]
+    assert not view.exists("old.local.") and (view.revision, view.generation) == (9, gen + 1)
+
+
+def test_on_change_hooks():
+    view = store.Store()
+    seen: list = []
+
+    def broken(segments):
+        raise RuntimeError("a bug in a hook")
+
+    view.on_change.extend([seen.append, broken, seen.append])
+    view.replace([("/skydns/local/a/x", b'{"host":"10.0.0.1"}')], 1)
+    view.put("/skydns/Local/A/y", b'{"host":"10.0.0.2"}', 2)
+    view.put("/skydns/local/a/x", b"bad", 3)
+    view.delete("/skydns/local/a/y", 4)
+    view.put("/elsewhere/x", b"{}", 5)
+    view.delete("/elsewhere/x", 6)
+    assert seen == [None, None, ("local", "a", "y"), ("local", "a", "y"), ("local", "a", "x"),
+                    ("local", "a", "x"), ("local", "a", "y"), ("local", "a", "y")]
