@@ -305,8 +305,8 @@ class _Table:
                 b += 1
                 i = 0
 
-    def children(self, path: str) -> list[str]:
-        """The paths of the segments right below path, in order, except ``_`` ones (rule 3)."""
+    def children(self, path: str, hidden: bool = False) -> list[str]:
+        """The paths of the segments right below path, in order; ``_`` ones only with hidden."""
         sub = path + _SEP if path else ""
         start = len(sub)
         out: list[str] = []
@@ -317,7 +317,7 @@ class _Table:
                 return out
             end = k.find(_SEP, start)
             child = k if end < 0 else k[:end]
-            if child[start] != "_":
+            if hidden or child[start] != "_":
                 out.append(child)
             b, i = self.seek(child + _PAST)
 
@@ -655,12 +655,11 @@ class Store:
 
     def children(self, segments: tuple[str, ...]) -> list[str]:
         """The labels directly below a path (no wildcards), in key order, ``_`` ones included."""
-        node: _Node | None = self._root
-        for seg in segments:
-            node = node.children.get(seg)  # type: ignore[union-attr]
-            if node is None:
-                return []
-        return sorted(node.children)  # type: ignore[union-attr]
+        if any(_SEP in seg or _NL in seg for seg in segments):
+            return []
+        path = _SEP.join(segments)
+        start = len(path) + 1 if path else 0
+        return [child[start:] for child in self._t.children(path, hidden=True)]
 
     def exists_path(self, segments: tuple[str, ...]) -> bool:
         """exists() by path segments; with wildcards, any matching name counts."""

@@ -276,6 +276,10 @@ def test_random_history_matches_the_model():
             assert [r.key for r in view.find(segments, exact)] == [r.key for r in want]
         assert view.find(segments, limit=3) == _model_find(model, segments, limit=3), segments
         assert view.exists_path(segments) is _model_exists(model, segments), segments
+        if not any(seg in msg.WILDCARDS for seg in segments):
+            assert view.children(segments) == sorted(
+                {path[len(segments)] for path in model if len(path) > len(segments)
+                 and path[:len(segments)] == segments}), segments
     # A relist of the same data answers the same (rule 8).
     relisted = store.Store()
     relisted.replace([(r.key, msg.encode(r).encode()) for r in view.records().values()], 1)
