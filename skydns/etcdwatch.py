@@ -444,8 +444,13 @@ class _Mirror:
         return revision
 
     async def _range(self, client: _Client, key: bytes, revision: int, limit: int):
-        """One page of the prefix from key on, at revision (0: the current one)."""
-        request = rpc.RangeRequest(key=key, range_end=self.range_end, limit=limit, revision=revision)
+        """One page of the prefix from key on, at revision (0: the current one).
+
+        Pages after the first are serializable reads: the revision pins what they see, and the
+        member that served the first page holds it, so no quorum round trip is needed.
+        """
+        request = rpc.RangeRequest(key=key, range_end=self.range_end, limit=limit, revision=revision,
+                                   serializable=bool(revision))
         return await client.kvstub.Range(request, timeout=self.timeout, metadata=client.metadata)
 
     async def _watch(self, client: _Client, start_revision: int) -> None:

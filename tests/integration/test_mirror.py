@@ -382,10 +382,11 @@ def test_compaction_relists(etcd, mirror, caplog):
     assert m.metrics.etcd_connected.value == 1
 
 
-def test_large_prefix_loads(etcd, mirror, loop_thread):
+@pytest.mark.parametrize("page", [1000, 100])  # 100: the rest comes in pages of 625 (about 8 more)
+def test_large_prefix_loads(etcd, mirror, loop_thread, page):
     items = {key(f"n{i}.bulk"): record(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}") for i in range(5000)}
     put_many(loop_thread, etcd, items)
-    m = mirror(etcd_page_size=1000)
+    m = mirror(etcd_page_size=page)
     m.wait_keys(set(items), "5000 keys loaded")
     assert m.metrics.etcd_keys.value == 5000
 
