@@ -421,7 +421,7 @@ class _Mirror:
                     following = asyncio.ensure_future(
                         self._range(client, response.kvs[-1].key + b"\0", revision, limit))
                     await asyncio.sleep(0)
-                load.add((kv.key, kv.value) for kv in response.kvs)  # the store logs each bad value
+                load.add((kv.key, kv.value) for kv in response.kvs)  # bad values: view.bad
                 if following is None:
                     break
                 response = await following

@@ -86,6 +86,10 @@ _KNOWN = _FIELDS == ("host", "port", "priority", "weight", "text", "mail", "ttl"
 _FAST_KEYS = frozenset({"host", "port", "priority", "weight", "ttl"})
 _GROUP = _SHAPE_FIELDS.index("group")
 _scan = json.JSONDecoder().scan_once
+# msg.decode's host rule (an IP address or a host name), for the fast decoder: IPv4 addresses
+# and host names both match msg's name pattern; anything else (IPv6, odd) goes to msg.decode.
+_HOST = getattr(msg, "_HOST_NAME", None)
+_HOST_MAX = getattr(msg, "_MAX_NAME_TEXT", 0)
 
 Shape = tuple  # (port, priority, weight, text, mail, ttl, targetstrip, group)
 Hook = Callable[[tuple[str, ...] | None], object]
@@ -114,7 +118,9 @@ def _decode(value: bytes | str, key: str) -> tuple[str, Shape]:
             priority = obj.get("priority", 0)
             weight = obj.get("weight", 0)
             ttl = obj.get("ttl", 0)
-            if (type(host) is str and type(port) is int and type(priority) is int
+            if (type(host) is str and (not host or (_HOST is not None and len(host) <= _HOST_MAX
+                                                     and _HOST.match(host) is not None))
+                    and type(port) is int and type(priority) is int
                     and type(weight) is int and type(ttl) is int and 0 <= port <= 0xFFFF
                     and 0 <= priority <= 0xFFFF and 0 <= weight <= 0xFFFF and 0 <= ttl <= 0xFFFFFFFF):
                 return host, (port, priority, weight, "", False, ttl, 0, "")
@@ -465,13 +471,13 @@ class Load:
             path, spelling, error = view._path(key)
             if path is None:
                 self.bad[key] = error
-                logger.warning("skipping key %s: %s", key, error)
+                logger.debug("skipping key %s: %s", key, error)
                 continue
             try:
                 host, shape = _decode(value, key)
             except msg.RecordError as exc:
                 self.bad[key] = str(exc)
-                logger.warning("skipping bad record at %s: %s", key, exc)
+                logger.debug("skipping bad record at %s: %s", key, exc)
                 continue
             if key in self.bad:  # the same key twice in one snapshot
                 del self.bad[key]
@@ -535,20 +541,21 @@ class Store:
         self._changed(None)
 
     def put(self, key: str | bytes, value: bytes | str, revision: int) -> bool:
-        """Apply one etcd put; False when the value is not a valid record (logged, in ``bad``)."""
+        """Apply one etcd put; False when the value is not a valid record (in ``bad``, logged at
+        debug level: the etcd mirror reports bad values)."""
         key = _text(key)
         path, spelling, error = self._path(key)
         ok = False
         if path is None:
             self.bad[key] = error
-            logger.warning("skipping key %s: %s", key, error)
+            logger.debug("skipping key %s: %s", key, error)
         else:
             try:
                 host, shape = _decode(value, key)
             except msg.RecordError as exc:
                 self._remove(key, path)
                 self.bad[key] = str(exc)
-                logger.warning("skipping bad record at %s: %s", key, exc)
+                logger.debug("skipping bad record at %s: %s", key, exc)
             else:
                 self.bad.pop(key, None)
                 self._t.put(path, host, shape, spelling)

@@ -305,6 +305,14 @@ VALUES = [
     b'{"host":"10.0.0.1","ttl":-1}',
     b'{"host":"10.0.0.1","ttl":4294967296}',
     b'{"host":5}',
+    b'{"host":"fd00::1","priority":10}',
+    b'{"host":"10.0.0.999"}',
+    b'{"host":"fe80::1%eth0"}',
+    b'{"host":"two words"}',
+    b'{"host":"line\\nbreak"}',
+    b'{"host":"_srv._tcp.x.example."}',
+    b'{"host":"' + b"a" * 64 + b'.example."}',
+    b'{"host":"10.0.0.1","ttl":NaN}',
     b'{"host":"10.0.0.1"}{}',
     b'[1,2]',
     b'"host"',
@@ -347,20 +355,21 @@ def test_keys_that_cannot_be_stored_are_bad(key, error):
     assert view.bad == {} and len(view) == 1
 
 
-def test_odd_hosts_and_spellings_round_trip():
+def test_spellings_and_texts_round_trip():
     records = {
-        "/skydns/local/a/x": '{"host":"line\\none"}',
-        "/skydns/local/a/y": '{"host":"unit\\u001fsep","text":"t\\nx"}',
+        "/skydns/local/a/x": '{"host":"10.0.0.1","text":"line\\none"}',
+        "/skydns/local/a/y": '{"text":"unit\\u001fsep"}',
         "/skydns//local/A//z/": '{"host":"10.0.0.3"}',
     }
     view = store.Store.from_records(records)
     assert [(r.key, r.host, r.text) for r in view.lookup("a.local.")] == [
-        ("/skydns/local/a/x", "line\none", ""), ("/skydns/local/a/y", "unit\x1fsep", "t\nx"),
+        ("/skydns/local/a/x", "10.0.0.1", "line\none"), ("/skydns/local/a/y", "", "unit\x1fsep"),
         ("/skydns//local/A//z/", "10.0.0.3", "")]
     view.put("/skydns/local/a/x", b'{"host":"10.0.0.1"}', 2)
     view.put("/skydns/local/a/z", b'{"host":"10.0.0.4"}', 3)  # the plain spelling now answers
-    assert [(r.key, r.host) for r in view.lookup("a.local.")] == [
-        ("/skydns/local/a/x", "10.0.0.1"), ("/skydns/local/a/y", "unit\x1fsep"), ("/skydns/local/a/z", "10.0.0.4")]
+    assert [(r.key, r.host, r.text) for r in view.lookup("a.local.")] == [
+        ("/skydns/local/a/x", "10.0.0.1", ""), ("/skydns/local/a/y", "", "unit\x1fsep"),
+        ("/skydns/local/a/z", "10.0.0.4", "")]
 
 
 def test_decoder_failures_of_any_kind_are_bad_values():
