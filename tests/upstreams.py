@@ -20,7 +20,8 @@ import dns.rrset
 from skydns import settings
 
 MODES = (
-    "ok",              # A 192.0.2.1 (TTL 300) for any name; NXDOMAIN + SOA for names starting "nx"
+    "ok",              # A 192.0.2.1 (TTL 300) for any name, PTR upstream.example. for any PTR query;
+                       # NXDOMAIN + SOA for names starting "nx"
     "timeout",         # never answers
     "servfail",        # SERVFAIL
     "refused",         # REFUSED
@@ -131,6 +132,8 @@ class Upstream:
             reply.flags |= dns.flags.TC
         elif question.rdtype == dns.rdatatype.A:
             reply.answer.append(dns.rrset.from_text(question.name, self.ttl, "IN", "A", self.answer_ip))
+        elif question.rdtype == dns.rdatatype.PTR:
+            reply.answer.append(dns.rrset.from_text(question.name, self.ttl, "IN", "PTR", "upstream.example."))
         if mode == "liar" and not is_root_ns:
             for section in (reply.answer, reply.authority, reply.additional):
                 section.append(dns.rrset.from_text("victim.spoof.test.", self.ttl, "IN", "A", "6.6.6.6"))
