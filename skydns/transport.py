@@ -26,8 +26,10 @@ Rules:
 4. Only ``answering.Reply`` with ``cacheable`` set is cached. Forwarded and resolved answers
    go through the forwarder (it keeps its own TTL cache) and are never cached here.
 5. Size limits: UDP 512 without EDNS, else min(client payload, our payload) and at least 512;
-   TCP 65535. Too big: additional records are dropped first, then the answer is cut at an RRset
-   boundary and TC is set (dnspython's prefer_truncation).
+   TCP 65535. Too big: additional RRsets are dropped first (no TC); if answer and authority
+   still do not fit, as many whole records of them as fit are sent, in order, with TC set and
+   no additional (as CoreDNS and kube-dns do), so clients that never retry over TCP (busybox
+   nslookup, musl before 1.2.4) still get addresses.
 6. Round robin: A/AAAA RRsets with several records are rotated per response, cached
    answers included (a few rotations are cached); RRset order, so CNAMEs first, never changes.
 6a. TCP: a connection is closed ``idle_timeout`` after its last activity (accepted, or a
@@ -53,6 +55,7 @@ import asyncio
 import collections
 import errno
 import functools
+import io
 import logging
 import socket
 import sys
@@ -66,6 +69,7 @@ import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
+import dns.renderer
 import dns.rrset
 
 from skydns import anscache, answering, encode, forwarding, metrics, store, settings as settings_mod, wire
@@ -88,6 +92,10 @@ UDP_RCVBUF = 4 * 1024 * 1024
 _PANIC_LOG_INTERVAL = 10.0
 
 _ROTATE_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+# The TC bit within the first flag byte of a message (offset 2).
+_TC_BYTE = dns.flags.TC >> 8
+# Renderer sections of answer and authority, by the index render() gives them.
+_SECTIONS = (dns.renderer.ANSWER, dns.renderer.AUTHORITY)
 _CACHE = "answers"
 
 
@@ -113,15 +121,77 @@ def error_reply(data: bytes, rcode: int) -> bytes | None:
 
 
 def render(message: dns.message.Message, limit: int) -> bytes:
-    """Encode message in at most limit bytes: additional dropped first, then TC."""
+    """Encode message in at most limit bytes (rule 5): additional dropped first, then whole records and TC."""
     try:
         # want_shuffle=False: dnspython would shuffle every RRset; the order is ours (rule 6)
-        return message.to_wire(max_size=limit, prefer_truncation=True, want_shuffle=False)
+        out = message.to_wire(max_size=limit, prefer_truncation=True, want_shuffle=False)
     except dns.exception.TooBig:
-        # Not even the question and OPT fit (a huge qname against a 512-byte limit): TC alone.
-        short = dns.message.Message(id=message.id)
-        short.flags = message.flags | dns.flags.TC
-        return short.to_wire()
+        return _header_only(message)
+    if not out[2] & _TC_BYTE or message.flags & dns.flags.TC:
+        return out  # answer and authority whole (some additional RRsets may be gone)
+    # dnspython cut at an RRset boundary (ANSWER: 0 for one big RRset): send the longest run
+    # of whole records of answer then authority that fits, no additional, TC set.
+    records = [(index, rrset, rdata)
+               for index, section in enumerate((message.answer, message.authority))
+               for rrset in section for rdata in rrset]
+    saved = message.answer, message.authority, message.additional, message.flags
+    try:
+        message.flags |= dns.flags.TC
+        message.additional = []
+        for count in range(_fitting(message, records, limit), -1, -1):
+            message.answer, message.authority = _regroup(records[:count])
+            try:
+                return message.to_wire(max_size=limit, want_shuffle=False)
+            except dns.exception.TooBig:
+                continue  # the estimate was one record too generous (never seen; cheap anyway)
+        return _header_only(message)
+    finally:
+        message.answer, message.authority, message.additional, message.flags = saved
+
+
+def _fitting(message: dns.message.Message, records: list, limit: int) -> int:
+    """How many of records fit in limit after the question and the OPT: one pass, record by record."""
+    renderer = dns.renderer.Renderer(message.id, message.flags, limit, message.origin)
+    if message.opt is not None:
+        opt = io.BytesIO()
+        message.opt.to_wire(opt)
+        renderer.reserve(opt.tell())
+    try:
+        for question in message.question:
+            renderer.add_question(question.name, question.rdtype, question.rdclass)
+    except dns.exception.TooBig:
+        return 0
+    count = 0
+    for index, rrset, rdata in records:
+        single = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers)
+        single.add(rdata, rrset.ttl)
+        try:
+            renderer.add_rrset(_SECTIONS[index], single)
+        except dns.exception.TooBig:
+            break
+        count += 1
+    return count
+
+
+def _regroup(records: list[tuple[int, dns.rrset.RRset, Any]]) -> tuple[list, list]:
+    """(section index, RRset, rdata) triples back into answer and authority RRsets, in order."""
+    sections: tuple[list, list] = ([], [])
+    source = part = None
+    for index, rrset, rdata in records:
+        if rrset is not source:
+            source = rrset
+            part = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers)
+            part.update_ttl(rrset.ttl)
+            sections[index].append(part)
+        part.add(rdata)
+    return sections
+
+
+def _header_only(message: dns.message.Message) -> bytes:
+    """Not even the question and OPT fit (a huge qname against a 512-byte limit): TC alone."""
+    short = dns.message.Message(id=message.id)
+    short.flags = message.flags | dns.flags.TC
+    return short.to_wire()
 
 
 def _rotated(message: dns.message.Message, turn: int) -> list[tuple[int, dns.rrset.RRset]]:

@@ -191,18 +191,21 @@ def test_no_cache_still_answers():
 
 
 TRUNCATION = [
-    ("no EDNS: 512", dict(), True),
-    ("EDNS 512", dict(use_edns=0, payload=512), True),
-    ("EDNS 4096 capped at ours 1232", dict(use_edns=0, payload=4096), True),
+    # id, query options, whole A records in the UDP answer (of 100: 12 + 23 question + 16 each)
+    ("no EDNS: 512", dict(), 29),
+    ("EDNS 512", dict(use_edns=0, payload=512), 29),
+    ("EDNS 4096 capped at ours 1232", dict(use_edns=0, payload=4096), 74),
 ]
 
 
-@pytest.mark.parametrize("kw, tc", [r[1:] for r in TRUNCATION], ids=[r[0] for r in TRUNCATION])
-def test_udp_truncation_sets_tc(server, kw, tc):
+@pytest.mark.parametrize("kw, count", [r[1:] for r in TRUNCATION], ids=[r[0] for r in TRUNCATION])
+def test_udp_truncation_sends_whole_records_with_tc(server, kw, count):
     for _ in range(2):  # miss, then the cached copy
         reply = server.udp("many.cluster.local.", **kw)
-        assert bool(reply.flags & dns.flags.TC) is tc
+        assert reply.flags & dns.flags.TC
         assert len(reply.to_wire()) <= max(512, min(kw.get("payload", 512), 1232))
+        assert len(addrs(reply)) == count
+        assert set(addrs(reply)) <= set(MANY)
     full = server.tcp("many.cluster.local.")
     assert not full.flags & dns.flags.TC
     assert sorted(addrs(full)) == sorted(MANY)
@@ -215,6 +218,84 @@ def test_additional_dropped_before_tc(server):
     assert addrs(reply) == ["10.0.0.1"]
     big = server.udp("web.cluster.local.", use_edns=0, payload=1232)
     assert len(big.additional) == 1
+
+
+DB = "db.default.svc.cluster.local."
+
+
+def _lines(template: str, count: int) -> str:
+    return "\n".join(template.format(i=i, hi=i // 250, lo=i % 250 + 1) for i in range(count))
+
+
+def _reply(qname: str, rdtype: str, answer: str = "", authority: str = "", additional: str = "",
+           edns: bool = False) -> dns.message.Message:
+    """A response to qname/rdtype whose sections are zone-file lines (one RRset per owner+type)."""
+    query = (dns.message.make_query(qname, rdtype, use_edns=0, payload=1232) if edns
+             else dns.message.make_query(qname, rdtype))
+    reply = dns.message.make_response(query, our_payload=1232)
+    for section, text in ((reply.answer, answer), (reply.authority, authority), (reply.additional, additional)):
+        for line in filter(None, (x.strip() for x in text.splitlines())):
+            rr = dns.rrset.from_text(*line.split(None, 4))
+            for rrset in section:
+                if rrset.name == rr.name and rrset.rdtype == rr.rdtype:
+                    rrset.union_update(rr)
+                    break
+            else:
+                section.append(rr)
+    return reply
+
+
+A100 = _lines(DB + " 30 IN A 10.1.{hi}.{lo}", 100)
+A200 = _lines(DB + " 30 IN A 10.1.{hi}.{lo}", 200)
+AAAA200 = _lines(DB + " 30 IN AAAA fd00::{i:x}", 200)
+SRV30 = _lines("_pg._tcp." + DB + " 30 IN SRV 10 3 5432 db-{i}." + DB, 30)
+GLUE30 = _lines("db-{i}." + DB + " 30 IN A 10.1.{hi}.{lo}", 30)
+SOA = "cluster.local. 30 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 30"
+LONG_NS = _lines("cluster.local. 30 IN NS " + "n{i}" + "x" * 60 + "." + "y" * 60 + ".example.", 10)
+
+RENDER = [
+    # id, reply, limit, TC, (answer, authority, additional) record counts.
+    # Sizes: header 12, question 34 (DB), OPT 11, a compressed A 16 / AAAA 28, an SRV 53
+    # (targets are never compressed), glue for db-N 21 or 22.
+    ("fits: unchanged", _reply(DB, "A", _lines(DB + " 30 IN A 10.1.{hi}.{lo}", 3)), 512, False, (3, 0, 0)),
+    ("NXDOMAIN with SOA fits", _reply("nope." + DB, "A", authority=SOA), 512, False, (0, 1, 0)),
+    ("100 A, no EDNS: 29 whole records, as kube-dns", _reply(DB, "A", A100), 512, True, (29, 0, 0)),
+    ("100 A, EDNS 1232: 73 whole records and the OPT", _reply(DB, "A", A100, edns=True), 1232, True, (73, 0, 0)),
+    ("200 A over TCP: complete", _reply(DB, "A", A200), 65535, False, (200, 0, 0)),
+    ("200 AAAA, no EDNS: 16 whole records", _reply(DB, "AAAA", AAAA200), 512, True, (16, 0, 0)),
+    ("200 AAAA, EDNS 1232", _reply(DB, "AAAA", AAAA200, edns=True), 1232, True, (41, 0, 0)),
+    ("CNAME then 100 A: the CNAME first, then what fits",
+     _reply("web.default.svc.cluster.local.", "A", "web.default.svc.cluster.local. 30 IN CNAME " + DB + "\n" + A100),
+     512, True, (1 + 28, 0, 0)),
+    ("2 SRV + 30 glue: additional RRsets dropped, no TC",
+     _reply("_pg._tcp." + DB, "SRV", _lines("_pg._tcp." + DB + " 30 IN SRV 10 50 5432 db-{i}." + DB, 2), additional=GLUE30),
+     512, False, (2, 0, 16)),
+    ("30 SRV + glue: additional gone, then SRV records cut",
+     _reply("_pg._tcp." + DB, "SRV", SRV30, additional=GLUE30), 512, True, (8, 0, 0)),
+    ("answer whole, authority cut at a record", _reply(DB, "A", "db.default.svc.cluster.local. 30 IN A 10.0.0.1",
+                                                       authority=LONG_NS), 512, True, (1, 4, 0)),
+]
+
+
+def _records(message: dns.message.Message) -> list[list[str]]:
+    return [[f"{rrset.name} {rrset.rdtype} {rd}" for rrset in section for rd in rrset]
+            for section in (message.answer, message.authority, message.additional)]
+
+
+@pytest.mark.parametrize("reply, limit, tc, counts", [r[1:] for r in RENDER], ids=[r[0] for r in RENDER])
+def test_render_sends_whole_records_then_tc(reply, limit, tc, counts):
+    before = _records(reply)
+    out = transport.render(reply, limit)
+    assert len(out) <= limit
+    got = dns.message.from_wire(out)
+    assert bool(got.flags & dns.flags.TC) is tc
+    assert got.id == reply.id and got.question == reply.question
+    assert (got.edns >= 0) is (reply.edns >= 0)
+    sections = _records(got)
+    assert tuple(len(s) for s in sections) == counts
+    for kept, full in zip(sections, before):
+        assert kept == full[:len(kept)]  # a prefix, in order, no record altered
+    assert _records(reply) == before and bool(reply.flags & dns.flags.TC) is False  # message untouched
 
 
 def test_round_robin_rotates_even_from_cache(server):
