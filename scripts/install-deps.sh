@@ -15,6 +15,16 @@ command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
 command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
+# Real clients of tests/integration/test_real_resolvers.py: network namespaces (iproute2),
+# unbound and dnsmasq as node-local caches, busybox nslookup, musl's getaddrinfo (musl-gcc).
+# (/usr/sbin is not on a plain user's PATH on Debian.)
+new_unbound=""
+have_sbin() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+have_sbin ip || need_apt+=(iproute2)
+have_sbin unbound || { need_apt+=(unbound); new_unbound=1; }
+have_sbin dnsmasq || need_apt+=(dnsmasq-base)
+command -v busybox >/dev/null 2>&1 || need_apt+=(busybox)
+command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "install-deps: need ${need_apt[*]} but apt-get is not available; install them by hand" >&2
@@ -23,6 +33,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-deps: apt-get install ${need_apt[*]}"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    # The tests start their own unbound; the package's system service would hold port 53.
+    if [ -n "$new_unbound" ] && [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now unbound >/dev/null 2>&1 || true
+    fi
 fi
 
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
