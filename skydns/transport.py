@@ -94,6 +94,9 @@ _PANIC_LOG_INTERVAL = 10.0
 _ROTATE_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 # The TC bit within the first flag byte of a message (offset 2).
 _TC_BYTE = dns.flags.TC >> 8
+# The fewest bytes one resource record takes (a root owner, type, class, TTL, rdata length):
+# more records than fit at this size mean truncation without trying to render them all.
+_MIN_RR = 11
 # Renderer sections of answer and authority, by the index render() gives them.
 _SECTIONS = (dns.renderer.ANSWER, dns.renderer.AUTHORITY)
 _CACHE = "answers"
@@ -122,18 +125,19 @@ def error_reply(data: bytes, rcode: int) -> bytes | None:
 
 def render(message: dns.message.Message, limit: int) -> bytes:
     """Encode message in at most limit bytes (rule 5): additional dropped first, then whole records and TC."""
-    try:
-        # want_shuffle=False: dnspython would shuffle every RRset; the order is ours (rule 6)
-        out = message.to_wire(max_size=limit, prefer_truncation=True, want_shuffle=False)
-    except dns.exception.TooBig:
-        return _header_only(message)
-    if not out[2] & _TC_BYTE or message.flags & dns.flags.TC:
-        return out  # answer and authority whole (some additional RRsets may be gone)
-    # dnspython cut at an RRset boundary (ANSWER: 0 for one big RRset): send the longest run
-    # of whole records of answer then authority that fits, no additional, TC set.
     records = [(index, rrset, rdata)
                for index, section in enumerate((message.answer, message.authority))
                for rrset in section for rdata in rrset]
+    if wire.HEADER_SIZE + _MIN_RR * len(records) <= limit or message.flags & dns.flags.TC:
+        try:
+            # want_shuffle=False: dnspython would shuffle every RRset; the order is ours (rule 6)
+            out = message.to_wire(max_size=limit, prefer_truncation=True, want_shuffle=False)
+        except dns.exception.TooBig:
+            return _header_only(message)
+        if not out[2] & _TC_BYTE or message.flags & dns.flags.TC:
+            return out  # answer and authority whole (some additional RRsets may be gone)
+    # Too big (surely, or dnspython cut at an RRset boundary: ANSWER: 0 for one big RRset):
+    # the longest run of whole records of answer then authority that fits, no additional, TC.
     saved = message.answer, message.authority, message.additional, message.flags
     try:
         message.flags |= dns.flags.TC
