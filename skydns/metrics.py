@@ -115,16 +115,23 @@ class DnsStats:
         self.cache_misses: dict[str, int] = {}
         self.cache_entries: dict[str, int] = {}
         self.panics = 0
+        self.epoch = 0
 
     def reset(self) -> None:
-        """Forget every count (tests)."""
-        server = self.server
+        """Forget every count (tests); counters handed out by answered() go stale (epoch)."""
+        server, epoch = self.server, self.epoch
         self.__init__()  # type: ignore[misc]
         self.server = server
+        self.epoch = epoch + 1
 
     def answered(self, zone: str, proto: str, family: str, qtype: int, rcode: int,
-                 request_size: int, response_size: int, seconds: float) -> None:
-        """Count one request and its response: sizes in bytes, time taken in seconds."""
+                 request_size: int, response_size: int, seconds: float) -> tuple[list[int], _Histogram]:
+        """Count one request and its response: sizes in bytes, time taken in seconds.
+
+        Returns the counters it updated: a caller answering the very same bytes again may
+        update them directly (``counts[0] += 1``, sizes, ``hist.observe``) while ``epoch`` is
+        unchanged.
+        """
         qtype_label = _TYPE_NAMES.get(qtype, "other")
         key = (zone, proto, family, qtype_label, rcode,
                _SIZE_BUCKET[request_size & 0xFFFF], _SIZE_BUCKET[response_size & 0xFFFF])
@@ -138,6 +145,7 @@ class DnsStats:
         if hist is None:
             hist = self.durations[(zone, qtype_label)] = _Histogram(DURATION_BUCKETS)
         hist.observe(seconds)
+        return counts, hist
 
     def drop(self, reason: str) -> None:
         """Count a packet that got no answer (reason: short, response, ...)."""

@@ -328,8 +328,11 @@ class Handler:
 
     def _cached(self, data: bytes, hit: list, proto: str, family: str, start: float) -> bytes:
         """data's ID + one of the cached answer tails of hit, an exact-cache entry (the next
-        rotation when several), counted as a cache hit and an answer."""
-        tails, entry, revision = hit
+        rotation when several), counted as a cache hit and an answer.
+
+        hit is ``[tails, entry, revision, counters]``; counters, once known, are the metric
+        counters this exact query updates (request and answer sizes never change for it)."""
+        tails, entry, revision, counters = hit
         if entry.serials and revision != self._revision():
             # rule 3: the SOA serial of the current mirror (the tails are offset by the ID)
             revision = hit[2] = self._revision()
@@ -342,8 +345,16 @@ class Handler:
             out = data[:2] + tails[0]
         stats = self.stats
         stats.cache_hits[_CACHE] += 1
-        stats.answered(entry.zone, proto, family, entry.qtype, out[3] & 0x0F, len(data), len(out),
-                       time.perf_counter() - start)
+        if counters is not None and counters[0] == family and counters[1] == stats.epoch:
+            counts = counters[2]
+            counts[0] += 1
+            counts[1] += len(data)
+            counts[2] += len(out)
+            counters[3].observe(time.perf_counter() - start)
+        else:
+            counts, hist = stats.answered(entry.zone, proto, family, entry.qtype, out[3] & 0x0F, len(data),
+                                          len(out), time.perf_counter() - start)
+            hit[3] = (family, stats.epoch, counts, hist)
         return out
 
     def _remember(self, proto: str, data: bytes, tails: list[bytes], entry: anscache.Entry) -> list:
@@ -351,7 +362,7 @@ class Handler:
         exact = self.exact[proto]
         if len(exact) >= self.cache_size:
             del exact[next(iter(exact))]
-        hit = exact[data[2:]] = [tails, entry, entry.revision]
+        hit = exact[data[2:]] = [tails, entry, entry.revision, None]
         return hit
 
     def _fast(self, data: bytes, query: wire.Query, key: tuple, limit: int, proto: str, family: str,
