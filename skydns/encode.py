@@ -14,9 +14,11 @@ Rules:
    name, equal to a remembered suffix (letter case ignored) becomes a pointer. Names in the
    rdata of CNAME, PTR, NS, MX and SOA are compressed; SRV targets are not (RFC 2782).
 3. Only what it knows: A, AAAA, CNAME, PTR, NS, MX, SRV, TXT, SOA, HINFO, names of plain ASCII
-   labels (no escapes, which dnspython would interpret). Anything else, or an answer larger
-   than the size limit (truncation is the reference path's job), returns None: the caller
-   takes the dnspython path.
+   labels (no escapes, which dnspython would interpret). Anything else returns None: the
+   caller takes the dnspython path.
+5. Too big for the limit, as ``transport.render`` cuts it: additional RRsets are dropped from
+   the first one that does not fit (no TC); if answer and authority do not fit either, they are
+   cut to the whole records that fit, in order, with TC set and no additional records.
 4. Round robin: ``turn`` rotates every A/AAAA RRset of the answer section with more than one
    record by ``turn`` places, as the transport rotates rendered messages.
 """
@@ -35,7 +37,7 @@ _IN = 1
 _COMPRESSED_RDATA = frozenset({_CNAME, _PTR, _NS})
 _ROTATE = (_A, _AAAA)
 _MAX_POINTER = 0x3FFF
-_QR, _AA, _RA = 0x8000, 0x0400, 0x0080
+_QR, _AA, _TC, _RA = 0x8000, 0x0400, 0x0200, 0x0080
 _RD = 0x0100
 _DO = 0x8000
 _RRHEAD = struct.Struct("!HHIH")
@@ -173,7 +175,7 @@ def replies(query: wire.Query, result: object, recursion: bool, payload: int, li
     first = _render(query, result, recursion, payload, limit, 0, spans)
     if first is None or count <= 1:
         return None if first is None else [first]
-    if not all(first[start] >= 0xC0 for rrset in spans for start, _ in rrset):
+    if not spans or not all(first[start] >= 0xC0 for rrset in spans for start, _ in rrset):
         out = [first]
         for turn in range(1, count):
             variant = _render(query, result, recursion, payload, limit, turn, None)
@@ -205,10 +207,12 @@ def _render(query: wire.Query, result: object, recursion: bool, payload: int, li
     if result.aa:  # type: ignore[attr-defined]
         flags |= _AA
     sections = (result.answer, result.authority, result.additional)  # type: ignore[attr-defined]
-    counts = [sum(len(entry[4]) for entry in section) for section in sections]
     out = bytearray(wire.HEADER_SIZE)
     out += query.qname
     out += ((query.qtype << 16) | query.qclass).to_bytes(4, "big")
+    # rule 5: where each record of answer and authority ends, and each additional RRset
+    ends: list[int] = []
+    extra_ends: list[tuple[int, int]] = []
     try:
         writer = _Writer(out, dict(_question_keys(query.qname)))
         for index, section in enumerate(sections):
@@ -228,15 +232,42 @@ def _render(query: wire.Query, result: object, recursion: bool, payload: int, li
                     struct.pack_into("!H", out, head + 8, len(out) - head - 10)
                     if record_spans is not None:
                         record_spans.append((start, len(out)))
+                    if index < 2:
+                        ends.append(len(out))
+                if index == 2:
+                    extra_ends.append((len(out), len(rdatas)))
                 if record_spans:
                     spans.append(record_spans)  # type: ignore[union-attr]
     except Unsupported:
         return None
+    counts = [sum(len(entry[4]) for entry in section) for section in sections]
+    room = limit - (11 if query.edns else 0)  # the OPT record always fits (dnspython reserves it)
+    if len(out) > room:
+        base = len(query.qname) + wire.HEADER_SIZE + 4
+        if (ends[-1] if ends else base) <= room:
+            # additional RRsets dropped from the first that does not fit, no TC
+            kept = 0
+            cut = ends[-1] if ends else base
+            for end, size in extra_ends:
+                if end > room:
+                    break
+                kept += size
+                cut = end
+            del out[cut:]
+            counts[2] = kept
+        else:
+            # answer and authority cut to the whole records that fit, TC, no additional
+            fit = 0
+            while fit < len(ends) and ends[fit] <= room:
+                fit += 1
+            del out[ends[fit - 1] if fit else base:]
+            counts = [min(counts[0], fit), max(0, fit - counts[0]), 0]
+            flags |= _TC
+            if spans is not None:
+                spans.clear()  # a truncated answer is rendered per turn, never rotated as spans
     arcount = counts[2]
     if query.edns:
         out += b"\x00" + _RRHEAD.pack(_OPT, payload, _DO if query.do else 0, 0)
         arcount += 1
-    if len(out) > limit:
-        return None
     struct.pack_into("!HHHHHH", out, 0, query.id, flags, 1, counts[0], counts[1], arcount)
     return bytes(out)
