@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything `make run` and `make test` need on a fresh Debian/Ubuntu machine:
-# the etcd server and client, dig, python3-venv, then a virtualenv in .venv with the project.
+# the etcd server and client, dig, python3-venv, the tools tests call (openssl, docker-compose),
+# then a virtualenv in .venv with the project (its test extras bring pytest-timeout and hadolint).
 # Idempotent: a second run only checks. Uses sudo when not root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,9 @@ need_apt=()
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
 command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)                # tests: TLS certificates
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)  # tests: `docker-compose config`
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)                    # tests: the pod in a network namespace
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
 # Real clients of tests/integration/test_real_resolvers.py: network namespaces (iproute2),
 # unbound and dnsmasq as node-local caches, busybox nslookup, musl's getaddrinfo (musl-gcc).

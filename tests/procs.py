@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
 import shutil
 import signal
@@ -50,6 +52,23 @@ def wait_until(check, timeout: float = 10.0, interval: float = 0.02, what: str =
             last_exc = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out waiting for {what}" + (f": {last_exc!r}" if last_exc else ""))
+
+
+async def async_wait_until(check, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
+    """wait_until for coroutines: poll check() (a plain or an async callable) with asyncio.sleep.
+
+    timeout (seconds) is multiplied by TIMEOUT_SCALE; raises TimeoutError naming `what`.
+    """
+    deadline = time.monotonic() + timeout * TIMEOUT_SCALE
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout * TIMEOUT_SCALE:g} s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 class Etcd:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ast
+import configparser
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import click
 import pytest
@@ -12,6 +16,7 @@ import pytest
 from healthz import cli as healthz_cli
 from kube2sky import cli as kube2sky_cli
 from skydns import cli as skydns_cli
+from tests import procs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -87,3 +92,89 @@ def test_package_init_files_stay_empty():
     # kube2sky imports skydns.msg, which must not load the DNS server.
     for pkg in ("skydns", "kube2sky", "healthz"):
         assert (ROOT / pkg / "__init__.py").read_text().strip() == ""
+
+
+# ---- the skip audit (tests/skipaudit.py, allow-list in tests/conftest.py) ----------------
+
+AUDITED_MODULE = '''
+import pytest
+
+def test_runs():
+    pass
+
+def test_e2e_backend():
+    pytest.skip("KUBECONFIG is not set")
+
+@pytest.mark.skipif(True, reason={reason!r})
+def test_other():
+    pass
+'''
+
+
+AUDIT_CASES = [
+    pytest.param(AUDITED_MODULE.format(reason="KUBECONFIG is not set"), "", True, id="allowed-reason"),
+    pytest.param(AUDITED_MODULE.format(reason="openssl not installed"), "", False, id="missing-tool"),
+    pytest.param(AUDITED_MODULE.format(reason="skydns/app.py does not exist yet"), "", False, id="not-there-yet"),
+    pytest.param(AUDITED_MODULE.format(reason="needs root"), "needs root\nother", True, id="allowed-by-env"),
+    pytest.param("import pytest\npytest.skip('no dig', allow_module_level=True)\n", "", False, id="module-level"),
+    pytest.param("import pytest\n\n@pytest.mark.xfail(reason='flaky')\ndef test_x():\n    assert False\n", "", False,
+                 id="xfail"),
+]
+
+
+@pytest.mark.parametrize(("body", "env", "passes"), AUDIT_CASES)
+def test_skip_audit_fails_a_run_with_an_unexpected_skip(tmp_path, body, env, passes):
+    (tmp_path / "conftest.py").write_text("from tests.conftest import pytest_configure  # noqa: F401\n")
+    (tmp_path / "test_audited.py").write_text(body)
+    environ = dict(os.environ, PYTHONPATH=str(ROOT), KUBE_SKYDNS_ALLOW_SKIPS=env)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path, env=environ, timeout=120, check=False)
+    out = proc.stdout + proc.stderr
+    assert (proc.returncode == 0) is passes, out
+    assert "skip-audit" in out, out
+    if not passes:
+        assert "unexpected skip(s)" in out, out
+        assert "KUBECONFIG is not set" not in out.split("unexpected skip(s)", 1)[1].split("=====")[0], out
+
+
+HANGING_MODULE = '''
+import asyncio
+import subprocess
+
+import uvloop
+
+
+def test_hangs(tmp_path_factory):
+    child = subprocess.Popen(["sleep", "600"])
+    (tmp_path_factory.getbasetemp().parent / "child.pid").write_text(str(child.pid))
+    async def forever():
+        await asyncio.get_running_loop().create_future()
+    uvloop.run(forever())  # the signal method could not interrupt this
+'''
+
+
+def test_a_hung_test_fails_the_run_and_leaves_no_process(tmp_path):
+    """setup.cfg's timeout settings with a 2 s timeout: the run ends, exit 1, the child is gone."""
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    assert parser.get("tool:pytest", "timeout_method") == "thread"
+    assert int(parser.get("tool:pytest", "timeout")) >= 60
+    (tmp_path / "conftest.py").write_text("from tests.conftest import pytest_configure, pytest_timeout_set_timer  # noqa: F401\n")
+    (tmp_path / "test_hang.py").write_text(HANGING_MODULE)
+    (tmp_path / "pytest.ini").write_text("[pytest]\ntimeout = 2\ntimeout_method = thread\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t"),
+                           str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "TIMEOUT: test_hang.py::test_hangs ran longer than 2 s" in out, out
+    pid = int((tmp_path / "child.pid").read_text())
+    assert procs.wait_until(lambda: not _running(pid), timeout=5, what=f"pid {pid} gone"), out
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

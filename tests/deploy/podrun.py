@@ -80,7 +80,7 @@ def main() -> int:
             procs.append((proc["name"], subprocess.Popen(proc["argv"], stdout=log, stderr=subprocess.STDOUT,
                                                          env=env, cwd=work, start_new_session=True)))
             if proc["name"] == "etcd":
-                wait_for(["http://127.0.0.1:2379/health"], time.monotonic() + 20)
+                wait_for(["http://127.0.0.1:2379/health"], time.monotonic() + spec.get("timeout", 60))
         deadline = time.monotonic() + spec.get("timeout", 60)
         result["http"] = wait_for(spec["ready_urls"], deadline)
         result["running"] = {name: p.poll() is None for name, p in procs}

@@ -15,11 +15,8 @@ import pytest
 from deploy import render
 from tests.deploy import common
 
-try:
-    import kubernetes_validate
-    from kubernetes_validate import utils as kv_utils
-except ImportError:  # pragma: no cover - the test extra installs it
-    kubernetes_validate = None
+import kubernetes_validate  # the test extra installs it
+from kubernetes_validate import utils as kv_utils
 
 # Oldest and newest schema the package ships: the manifests must hold on both.
 K8S_VERSIONS = ("1.25", "1.33", "latest")
@@ -38,7 +35,6 @@ def test_manifest_parses(name):
         assert {"apiVersion", "kind", "metadata"} <= set(doc)
 
 
-@pytest.mark.skipif(kubernetes_validate is None, reason="kubernetes-validate not installed (pip install -e .[test])")
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize(("name", "index", "doc"), DOCS, ids=DOC_IDS)
 def test_manifest_validates_against_kubernetes_schema(name, index, doc, version):

@@ -21,6 +21,7 @@ import tempfile
 
 import pytest
 
+from tests import procs
 from tests.deploy import common
 
 pytestmark = pytest.mark.integration
@@ -100,7 +101,7 @@ def test_pod_processes_start_with_their_args_and_serve():
             "workdir": str(work),
             "sysctls": sysctls,
             "processes": processes,
-            "timeout": 60,
+            "timeout": 20 * procs.TIMEOUT_SCALE,  # seconds for etcd, then for every probe URL (60 at scale 3)
             # Exactly the URLs of the pod's probes (and compose's healthchecks).
             "ready_urls": ["http://127.0.0.1:9153/ready", "http://127.0.0.1:9153/health",
                            "http://127.0.0.1:8081/readiness", "http://127.0.0.1:8080/healthz"],
@@ -109,7 +110,8 @@ def test_pod_processes_start_with_their_args_and_serve():
         }
         (work / "spec.json").write_text(json.dumps(spec))
         proc = subprocess.run(["unshare", "--net", "--", sys.executable, str(PODRUN), str(work / "spec.json")],
-                              capture_output=True, text=True, timeout=180, check=False, cwd=common.ROOT)
+                              capture_output=True, text=True, timeout=60 + 40 * procs.TIMEOUT_SCALE, check=False,
+                              cwd=common.ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         logs = "\n".join(f"--- {name}\n{text}" for name, text in result.get("logs", {}).items())

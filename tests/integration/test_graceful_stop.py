@@ -17,7 +17,10 @@ from tests import procs, skydnsproc, upstreams
 
 pytestmark = pytest.mark.integration
 
-LAMEDUCK = 2.0
+# The lameduck window outlasts a slow machine (stretched by the suite's scale): the load runs
+# for LOAD_AFTER_503 seconds after /ready turns 503, well inside it.
+LAMEDUCK = 2.0 * procs.TIMEOUT_SCALE
+LOAD_AFTER_503 = 1.2
 
 
 def _load(server: skydnsproc.Skydns, proto: str, name: str, until: threading.Event, results: list) -> None:
@@ -56,12 +59,12 @@ def test_sigterm_under_load_drops_no_query(shared_etcd):
             procs.wait_until(lambda: all(len(r) >= 5 for r in results.values()), what="load running")
             server.proc.send_signal(signal.SIGTERM)
             procs.wait_until(lambda: server.http("/ready") == (503, "shutting down"), what="lameduck")
-            # keep the load on for most of the lameduck period, as clients do until the endpoint goes
-            time.sleep(LAMEDUCK * 0.6)
+            # keep the load on during the lameduck period, as clients do until the endpoint goes
+            time.sleep(LOAD_AFTER_503)
             stop_load.set()
             for thread in threads:
                 thread.join(10)
-            assert server.proc.wait(15) == 0
+            assert server.proc.wait(LAMEDUCK + 15) == 0
         finally:
             server.stop()
     assert len(upstream.queries) >= 5, "the forwarded names never reached the upstream"

@@ -1,17 +1,15 @@
 """healthz as a real process against a real skydns (and a real etcd), plus real commands.
 
 healthz runs as `python -m healthz ...` with the same args a pod would pass. The DNS
-server is the real skydns reading a real etcd (records put with etcdctl). Until
-`python -m skydns` is in the tree, the same cases run against a small scripted
-responder (tests/healthz/responder.py) so healthz itself stays tested; the test ids
-say which backend ran. Nothing asserts a duration: states are awaited with wait_until.
+server is the real skydns reading a real etcd (records put with etcdctl); the scripted
+servers of tests/healthz/responder.py stand in only where a test needs a server that never
+answers or a counting proxy. Nothing asserts a duration: states are awaited with wait_until.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -31,10 +29,6 @@ pytestmark = pytest.mark.integration
 QNAME = "kubernetes.default.svc.cluster.local"
 KEY = "/skydns/local/cluster/svc/default/kubernetes/x1"
 ADDRESS = "10.96.0.1"
-
-
-def skydns_runnable() -> bool:
-    return all(importlib.util.find_spec(f"skydns.{name}") is not None for name in ("cli", "app", "__main__"))
 
 
 class SkydnsBackend:
@@ -73,50 +67,12 @@ class SkydnsBackend:
         self.stop()
 
 
-class ResponderBackend:
-    """Stand-in while skydns is not runnable: a scripted DNS server on a fixed port."""
-
-    kind = "responder"
-
-    def __init__(self) -> None:
-        self.records = {(QNAME + ".", "A"): [ADDRESS]}
-        self.server: responder.Responder | None = responder.Responder(self.records)
-        self.port = self.server.port
-
-    def put(self) -> None:
-        self.records[(QNAME + ".", "A")] = [ADDRESS]
-        if self.server is not None:
-            self.server.records = dict(self.records)
-
-    def remove(self) -> None:
-        self.records.clear()
-        if self.server is not None:
-            self.server.records = {}
-
-    def start(self) -> None:
-        if self.server is None:
-            self.server = procs.wait_until(lambda: responder.Responder(self.records, port=self.port),
-                                           timeout=10, what="responder rebind")
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-
-    def close(self) -> None:
-        self.stop()
-
-
-@pytest.fixture(params=["skydns" if skydns_runnable() else "responder"])
-def dns_server(request, tmp_path):
-    """A running DNS server that answers kubernetes.default.svc.cluster.local A 10.96.0.1."""
-    if request.param == "skydns":
-        etcd = request.getfixturevalue("etcd")
-        backend = SkydnsBackend(etcd, tmp_path)
-        backend.put()
-        backend.start()
-    else:
-        backend = ResponderBackend()
+@pytest.fixture
+def dns_server(etcd, tmp_path):
+    """The real skydns answering kubernetes.default.svc.cluster.local A 10.96.0.1 from etcd."""
+    backend = SkydnsBackend(etcd, tmp_path)
+    backend.put()
+    backend.start()
     try:
         yield backend
     finally:

@@ -2,8 +2,9 @@
 
 Each row: manifests (YAML documents with a kind), settings changes, the expected records.
 Expected keys are written as literal etcd keys where the layout matters (REFERENCE 3.2
-worked example, reverse keys) and otherwise as (DNS name, JSON) pairs whose leaf is the
-FNV hash of the JSON (msg.leaf_label, tested in tests/skydns/test_msg.py).
+worked example, reverse keys, the "literal-" rows: every key and value as text) and otherwise
+as (DNS name, JSON) pairs whose leaf is the FNV hash of the JSON (msg.leaf_label, tested in
+tests/skydns/test_msg.py).
 """
 
 from __future__ import annotations
@@ -73,6 +74,72 @@ spec:
         ("/skydns/arpa/in-addr/10/0/0/10/e7fb6ecb",
          '{"host":"myservice.default.svc.cluster.local.","priority":10,"weight":10,"ttl":30}'),
     ]),
+    # Literal rows, written from the specification (REFERENCE 1 and 3.2) and not from msg: every
+    # key and value as text, leaves hashed by hand (FNV-1a 32-bit of the value, Go %x: no zero
+    # padding). Legacy names off: these rows pin only the spec's names.
+    Row("literal-clusterip-unpadded-leaf-fd6175", """
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.0.0.88
+  ports: [{name: http, port: 80, protocol: TCP}, {port: 8080}]
+""", [
+        ("/skydns/local/cluster/svc/default/web/fd6175",
+         '{"host":"10.0.0.88","priority":10,"weight":10,"ttl":30}'),
+        ("/skydns/local/cluster/svc/default/web/_tcp/_http/fd6175",
+         '{"host":"web.default.svc.cluster.local.","port":80,"priority":10,"weight":10,"ttl":30}'),
+        ("/skydns/arpa/in-addr/10/0/0/88/6e8911f8",
+         '{"host":"web.default.svc.cluster.local.","priority":10,"weight":10,"ttl":30}'),
+        ("/skydns/local/cluster/dns-version/1204c6e5", '{"text":"1.1.0","ttl":30}'),
+    ], settings={"legacy_names": False}),
+    Row("literal-headless-endpoints-srv-ptr", """
+kind: Service
+metadata: {name: db, namespace: default}
+spec: {clusterIP: None, ports: [{name: pg, port: 5432}]}
+---
+kind: EndpointSlice
+metadata: {name: db-abc, namespace: default, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: pg, port: 5432, protocol: TCP}]
+endpoints:
+- {addresses: [10.1.0.1], hostname: db-0, conditions: {ready: true}}
+- {addresses: [10.1.0.2], conditions: {ready: true}}
+- {addresses: [10.1.0.3], hostname: db-2, conditions: {ready: false}}
+""", [
+        ("/skydns/local/cluster/svc/default/db/db-0/c0206dbb",
+         '{"host":"10.1.0.1","priority":10,"weight":10,"ttl":30}'),
+        ("/skydns/local/cluster/svc/default/db/10-1-0-2/3019ef74",
+         '{"host":"10.1.0.2","priority":10,"weight":10,"ttl":30}'),
+        ("/skydns/local/cluster/svc/default/db/_tcp/_pg/34fb9c46",
+         '{"host":"db-0.db.default.svc.cluster.local.","port":5432,"priority":10,"weight":10,"ttl":30}'),
+        ("/skydns/local/cluster/svc/default/db/_tcp/_pg/8510ea4",
+         '{"host":"10-1-0-2.db.default.svc.cluster.local.","port":5432,"priority":10,"weight":10,"ttl":30}'),
+        ("/skydns/arpa/in-addr/10/1/0/1/900ecf7f",
+         '{"host":"db-0.db.default.svc.cluster.local.","priority":10,"weight":10,"ttl":30}'),
+        ("/skydns/arpa/in-addr/10/1/0/2/c8a67099",
+         '{"host":"10-1-0-2.db.default.svc.cluster.local.","priority":10,"weight":10,"ttl":30}'),
+        ("/skydns/local/cluster/dns-version/1204c6e5", '{"text":"1.1.0","ttl":30}'),
+    ], settings={"legacy_names": False}),
+    Row("literal-ipv6-aaaa-and-ip6-ptr", """
+kind: Service
+metadata: {name: v6, namespace: default}
+spec: {clusterIP: "2001:db8::88", ipFamilies: [IPv6]}
+""", [
+        ("/skydns/local/cluster/svc/default/v6/6ba51141",
+         '{"host":"2001:db8::88","priority":10,"weight":10,"ttl":30}'),
+        ("/skydns/arpa/ip6/2/0/0/1/0/d/b/8/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/8/8/dd39a9be",
+         '{"host":"v6.default.svc.cluster.local.","priority":10,"weight":10,"ttl":30}'),
+        ("/skydns/local/cluster/dns-version/1204c6e5", '{"text":"1.1.0","ttl":30}'),
+    ], settings={"legacy_names": False}),
+    Row("literal-external-name-cname", """
+kind: Service
+metadata: {name: search, namespace: default}
+spec: {type: ExternalName, externalName: www.example.com}
+""", [
+        ("/skydns/local/cluster/svc/default/search/a9745364",
+         '{"host":"www.example.com.","priority":10,"weight":10,"ttl":30}'),
+        ("/skydns/local/cluster/dns-version/1204c6e5", '{"text":"1.1.0","ttl":30}'),
+    ], settings={"legacy_names": False}),
     Row("clusterip-kube2sky-f488b1a2", """
 kind: Service
 metadata: {name: kubernetes, namespace: default}

@@ -26,7 +26,7 @@ def _settings(**overrides) -> settings_mod.Settings:
 
 def test_sigterm_is_a_clean_stop(monkeypatch):
     seen = {}
-    settings = _settings(lameduck=0.2)
+    settings = _settings(lameduck=0.5 * procs.TIMEOUT_SCALE)  # the second query must land inside it
 
     async def mirror(settings_, view, stop, on_event=None):
         view.replace([("/skydns/local/cluster/web", b'{"host":"10.0.0.1"}')], 2)

@@ -24,7 +24,9 @@ from skydns import wire
 from tests import procs
 from tests import upstreams
 
-FAST = dict(forward_timeout=0.5, forward_health_interval=0.05, loop_check_interval=0.0)
+# forward_timeout is how long a good upstream may take to answer on a loaded machine (stretched
+# by the suite's scale); the "timeout" upstreams make a test wait it out once.
+FAST = dict(forward_timeout=0.5 * procs.TIMEOUT_SCALE, forward_health_interval=0.05, loop_check_interval=0.0)
 
 
 class Clock:
@@ -195,12 +197,12 @@ def test_failing_upstream_is_marked_down_then_recovers():
             skipped = bad.names("A")  # the down upstream is not asked first any more
             await fwd.start()
             try:
-                while len(bad.names("NS")) < 2:  # health checks of the down upstream fail...
-                    await asyncio.sleep(0.01)
+                # health checks of the down upstream fail...
+                await procs.async_wait_until(lambda: len(bad.names("NS")) >= 2, what="two failed health checks")
                 still_down = first.down
                 bad.mode = "ok"
-                while first.down:  # ...until it answers again
-                    await asyncio.sleep(0.01)
+                # ...until it answers again
+                await procs.async_wait_until(lambda: not first.down, what="the upstream marked up again")
             finally:
                 await fwd.close()
             return marked_down, healthy_gauge, skipped, still_down, first, fwd
@@ -555,12 +557,10 @@ def test_loop_check_runs_at_start_and_clears_when_fixed():
                 await fwd.start()
                 try:
                     upstream = fwd.default.upstreams[0]
-                    while not upstream.looped:
-                        await asyncio.sleep(0.01)
+                    await procs.async_wait_until(lambda: upstream.looped, what="the loop detected at start")
                     looped_reply = await fwd.forward(query())
                     stub.mode = "ok"
-                    while upstream.looped:
-                        await asyncio.sleep(0.01)
+                    await procs.async_wait_until(lambda: not upstream.looped, what="the loop cleared once fixed")
                     return looped_reply, fwd.ready()
                 finally:
                     await fwd.close()

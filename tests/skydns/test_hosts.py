@@ -13,7 +13,7 @@ import pytest
 from skydns import forwarding
 from skydns import hosts
 from skydns import settings
-from tests import upstreams
+from tests import procs, upstreams
 
 TEXT = """\
 # comment line
@@ -103,11 +103,11 @@ def test_hosts_answered_before_forwarding_and_reloaded(tmp_path):
                 first = await fwd.forward(dns.message.make_query("registry.corp.example.", "A"))
                 path.write_text("10.8.8.8 registry.corp.example\n")
                 os.utime(path, ns=(2, 2))
-                while True:
-                    second = await fwd.forward(dns.message.make_query("registry.corp.example.", "A"))
-                    if second.answer[0][0].to_text() != "10.9.9.9":
-                        break
-                    await asyncio.sleep(0.01)
+                async def reloaded():
+                    reply = await fwd.forward(dns.message.make_query("registry.corp.example.", "A"))
+                    return reply if reply.answer[0][0].to_text() != "10.9.9.9" else None
+
+                second = await procs.async_wait_until(reloaded, what="the hosts file reloaded")
                 other = await fwd.forward(dns.message.make_query("www.example.com.", "A"))
             finally:
                 await fwd.close()

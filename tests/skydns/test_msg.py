@@ -144,6 +144,9 @@ def test_decode_good_values(value, record):
 LEAF_CASES = [
     ('{"host":"10.0.0.10","priority":10,"weight":10,"ttl":30}', "5f106532"),
     ('{"host":"10.0.0.1","priority":10,"weight":10,"ttl":30}', "f488b1a2"),
+    # Go's %x has no zero padding: a hash below 0x10000000 has fewer than 8 digits (0x00fd6175).
+    ('{"host":"10.0.0.88","priority":10,"weight":10,"ttl":30}', "fd6175"),
+    ('{"host":"10-1-0-2.db.default.svc.cluster.local.","port":5432,"priority":10,"weight":10,"ttl":30}', "8510ea4"),
 ]
 
 
