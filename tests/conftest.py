@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import io
 import os
 import signal
 import threading
@@ -60,6 +63,22 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def asyncio_stacks() -> str:
+    """The stack of every task of every running event loop (a hung await shows where it waits)."""
+    out = io.StringIO()
+    for loop in [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)]:
+        if not loop.is_running():
+            continue
+        try:
+            tasks = list(asyncio.all_tasks(loop))
+        except RuntimeError:  # the set changed under us: this is a diagnostic, go on
+            continue
+        for task in tasks:
+            out.write(f"--- asyncio task {task.get_name()} ({task.get_coro()!r})\n")
+            task.print_stack(file=out)
+    return out.getvalue() or "(no running asyncio event loop)"
+
+
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_timeout_set_timer(item: pytest.Item, settings) -> bool | None:
     """pytest-timeout's thread method, which ends the run with os._exit(1) and so runs no
@@ -78,9 +97,12 @@ def pytest_timeout_set_timer(item: pytest.Item, settings) -> bool | None:
         capman = item.config.pluginmanager.getplugin("capturemanager")
         if capman is not None:
             capman.suspend_global_capture()
-        item.config.get_terminal_writer().line(
+        terminal = item.config.get_terminal_writer()
+        terminal.line(
             f"\nTIMEOUT: {item.nodeid} ran longer than {settings.timeout:g} s; killed its {len(killed)} "
-            "child process(es); the stacks of every thread follow, then the run ends (exit 1)")
+            "child process(es); the stacks of its asyncio tasks and of every thread follow, then the "
+            "run ends (exit 1)")
+        terminal.line(asyncio_stacks())
         pytest_timeout.timeout_timer(item, settings)
 
     timer = threading.Timer(settings.timeout, expire)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import dns.message
 import dns.rcode
@@ -106,6 +107,12 @@ def test_execute(command: str, timeout: float, reason: R, detail: str) -> None:
     assert got_reason is reason and detail in got_detail, got_detail
 
 
+def _stack(task: asyncio.Task) -> str:
+    out = io.StringIO()
+    task.print_stack(file=out)
+    return out.getvalue()
+
+
 def test_checks_run_concurrently_each_on_its_period() -> None:
     """A silent server (timeouts) does not hold back a healthy probe or a command."""
 
@@ -121,7 +128,9 @@ def test_checks_run_concurrently_each_on_its_period() -> None:
                                      what="three runs of the fast checks")
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # bounded: a probe that does not stop when cancelled fails here, with its stack
+        _, pending = await asyncio.wait(tasks, timeout=5 * procs.TIMEOUT_SCALE)
+        assert not pending, "probe tasks still running after cancel:\n" + "\n".join(map(_stack, pending))
         return board.tracks
 
     with responder.Responder(RECORDS) as ok, responder.Responder(mode="silent") as silent:
