@@ -56,7 +56,9 @@ def main() -> int:
         print("fuzz: atheris is not installed; hypothesis only", flush=True)
     env.update(FUZZ_PROFILE="fuzz", FUZZ_EXAMPLES=os.environ.get("FUZZ_EXAMPLES", "20000"))
     print(f"fuzz: hypothesis, {env['FUZZ_EXAMPLES']} examples per property", flush=True)
-    code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/fuzz"],
+    # --timeout=0: long properties may outlast the suite's per-test timeout (setup.cfg)
+    code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=0",
+                            "tests/fuzz"],
                            cwd=ROOT, env=env)
     return 1 if failed or code else 0
 
