@@ -543,6 +543,20 @@ def check_write(label: str, port: int, plan: churn.Plan, number: int, timeout: f
     return False
 
 
+def idle_cost(servers: dict[str, tuple[int, int]], labels: list[str], writer: churn.Writer,
+              seconds: float) -> dict[str, float]:
+    """CPU per write of each server while nothing queries it (applying watch events), us."""
+    if seconds <= 0:
+        return {}
+    start = {label: churn.cpu_seconds(servers[label][1]) for label in labels}
+    count = writer.count
+    time.sleep(seconds)
+    writes = writer.count - count
+    if not writes:
+        return {}
+    return {label: (churn.cpu_seconds(servers[label][1]) - start[label]) / writes * 1e6 for label in labels}
+
+
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -614,6 +628,9 @@ def main() -> None:
     parser.add_argument("--churn", type=float, default=0.0, metavar="R",
                         help="also measure skydns while R etcd writes per second go to an unrelated key, and "
                              "separately to the queried names in turn (0: static store only)")
+    parser.add_argument("--idle", type=float, default=2.0,
+                        help="with --churn: seconds without queries at the start of each churn phase, to measure "
+                             "the server CPU per write applied (0: skip)")
     parser.add_argument("--miss", action="store_true",
                         help="only the in-process cost of a cache miss (Handler.handle after a change), then exit")
     parser.add_argument("--miss-samples", type=int, default=2000, help="most samples per case for --miss")
@@ -662,7 +679,7 @@ def main() -> None:
               f"'{UNRELATED}': {churn.UNRELATED_KEY} toggled; '{NAMES}': the {args.records} queried names in turn, "
               f"each changed every {args.records / args.churn:g}s", flush=True)
 
-    # (label, phase) -> tool -> round -> Load
+    # (label, phase) -> tool ("python", "dnsperf"; "idle": CPU us per write) -> round -> Load (float)
     results: dict[tuple[str, str], dict[str, dict[int, Load]]] = {}
     try:
         with contextlib.ExitStack() as stack:
@@ -700,6 +717,10 @@ def main() -> None:
                             plan, done = plans[phase]
                             writer = churning.enter_context(churn.Writer(etcd.url, plan, args.churn, done))
                             time.sleep(0.5)  # the writes are flowing before anything is measured
+                            for label, per_write in idle_cost(servers, labels, writer, args.idle).items():
+                                results.setdefault((label, phase), {}).setdefault("idle", {})[number] = per_write
+                                print(f"round {number + 1} {label:10s} {phase:9s} no queries: "
+                                      f"{per_write:.0f} us of CPU per write applied", flush=True)
                         for label in labels if forward else reversed(labels):
                             target = Target(*servers[label], writer)
                             warmup = args.warmup if number == 0 else 0.2
@@ -731,7 +752,8 @@ def main() -> None:
 def report(results: dict[tuple[str, str], dict[str, dict[int, Load]]], kinds: dict[str, str],
            args: argparse.Namespace) -> None:
     """The table (means over rounds, spread of the per-round CPU per query) and the ratios."""
-    means = {key: {tool: _mean(list(rounds.values())) for tool, rounds in row.items()} for key, row in results.items()}
+    means = {key: {tool: _mean(list(row[tool].values())) for tool in TOOLS if tool in row}
+             for key, row in results.items()}
     print(f"mix {args.mix}, churn {args.churn:g} writes/s, {args.rounds} rounds; CPU = server CPU per answered "
           f"query, microseconds, mean over rounds (min-max of the rounds)")
     print()
@@ -764,6 +786,11 @@ def report(results: dict[tuple[str, str], dict[str, dict[int, Load]]], kinds: di
         mean = sum(x[n].cpu_us for n in common) / sum(y[n].cpu_us for n in common)
         return f"{mean:.2f}x{_spread([x[n].cpu_us / y[n].cpu_us for n in common], 'x', 2)}"
 
+    for (label, phase), row in results.items():
+        if row.get("idle"):
+            values = list(row["idle"].values())
+            print(f"{label} {phase}: {sum(values) / len(values):.0f} us{_spread(values, ' us', 0)} of server CPU "
+                  f"per write applied, with no queries")
     print()
     print("| CPU per query, ratio | python | dnsperf |")
     print("|---|---|---|")
