@@ -21,8 +21,9 @@ Churn (--churn R): besides the static store, every skydns configuration with a c
 measured while a separate writer process puts R values per second into etcd over one
 keep-alive connection: "unrelated" writes one key no query reads, "names" writes the queried
 names themselves in turn (each of N names changes every N/R seconds). The writes etcd
-acknowledged during each measurement are counted and printed per second. NSD serves a zone
-file and is measured on the static store only.
+acknowledged during each measurement are counted and printed per second; at the start of each
+churn phase the servers get no queries for --idle seconds, which gives their CPU per write
+applied. NSD serves a zone file and is measured on the static store only.
 
 CPU: utime+stime of each server process (and its children) from /proc over exactly the measured
 interval, divided by the answered queries: microseconds of server CPU per answered query, the
