@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 import click
+import prometheus_client
 
 from healthz import app
 from healthz import settings as settings_
@@ -167,7 +168,7 @@ _DEFAULTS = settings_.Settings()
               show_envvar=True, help="Log only warnings and errors.")
 @click.option("-output", "--output/--no-output", "output", default=_DEFAULTS.output, show_default=True,
               show_envvar=True, help="exechealthz: answer the command's output instead of 'ok'.")
-@click.version_option("0.1.0", "-version", "--version", prog_name="healthz")
+@click.version_option(None, "-version", "--version", package_name="kube-skydns", prog_name="healthz")
 def command(**options: Any) -> int:
     """The healthz command (see help above)."""
     settings = build(**options)
@@ -176,6 +177,7 @@ def command(**options: Any) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console script entry: exit 2 with one line on a bad flag."""
+    prometheus_client.disable_created_metrics()  # one rule in the three daemons: no *_created series
     try:
         code = command.main(args=argv, prog_name="healthz", standalone_mode=False)
     except click.exceptions.UsageError as exc:

@@ -6,7 +6,7 @@ EDGE. Rules:
 2. Routes: /healthz (every check, unless a -url claimed /healthz), /healthz/<name> (one
    check), every -url path, /metrics (Prometheus text), / (index). `?format=json` on a
    health path answers JSON. GET and HEAD only; anything else is 405, unknown paths 404.
-3. Health answers are 200 or 503 only, text/plain, "ok" (no newline) when all is well.
+3. Health answers are 200 or 503 only, text/plain, "ok\n" when all is well.
 4. One request per connection (Connection: close); bad or slow requests are dropped
    without disturbing the rest; a request never raises out of the handler.
 """

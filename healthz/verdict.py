@@ -9,7 +9,8 @@ same clock as Result.at). Rules:
 3. Before a check's first result: PENDING. During the start-up grace (`latency` seconds
    since start) it is ok when settings.pending_ok, else a failure; after the grace it is a
    failure like a stale result.
-4. The body is exactly "ok" when everything is fine (exechealthz compatible); anything
+4. The body is exactly "ok\n" when everything is fine (exechealthz's "ok" plus a newline, so
+   successive curls do not run together; probes read only the status); anything
    else names every check that is not fine, one line each, with the reason and detail.
 """
 
@@ -157,7 +158,7 @@ def judge(tracks: dict[str, Track], names: tuple[str, ...], now: float, started:
         if config.output and len(checks) == 1 and checks[0].track.last is not None:
             body = checks[0].track.last.detail
         else:
-            body = "ok"
+            body = "ok\n"
     elif ok:
         notes = [f"{c.name}: {c.message}" for c in checks if c.status is not Status.OK]
         if all(c.status is Status.PENDING for c in checks):

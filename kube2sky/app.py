@@ -549,12 +549,12 @@ async def main(settings: settings_mod.Settings) -> int:
     try:
         source = make_source(settings)
     except k8swatch.ConfigError as err:
-        raise SystemExit(f"kube2sky: {err}") from None
+        raise SystemExit(f"kube2sky: error: {err}") from None
     tls = etcdwriter.TLSFiles(settings.etcd_cafile, settings.etcd_certfile, settings.etcd_keyfile)
     try:
         etcdwriter.check_tls_files(tls)
     except etcdwriter.ConfigError as err:
-        raise SystemExit(f"kube2sky: {err}") from None
+        raise SystemExit(f"kube2sky: error: {err}") from None
     if (tls or any(e.startswith("https://") for e in settings.etcd_endpoints)) and not settings.dry_run:
         logger.info("etcd over TLS (CA: %s, client certificate: %s)", tls.ca or "system roots",
                     tls.cert or "none")
@@ -583,9 +583,9 @@ async def main(settings: settings_mod.Settings) -> int:
                 server = await asyncio.start_server(health.handle, settings.healthz_host or None,
                                                     settings.healthz_port)
             except OSError as err:
-                raise SystemExit(f"kube2sky: cannot serve --healthz-port {settings.healthz_port}: {err}") from None
-            logger.info("serving /readiness, /healthz and /metrics on %s:%d", settings.healthz_host,
-                        settings.healthz_port)
+                raise SystemExit(f"kube2sky: error: cannot serve --healthz-port {settings.healthz_port}: {err}") from None
+            bound = server.sockets[0].getsockname()  # the real port when --healthz-port=0
+            logger.info("serving /readiness, /healthz and /metrics on %s:%d", settings.healthz_host, bound[1])
         kinds = await choose_kinds(settings, source, stop, rng)
         if kinds is None:
             return 0

@@ -6,35 +6,68 @@ Rules (STYLE 5.6):
    settings.Settings.
 3. The Go kube2sky's spellings keep working: single dash (-domain=cluster.local) and
    underscores (--etcd_mutation_timeout, --kube_master_url, --kubecfg_file).
-4. A bad flag or value exits 2 with one line on stderr.
+4. A bad flag or value exits 2 with one line on stderr: "kube2sky: error: ..." (the style of
+   skydns and healthz); an unknown single-dash flag is named as given (-bogus, not -b).
+5. Time flags take a Go duration (10s, 500ms, 1m30s) or plain seconds (settings.parse_duration);
+   TTL flags take whole seconds.
+6. ``--check-api`` asks the Kubernetes API once (discovery) and exits 0, or 1 with one line
+   "kube2sky: error: ..." saying why it cannot be reached (`make run` calls it first).
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.metadata
 import ipaddress
 import logging
 import re
 import sys
+from typing import Any
 
 import click
+import prometheus_client
 
-from kube2sky import app, etcdwriter
+from kube2sky import app, etcdwriter, k8swatch
 from kube2sky import settings as settings_mod
 
 logger = logging.getLogger(__name__)
 
 D = settings_mod.Settings()
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
+def package_version() -> str:
+    """The installed kube-skydns version ("0.1.0"), "unknown" when not installed."""
+    try:
+        return importlib.metadata.version("kube-skydns")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def parse_duration(text: str, flag: str) -> float:
-    """'10s', '500ms', '2m' or plain seconds -> seconds."""
-    match = _DURATION.match(str(text))
-    if not match:
-        raise click.UsageError(f"{flag}: want a duration like 10s or 500ms, got {text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    """'10s', '500ms', '1m30s' or plain seconds -> seconds."""
+    try:
+        return settings_mod.parse_duration(text)
+    except ValueError as err:
+        raise click.UsageError(f"{flag}: {err}") from None
+
+
+class Seconds(click.ParamType):
+    """A whole number of seconds, also written as a duration (30s, 5m)."""
+
+    name = "duration"
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            seconds = float(value) if isinstance(value, (int, float)) else settings_mod.parse_duration(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+        if seconds != int(seconds) or not self.low <= seconds <= self.high:
+            self.fail(f"{value!r}: want whole seconds from {self.low} to {self.high} (e.g. 30 or 30s)", param, ctx)
+        return int(seconds)
 
 
 def parse_etcd_servers(text: str) -> tuple[str, ...]:
@@ -104,6 +137,9 @@ def normalize(command: click.Command, args: list[str]) -> list[str]:
             candidate = "--" + name.lstrip("-").replace("_", "-")
             if candidate in known and candidate != name:
                 arg = candidate + sep + value
+            elif candidate not in known and name not in known and not name.startswith("--"):
+                close = difflib.get_close_matches(candidate, sorted(k for k in known if k.startswith("--")), n=1)
+                raise click.NoSuchOption(name, possibilities=close)
         out.append(arg)
     return out
 
@@ -124,14 +160,14 @@ def normalize(command: click.Command, args: list[str]) -> list[str]:
 @click.option("--etcd-keyfile", "etcd_keyfile", default="", show_envvar=True,
               help="Private key (PEM) of --etcd-certfile.")
 @click.option("--etcd-mutation-timeout", "etcd_mutation_timeout", default="10s", show_envvar=True,
-              help="Timeout of one etcd request (e.g. 10s); errors are retried, never fatal.")
+              help="Timeout of one etcd request (10s, 500ms or seconds); errors are retried, never fatal.")
 @click.option("--resync-period", "resync_period", default="5m", show_envvar=True,
-              help="Full sync (re-read etcd, repair drift) this often; 0 turns it off.")
+              help="Full sync (re-read etcd, repair drift) this often (5m, 30s or seconds); 0 turns it off.")
 @click.option("--prefix", default=D.prefix, show_envvar=True, help="etcd key prefix of the records.")
 @click.option("--max-txn-ops", "max_txn_ops", type=click.IntRange(1, 100000), default=D.max_txn_ops,
               show_envvar=True, help="Most operations in one etcd transaction (etcd's --max-txn-ops).")
-@click.option("--ttl", type=click.IntRange(0, 2**31 - 1), default=D.ttl, show_envvar=True,
-              help="TTL of every record, seconds.")
+@click.option("--ttl", type=Seconds(0, 2**31 - 1), default=D.ttl, show_envvar=True,
+              help="TTL of every record, seconds (or 30s, 5m).")
 @click.option("--kube-master-url", "kube_master_url", default="", show_envvar=True,
               help="API server URL ($VARS expanded, e.g. https://${KUBERNETES_SERVICE_HOST}:"
                    "${KUBERNETES_SERVICE_PORT}); empty: kubeconfig, else in-cluster.")
@@ -160,8 +196,8 @@ def normalize(command: click.Command, args: list[str]) -> list[str]:
               help="Elect one writer among replicas through an etcd lease.")
 @click.option("--leader-key", "leader_key", default="", show_envvar=True,
               help="etcd key of the leader lease; empty: /<prefix>-leader/kube2sky.")
-@click.option("--leader-ttl", "leader_ttl", type=click.IntRange(2, 3600), default=D.leader_ttl,
-              show_envvar=True, help="Lease TTL of the leader key, seconds.")
+@click.option("--leader-ttl", "leader_ttl", type=Seconds(2, 3600), default=D.leader_ttl,
+              show_envvar=True, help="Lease TTL of the leader key, seconds (or 15s, 1m).")
 @click.option("--healthz-port", "healthz_port", type=click.IntRange(0, 65535), default=D.healthz_port,
               show_envvar=True, help="Port of /readiness, /healthz and /metrics.")
 @click.option("--healthz-host", "--healthz-addr", "healthz_host", default=D.healthz_host, show_envvar=True,
@@ -174,13 +210,35 @@ def normalize(command: click.Command, args: list[str]) -> list[str]:
               help="Accepted for the Go kube2sky's glog flags; --log-level=debug when >= 4.")
 @click.option("--logtostderr", "--alsologtostderr", "glog_stderr", is_flag=True, hidden=True,
               help="Accepted for the Go kube2sky's glog flags; logs always go to stderr.")
+@click.option("--check-api", "check_api", is_flag=True, default=False,
+              help="Ask the Kubernetes API once (discovery) and exit: 0 when it answers, 1 with the reason.")
+@click.version_option(package_name="kube-skydns", prog_name="kube2sky")
 def command(**opts) -> None:
     """Keep SkyDNS records in etcd equal to the cluster's Services and endpoints."""
     level = "debug" if opts.pop("glog_v") >= 4 else opts["log_level"]
     opts.pop("glog_stderr")
+    check = opts.pop("check_api")
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app.run(build_settings(opts))
+    settings = build_settings(opts)
+    if check:
+        sys.exit(check_api(settings))
+    logger.info("kube2sky %s starting", package_version())
+    app.run(settings)
+
+
+def check_api(settings: settings_mod.Settings) -> int:
+    """One discovery request to the API (or a read of --manifests): 0 and a line on stdout when it
+    answers, else 1 and "kube2sky: error: ..." on stderr."""
+    try:
+        source = app.make_source(settings)
+        endpoints = "endpointslices" if source.served(k8swatch.ENDPOINT_SLICES) else "endpoints"
+    except Exception as err:  # noqa: BLE001 - ConfigError, ApiError: each is one line already
+        click.echo(f"kube2sky: error: cannot use the Kubernetes API: {err}", err=True)
+        return 1
+    click.echo(f"kube2sky: the Kubernetes API at {getattr(source, 'host', settings.manifests)} answers "
+               f"(endpoints from {endpoints})")
+    return 0
 
 
 def build_settings(opts: dict) -> settings_mod.Settings:
@@ -228,13 +286,16 @@ def build_settings(opts: dict) -> settings_mod.Settings:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one line on stderr and exit 2 for a bad flag or value."""
+    prometheus_client.disable_created_metrics()  # one rule in the three daemons: no *_created series
     try:
         command.main(args=argv, prog_name="kube2sky", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as err:  # pragma: no cover - not configured
         click.echo(err.format_message(), err=True)
         sys.exit(2)
     except click.UsageError as err:
-        click.echo(f"kube2sky: {err.format_message()}", err=True)
+        click.echo(f"kube2sky: error: {err.format_message()}".replace("\n", " "), err=True)
         sys.exit(2)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
     except click.exceptions.Abort:
         sys.exit(130)

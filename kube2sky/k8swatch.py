@@ -280,7 +280,7 @@ def make_api_client(conn: Connection):
         raise
     except Exception as err:  # noqa: BLE001 - the config loaders raise many kinds
         raise ConfigError(f"cannot configure the Kubernetes client: {err}") from err
-    if conn.insecure:
+    if conn.insecure or not configuration.verify_ssl:  # the flag, or the kubeconfig's insecure-skip-tls-verify
         import urllib3
 
         configuration.verify_ssl = False

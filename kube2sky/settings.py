@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 
 
 class PodsMode(str, enum.Enum):
@@ -143,3 +144,35 @@ class Settings:
     def publishes(self, namespace: str) -> bool:
         """Whether objects of this namespace are published (``--namespaces``)."""
         return not self.namespaces or namespace in self.namespaces
+
+
+# ---- durations (flags) ----
+# A Go/CoreDNS duration ("5s", "500ms", "1m30s", "1.5h") or plain seconds ("5", "0.5").
+# The same grammar is parsed by kube2sky.settings and healthz.settings (the import contracts
+# keep the three packages apart); tests/test_durations.py holds them equal.
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """A Go duration ("5s", "500ms", "1m30s") or plain seconds ("5", "0.5") -> seconds.
+
+    Raises ValueError with a one-line message naming the text.
+    """
+    value = str(text).strip()
+    if not value:
+        raise ValueError("empty duration; use e.g. 5s, 500ms, 1m30s or seconds")
+    try:
+        seconds = float(value)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        for match in _DURATION_PART.finditer(value):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(value) or pos == 0:
+            raise ValueError(f"{text!r} is not a duration; use e.g. 5s, 500ms, 1m30s or seconds") from None
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"{text!r} is not a duration; it must be finite and >= 0")
+    return seconds

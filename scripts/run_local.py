@@ -7,7 +7,13 @@ Starts, all on 127.0.0.1 and on free non-privileged ports:
      --kubeconfig), else from the example manifests folder (examples/manifests, re-read on change),
   3. skydns serving cluster.local from etcd and forwarding everything else,
   4. healthz probing skydns,
-then writes a few hand-made example records with etcdctl and prints the commands to try.
+then writes a few hand-made example records with etcdctl and prints the commands to try,
+including the lines that point etcdctl at this etcd and activate the virtualenv.
+
+With a kubeconfig, kube2sky --check-api asks the API once before anything starts: an
+unreachable cluster stops `make run` at once with kube2sky's own error.
+Ctrl-C stops the processes one by one, newest first (healthz, skydns, kube2sky, etcd), so
+nothing logs about a peer that went away first. etcd logs errors only.
 
 Options (also as environment variables): --dns-port / DNS_PORT (default 1053), --domain / DOMAIN,
 --manifests DIR, --kubeconfig FILE, --keep-data.
@@ -56,7 +62,31 @@ def port_free(port: int) -> bool:
     return True
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen, name: str) -> None:
+def activate_line() -> str:
+    """`  . .venv/bin/activate` for the virtualenv running this script ("" outside one)."""
+    script = Path(PY).parent / "activate"
+    if not script.is_file():
+        return ""
+    shown = os.path.relpath(script, ROOT) if script.is_relative_to(ROOT) else str(script)
+    return f"  . {shown}\n"
+
+
+def check_api(kubeconfig: str, env: dict[str, str]) -> None:
+    """kube2sky --check-api: one request to the cluster; exit at once with its error."""
+    print(f"run: checking the Kubernetes API in {kubeconfig}", flush=True)
+    try:
+        done = subprocess.run([PY, "-m", "kube2sky", f"--kubecfg-file={kubeconfig}", "--check-api"], env=env,
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"run: the Kubernetes API in {kubeconfig} did not answer within 60s; "
+                         "fix the kubeconfig or unset KUBECONFIG to use the manifests folder") from None
+    print(done.stdout.rstrip(), flush=True)
+    if done.returncode != 0:
+        raise SystemExit(f"run: cannot use the cluster in {kubeconfig} (kube2sky's error above); "
+                         "fix the kubeconfig, or unset KUBECONFIG to use the manifests folder")
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen, name: str) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -64,11 +94,13 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen, name: str) -> No
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
-                    return
+                    return True
         except OSError:
             pass
         time.sleep(0.1)
-    print(f"run: {name} not ready at {url} after {timeout:.0f}s (still starting; continuing)", flush=True)
+    print(f"run: {name} not ready at {url} after {timeout:.0f}s (still starting; see its log lines above)",
+          flush=True)
+    return False
 
 
 class Stack:
@@ -82,13 +114,12 @@ class Stack:
         return proc
 
     def stop(self) -> None:
+        """Newest first, each one gone before the next: skydns's lameduck ends before etcd stops."""
         for name, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for name, proc in reversed(self.procs):
             try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
+                proc.wait(10)
             except subprocess.TimeoutExpired:
                 print(f"run: {name} did not stop in time, killing it", flush=True)
                 proc.kill()
@@ -147,7 +178,7 @@ def main() -> int:
             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
             "--initial-cluster", f"local=http://127.0.0.1:{peer_port}",
-            "--log-level", "warn",
+            "--logger", "zap", "--log-level", "error",
         ], env=env)
         wait_http(etcd_url + "/health", 20, etcd, "etcd")
 
@@ -156,6 +187,7 @@ def main() -> int:
         if opts.kubeconfig:
             kube2sky_args.append(f"--kubecfg-file={opts.kubeconfig}")
             source = f"the Kubernetes API from {opts.kubeconfig}"
+            check_api(opts.kubeconfig, env)
         else:
             kube2sky_args.append(f"--manifests={opts.manifests}")
             source = f"the manifests in {opts.manifests}"
@@ -178,11 +210,19 @@ def main() -> int:
             PY, "-m", "healthz", f"-port={healthz_http}", "--address=127.0.0.1",
             f"--probe=kubernetes=kubernetes.default.svc.{domain}/A@127.0.0.1:{opts.dns_port}",
         ], env=env)
-        wait_http(f"http://127.0.0.1:{kube2sky_http}/readiness", 30, kube2sky, "kube2sky")
+        synced = wait_http(f"http://127.0.0.1:{kube2sky_http}/readiness", 30, kube2sky, "kube2sky")
         wait_http(f"http://127.0.0.1:{healthz_http}/healthz", 15, healthz, "healthz")
         dig = f"dig @127.0.0.1 -p {opts.dns_port}"
+        state = "is running" if synced else "is running, but kube2sky has not finished its first sync"
         print(f"""
-kube-skydns is running (records from {source}). Try:
+kube-skydns {state} (records from {source}).
+
+In another shell, from {ROOT}, paste these lines first
+(etcdctl then talks to this etcd, and skydns/kube2sky/healthz are on PATH):
+
+  export ETCDCTL_API=3 ETCDCTL_ENDPOINTS={etcd_url}
+{activate_line()}
+Then try:
 
   {dig} kubernetes.default.svc.{domain}
   {dig} web.default.svc.{domain}
@@ -195,9 +235,10 @@ kube-skydns is running (records from {source}). Try:
   {dig} example.com           # forwarded upstream (needs a reachable resolver)
 
 Inspect and change records:
-  ETCDCTL_API=3 etcdctl --endpoints {etcd_url} get --prefix /skydns/
-  ETCDCTL_API=3 etcdctl --endpoints {etcd_url} put /skydns/{"/".join(reversed(domain.split(".")))}/myapp/x1 '{{"host":"10.0.0.99"}}'
+  etcdctl get --prefix /skydns/
+  etcdctl put /skydns/{"/".join(reversed(domain.split(".")))}/myapp/x1 '{{"host":"10.0.0.99"}}'
   {dig} myapp.{domain}
+  etcdctl del /skydns/{"/".join(reversed(domain.split(".")))}/myapp/x1
 
 Health and metrics:
   curl http://127.0.0.1:{skydns_http}/ready   http://127.0.0.1:{skydns_http}/metrics

@@ -70,7 +70,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _fail(text: str, code: int = 1) -> None:
-    print(f"skydns: {text}", file=sys.stderr, flush=True)
+    print(f"skydns: error: {text}", file=sys.stderr, flush=True)
     raise SystemExit(code)
 
 
@@ -184,7 +184,7 @@ async def main(settings: settings_mod.Settings, udp: socket.socket | None, tcp: 
     handler = transport.Handler(settings, view, forwarder, cache_size=settings.answer_cache_size)
     dns_servers = [] if udp is None or tcp is None else [_dns_server(settings, handler, udp, tcp)]
     http = httpserver.HttpServer(http_sock, state.not_ready) if http_sock is not None else None
-    metrics.build_info.labels(settings.version).set(1)
+    metrics.build_info.labels(metrics.VERSION).set(1)
 
     signalled = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -198,7 +198,7 @@ async def main(settings: settings_mod.Settings, udp: socket.socket | None, tcp: 
         if http is not None:
             await http.start()
     except Exception as exc:  # noqa: BLE001 - a start-up failure is one line, not a traceback
-        print(f"skydns: cannot start: {exc}", file=sys.stderr, flush=True)
+        print(f"skydns: error: cannot start: {exc}", file=sys.stderr, flush=True)
         logger.debug("start-up failed", exc_info=True)
         for dns_server in dns_servers:
             await dns_server.close()
@@ -212,7 +212,7 @@ async def main(settings: settings_mod.Settings, udp: socket.socket | None, tcp: 
                                          name="dns listener"))
     signal_task = asyncio.create_task(signalled.wait(), name="signal")
     logger.info("skydns %s started (worker %d, pid %d): zones %s, etcd %s, prefix /%s",
-                settings.version, worker, os.getpid(), ",".join(settings.domains),
+                metrics.VERSION, worker, os.getpid(), ",".join(settings.domains),
                 ",".join(settings.etcd_endpoints), settings.prefix)
 
     code = 0
@@ -222,7 +222,7 @@ async def main(settings: settings_mod.Settings, udp: socket.socket | None, tcp: 
         for task in done:
             exc = task.exception() if not task.cancelled() else None
             if isinstance(exc, etcdwatch.ConfigError):
-                print(f"skydns: {exc}", file=sys.stderr, flush=True)
+                print(f"skydns: error: {exc}", file=sys.stderr, flush=True)
             logger.error("root task %r ended (%s); stopping", task.get_name(),
                          f"{type(exc).__name__}: {exc}" if exc else "returned, which is a bug")
     else:

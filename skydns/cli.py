@@ -9,15 +9,21 @@ Rules:
    sees them; booleans take ``=true``/``=false`` (also with two dashes). Flags of old SkyDNS
    that mean nothing here (-rcache, -systemd, ...) are accepted with a warning, so old
    manifests still start.
-4. A bad value exits at once with code 2 and one line: "skydns: Invalid value for '--addr': ...".
+4. A bad value exits at once with code 2 and one line: "skydns: error: Invalid value for '--addr': ...";
+   an unknown flag is named as given ("No such option: -bogus"), with the closest known flag.
 5. Adding an option: append a ``click.option`` to ``command``. When its parameter name is a
    Settings field and the value needs no conversion, it is passed through as is; otherwise add
    a converter to ``_CONVERT`` (param name -> function returning Settings fields).
+6. Time flags (every option whose help says "seconds") take a Go/CoreDNS duration (5s, 500ms,
+   1m30s) or plain seconds: ``Duration`` wraps the option's own range type.
+7. ``skydns doctor ...`` runs skydns/doctor.py's command with the same spellings, env vars and
+   error style; ``skydns --help`` lists it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import sys
 from collections.abc import Callable, Sequence
@@ -26,7 +32,7 @@ from typing import Any
 import click
 import dns.name
 
-from skydns import app, etcdwatch, settings as settings_mod
+from skydns import app, etcdwatch, metrics, settings as settings_mod
 from skydns import forwarding  # FORWARD helper: forwarding/cache/loop/hosts options
 
 RESOLV_CONF = "/etc/resolv.conf"
@@ -40,7 +46,45 @@ OBSOLETE_FLAGS = (
 )
 
 
+
 # -- value parsing (each raises click.BadParameter with the fix in one line) --------------------
+
+
+class Duration(click.ParamType):
+    """A time flag: a Go duration (5s, 500ms, 1m30s) or plain seconds, then the flag's own range.
+
+    Wraps the option's FloatRange/IntRange; an IntRange flag (TTLs) takes whole seconds only.
+    """
+
+    name = "duration"
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            try:
+                seconds = settings_mod.parse_duration(value)
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        if isinstance(self.inner, click.IntRange):
+            if seconds != int(seconds):
+                self.fail(f"{value!r}: give whole seconds (e.g. 30s, 5m)", param, ctx)
+            return self.inner.convert(int(seconds), param, ctx)
+        return self.inner.convert(seconds, param, ctx)
+
+
+def use_durations(command_: click.Command) -> click.Command:
+    """Give every time option of command_ (help mentions seconds) the Duration type."""
+    for param in command_.params:
+        if (isinstance(param, click.Option) and "seconds" in (param.help or "")
+                and isinstance(param.type, (click.FloatRange, click.IntRange, click.types.FloatParamType))
+                and not isinstance(param.type, Duration)):
+            param.type = Duration(param.type)
+    return command_
+
 
 
 def parse_hostport(text: str, default_port: int | None = None, what: str = "address") -> tuple[str, int]:
@@ -236,6 +280,7 @@ def build_settings(params: dict[str, Any]) -> settings_mod.Settings:
     if params.get("tls_pem") and not params.get("tls_key") or params.get("tls_key") and not params.get("tls_pem"):
         raise click.BadParameter("give both --tls-pem and --tls-key, or neither", param_hint="'--tls-pem'")
     values.update(forwarding.settings_from_click(dict(params)))  # FORWARD helper
+    values["version"] = f"kube-skydns {metrics.VERSION}"  # CHAOS version.bind
     return settings_mod.Settings(**values)
 
 
@@ -286,6 +331,9 @@ def preprocess(argv: Sequence[str], command_: click.Command | None = None) -> tu
             warnings.append(f"skydns: ignoring old SkyDNS flag -{name} (no meaning here)")
             continue
         if name not in longs:
+            if not arg.startswith("--"):  # click would read -bogus as -b -o -g...
+                close = difflib.get_close_matches(name, sorted(longs), n=1)
+                raise click.NoSuchOption("-" + name, possibilities=["--" + c for c in close])
             out.append(arg)  # click reports it
             continue
         if name in booleans and eq:
@@ -313,7 +361,10 @@ _FROM_RESOLV = "from /etc/resolv.conf"
     name="skydns",
     context_settings={"auto_envvar_prefix": "SKYDNS", "show_default": True, "max_content_width": 110},
     help="Serve SkyDNS records mirrored from etcd v3 over DNS (UDP and TCP), forwarding every "
-         "other name to upstream resolvers. Old single-dash SkyDNS flags (-addr=...) work too.",
+         "other name to upstream resolvers. Old single-dash SkyDNS flags (-addr=...) work too. "
+         "Time flags take 5s, 500ms, 1m30s or plain seconds.",
+    epilog="Subcommand: skydns doctor [OPTIONS] checks the upstreams, forwarding loops and the etcd "
+           "mirror of a running skydns (skydns doctor --help).",
 )
 @click.version_option(package_name="kube-skydns", prog_name="skydns")
 @click.option("--addr", "addr", default=f"{_DEFAULTS.addr_host}:{_DEFAULTS.addr_port}", show_envvar=True,
@@ -376,20 +427,28 @@ def command(**params: Any) -> None:
     app.run(build_settings(params))
 
 
+use_durations(command)
+
+
+def _doctor_command() -> click.Command:
+    from skydns import doctor
+
+    return use_durations(doctor._command())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: exit 2 with one line on a bad flag or value."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog, command_ = "skydns", command
     try:
-        argv = list(sys.argv[1:] if argv is None else argv)
         if argv[:1] == ["doctor"]:  # FORWARD helper: `skydns doctor ...` (skydns/doctor.py)
-            from skydns import doctor
-            doctor.main(argv[1:])
-            return
-        args, warnings = preprocess(argv)
+            prog, command_, argv = "skydns doctor", _doctor_command(), argv[1:]
+        args, warnings = preprocess(argv, command_)
         for line in warnings:
             click.echo(line, err=True)
-        code = command.main(args, prog_name="skydns", standalone_mode=False)
+        code = command_.main(args, prog_name=prog, standalone_mode=False)
     except click.UsageError as exc:
-        click.echo(f"skydns: {exc.format_message()}".replace("\n", " "), err=True)
+        click.echo(f"{prog}: error: {exc.format_message()}".replace("\n", " "), err=True)
         raise SystemExit(2) from None
     except click.exceptions.Exit as exc:
         raise SystemExit(exc.exit_code) from None

@@ -3,9 +3,9 @@
 Rules:
 1. Plain asyncio streams, HTTP/1.1 with ``Connection: close``: one request per connection, no
    dependency. Only GET and HEAD; anything else is 405, unknown paths 404.
-2. /health is 200 "OK" while the process runs (liveness). /ready asks the ``ready`` callable,
-   which returns "" when ready or the reason it is not ("etcd: not loaded yet",
-   "shutting down"); the reason is the 503 body.
+2. /health is 200 "OK\n" while the process runs (liveness). /ready asks the ``ready`` callable,
+   which returns "" when ready ("OK\n") or the reason it is not ("etcd: not loaded yet",
+   "shutting down"); the reason plus a newline is the 503 body.
 3. A request must arrive within a few seconds and its head stay small, so a slow or hostile
    client costs one task for a bounded time.
 """
@@ -89,12 +89,12 @@ class HttpServer:
             body, content_type = metrics.render()
             return 200, content_type, body
         if path in ("/health", "/healthz"):
-            return 200, "text/plain; charset=utf-8", b"OK"
+            return 200, "text/plain; charset=utf-8", b"OK\n"
         if path in ("/ready", "/readyz"):
             reason = self.ready()
             if reason:
-                return 503, "text/plain; charset=utf-8", reason.encode()
-            return 200, "text/plain; charset=utf-8", b"OK"
+                return 503, "text/plain; charset=utf-8", reason.encode() + b"\n"
+            return 200, "text/plain; charset=utf-8", b"OK\n"
         return 404, "text/plain; charset=utf-8", b"not found; try /metrics, /health or /ready\n"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -11,6 +11,10 @@ Rules:
    own delimited section.
 4. Everything is registered in ``prometheus_client.REGISTRY`` (the default registry, which
    also carries the process_* and python_* collectors); ``render()`` exposes it.
+5. No ``*_created`` series anywhere (prometheus_client.disable_created_metrics()): the
+   counters built from plain ints have none, so neither do the others. kube2sky and healthz
+   follow the same rule (their CLIs turn them off).
+6. ``skydns_build_info{version}`` carries the installed package version (``VERSION``).
 
 DNS metrics (CoreDNS equivalent in brackets):
 - skydns_dns_requests_total{server,zone,proto,family,type}   [coredns_dns_requests_total]
@@ -27,12 +31,26 @@ DNS metrics (CoreDNS equivalent in brackets):
 from __future__ import annotations
 
 import bisect
+import importlib.metadata
 from collections.abc import Iterator
 
 import prometheus_client
 from prometheus_client import core
 
 NAMESPACE = "skydns"
+
+prometheus_client.disable_created_metrics()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("kube-skydns")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# The installed kube-skydns version ("0.1.0"): build_info's label and the start-up log line.
+VERSION = _version()
 
 # CoreDNS plugin/metrics/vars: exponential buckets 0.25 ms .. 8.192 s.
 DURATION_BUCKETS: tuple[float, ...] = tuple(0.00025 * 2**i for i in range(16))
@@ -286,7 +304,7 @@ etcd_ready = prometheus_client.Gauge(
 # --- build info -------------------------------------------------------------------------------
 
 build_info = prometheus_client.Gauge(
-    f"{NAMESPACE}_build_info", "Always 1; labels carry the version.", ["version"])
+    f"{NAMESPACE}_build_info", "Always 1; the version label is the kube-skydns package version.", ["version"])
 
 
 def render() -> tuple[bytes, str]:

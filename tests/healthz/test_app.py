@@ -41,7 +41,7 @@ def test_main_serves_probes_and_stops_cleanly() -> None:
     with responder.Responder({(K, "A"): ["10.96.0.1"]}) as server:
         code, body = asyncio.run(scenario(server.port))
     assert code == 0
-    assert body.startswith(b"HTTP/1.1 200 OK") and body.endswith(b"ok")
+    assert body.startswith(b"HTTP/1.1 200 OK") and body.endswith(b"ok\n")
 
 
 def test_port_in_use_exits_1() -> None:

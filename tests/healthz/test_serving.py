@@ -63,7 +63,7 @@ def test_route(method: str, target: str, code: int, body_has: tuple[str, ...]) -
 
 
 def test_ok_body_is_exactly_ok() -> None:
-    assert server().route("GET", "/healthz/kubernetes")[2] == b"ok"
+    assert server().route("GET", "/healthz/kubernetes")[2] == b"ok\n"
 
 
 def test_json() -> None:
@@ -101,7 +101,7 @@ def test_http_edge_on_a_real_socket() -> None:
             await srv.close()
 
     ok, head, bad, cut, gone = asyncio.run(scenario())
-    assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and ok.endswith(b"\r\n\r\nok")
+    assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and ok.endswith(b"\r\n\r\nok\n")
     assert head.startswith(b"HTTP/1.1 503 ") and head.endswith(b"\r\n\r\n")
     assert bad.startswith(b"HTTP/1.1 400 ")
     assert cut == b""

@@ -40,8 +40,8 @@ class Row:
 
 
 ROWS = {
-    "fresh ok -> exactly ok": Row({"k": track(res())}, 1011.0, 200, exact="ok", status=(S.OK,)),
-    "ok at the latency edge": Row({"k": track(res(at=1010.0))}, 1040.0, 200, exact="ok"),
+    "fresh ok -> exactly ok": Row({"k": track(res())}, 1011.0, 200, exact="ok\n", status=(S.OK,)),
+    "ok at the latency edge": Row({"k": track(res(at=1010.0))}, 1040.0, 200, exact="ok\n"),
     "ok just past latency -> stale": Row(
         {"k": track(res(at=1010.0))}, 1040.5, 503, ("k: result too old", "limit 30s", "last result ok"),
         (S.STALE,)),
@@ -55,7 +55,7 @@ ROWS = {
     "command output in body": Row({"cmd": track(res(R.EXIT, name="cmd", detail="exit status 1: boom"))},
                                   1011.0, 503, ("cmd: exit: exit status 1: boom",), names=("cmd",)),
     "recovered after failure": Row({"k": track(res(R.TIMEOUT, at=1005.0), res(at=1010.0))}, 1011.0, 200,
-                                   exact="ok"),
+                                   exact="ok\n"),
     "pending in grace, pending_ok": Row({}, 1005.0, 200, ("ok (no result yet, starting)", "k: no result yet"),
                                         (S.PENDING,)),
     "pending in grace, pending_fail": Row({}, 1005.0, 503, ("k: no result yet, starting",), (S.PENDING,),

@@ -58,7 +58,7 @@ def test_sigterm_under_load_drops_no_query(shared_etcd):
                     threads.append(thread)
             procs.wait_until(lambda: all(len(r) >= 5 for r in results.values()), what="load running")
             server.proc.send_signal(signal.SIGTERM)
-            procs.wait_until(lambda: server.http("/ready") == (503, "shutting down"), what="lameduck")
+            procs.wait_until(lambda: server.http("/ready") == (503, "shutting down\n"), what="lameduck")
             # keep the load on during the lameduck period, as clients do until the endpoint goes
             time.sleep(LOAD_AFTER_503)
             stop_load.set()

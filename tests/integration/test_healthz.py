@@ -131,8 +131,8 @@ def probe_arg(port: int) -> str:
 def test_healthy_dead_back_and_removed(dns_server) -> None:
     """200 -> server killed: 503 timeout -> back: 200 -> record removed: 503 NXDOMAIN."""
     with healthz(probe_arg(dns_server.port), "-period=300ms", "-latency=10s") as (_, port):
-        assert wait_status(port, "/healthz/kubernetes", 200, "ok", exact=True)
-        assert wait_status(port, "/healthz", 200, "ok", exact=True)
+        assert wait_status(port, "/healthz/kubernetes", 200, "ok\n", exact=True)
+        assert wait_status(port, "/healthz", 200, "ok\n", exact=True)
 
         dns_server.stop()
         body = wait_status(port, "/healthz", 503, "timeout")
@@ -141,7 +141,7 @@ def test_healthy_dead_back_and_removed(dns_server) -> None:
         assert data["checks"]["kubernetes"]["status"] == "failing"
 
         dns_server.start()
-        assert wait_status(port, "/healthz", 200, "ok", exact=True)
+        assert wait_status(port, "/healthz", 200, "ok\n", exact=True)
 
         dns_server.remove()
         body = wait_status(port, "/healthz/kubernetes", 503, "NXDOMAIN")
@@ -152,7 +152,7 @@ def test_healthy_dead_back_and_removed(dns_server) -> None:
         assert 'healthz_probe_healthy{probe="kubernetes"} 0.0' in metrics
 
         dns_server.put()
-        assert wait_status(port, "/healthz", 200, "ok", exact=True)
+        assert wait_status(port, "/healthz", 200, "ok\n", exact=True)
 
 
 def test_flood_does_not_multiply_queries(dns_server) -> None:
@@ -177,7 +177,7 @@ def test_cmd_mode_with_dig(dns_server) -> None:
     good = f"-cmd=dig +short +time=1 +tries=1 @127.0.0.1 -p {dns_server.port} {QNAME}"
     bad = f"-cmd=dig +time=1 +tries=1 @127.0.0.1 -p {closed} {QNAME}"
     with healthz(good, "-url=/healthz-skydns", bad, "-url=/healthz-other", "-period=500ms", "-quiet") as (_, port):
-        assert wait_status(port, "/healthz-skydns", 200, "ok", exact=True)
+        assert wait_status(port, "/healthz-skydns", 200, "ok\n", exact=True)
         body = wait_status(port, "/healthz-other", 503, "exit status")
         assert "cmd2: exit: exit status" in body and str(closed) in body, body
         assert wait_status(port, "/healthz", 503, "cmd2:").count("cmd1:") == 0

@@ -62,8 +62,8 @@ def test_http_endpoints_and_metrics(shared_etcd):
         server.udp()
         server.udp()
         server.tcp("nope.default.svc.cluster.local.")
-        assert server.http("/health") == (200, "OK")
-        assert server.http("/ready") == (200, "OK")
+        assert server.http("/health") == (200, "OK\n")
+        assert server.http("/ready") == (200, "OK\n")
         assert server.http("/nope")[0] == 404
         status, body = server.http("/metrics")
         assert status == 200
@@ -107,7 +107,7 @@ def test_sigterm_lameduck_then_exit_0(shared_etcd):
     try:
         server.wait_ready()
         server.proc.send_signal(signal.SIGTERM)
-        procs.wait_until(lambda: server.http("/ready") == (503, "shutting down"), what="/ready 503 in lameduck")
+        procs.wait_until(lambda: server.http("/ready") == (503, "shutting down\n"), what="/ready 503 in lameduck")
         assert addrs(server.udp()) == ["10.0.0.1"]  # still answering during lameduck
         assert server.proc.wait(15) == 0
     finally:
@@ -119,8 +119,8 @@ def test_etcd_unreachable_at_start_is_not_fatal(etcd):
     etcd.ctl("put", key(prefix), '{"host":"10.0.0.1"}')
     etcd.stop()
     with skydnsproc.running(etcd.url, prefix=prefix, ready=False) as server:
-        assert server.http("/ready") == (503, "etcd: not loaded yet")
-        assert server.http("/health") == (200, "OK")
+        assert server.http("/ready") == (503, "etcd: not loaded yet\n")
+        assert server.http("/health") == (200, "OK\n")
         assert server.udp().rcode() == dns.rcode.SERVFAIL  # never a false NXDOMAIN
         etcd.start()
         server.wait_ready()
@@ -167,7 +167,7 @@ def _one_line_exit(args: list[str]) -> tuple[int, str]:
 def test_bad_flag_exits_with_one_line():
     code, err = _one_line_exit(["-addr=0.0.0.0", "-machines=http://127.0.0.1:1"])
     assert code == 2
-    assert err == "skydns: Invalid value for '--addr': '0.0.0.0' has no port; use host:port, e.g. 127.0.0.1:53\n"
+    assert err == "skydns: error: Invalid value for '--addr': '0.0.0.0' has no port; use host:port, e.g. 127.0.0.1:53\n"
 
 
 def test_port_in_use_exits_with_one_line():
@@ -177,5 +177,5 @@ def test_port_in_use_exits_with_one_line():
         code, err = _one_line_exit([f"-addr=127.0.0.1:{port}", "-machines=http://127.0.0.1:1",
                                     f"--http-addr=127.0.0.1:{procs.free_port()}"])
     assert code == 1
-    assert err == (f"skydns: cannot listen on 127.0.0.1:{port}/udp: address already in use "
+    assert err == (f"skydns: error: cannot listen on 127.0.0.1:{port}/udp: address already in use "
                    "(use -addr to pick another)\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import subprocess
 import sys
@@ -31,6 +32,11 @@ CASES = [
                  expect(etcd_mutation_timeout=0.5, kube_master_url="http://127.0.0.1:8080",
                         kubecfg_file="/etc/kube.conf"), id="underscore spellings"),
     pytest.param(["--etcd-mutation-timeout", "2m"], {}, expect(etcd_mutation_timeout=120.0), id="timeout minutes"),
+    pytest.param(["--etcd-mutation-timeout=1m30s", "--resync-period=1h", "--ttl=1m", "--leader-ttl=15s"], {},
+                 expect(etcd_mutation_timeout=90.0, resync_period=3600.0, ttl=60, leader_ttl=15),
+                 id="Go durations"),
+    pytest.param(["--etcd-mutation-timeout=2.5", "--ttl=45"], {}, expect(etcd_mutation_timeout=2.5, ttl=45),
+                 id="plain seconds"),
     pytest.param(["-v=2", "--logtostderr", "--alsologtostderr"], {}, expect(), id="glog flags accepted"),
     pytest.param(["--resync-period", "0"], {}, expect(resync_period=0.0), id="no periodic resync"),
     pytest.param(["--etcd-server", "http://a:1,https://b:2, c"], {},
@@ -78,6 +84,10 @@ def test_manifests_dir(monkeypatch, tmp_path):
 
 BAD = [
     pytest.param(["--bogus"], "No such option", id="unknown flag"),
+    pytest.param(["-bogus=1"], "No such option '-bogus'", id="unknown single-dash flag named as given"),
+    pytest.param(["-domian=x"], "Did you mean '--domain'?", id="a suggestion"),
+    pytest.param(["--ttl=1.5s"], "--ttl", id="ttl is whole seconds"),
+    pytest.param(["--leader-ttl=1s"], "--leader-ttl", id="leader ttl range"),
     pytest.param(["--domain", "a..b"], "--domain", id="bad domain"),
     pytest.param(["--etcd-server", "http://h:notaport"], "--etcd-server", id="bad etcd server"),
     pytest.param(["--etcd-mutation-timeout", "soon"], "--etcd-mutation-timeout", id="bad duration"),
@@ -96,7 +106,7 @@ def test_bad_flags_exit_2_with_one_line(monkeypatch, capsys, argv, needle):
         cli.main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("kube2sky: ") and needle in err
+    assert err.count("\n") == 1 and err.startswith("kube2sky: error: ") and needle in err
 
 
 def test_python_dash_m_help():
@@ -172,4 +182,31 @@ def test_bad_etcd_tls_files_exit_2_with_one_line(monkeypatch, capsys, pem_files,
         cli.main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"kube2sky: {flag}") and needle in err
+    assert err.count("\n") == 1 and err.startswith(f"kube2sky: error: {flag}") and needle in err
+
+
+def test_version(capsys):
+    import importlib.metadata
+
+    with contextlib.suppress(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out == f"kube2sky, version {importlib.metadata.version('kube-skydns')}\n"
+
+
+def test_check_api_unreachable_is_one_line(tmp_path, capsys):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\nusers: [{name: u, user: {token: t}}]\n")
+    with pytest.raises(SystemExit) as info:
+        cli.main([f"--kubecfg-file={kubeconfig}", "--check-api"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("kube2sky: error: cannot use the Kubernetes API: ") and "127.0.0.1:9" in err, err
+
+
+def test_check_api_with_manifests(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([f"--manifests={tmp_path}", "--check-api"])
+    assert info.value.code == 0, capsys.readouterr().err

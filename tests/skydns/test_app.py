@@ -75,7 +75,7 @@ def test_config_error_from_the_mirror_is_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as info:
         app.run(_settings())
     assert info.value.code == 1
-    assert "skydns: etcd TLS: cannot read /x/ca.pem\n" in capsys.readouterr().err
+    assert "skydns: error: etcd TLS: cannot read /x/ca.pem\n" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("proto", ["udp", "tcp", "http"])
@@ -93,4 +93,4 @@ def test_listen_address_in_use_exits_at_once(monkeypatch, capsys, proto):
     assert info.value.code == 1
     err = capsys.readouterr().err.splitlines()
     hint = "--http-addr" if proto == "http" else "-addr"
-    assert err[-1] == f"skydns: cannot listen on 127.0.0.1:{port}/{proto}: address already in use (use {hint} to pick another)"
+    assert err[-1] == f"skydns: error: cannot listen on 127.0.0.1:{port}/{proto}: address already in use (use {hint} to pick another)"

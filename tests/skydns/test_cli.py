@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -107,7 +108,11 @@ BAD = [
     ("addr without port", ["-addr=0.0.0.0"], {}, "'--addr'"),
     ("addr bad port", ["-addr=0.0.0.0:99999"], {}, "'--addr'"),
     ("bad boolean", ["-ns-rotate=maybe"], {}, "'--ns-rotate'"),
-    ("unknown flag", ["-bogus=1"], {}, "No such option"),
+    ("unknown flag named as given", ["-bogus=1"], {}, "No such option '-bogus'"),
+    ("unknown flag with a suggestion", ["-nameserver=1.1.1.1"], {}, "Did you mean '--nameservers'?"),
+    ("bad duration", ["--lameduck", "soon"], {}, "'--lameduck'"),
+    ("ttl is whole seconds", ["--ttl=1.5s"], {}, "'--ttl'"),
+    ("zero forward timeout", ["--forward-timeout=0s"], {}, "'--forward-timeout'"),
     ("nameserver not an IP", ["-nameservers=dns.google:53"], {}, "'--nameservers'"),
     ("nameserver bad port", ["-nameservers=8.8.8.8:x"], {}, "'--nameservers'"),
     ("empty domain", ["-domain=,"], {}, "'--domain'"),
@@ -132,7 +137,7 @@ def test_bad_values_exit_2_with_one_line(run, capsys, argv, env, needle):
         run(argv, env)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("skydns: "), err
+    assert err.count("\n") == 1 and err.startswith("skydns: error: "), err
     assert needle in err
 
 
@@ -165,7 +170,7 @@ PREPROCESS = [
     ("bool flag", ["-no-rec"], ["--no-rec"]),
     ("bool false", ["-round-robin=false"], ["--no-round-robin"]),
     ("bool true double dash", ["--ns-rotate=TRUE"], ["--ns-rotate"]),
-    ("unknown kept for click", ["-zzz=1"], ["-zzz=1"]),
+    ("unknown double dash kept for click", ["--zzz=1"], ["--zzz=1"]),
     ("positional kept", ["extra"], ["extra"]),
     ("after --", ["--", "-addr=1"], ["--", "-addr=1"]),
 ]
@@ -180,14 +185,60 @@ def test_resolv_conf_unreadable(tmp_path):
     assert cli.resolv_conf_nameservers(str(tmp_path / "missing")) == ()
 
 
-def test_doctor_subcommand_is_dispatched(monkeypatch):
+def test_doctor_subcommand_takes_the_same_spellings(monkeypatch):
     from skydns import doctor
 
     seen = []
-    monkeypatch.setattr(doctor, "main", seen.append)
+    monkeypatch.setattr(doctor, "run", lambda settings, options: seen.append((settings, options)) or 0)
     monkeypatch.setattr(app, "run", lambda settings: pytest.fail("the server must not start"))
-    cli.main(["doctor", "--addr", "127.0.0.1:53"])
-    assert seen == [["--addr", "127.0.0.1:53"]]
+    with pytest.raises(SystemExit) as info:
+        cli.main(["doctor", "-nameservers=8.8.8.8:53", "-addr", "127.0.0.1:1053", "--timeout=500ms"])
+    assert info.value.code == 0
+    settings, options = seen[0]
+    assert settings.nameservers == (Upstream("8.8.8.8"),)
+    assert (options.server, options.timeout) == (Upstream("127.0.0.1", 1053), 0.5)
+
+
+def test_doctor_bad_flag_is_one_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["doctor", "-bogus=1"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "skydns doctor: error: No such option '-bogus'.\n"
+
+
+def test_help_lists_doctor(capsys):
+    with contextlib.suppress(SystemExit):
+        cli.main(["--help"])
+    assert "skydns doctor" in capsys.readouterr().out
+
+
+DURATIONS = [
+    ("Go durations", ["--lameduck", "5s", "--forward-timeout=500ms", "--cache-serve-stale=1m30s",
+                      "--loop-check-interval=1h"], {},
+     dict(lameduck=5.0, forward_timeout=0.5, cache_serve_stale=90.0, loop_check_interval=3600.0)),
+    ("plain seconds keep working", ["--lameduck=0.5", "--hosts-reload=2"], {}, dict(lameduck=0.5, hosts_reload=2.0)),
+    ("TTLs as durations", ["--ttl=5m", "--negative-ttl=30s", "--cache-max-ttl=1h"], {},
+     dict(ttl=300, negative_ttl=30, cache_max_ttl=3600)),
+    ("env var duration", [], {"SKYDNS_LAMEDUCK": "250ms"}, dict(lameduck=0.25)),
+]
+
+
+@pytest.mark.parametrize(("argv", "env", "fields"), [c[1:] for c in DURATIONS], ids=[c[0] for c in DURATIONS])
+def test_time_flags_take_durations(run, argv, env, fields):
+    got = run(argv, env)
+    assert {name: getattr(got, name) for name in fields} == fields
+
+
+def test_every_time_flag_takes_a_duration():
+    timed = [p.name for p in cli.command.params if "seconds" in (p.help or "")]
+    assert len(timed) >= 8
+    assert all(isinstance(p.type, cli.Duration) for p in cli.command.params if p.name in timed), timed
+
+
+def test_version_is_the_package_version(run):
+    import importlib.metadata
+
+    assert run([]).version == "kube-skydns " + importlib.metadata.version("kube-skydns")
 
 
 def test_tls_pem_needs_key(run, capsys, tmp_path):
@@ -196,4 +247,4 @@ def test_tls_pem_needs_key(run, capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         run(["-tls-pem", str(cert)])
     assert info.value.code == 2
-    assert capsys.readouterr().err == "skydns: Invalid value for '--tls-pem': give both --tls-pem and --tls-key, or neither\n"
+    assert capsys.readouterr().err == "skydns: error: Invalid value for '--tls-pem': give both --tls-pem and --tls-key, or neither\n"
