@@ -3,8 +3,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps run test unit lint bench fuzz clean
+.PHONY: help deps run test unit lint bench fuzz clean
 
+## help: this list
+help:
+	@awk '/^## [a-z]+: /{sub(/^## /, ""); n = index($$0, ": "); printf "%s  make %-6s %s", sep, substr($$0, 1, n - 1), substr($$0, n + 2); sep = "\n"; next} /^## /{sub(/^## /, ""); printf " %s", $$0} END {print ""}' $(MAKEFILE_LIST)
+
+## deps: install what is missing (etcd, etcdctl, dig, python3-venv via apt; the project into .venv); says what it does
 deps:
 	@./scripts/install-deps.sh
 
@@ -17,9 +22,11 @@ test: deps
 	@$(VENV)/bin/lint-imports --config setup.cfg
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
+## unit: only the tests that need no processes
 unit: deps
 	@$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
+## bench: the skydns hot-path benchmarks (bench/README.md)
 bench: deps
 	@$(PY) bench/run.py
 
@@ -28,5 +35,6 @@ bench: deps
 fuzz: deps
 	@$(PY) fuzz/run.py
 
+## clean: remove .venv and build leftovers
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info .fuzz-corpus

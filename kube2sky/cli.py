@@ -230,6 +230,7 @@ def command(**opts) -> None:
 def check_api(settings: settings_mod.Settings) -> int:
     """One discovery request to the API (or a read of --manifests): 0 and a line on stdout when it
     answers, else 1 and "kube2sky: error: ..." on stderr."""
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # the one line below says it all
     try:
         source = app.make_source(settings)
         endpoints = "endpointslices" if source.served(k8swatch.ENDPOINT_SLICES) else "endpoints"

@@ -50,10 +50,13 @@ fi
 
 stamp="$VENV/.installed"
 if [ ! -x "$VENV/bin/python" ]; then
+    echo "install-deps: creating the virtualenv $VENV ($("$PYTHON" --version 2>&1))"
     "$PYTHON" -m venv "$VENV"
 fi
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "install-deps: pip install -e '.[test]' into $VENV (the first time takes a minute or two)"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || echo "install-deps: could not upgrade pip (continuing)"
     PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true; }
     touch "$stamp"
+    echo "install-deps: done; the commands are in $VENV/bin (. $VENV/bin/activate puts them on PATH)"
 fi

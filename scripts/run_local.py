@@ -158,14 +158,16 @@ def main() -> int:
         raise SystemExit(f"run: 127.0.0.1:{opts.dns_port} is in use; pick another with DNS_PORT=... make run")
     if opts.kubeconfig and not Path(opts.kubeconfig).is_file():
         raise SystemExit(f"run: kubeconfig {opts.kubeconfig} does not exist; unset KUBECONFIG to use the manifests folder")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("KUBECONFIG", None)
+    if opts.kubeconfig:
+        check_api(opts.kubeconfig, env)  # exits at once, with kube2sky's error, when it cannot be reached
 
     data = tempfile.mkdtemp(prefix="kube-skydns-run-")
     etcd_port, peer_port, skydns_http, kube2sky_http, healthz_http = (free_port() for _ in range(5))
     etcd_url = f"http://127.0.0.1:{etcd_port}"
     domain = opts.domain.rstrip(".")
     stack = Stack()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("KUBECONFIG", None)
 
     def on_signal(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
@@ -187,7 +189,6 @@ def main() -> int:
         if opts.kubeconfig:
             kube2sky_args.append(f"--kubecfg-file={opts.kubeconfig}")
             source = f"the Kubernetes API from {opts.kubeconfig}"
-            check_api(opts.kubeconfig, env)
         else:
             kube2sky_args.append(f"--manifests={opts.manifests}")
             source = f"the manifests in {opts.manifests}"

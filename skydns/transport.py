@@ -257,6 +257,7 @@ class Handler:
         self._scoped = hook is not None
         if hook is not None:
             hook.append(self._changed)
+        self._unresolved_noted: set[str] = set()  # CNAME targets already logged as unresolvable
         self.turn = 0
         self.payload = max(wire.CLASSIC_UDP, settings.edns_payload)
         self.round_robin = settings.round_robin
@@ -501,11 +502,21 @@ class Handler:
         if isinstance(result, answering.Resolve):
             if self.forwarder is None:
                 # No forwarding: the answer without the chain that leaves our zones.
+                self._note_unresolved(result.name, "forwarding is off (-no-rec or no -nameservers)")
                 out = render(getattr(result, "fallback", None) or result.message, limit)
                 self._count(zone, proto, family, qtype, len(data), out, start)
                 return out
             return self._resolve(data, result, limit, proto, family, zone, qtype, start)
         raise TypeError(f"answering.answer returned {type(result).__name__}")
+
+    def _note_unresolved(self, name: Any, why: str) -> None:
+        """Say once per target why a CNAME to a name outside our zones answers without it."""
+        text = str(name).lower()
+        if text in self._unresolved_noted or len(self._unresolved_noted) >= 1000:
+            return
+        self._unresolved_noted.add(text)
+        logger.info("CNAME target %s is outside the zones and cannot be resolved: %s; answering "
+                    "without that chain (logged once per target)", text, why)
 
     def _servfail(self, query: dns.message.Message) -> dns.message.Message:
         reply = dns.message.make_response(query, recursion_available=True,
@@ -540,6 +551,7 @@ class Handler:
             if rrsets:
                 message.answer.extend(rrsets)
             else:  # upstream has nothing: answering's fallback drops the dangling CNAME chain
+                self._note_unresolved(result.name, "the upstreams gave no answer (offline, or they do not know it)")
                 message = getattr(result, "fallback", None) or message
             out = render(message, limit)
         except Exception:  # noqa: BLE001 - rule 1

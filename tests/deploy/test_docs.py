@@ -137,3 +137,33 @@ def test_large_clusters_section_lists_the_auth_steps_and_the_shared_files():
     leader_default = re.search(r"within the lease TTL \((\d+) s\)", doc)
     from kube2sky import settings as kube2sky_settings
     assert leader_default and int(leader_default.group(1)) == kube2sky_settings.Settings().leader_ttl
+
+
+# ---- links: the design notes live in docs/, every relative link resolves
+
+DOC_FILES = ["README.md", "skydns/README.md", "kube2sky/README.md", "healthz/README.md", "bench/README.md",
+             *sorted(str(p.relative_to(common.ROOT)) for p in (common.ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("path", DOC_FILES)
+def test_relative_links_resolve(path):
+    doc = common.ROOT / path
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text(encoding="utf-8")):
+        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+            continue
+        if not (doc.parent / target.split("#", 1)[0]).resolve().exists():
+            broken.append(target)
+    assert not broken, f"{path}: links to missing files {broken}"
+
+
+@pytest.mark.parametrize("path", ["README.md", "skydns/README.md", "kube2sky/README.md", "healthz/README.md"])
+def test_no_pointer_to_notes_outside_the_repository(path):
+    body = (common.ROOT / path).read_text(encoding="utf-8")
+    assert "DESIGN.md" not in body and "REFERENCE.md" not in body, f"{path}: point to docs/ instead"
+
+
+@pytest.mark.parametrize("page", ["records.md", "semantics.md", "cache.md", "deployment.md"])
+def test_docs_pages_exist_and_are_linked_from_the_readme(page):
+    assert (common.ROOT / "docs" / page).is_file()
+    assert f"docs/{page}" in (common.ROOT / "README.md").read_text(encoding="utf-8")
