@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import shutil
 import socket
@@ -371,7 +372,7 @@ ROWS = [
     Row("any-minimal", "ipv4.skydns.local.", "ANY", answer=('ipv4.skydns.local. 300 IN HINFO "RFC8482" ""',)),
     nxdomain("any-nxdomain", "nothere.skydns.local.", "ANY"),
     Row("chaos-version-bind", "version.bind.", "TXT", qclass="CH",
-        answer=('version.bind. 0 CH TXT "kube-skydns"',)),
+        answer=(f'version.bind. 0 CH TXT "kube-skydns {importlib.metadata.version("kube-skydns")}"',)),
     Row("chaos-other-refused", "authors.bind.", "TXT", qclass="CH", rcode="REFUSED", flags="ra"),
 ]
 
