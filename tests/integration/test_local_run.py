@@ -4,10 +4,13 @@ it cannot reach."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 import socket
 import subprocess
 import time
+import urllib.request
 
 import dns.message
 import dns.query
@@ -43,6 +46,17 @@ def test_local_run_serves_the_examples_and_stops_on_ctrl_c():
                              env={**os.environ, **run.exports}, capture_output=True, text=True, timeout=30)
         assert got.returncode == 0 and "/skydns/local/cluster/registry/x1" in got.stdout, got
         assert (ROOT / run.activate).is_file() or os.path.isfile(run.activate)
+        # health bodies end with a newline; one metrics rule in the three daemons: no *_created series
+        urls = {path: base for base, path in re.findall(r"curl (http://127\.0\.0\.1:\d+)/(ready|readiness|healthz)\b",
+                                                         run.output)}
+        assert set(urls) == {"ready", "readiness", "healthz"}, run.output
+        assert _get(urls["ready"] + "/ready") == "OK\n"
+        assert _get(urls["healthz"] + "/healthz") == "ok\n"
+        for base in urls.values():
+            body = _get(base + "/metrics")
+            assert "_total" in body and "_created" not in body, base
+        assert 'skydns_build_info{version="%s"}' % importlib.metadata.version("kube-skydns") in _get(
+            urls["ready"] + "/metrics")
         started = len(run.lines)
     finally:
         code = run.stop()
@@ -75,6 +89,11 @@ def test_unreachable_cluster_fails_fast_with_kube2sky_error(tmp_path):
     assert "cannot use the cluster in" in out and "is running" not in out, out
     assert "starting etcd" not in out and "InsecureRequestWarning" not in out, out
     assert time.monotonic() - started < 30 * procs.TIMEOUT_SCALE
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.read().decode()
 
 
 def _port_free(port: int) -> bool:

@@ -210,3 +210,50 @@ def test_check_api_with_manifests(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main([f"--manifests={tmp_path}", "--check-api"])
     assert info.value.code == 0, capsys.readouterr().err
+
+
+def test_kubeconfig_insecure_skip_tls_verify_silences_urllib3_once(tmp_path, caplog):
+    """insecure-skip-tls-verify in the kubeconfig (not only the flag): one log line, no per-request warning."""
+    import warnings
+
+    import urllib3
+
+    from kube2sky import k8swatch
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:9', insecure-skip-tls-verify: true}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\nusers: [{name: u, user: {token: t}}]\n")
+    with warnings.catch_warnings():
+        client = k8swatch.make_api_client(k8swatch.Connection(kubeconfig=str(kubeconfig)))
+        assert client.configuration.verify_ssl is False
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.warn("unverified", urllib3.exceptions.InsecureRequestWarning)
+        assert seen == []
+    assert [r.message for r in caplog.records if "not verifying" in r.message] == [
+        "not verifying the API server certificate (--insecure-skip-tls-verify)"]
+
+
+@pytest.mark.integration
+def test_healthz_port_0_logs_the_bound_port(tmp_path):
+    import re as re_
+    import urllib.request
+
+    log = tmp_path / "kube2sky.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "kube2sky", "--manifests", str(tmp_path), "--etcd-server",
+                                 "http://127.0.0.1:9", "--healthz-host", "127.0.0.1", "--healthz-port", "0"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        from tests import procs
+
+        line = procs.wait_until(lambda: re_.search(r"serving /readiness, /healthz and /metrics on 127\.0\.0\.1:(\d+)",
+                                                   log.read_text()), timeout=30, what="the serving log line")
+        port = int(line.group(1))
+        assert port != 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            assert resp.read() == b"ok\n"
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -248,3 +248,14 @@ def test_tls_pem_needs_key(run, capsys, tmp_path):
         run(["-tls-pem", str(cert)])
     assert info.value.code == 2
     assert capsys.readouterr().err == "skydns: error: Invalid value for '--tls-pem': give both --tls-pem and --tls-key, or neither\n"
+
+
+def test_metrics_carry_the_version_and_no_created_series():
+    import importlib.metadata
+
+    from skydns import metrics
+
+    metrics.build_info.labels(metrics.VERSION).set(1)
+    body = metrics.render()[0].decode()
+    assert f'skydns_build_info{{version="{importlib.metadata.version("kube-skydns")}"}} 1.0' in body
+    assert "_created" not in body
