@@ -172,7 +172,9 @@ def main() -> int:
     def on_signal(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
+    # SIGINT too: a shell starting us in the background hands us SIGINT ignored
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         etcd = stack.start("etcd", [
             "etcd", "--name", "local", "--data-dir", os.path.join(data, "etcd"),
@@ -256,6 +258,9 @@ Ctrl-C stops everything.
         print(exc, file=sys.stderr, flush=True)
         return_code = 1
     finally:
+        # a second Ctrl-C must not cut the stop short and leave processes behind
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
         if opts.keep_data:
             print(f"run: etcd data kept in {data}")

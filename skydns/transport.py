@@ -515,8 +515,8 @@ class Handler:
         if text in self._unresolved_noted or len(self._unresolved_noted) >= 1000:
             return
         self._unresolved_noted.add(text)
-        logger.info("CNAME target %s is outside the zones and cannot be resolved: %s; answering "
-                    "without that chain (logged once per target)", text, why)
+        logger.info("CNAME target %s is outside the zones and cannot be resolved: %s; the answer has "
+                    "no records for it (logged once per target)", text, why)
 
     def _servfail(self, query: dns.message.Message) -> dns.message.Message:
         reply = dns.message.make_response(query, recursion_available=True,
