@@ -240,12 +240,15 @@ class Etcd:
         self._index = (self._index + 1) % len(self.endpoints)
 
     async def _call(self, what: str, coro_factory):
-        client = await self.client()
         try:
+            client = await self.client()  # connecting can fail too, while a member restarts
             return await asyncio.wait_for(coro_factory(client), self.timeout + 1)
         except (aetcd.exceptions.ClientError, aetcd.rpc.AioRpcError, asyncio.TimeoutError, OSError) as err:
             error = self._error(what, err)  # names this endpoint, before reset() moves on
-            await self.reset()
+            try:
+                await self.reset()
+            except Exception:  # noqa: BLE001 - closing a broken client must not end the caller
+                logger.debug("etcd: closing the client after %s failed", what, exc_info=True)
             raise error from err
 
     async def read_prefix(self, prefix: str) -> tuple[dict[str, str], int]:

@@ -17,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -132,10 +133,11 @@ class Election:
                     else:
                         await _sleep(stop, self.ttl / 3 * (1 + self.rng.uniform(0, 0.2)))
                         continue
-                except etcdwriter.EtcdError as err:
+                except Exception as err:  # noqa: BLE001 - etcd trouble is transient: never end the process
                     self.reachable = False
                     self._set(False)
-                    await self._revoke()
+                    with contextlib.suppress(Exception):
+                        await self._revoke()
                     attempt += 1
                     seconds = backoff[min(attempt, len(backoff)) - 1] * (1 + self.rng.uniform(-0.2, 0.2))
                     logger.warning("leader election: %s; retry #%d in %.1fs", err, attempt, seconds)
