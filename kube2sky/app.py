@@ -161,7 +161,7 @@ class Engine:
             ref = owner[1], owner[2]
             svc = self.services.get(ref)
             if svc is None:
-                result = records.Result({})
+                result = records.Result()
             else:
                 slices = [self.slices[k] for k in sorted(self.slices_by_service.get(ref, ()))]
                 result = records.build_service(svc, slices, self.settings)
@@ -169,7 +169,7 @@ class Engine:
                 self._recompute_owner(CLUSTER, received)
         elif owner[0] == "pod":
             pod = self.pods.get((owner[1], owner[2]))
-            result = records.build_pod(pod, self.settings) if pod is not None else records.Result({})
+            result = records.build_pod(pod, self.settings) if pod is not None else records.Result()
         else:
             ref = self.settings.dns_service_ref
             result = records.build_cluster(self.services.get(ref) if ref else None, self.settings)

@@ -24,6 +24,10 @@ b. Its last segment is self-certifying: it equals ``msg.leaf_label(value)``, the
    leaf of at most 8 characters under two ``_`` labels, a value that decodes with a port
    and whose host is exactly the name above the ``_`` labels.
 
+The rule is total: a value that does not decode (bad JSON, ``1e400``, ``NaN``, a wrong type)
+fails (b) unless its leaf is its own hash, so it is left alone as not kube2sky's (or
+overwritten when kube2sky wants that key); reading it never raises.
+
 Operators' records written with etcdctl (``/skydns/local/cluster/registry``,
 ``.../svc/default/web/extra``, ``.../custom/x1``) fail (b) and stay, even inside the
 ``svc`` subtree. The only way to lose one is to name its leaf with the FNV hash of its own
@@ -78,7 +82,7 @@ class Ownership:
     def __call__(self, key: str, value: str) -> bool:
         try:
             segs = msg.key_segments(key, self.prefix)
-        except msg.PathError:
+        except Exception:  # noqa: BLE001 - PathError, or any odd key: not ours
             return False
         if len(segs) < 2:
             return False
@@ -100,8 +104,20 @@ def _is_cluster_ip_srv(segs: tuple[str, ...], value: str, prefix: str) -> bool:
         record = msg.decode(value)
         base = msg.key_to_name("/" + "/".join([prefix.strip("/"), *segs[:-3]]), prefix)
         return record.port > 0 and msg.normalize(record.host) == base
-    except (msg.RecordError, msg.PathError):
+    except Exception:  # noqa: BLE001 - any bad value (1e400, NaN, garbage) is simply not ours
         return False
+
+
+def unreadable(value: str) -> str | None:
+    """Why a value is not a record kube2sky could have written (``msg.decode`` fails, with
+    any exception), or None when it decodes. Total: never raises."""
+    try:
+        msg.decode(value)
+    except msg.RecordError as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 - OverflowError on 1e400, RecursionError, ...
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def ownership(settings: settings_mod.Settings) -> Ownership:

@@ -12,30 +12,42 @@ Rules of this module:
    A/AAAA record (REFERENCE 3.2 worked example ``.../myservice/_tcp/_http/5f106532``).
 3. Every host record carries the settings' priority, weight and ttl (kube2sky: 10, 10, 30);
    the ``dns-version`` TXT record carries only ``text`` and ``ttl``.
-4. Cheap to rebuild: each distinct record is encoded once and each distinct JSON value hashed
-   once (bounded memo caches, ``_encode`` and ``_leaf_label``; both are pure functions of
-   their argument, so caching never changes a key or a value), and a name's etcd key is
-   computed once per object (SRV and legacy names repeat for every endpoint).
+4. Cheap to build at scale (10,000 services + 100,000 endpoints are rebuilt in full by every
+   sync): a record's JSON is the ``msg.encode`` form written from a template made once per
+   settings by ``msg.encode`` itself (``_Template``; hosts are IP addresses or validated names,
+   which JSON never escapes, anything else goes through ``msg.encode``), and the leaf labels
+   of one build are hashed together by :func:`leaf_labels` (FNV-1a over many values at once
+   with Python's big integers, equal to ``msg.leaf_label`` value by value; about 10x faster
+   than byte by byte). An endpoint name's key is its service key plus one segment.
 
 Names, for S = ``<svc>.<ns>.svc.<zone>.`` and L = ``<svc>.<ns>.<zone>.`` (legacy):
 
-- ClusterIP/NodePort/LoadBalancer: one A/AAAA leaf per ClusterIP (dual stack) at S and at L;
+- ClusterIP/NodePort/LoadBalancer: one A/AAAA leaf per ClusterIP (dual stack) at S;
   SRV ``_<port>._<proto>.S`` per named port, host S, port = service port; PTR per ClusterIP,
-  host S.
+  host S; the alias at L.
 - Headless (clusterIP None): for every ready address (every address when the service
   publishes not-ready addresses or has the tolerate-unready annotation) of every slice of
   the service (IPv4, IPv6 and converted Endpoints merged; duplicates collapse because equal
   records have equal keys): an A/AAAA leaf at E = ``<ep>.S`` where ``<ep>`` is the
   endpoint's hostname when it is a valid DNS label, else the dashed IP (10-1-2-3,
   fd00--1); SRV ``_<port>._<proto>.S`` per endpoint name x named port of its slice, host E,
-  port = endpoint port; PTR per address, host E; the same addresses flat at L. No ready
-  address -> no keys at all (NXDOMAIN).
+  port = endpoint port; PTR per address, host E; the alias at L. No ready address -> no
+  keys at all (NXDOMAIN).
 - ExternalName: a CNAME record ``{"host":"<extname>."}`` at S and at L (the legacy name
   answers what S answers). No SRV, no PTR. An IP address or a malformed name in
   ``externalName`` is skipped and reported.
-- L is written only with ``legacy_names`` and never for the namespaces in
-  ``settings.RESERVED_LEGACY_NAMESPACES`` (their legacy names would fall into the svc/pod
-  subtrees, ``ns.dns`` or ``dns-version``). L never gets SRV records or endpoint names.
+- The legacy name L is ONE alias record per service, ``{"host":"S",...}`` (skydns answers
+  ``L CNAME S`` plus S's addresses), never a copy of S's addresses: a headless service's
+  legacy name costs one key, not one per endpoint. Written only with ``legacy_names``, only
+  when S has records, and never for the namespaces in ``settings.RESERVED_LEGACY_NAMESPACES``
+  (their legacy names would fall into the svc/pod subtrees, ``ns.dns`` or ``dns-version``).
+  L never gets SRV records or endpoint names.
+
+Keys per object (legacy names on; P = named ports; README "What kube2sky writes"):
+ClusterIP service with k ClusterIPs: 2k + P + 1 (A and PTR per IP, SRV per port, the alias);
+headless service with n ready addresses: n x (2 + P) + 1 (A, PTR and P SRV per address, the
+alias when n > 0); ExternalName: 2; per cluster 1 (``dns-version``) + the DNS service's
+ClusterIPs (``ns.dns``).
 - Cluster records: TXT ``dns-version.<zone>`` (schema version), A/AAAA ``ns.dns.<zone>`` from
   the DNS service's ClusterIPs (whatever the namespace filter says).
 - Pods (``--pods verified``): A/AAAA ``<dashed-ip>.<ns>.pod.<zone>`` per IP of every pod not
@@ -49,8 +61,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import itertools
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from kube2sky import objects
 from kube2sky import settings as settings_mod
@@ -71,15 +84,87 @@ _CACHE_SIZE = 1 << 13
 _encode = functools.lru_cache(maxsize=_CACHE_SIZE)(msg.encode)
 _leaf_label = functools.lru_cache(maxsize=_CACHE_SIZE)(msg.leaf_label)
 
+# ---- FNV-1a 32 over many values at once (msg.leaf_label, batched) ----------------------------
+
+_FNV_PRIME = 0x01000193
+_FNV_BASIS_LANE = (0x811C9DC5).to_bytes(4, "little") + bytes(4)
+_LANE_MASK = b"\xff\xff\xff\xff" + bytes(4)
+_BATCH = 1024
+# Below this many values one object's labels are hashed one by one (memoised): a batch costs
+# a Python step per byte of each distinct length, which only pays with many values per length.
+_MIN_BATCH = 32
+_hex = "{:x}".format
+
+
+def leaf_labels(values: Sequence[str]) -> list[str]:
+    """``[msg.leaf_label(v) for v in values]``, computed many values at a time.
+
+    Values of equal length are hashed together: each is a 64-bit lane of one big integer
+    holding its 32-bit FNV state (the prime is 25 bits, so a lane never carries into the next);
+    one XOR with the lanes' next bytes, one multiplication and one mask advance every lane
+    by one byte.
+    """
+    encoded = list(map(str.encode, values))
+    lengths = list(map(len, encoded))
+    order = sorted(range(len(encoded)), key=lengths.__getitem__)
+    out = [""] * len(encoded)
+    for length, group in itertools.groupby(order, key=lengths.__getitem__):
+        members = list(group)
+        for start in range(0, len(members), _BATCH):
+            idx = members[start:start + _BATCH]
+            n = len(idx)
+            blob = b"".join(map(encoded.__getitem__, idx))
+            lanes = bytearray(8 * n)
+            mask = int.from_bytes(_LANE_MASK * n, "little")
+            h = int.from_bytes(_FNV_BASIS_LANE * n, "little")
+            for j in range(length):
+                lanes[0::8] = blob[j::length]
+                h = ((h ^ int.from_bytes(lanes, "little")) * _FNV_PRIME) & mask
+            for i, label in zip(idx, map(_hex, memoryview(h.to_bytes(8 * n, "little")).cast("Q"))):
+                out[i] = label
+    return out
+
+
+_PLAIN_HOST = re.compile(r"^[a-z0-9_.:-]+$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Template:
+    """``msg.encode`` of a kube2sky host record, as string pieces made by ``msg.encode``."""
+
+    tail: str  # ',"priority":10,"weight":10,"ttl":30}' (zero fields omitted, as msg.encode does)
+    priority: int
+    weight: int
+    ttl: int
+
+    def value(self, host: str, port: int = 0) -> str:
+        if not _PLAIN_HOST.match(host) or not 0 <= port <= 0xFFFF:
+            return _encode(msg.Service(host=host, port=port, priority=self.priority,
+                                       weight=self.weight, ttl=self.ttl))
+        if port:
+            return f'{{"host":"{host}","port":{port}{self.tail}'
+        return f'{{"host":"{host}"{self.tail}'
+
+
+@functools.lru_cache(maxsize=16)
+def _template(priority: int, weight: int, ttl: int) -> _Template:
+    full = msg.encode(msg.Service(host="h", priority=priority, weight=weight, ttl=ttl))
+    head = '{"host":"h"'
+    assert full.startswith(head)
+    return _Template(full[len(head):], priority, weight, ttl)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Result:
-    """Records of one object (etcd key -> record) and why parts of it were skipped."""
+    """Records of one object (etcd key -> JSON value) and why parts of it were skipped."""
 
-    records: dict[str, msg.Service]
-    problems: tuple[str, ...] = ()
-    # The same records encoded (etcd key -> JSON value, ``msg.encode``).
     values: dict[str, str] = dataclasses.field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+    @property
+    def records(self) -> dict[str, msg.Service]:
+        """The same records decoded (etcd key -> record)."""
+        return {key: msg.decode(value) for key, value in self.values.items()}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,7 +232,13 @@ def cluster_prefixes(settings: settings_mod.Settings) -> tuple[str, ...]:
                  for labels in (("dns-version",), ("ns", "dns")))
 
 
+_IPV4 = re.compile(r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+                   r"(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$")
+
+
 def _canonical_ip(text: str) -> str | None:
+    if _IPV4.match(text):
+        return text  # already canonical dotted quad (the common case, no ipaddress parse)
     if "%" in text:
         return None  # scoped IPv6 (fe80::1%eth0): not a cluster address
     try:
@@ -159,27 +250,23 @@ def _canonical_ip(text: str) -> str | None:
 # ---- building --------------------------------------------------------------------------------
 
 class _Builder:
-    """Collects one object's records and problems."""
+    """Collects one object's records and problems; leaf labels are hashed in one batch."""
 
     def __init__(self, what: str, settings: settings_mod.Settings) -> None:
         self.what = what
         self.settings = settings
-        self.records: dict[str, msg.Service] = {}
-        self.values: dict[str, str] = {}
+        self.template = _template(settings.priority, settings.weight, settings.ttl)
+        # (key of the name, JSON value, leaf label or "" for the hash of the value)
+        self.entries: list[tuple[str, str, str]] = []
         self.problems: list[str] = []
         self._keys: dict[str, str] = {}
 
     def problem(self, why: str) -> None:
         self.problems.append(f"{self.what}: {why}")
 
-    def record(self, host: str, port: int = 0) -> msg.Service:
-        s = self.settings
-        return msg.Service(host=host, port=port, priority=s.priority, weight=s.weight, ttl=s.ttl)
-
-    @staticmethod
-    def leaf(value: str) -> str:
-        """``msg.leaf_label`` of a JSON value (memoised)."""
-        return _leaf_label(value)
+    def value(self, host: str, port: int = 0) -> str:
+        """The JSON of a host record with the settings' priority, weight and ttl."""
+        return self.template.value(host, port)
 
     def key_of(self, name: str) -> str:
         """``msg.name_to_key`` of a name, computed once per object."""
@@ -188,18 +275,20 @@ class _Builder:
             key = self._keys[name] = msg.name_to_key(name, self.settings.prefix)
         return key
 
-    def _add(self, key: str, record: msg.Service, leaf: str) -> None:
-        value = _encode(record)
-        key = key + "/" + (leaf or _leaf_label(value))
-        self.records[key] = record
-        self.values[key] = value
+    def put(self, name: str, value: str, leaf: str = "") -> None:
+        """Add a record (JSON value) under ``name``, leaf = hash of its JSON unless given."""
+        self.entries.append((self.key_of(name), value, leaf))
 
-    def put(self, name: str, record: msg.Service, leaf: str = "") -> None:
-        """Add ``record`` under ``name``, leaf = hash of its JSON unless given."""
-        self._add(self.key_of(name), record, leaf)
+    def put_key(self, key: str, value: str) -> None:
+        """Add a record under the name whose key is ``key``."""
+        self.entries.append((key, value, ""))
 
     def put_ptr(self, ip: str, target: str) -> None:
-        self._add(msg.ip_to_reverse_key(ip, self.settings.prefix), self.record(host=target), "")
+        if _IPV4.match(ip):  # msg.ip_to_reverse_key without parsing the address again
+            key = f"/{self.settings.prefix.strip('/')}/arpa/in-addr/{ip.replace('.', '/')}"
+        else:
+            key = msg.ip_to_reverse_key(ip, self.settings.prefix)
+        self.entries.append((key, self.value(target), ""))
 
     def ips(self, texts: Iterable[str], where: str) -> list[str]:
         out = []
@@ -240,22 +329,28 @@ class _Builder:
                 out.append(objects.Port(name, proto, port.port))
         return out
 
-    def result(self) -> Result:
+    def unhashed(self) -> list[str]:
+        """The values whose leaf label is their hash, in order (for :meth:`result`)."""
+        return [value for _, value, leaf in self.entries if not leaf]
+
+    def result(self, hashes: list[str] | None = None) -> Result:
+        """The records; ``hashes`` are ``leaf_labels(self.unhashed())`` when already known."""
+        entries = self.entries
+        if hashes is None:
+            todo = self.unhashed()
+            hashes = leaf_labels(todo) if len(todo) >= _MIN_BATCH else list(map(_leaf_label, todo))
+        hashes = hashes[::-1]
+        labels = [leaf or hashes.pop() for _, _, leaf in entries]
+        values = {f"{key}/{label}": value for (key, value, _), label in zip(entries, labels)}
         limit = self.settings.max_records_per_service
-        records, values = self.records, self.values
-        if len(records) > limit:
-            self.problem(f"{len(records)} records, only the first {limit} (by key) published")
-            records = {k: records[k] for k in sorted(records)[:limit]}
-            values = {k: values[k] for k in records}
-        return Result(records, tuple(self.problems), values)
+        if len(values) > limit:
+            self.problem(f"{len(values)} records, only the first {limit} (by key) published")
+            values = {k: values[k] for k in sorted(values)[:limit]}
+        return Result(values, tuple(self.problems))
 
 
 def _srv_name(port: objects.Port, base: str) -> str:
     return f"_{port.name}._{port.protocol}.{base}"
-
-
-def _srv_ports(ports: Iterable[objects.Port], base: str) -> list[tuple[str, int]]:
-    return [(_srv_name(port, base), port.port) for port in ports]
 
 
 def build_service(svc: objects.Service, slices: Iterable[objects.EndpointSlice],
@@ -265,12 +360,31 @@ def build_service(svc: objects.Service, slices: Iterable[objects.EndpointSlice],
     Slices of other services are ignored, so the caller may pass more than needed.
     Services of unpublished namespaces give no records and no problems.
     """
+    return _service_builder(svc, slices, settings).result()
+
+
+def build_services(items: Iterable[tuple[objects.Service, Iterable[objects.EndpointSlice]]],
+                   settings: settings_mod.Settings) -> list[Result]:
+    """:func:`build_service` of many services, their leaf labels hashed in one batch (the
+    fast way to build a whole cluster)."""
+    builders = [_service_builder(svc, slices, settings) for svc, slices in items]
+    todo = [b.unhashed() for b in builders]
+    hashes = leaf_labels([value for values in todo for value in values])
+    out, start = [], 0
+    for b, values in zip(builders, todo):
+        out.append(b.result(hashes[start:start + len(values)]))
+        start += len(values)
+    return out
+
+
+def _service_builder(svc: objects.Service, slices: Iterable[objects.EndpointSlice],
+                     settings: settings_mod.Settings) -> _Builder:
     b = _Builder(f"Service {svc.ns}/{svc.name}", settings)
     if not settings.publishes(svc.ns):
-        return b.result()
+        return b
     if not _LABEL.match(svc.ns) or not _LABEL.match(svc.name):
         b.problem("namespace or name is not a DNS label, no records")
-        return b.result()
+        return b
     name = service_name(svc.ns, svc.name, settings)
     legacy = legacy_name(svc.ns, svc.name, settings) if settings.legacy_names else None
     if svc.type == objects.EXTERNAL_NAME:
@@ -281,7 +395,7 @@ def build_service(svc: objects.Service, slices: Iterable[objects.EndpointSlice],
         _cluster_ip(b, svc, name, legacy)
     else:
         b.problem("no clusterIP (yet), no records")
-    return b.result()
+    return b
 
 
 def for_service(svc: objects.Service, slices: Iterable[objects.EndpointSlice],
@@ -295,27 +409,27 @@ def _cluster_ip(b: _Builder, svc: objects.Service, name: str, legacy: str | None
     if not ips:
         return
     for ip in ips:
-        record = b.record(host=ip)
-        b.put(name, record)
-        if legacy:
-            b.put(legacy, record)
+        b.put(name, b.value(ip))
         b.put_ptr(ip, name)
-    # kube2sky's SRV leaves: the label of the first A/AAAA record (already encoded above)
-    leaf = b.leaf(_encode(b.record(host=ips[0])))
+    # kube2sky's SRV leaves: the label of the first A/AAAA record
+    leaf = _leaf_label(b.value(ips[0]))
     for port in b.named_ports(svc.ports, "port"):
-        b.put(_srv_name(port, name), b.record(host=name, port=port.port), leaf=leaf)
+        b.put(_srv_name(port, name), b.value(name, port.port), leaf=leaf)
+    if legacy:
+        b.put(legacy, b.value(name))
 
 
 def _headless(b: _Builder, svc: objects.Service, slices: Iterable[objects.EndpointSlice],
               name: str, legacy: str | None) -> None:
+    base = b.key_of(name)
     for eps in sorted(slices, key=lambda s: s.name):
         if (eps.ns, eps.service) != (svc.ns, svc.name):
             continue
         if eps.address_type == "FQDN":
             b.problem(f"EndpointSlice {eps.name} has addressType FQDN, skipped")
             continue
-        # (SRV name, port number) per named port, worked out once per slice / port subset
-        slice_ports = _srv_ports(b.named_ports(eps.ports, f"EndpointSlice {eps.name} port"), name)
+        # (SRV key, port number) per named port, worked out once per slice / port subset
+        slice_ports = _srv_keys(b, b.named_ports(eps.ports, f"EndpointSlice {eps.name} port"), name)
         subset_ports: dict[tuple[objects.Port, ...], list[tuple[str, int]]] = {}
         for ep in eps.endpoints:
             if not (ep.ready or svc.publish_not_ready):
@@ -325,17 +439,21 @@ def _headless(b: _Builder, svc: objects.Service, slices: Iterable[objects.Endpoi
             elif ep.ports in subset_ports:
                 ports = subset_ports[ep.ports]
             else:
-                ports = subset_ports[ep.ports] = _srv_ports(b.named_ports(
+                ports = subset_ports[ep.ports] = _srv_keys(b, b.named_ports(
                     ep.ports, f"Endpoints {eps.name} port"), name)
             for ip in b.ips(ep.addresses, f"EndpointSlice {eps.name} address"):
-                target = _under(name, endpoint_label(ep.hostname, ip))
-                record = b.record(host=ip)
-                b.put(target, record)
-                if legacy:
-                    b.put(legacy, record)
+                label = endpoint_label(ep.hostname, ip)
+                target = f"{label}.{name}"
+                b.put_key(f"{base}/{label}", b.value(ip))
                 b.put_ptr(ip, target)
-                for srv, number in ports:
-                    b.put(srv, b.record(host=target, port=number))
+                for srv_key, number in ports:
+                    b.put_key(srv_key, b.value(target, number))
+    if legacy and b.entries:
+        b.put(legacy, b.value(name))
+
+
+def _srv_keys(b: _Builder, ports: Iterable[objects.Port], base: str) -> list[tuple[str, int]]:
+    return [(b.key_of(_srv_name(port, base)), port.port) for port in ports]
 
 
 def _external_name(b: _Builder, svc: objects.Service, name: str, legacy: str | None) -> None:
@@ -354,10 +472,10 @@ def _external_name(b: _Builder, svc: objects.Service, name: str, legacy: str | N
     if target in (name, legacy):
         b.problem(f"externalName {svc.external_name!r} points at the service itself, no records")
         return
-    record = b.record(host=target)
-    b.put(name, record)
+    value = b.value(target)
+    b.put(name, value)
     if legacy:
-        b.put(legacy, record)
+        b.put(legacy, value)
 
 
 def build_pod(pod: objects.Pod, settings: settings_mod.Settings) -> Result:
@@ -370,7 +488,7 @@ def build_pod(pod: objects.Pod, settings: settings_mod.Settings) -> Result:
         b.problem("namespace is not a DNS label, no records")
         return b.result()
     for ip in b.ips(pod.ips, "podIP"):
-        b.put(_under(settings.zone, dashed(ip), pod.ns, "pod"), b.record(host=ip))
+        b.put(_under(settings.zone, dashed(ip), pod.ns, "pod"), b.value(ip))
     return b.result()
 
 
@@ -383,14 +501,14 @@ def build_cluster(dns_service: objects.Service | None, settings: settings_mod.Se
     """``dns-version.<zone>`` TXT and ``ns.dns.<zone>`` A/AAAA (from the DNS service)."""
     b = _Builder("cluster", settings)
     b.put(_under(settings.zone, "dns-version"),
-          msg.Service(text=settings.schema_version, ttl=settings.ttl))
+          _encode(msg.Service(text=settings.schema_version, ttl=settings.ttl)))
     if dns_service is not None:
         if dns_service.headless or dns_service.type == objects.EXTERNAL_NAME:
             b.problem(f"DNS service {dns_service.ns}/{dns_service.name} has no ClusterIP, "
                       f"no ns.dns records")
         for ip in b.ips(() if dns_service.headless else dns_service.cluster_ips,
                         "DNS service clusterIP"):
-            b.put(_under(settings.zone, "ns", "dns"), b.record(host=ip))
+            b.put(_under(settings.zone, "ns", "dns"), b.value(ip))
     return b.result()
 
 
@@ -420,8 +538,11 @@ def build(state: State, settings: settings_mod.Settings) -> Desired:
 
     dns_ref = settings.dns_service_ref
     add(build_cluster(services.get(dns_ref) if dns_ref else None, settings))
-    for ref in sorted(services):
-        add(build_service(services[ref], slices.get(ref, ()), settings))
+    refs = sorted(services)
+    for start in range(0, len(refs), 512):
+        for result in build_services([(services[ref], slices.get(ref, ())) for ref in refs[start:start + 512]],
+                                     settings):
+            add(result)
     for pod in sorted(state.pods, key=lambda p: p.ref):
         add(build_pod(pod, settings))
     return Desired(values, tuple(problems))

@@ -19,12 +19,21 @@ Rules:
    client asks with allowWatchBookmarks=true. `token` demands a bearer token (else 401); `tls`
    serves https with the given certificate.
 5. Binds 127.0.0.1:0 only; close() stops the server and ends every stream.
+6. Fast enough for a large cluster (10,000 Services + 100,000 endpoints, bench/scale.py): each
+   object is kept with its JSON encoding (encoded once per change, never deep-copied to serve
+   it); a list pages (``limit``/``continue``) over a snapshot taken by its first page, so every
+   page is served at the first page's resourceVersion, as the real server does; a continue
+   token older than the history floor (after expire_history) answers 410 Gone ("Expired"),
+   and the client must list from the start. Watches find their place in the per-kind
+   history by bisection instead of scanning it.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
 import http.server
+import itertools
 import json
 import socket
 import ssl
@@ -60,7 +69,13 @@ class ApiServer:
         self._rv = 100
         self._floor = 0  # watches from a resourceVersion below this get 410
         self._objects: dict[str, dict[tuple[str, str], dict]] = {plural: {} for plural in RESOURCES}
-        self._history: list[tuple[int, str, dict]] = []  # (rv, plural, event)
+        # the JSON of each object, encoded once per change (what lists serve)
+        self._encoded: dict[str, dict[tuple[str, str], bytes]] = {plural: {} for plural in RESOURCES}
+        self._sorted: dict[str, list[tuple[str, str]] | None] = {plural: None for plural in RESOURCES}
+        # per kind: resourceVersions and encoded watch events, in order (bisect by rv)
+        self._history: dict[str, tuple[list[int], list[bytes]]] = {p: ([], []) for p in RESOURCES}
+        self._snapshots: dict[str, tuple[int, list[bytes]]] = {}  # continue token base -> (rv, items)
+        self._snapshot_ids = itertools.count(1)
         self._drop_gen = 0
         self._next_ip = 0
         self._closed = False
@@ -121,6 +136,15 @@ class ApiServer:
         with self._cond:
             return [copy.deepcopy(o) for o in self._objects[_plural(kind)].values()]
 
+    def get(self, kind: str, namespace: str, name: str) -> dict | None:
+        with self._cond:
+            obj = self._objects[_plural(kind)].get((namespace or "", name))
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def count(self, kind: str) -> int:
+        with self._cond:
+            return len(self._objects[_plural(kind)])
+
     # silent=True changes the object without a watch event, as if the event had been lost in
     # a compaction: only a relist (expire_history) or a restart can find it.
     def create(self, obj: dict, silent: bool = False) -> dict:
@@ -142,11 +166,13 @@ class ApiServer:
             old = self._objects[plural].pop((namespace or "", name), None)
             if old is None:
                 return None
+            self._encoded[plural].pop((namespace or "", name), None)
+            self._sorted[plural] = None
             self._rv += 1
             old = copy.deepcopy(old)
             old["metadata"]["resourceVersion"] = str(self._rv)
             if not silent:
-                self._history.append((self._rv, plural, {"type": "DELETED", "object": old}))
+                self._record(plural, {"type": "DELETED", "object": old})
             self._cond.notify_all()
             return old
 
@@ -156,7 +182,10 @@ class ApiServer:
         with self._cond:
             self._rv += 1
             self._floor = self._rv
-            self._history.clear()
+            for rvs, events in self._history.values():
+                rvs.clear()
+                events.clear()
+            self._snapshots.clear()
             self._cond.notify_all()
 
     def drop_watches(self) -> None:
@@ -169,7 +198,7 @@ class ApiServer:
         """Send a raw event (e.g. {"type": "WEIRD", "object": {...}}) to watchers of kind."""
         with self._cond:
             self._rv += 1
-            self._history.append((self._rv, _plural(kind), copy.deepcopy(event)))
+            self._record(_plural(kind), event)
             self._cond.notify_all()
 
     # ---- internals ----
@@ -189,18 +218,70 @@ class ApiServer:
             self._rv += 1
             meta["resourceVersion"] = str(self._rv)
             meta.setdefault("uid", f"uid-{plural}-{meta.get('namespace', '')}-{meta['name']}")
-            self._objects[plural][_key(obj)] = obj
+            key = _key(obj)
+            if key not in self._objects[plural]:
+                self._sorted[plural] = None
+            self._objects[plural][key] = obj
+            encoded = json.dumps(obj, separators=(",", ":")).encode()
+            self._encoded[plural][key] = encoded
             if not silent:
-                self._history.append((self._rv, plural, {"type": event_type, "object": copy.deepcopy(obj)}))
+                self._record(plural, {"type": event_type, "object": obj}, b'{"type":"%s","object":%s}'
+                             % (event_type.encode(), encoded))
             self._cond.notify_all()
         return copy.deepcopy(obj)
 
-    def _list(self, plural: str, namespace: str | None, start: int = 0, limit: int = 0) -> tuple[list[dict], int, int]:
-        """(a page of items, resourceVersion, how many items in all)."""
+    def _record(self, plural: str, event: dict, encoded: bytes | None = None) -> None:
+        """Append one watch event at the current resourceVersion (caller holds the lock)."""
+        rvs, events = self._history[plural]
+        rvs.append(self._rv)
+        events.append(encoded if encoded is not None else json.dumps(event).encode())
+
+    def _list(self, plural: str, namespace: str | None, token: str = "",
+              limit: int = 0) -> tuple[list[bytes], int, int, str]:
+        """(a page of encoded items, resourceVersion, items left after it, continue token).
+
+        The first page snapshots the whole listing; later pages come from that snapshot.
+
+        Raises:
+            LookupError: the continue token is unknown or older than the history floor (410).
+        """
         with self._cond:
-            keys = [k for k in sorted(self._objects[plural]) if namespace is None or k[0] == namespace]
-            page = keys[start:start + limit] if limit else keys[start:]
-            return [copy.deepcopy(self._objects[plural][k]) for k in page], self._rv, len(keys)
+            if token:
+                base, _, offset = token.rpartition(":")
+                snapshot = self._snapshots.get(base)
+                if snapshot is None or snapshot[0] < self._floor or not offset.isdigit():
+                    raise LookupError(token)
+                rv, items = snapshot
+                start = int(offset)
+            else:
+                keys = self._sorted[plural]
+                if keys is None:
+                    keys = self._sorted[plural] = sorted(self._objects[plural])
+                encoded = self._encoded[plural]
+                items = [encoded[k] for k in keys if namespace is None or k[0] == namespace]
+                rv, start = self._rv, 0
+                base = ""
+            end = start + limit if limit else len(items)
+            page = items[start:end]
+            left = max(0, len(items) - end)
+            if not left:
+                if token:
+                    self._snapshots.pop(base, None)
+                return page, rv, 0, ""
+            if not base:
+                base = str(next(self._snapshot_ids))
+                self._snapshots[base] = (rv, items)
+                while len(self._snapshots) > 16:  # lists abandoned half way
+                    self._snapshots.pop(next(iter(self._snapshots)))
+            return page, rv, left, f"{base}:{end}"
+
+
+def _in_namespace(event: bytes, namespace: str) -> bool:
+    """Whether a watch event is for an object of namespace (events of other types always are)."""
+    doc = json.loads(event)
+    if doc.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
+        return True
+    return ((doc.get("object") or {}).get("metadata") or {}).get("namespace", "") == namespace
 
 
 def _key(obj: dict) -> tuple[str, str]:
@@ -253,10 +334,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if len(rest) in (3, 4) and rest[0] == "namespaces":
             namespace, rest = rest[1], rest[2:]
         if len(rest) == 2 and rest[0] in RESOURCES:  # GET one object
-            found = [o for o in self.api.objects(rest[0]) if _key(o) == (namespace or "", rest[1])]
-            if not found:
+            found = self.api.get(rest[0], namespace or "", rest[1])
+            if found is None:
                 return self._json(404, _status(404, "NotFound", f"{rest[0]} {rest[1]} not found"))
-            return self._json(200, found[0])
+            return self._json(200, found)
         if len(rest) != 1 or rest[0] not in RESOURCES:
             return self._json(404, _status(404, "NotFound", f"no resource at {url.path}"))
         plural = rest[0]
@@ -267,14 +348,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._watch(plural, namespace, query)
         self.api.list_count += 1
         limit = int(query.get("limit", "0") or 0)
-        start = int(query.get("continue", "0") or 0)
-        items, rv, total = self.api._list(plural, namespace, start, limit)
+        try:
+            items, rv, left, token = self.api._list(plural, namespace, query.get("continue", ""), limit)
+        except LookupError:
+            return self._json(410, _status(410, "Expired", "The provided continue parameter is too old "
+                                           "to display a consistent list result. You can start a new "
+                                           "list without the continue parameter."))
         meta: dict = {"resourceVersion": str(rv)}
-        if limit and start + limit < total:
-            meta["continue"] = str(start + limit)
-            meta["remainingItemCount"] = total - start - limit
+        if token:
+            meta["continue"] = token
+            meta["remainingItemCount"] = left
         api_version = group_version.split("/", 2)[-1] if plural == "endpointslices" else "v1"
-        return self._json(200, {"kind": kind + "List", "apiVersion": api_version, "metadata": meta, "items": items})
+        head = json.dumps({"kind": kind + "List", "apiVersion": api_version, "metadata": meta})
+        return self._raw(200, head[:-1].encode() + b',"items":[' + b",".join(items) + b"]}")
 
     # ---- writes (what kubectl and the client's create/replace/delete send) ----
     def _target(self) -> tuple[str, str | None, str | None] | None:
@@ -315,7 +401,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body["metadata"]["namespace"] = namespace
         if name:
             body["metadata"]["name"] = name
-        exists = any(_key(o) == _key(body) for o in self.api.objects(plural))
+        exists = self.api.get(plural, *_key(body)) is not None
         if method == "POST" and exists:
             return self._json(409, _status(409, "AlreadyExists", f"{plural} {body['metadata']['name']} exists"))
         if method == "PUT" and not exists:
@@ -341,7 +427,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     # ---- responses ----
     def _json(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
+        self._raw(code, json.dumps(body).encode())
+
+    def _raw(self, code: int, data: bytes) -> None:
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -372,9 +460,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if since == 0:
                 since = api._rv
         last_bookmark = time.monotonic()
+        rvs, events = api._history[plural]
         try:
             while True:
-                out: list[dict] = []
+                out: list[bytes] = []
                 gone = False
                 with api._cond:
                     if api._closed:
@@ -385,23 +474,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     if since < api._floor:
                         gone = True
                     else:
-                        for rv, p, event in api._history:
-                            if rv > since and p == plural:
-                                obj = event.get("object") or {}
-                                ns = (obj.get("metadata") or {}).get("namespace", "")
-                                if namespace is None or ns == namespace or event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
-                                    out.append(event)
-                        if api._history and api._history[-1][0] > since:
-                            since = api._history[-1][0]
+                        first = bisect.bisect_right(rvs, since)
+                        for event in events[first:]:
+                            if namespace is None or _in_namespace(event, namespace):
+                                out.append(event)
+                        if first < len(rvs):
+                            since = rvs[-1]
                     if not out and not gone:
                         now = time.monotonic()
                         if bookmarks and now - last_bookmark >= api.bookmark_interval:
                             # history was scanned up to api._rv under this same lock hold
                             last_bookmark = now
                             since = max(since, api._rv)
-                            out.append({"type": "BOOKMARK", "object": {
+                            out.append(json.dumps({"type": "BOOKMARK", "object": {
                                 "kind": kind, "apiVersion": "v1",
-                                "metadata": {"resourceVersion": str(since)}}})
+                                "metadata": {"resourceVersion": str(since)}}}).encode())
                         elif now >= deadline:
                             break
                         else:
@@ -412,8 +499,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self._chunk(json.dumps({"type": "ERROR", "object": _status(
                         410, "Expired", f"too old resource version: {since} ({api._floor})")}).encode() + b"\n")
                     break
-                for event in out:
-                    self._chunk(json.dumps(event).encode() + b"\n")
+                if out:
+                    self._chunk(b"\n".join(out) + b"\n")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, OSError):

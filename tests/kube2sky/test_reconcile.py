@@ -45,7 +45,36 @@ HAND = [
     at("web.default.svc.other.zone.", v("10.0.0.10")),
     ("/skydns/local/cluster", '{"host":"10.9.0.9"}'),
     ("/elsewhere/local/cluster/" + msg.leaf_label(v("1.2.3.4")), v("1.2.3.4")),
+    # values no record can hold (issue 11.2): not kube2sky's, and reading them never raises
+    ("/skydns/local/cluster/svc/default/web/_tcp/_http/abc",
+     '{"host":"web.default.svc.cluster.local.","port":1e400}'),
+    ("/skydns/local/cluster/svc/default/web/_tcp/_http/ab", '{"host":"web.default.svc.cluster.local.","port":NaN}'),
+    ("/skydns/local/cluster/svc/default/web/_tcp/_http/a1", '{"host":"web.default.svc.cluster.local.","port":-Infinity}'),
+    ("/skydns/local/cluster/svc/default/web/_tcp/_http/a2", '{"host":"web.default.svc.cluster.local.","port":8e99}'),
+    ("/skydns/local/cluster/svc/default/web/_tcp/_http/a3", '{"host":["x"],"port":80}'),
+    ("/skydns/local/cluster/svc/default/web/_tcp/_http/a4", "[" * 100000),
+    ("/skydns/local/cluster/svc/default/web/_tcp/_http/a5", "\ufffd\ufffd"),
 ]
+
+BAD_VALUES = [
+    '{"host":"web.default.svc.cluster.local.","port":1e400}',
+    '{"host":"10.0.0.1","ttl":NaN}',
+    '{"host":"10.0.0.1","ttl":Infinity}',
+    '{"host":"10.0.0.1","priority":1e30}',
+    "[" * 100000,
+    "{not json",
+    '"a string"',
+]
+
+
+@pytest.mark.parametrize("value", BAD_VALUES, ids=[v[:40] for v in BAD_VALUES])
+def test_unreadable_says_why_and_never_raises(value: str) -> None:
+    reason = reconcile.unreadable(value)
+    assert isinstance(reason, str) and reason
+
+
+def test_readable_value_has_no_reason() -> None:
+    assert reconcile.unreadable(v("10.0.0.1")) is None
 
 
 @pytest.mark.parametrize("key, value", HAND, ids=[k for k, _ in HAND])
@@ -155,8 +184,9 @@ def test_changes_for_with_service_prefixes() -> None:
     actual = {**before, **dict(HAND)}
     got = reconcile.changes_for((*records.service_prefixes("default", "web", S), *before),
                                 now, actual, owned=OWNED)
-    assert dict(got.puts) == now
-    assert set(got.deletes) == set(before)  # A, legacy A, SRV, PTR of the old IP
+    # the legacy alias (host = the service name) is the same before and after
+    assert dict(got.puts) == {k: val for k, val in now.items() if before.get(k) != val}
+    assert set(got.deletes) == set(before) - set(now)  # A, SRV, PTR of the old IP
     after = {k: val for k, val in actual.items() if k not in got.deletes} | dict(got.puts)
     assert after == {**now, **dict(HAND)}
 

@@ -69,8 +69,8 @@ spec:
          '{"host":"10.0.0.10","priority":10,"weight":10,"ttl":30}'),
         ("/skydns/local/cluster/svc/default/myservice/_tcp/_http/5f106532",
          '{"host":"myservice.default.svc.cluster.local.","port":80,"priority":10,"weight":10,"ttl":30}'),
-        ("/skydns/local/cluster/default/myservice/5f106532",
-         '{"host":"10.0.0.10","priority":10,"weight":10,"ttl":30}'),
+        # the legacy name: one alias to the service name (not a copy of its addresses)
+        at("myservice.default.cluster.local.", v("myservice.default.svc.cluster.local.")),
         ("/skydns/arpa/in-addr/10/0/0/10/e7fb6ecb",
          '{"host":"myservice.default.svc.cluster.local.","priority":10,"weight":10,"ttl":30}'),
     ]),
@@ -147,8 +147,7 @@ spec: {type: ClusterIP, clusterIP: 10.0.0.1, ports: [{port: 443}]}
 """, [
         ("/skydns/local/cluster/svc/default/kubernetes/f488b1a2",
          '{"host":"10.0.0.1","priority":10,"weight":10,"ttl":30}'),
-        ("/skydns/local/cluster/default/kubernetes/f488b1a2",
-         '{"host":"10.0.0.1","priority":10,"weight":10,"ttl":30}'),
+        at("kubernetes.default.cluster.local.", v("kubernetes.default.svc.cluster.local.")),
         ptr("10.0.0.1", "kubernetes.default.svc.cluster.local."),
     ]),
     Row("nodeport-and-udp-srv", """
@@ -160,7 +159,7 @@ spec:
   ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
 """, [
         at("dns.infra.svc.cluster.local.", v("10.0.0.53")),
-        at("dns.infra.cluster.local.", v("10.0.0.53")),
+        at("dns.infra.cluster.local.", v("dns.infra.svc.cluster.local.")),
         at("_dns._udp.dns.infra.svc.cluster.local.", v("dns.infra.svc.cluster.local.", 53),
            leaf=msg.leaf_label(v("10.0.0.53"))),
         at("_dns-tcp._tcp.dns.infra.svc.cluster.local.", v("dns.infra.svc.cluster.local.", 53),
@@ -177,8 +176,7 @@ spec:
 """, [
         at("web.default.svc.cluster.local.", v("10.0.0.11")),
         at("web.default.svc.cluster.local.", v("fd00::11")),
-        at("web.default.cluster.local.", v("10.0.0.11")),
-        at("web.default.cluster.local.", v("fd00::11")),
+        at("web.default.cluster.local.", v("web.default.svc.cluster.local.")),
         at("_http._tcp.web.default.svc.cluster.local.", v("web.default.svc.cluster.local.", 80),
            leaf=msg.leaf_label(v("10.0.0.11"))),
         ptr("10.0.0.11", "web.default.svc.cluster.local."),
@@ -191,7 +189,7 @@ metadata: {name: v6, namespace: default}
 spec: {clusterIP: "2001:db8::abcd", ipFamilies: [IPv6]}
 """, [
         at("v6.default.svc.cluster.local.", v("2001:db8::abcd")),
-        at("v6.default.cluster.local.", v("2001:db8::abcd")),
+        at("v6.default.cluster.local.", v("v6.default.svc.cluster.local.")),
         ("/skydns/arpa/ip6/2/0/0/1/0/d/b/8/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/a/b/c/d/"
          + msg.leaf_label(v("v6.default.svc.cluster.local.")), v("v6.default.svc.cluster.local.")),
     ]),
@@ -212,8 +210,7 @@ endpoints:
         at("db-1.db.default.svc.cluster.local.", v("10.1.0.2")),
         at("_pg._tcp.db.default.svc.cluster.local.", v("db-0.db.default.svc.cluster.local.", 5432)),
         at("_pg._tcp.db.default.svc.cluster.local.", v("db-1.db.default.svc.cluster.local.", 5432)),
-        at("db.default.cluster.local.", v("10.1.0.1")),
-        at("db.default.cluster.local.", v("10.1.0.2")),
+        at("db.default.cluster.local.", v("db.default.svc.cluster.local.")),
         ptr("10.1.0.1", "db-0.db.default.svc.cluster.local."),
         ptr("10.1.0.2", "db-1.db.default.svc.cluster.local."),
     ]),
@@ -228,7 +225,7 @@ addressType: IPv4
 endpoints: [{addresses: [10.1.0.1], hostname: db-0}]
 """, [
         ("/skydns/local/cluster/svc/default/db/db-0/" + msg.leaf_label(v("10.1.0.1")), v("10.1.0.1")),
-        ("/skydns/local/cluster/default/db/" + msg.leaf_label(v("10.1.0.1")), v("10.1.0.1")),
+        at("db.default.cluster.local.", v("db.default.svc.cluster.local.")),
         ptr("10.1.0.1", "db-0.db.default.svc.cluster.local."),
     ]),
     Row("headless-dashed-ips-v4-v6-merged", """
@@ -264,9 +261,7 @@ endpoints:
         at("_http._tcp.hl.ns1.svc.cluster.local.", v("10-1-2-3.hl.ns1.svc.cluster.local.", 8080)),
         at("_http._tcp.hl.ns1.svc.cluster.local.", v("10-1-2-4.hl.ns1.svc.cluster.local.", 8080)),
         at("_http._tcp.hl.ns1.svc.cluster.local.", v("fd00--1.hl.ns1.svc.cluster.local.", 8080)),
-        at("hl.ns1.cluster.local.", v("10.1.2.3")),
-        at("hl.ns1.cluster.local.", v("10.1.2.4")),
-        at("hl.ns1.cluster.local.", v("fd00::1")),
+        at("hl.ns1.cluster.local.", v("hl.ns1.svc.cluster.local.")),
         ptr("10.1.2.3", "10-1-2-3.hl.ns1.svc.cluster.local."),
         ptr("10.1.2.4", "10-1-2-4.hl.ns1.svc.cluster.local."),
         ptr("fd00::1", "fd00--1.hl.ns1.svc.cluster.local."),
@@ -285,7 +280,7 @@ endpoints:
 - {addresses: [10.1.0.3], conditions: {ready: false, serving: true, terminating: true}}
 """, [
         at("10-1-0-1.db.default.svc.cluster.local.", v("10.1.0.1")),
-        at("db.default.cluster.local.", v("10.1.0.1")),
+        at("db.default.cluster.local.", v("db.default.svc.cluster.local.")),
         ptr("10.1.0.1", "10-1-0-1.db.default.svc.cluster.local."),
     ]),
     Row("headless-no-ready-address-no-keys", """
@@ -316,7 +311,7 @@ endpoints:
 - {addresses: [10.1.0.1], hostname: db-0, conditions: {ready: false}}
 """, [
         at("db-0.db.default.svc.cluster.local.", v("10.1.0.1")),
-        at("db.default.cluster.local.", v("10.1.0.1")),
+        at("db.default.cluster.local.", v("db.default.svc.cluster.local.")),
         ptr("10.1.0.1", "db-0.db.default.svc.cluster.local."),
     ]),
     Row("tolerate-unready-annotation", """
@@ -333,7 +328,7 @@ addressType: IPv4
 endpoints: [{addresses: [10.1.0.1], conditions: {ready: false}}]
 """, [
         at("10-1-0-1.db.default.svc.cluster.local.", v("10.1.0.1")),
-        at("db.default.cluster.local.", v("10.1.0.1")),
+        at("db.default.cluster.local.", v("db.default.svc.cluster.local.")),
         ptr("10.1.0.1", "10-1-0-1.db.default.svc.cluster.local."),
     ]),
     Row("shared-hostname-one-dir-two-leaves-one-srv", """
@@ -352,8 +347,7 @@ endpoints:
         at("db.db.default.svc.cluster.local.", v("10.1.0.1")),
         at("db.db.default.svc.cluster.local.", v("10.1.0.2")),
         at("_pg._tcp.db.default.svc.cluster.local.", v("db.db.default.svc.cluster.local.", 5432)),
-        at("db.default.cluster.local.", v("10.1.0.1")),
-        at("db.default.cluster.local.", v("10.1.0.2")),
+        at("db.default.cluster.local.", v("db.default.svc.cluster.local.")),
         ptr("10.1.0.1", "db.db.default.svc.cluster.local."),
         ptr("10.1.0.2", "db.db.default.svc.cluster.local."),
     ]),
@@ -378,8 +372,8 @@ endpoints: [{addresses: [10.1.0.9], hostname: p}]
 """, [
         at("p.a.default.svc.cluster.local.", v("10.1.0.9")),
         at("p.b.default.svc.cluster.local.", v("10.1.0.9")),
-        at("a.default.cluster.local.", v("10.1.0.9")),
-        at("b.default.cluster.local.", v("10.1.0.9")),
+        at("a.default.cluster.local.", v("a.default.svc.cluster.local.")),
+        at("b.default.cluster.local.", v("b.default.svc.cluster.local.")),
         ptr("10.1.0.9", "p.a.default.svc.cluster.local."),
         ptr("10.1.0.9", "p.b.default.svc.cluster.local."),
     ]),
@@ -404,9 +398,7 @@ subsets:
         at("_pg._tcp.db.default.svc.cluster.local.", v("10-1-0-2.db.default.svc.cluster.local.", 5432)),
         at("_metrics._tcp.db.default.svc.cluster.local.",
            v("10-1-0-4.db.default.svc.cluster.local.", 9187)),
-        at("db.default.cluster.local.", v("10.1.0.1")),
-        at("db.default.cluster.local.", v("10.1.0.2")),
-        at("db.default.cluster.local.", v("10.1.0.4")),
+        at("db.default.cluster.local.", v("db.default.svc.cluster.local.")),
         ptr("10.1.0.1", "db-0.db.default.svc.cluster.local."),
         ptr("10.1.0.2", "10-1-0-2.db.default.svc.cluster.local."),
         ptr("10.1.0.4", "10-1-0-4.db.default.svc.cluster.local."),
@@ -465,7 +457,8 @@ metadata: {name: web, namespace: default}
 spec: {clusterIP: 10.0.0.16, ports: [{name: http, port: 80}]}
 """, [
         ("/dns/example/corp/svc/default/web/" + msg.leaf_label(v("10.0.0.16")), v("10.0.0.16")),
-        ("/dns/example/corp/default/web/" + msg.leaf_label(v("10.0.0.16")), v("10.0.0.16")),
+        ("/dns/example/corp/default/web/" + msg.leaf_label(v("web.default.svc.corp.example.")),
+         v("web.default.svc.corp.example.")),
         ("/dns/example/corp/svc/default/web/_tcp/_http/" + msg.leaf_label(v("10.0.0.16")),
          v("web.default.svc.corp.example.", 80)),
         (msg.ip_to_reverse_key("10.0.0.16", "dns") + "/"
@@ -497,8 +490,7 @@ spec:
         at("ns.dns.cluster.local.", v("fd00::a")),
         at("kube-dns.kube-system.svc.cluster.local.", v("10.0.0.10")),
         at("kube-dns.kube-system.svc.cluster.local.", v("fd00::a")),
-        at("kube-dns.kube-system.cluster.local.", v("10.0.0.10")),
-        at("kube-dns.kube-system.cluster.local.", v("fd00::a")),
+        at("kube-dns.kube-system.cluster.local.", v("kube-dns.kube-system.svc.cluster.local.")),
         at("_dns._udp.kube-dns.kube-system.svc.cluster.local.",
            v("kube-dns.kube-system.svc.cluster.local.", 53), leaf=msg.leaf_label(v("10.0.0.10"))),
         ptr("10.0.0.10", "kube-dns.kube-system.svc.cluster.local."),
@@ -532,7 +524,7 @@ metadata: {name: p, namespace: hidden}
 status: {phase: Running, podIP: 10.2.0.1}
 """, [
         at("web.default.svc.cluster.local.", v("10.0.0.18")),
-        at("web.default.cluster.local.", v("10.0.0.18")),
+        at("web.default.cluster.local.", v("web.default.svc.cluster.local.")),
         ptr("10.0.0.18", "web.default.svc.cluster.local."),
     ], settings={"namespaces": frozenset({"default"}), "pods": settings.PodsMode.VERIFIED}),
     Row("pods-verified", """
@@ -603,7 +595,7 @@ metadata: {name: web, namespace: default}
 spec: {clusterIP: 10.0.0.300, clusterIPs: [10.0.0.300, 10.0.0.31]}
 """, [
         at("web.default.svc.cluster.local.", v("10.0.0.31")),
-        at("web.default.cluster.local.", v("10.0.0.31")),
+        at("web.default.cluster.local.", v("web.default.svc.cluster.local.")),
         ptr("10.0.0.31", "web.default.svc.cluster.local."),
     ], ("Service default/web: clusterIP '10.0.0.300' is not an IP address, skipped",)),
     Weird("ports-unnamed-bad-duplicate-protocol-default", """
@@ -620,7 +612,7 @@ spec:
   - {name: zero, port: 0}
 """, [
         at("web.default.svc.cluster.local.", v("10.0.0.32")),
-        at("web.default.cluster.local.", v("10.0.0.32")),
+        at("web.default.cluster.local.", v("web.default.svc.cluster.local.")),
         ptr("10.0.0.32", "web.default.svc.cluster.local."),
         at("_a._tcp.web.default.svc.cluster.local.", v("web.default.svc.cluster.local.", 80),
            leaf=msg.leaf_label(v("10.0.0.32"))),
