@@ -2,29 +2,39 @@
 
 Rules (DESIGN section 4, STYLE 5.7):
 1. Level-triggered. Watch threads (k8swatch.follow, one per kind) put Listed/Changed events on
-   an asyncio queue. The engine keeps the latest objects and, per owner (a service, a pod, the
-   cluster records), the records they should produce (records.build_*), so the desired content
-   of the prefix is always known in memory. Records are a pure function of the objects, so
-   an object equal to the one held (a relist of an unchanged cluster) is not rebuilt, and each
-   owner's records are encoded once (records.Result.values).
-2. Writes: a change of one object is one etcd transaction over the keys it touched (puts and
-   deletes together, chunked with reconcile.chunk below --max-txn-ops). Never delete-then-add.
-3. Full sync: at start (once every kind has been listed), after every relist (410, watch error,
-   manifests changed) and after any etcd error: read the whole prefix, reconcile.plan against
-   the desired state (kube2sky-owned orphans deleted), commit in chunks, log progress.
-4. etcd errors are never fatal: the desired state is kept, the attempt is logged with the retry
-   it will make (#n in Xs) and the next attempt starts with a fresh read of etcd.
-5. With --leader-elect only the holder of the leader key writes (each write is guarded).
-6. Ready (GET /readiness 200 "ok") after the first full sync (a standby replica: after its
+   an asyncio queue. The engine keeps the latest (trimmed, immutable) objects and, per owner
+   (a service with its slices, a pod, the cluster records), the inputs whose records it last
+   committed (`written`, references to the same objects). No record and no etcd content is
+   held: records are a pure function of the objects and are rebuilt when needed (issue 12:
+   10,000 services + 100,000 endpoints in well under 150 MiB).
+2. Writes: a changed owner commits build(written inputs) -> build(current inputs) as one diff
+   (puts and deletes together); many owners are packed into transactions below
+   --max-txn-ops, an owner is never split unless it alone is bigger. Never delete-then-add.
+3. Foreground full sync at start and after a leader change: read the prefix page by page
+   keeping only 64-bit digests of (key, value), rebuild everything, put what etcd lacks,
+   delete kube2sky's orphans (reconcile ownership rule), log progress.
+4. Relists (410, watch error, manifests changed), etcd errors and --resync-period: the
+   difference between the new objects and what was written is committed first (a Service
+   created during an API-server restart is in etcd right after the relist), then etcd is
+   verified in the background (the same comparison as 3: orphans, hand-edits, lost writes)
+   while changes keep being written; owners found lacking records, and owners that changed
+   during the verify, are rewritten in full afterwards.
+5. etcd errors are never fatal: the changed owners are kept, the attempt is logged with the
+   retry it will make (#n in Xs), and a background verify follows.
+6. With --leader-elect only the holder of the leader key writes (each write is guarded).
+7. Ready (GET /readiness 200 "ok") after the first full sync (a standby replica: after its
    first listings, while its election reaches etcd). SIGTERM/SIGINT set one stop event; everything ends within grace_period.
-7. Bad objects are logged with their namespace/name and counted; they never stop the engine.
+8. Bad objects are logged with their namespace/name and counted; they never stop the engine.
+   A value under the prefix that is not a record (bad JSON, 1e400, NaN...) is never fatal:
+   kube2sky overwrites it when it wants that key, else leaves it as not its own; the first
+   few per sync are logged, all are counted (kube2sky_bad_etcd_values_total).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import json
 import logging
 import random
 import signal
@@ -73,6 +83,9 @@ OBJECTS = prometheus_client.Gauge(
     "kube2sky_objects", "Objects held, by kind.", ["kind"], registry=REGISTRY)
 LEADER = prometheus_client.Gauge(
     "kube2sky_leader", "1 when this replica may write (always 1 without --leader-elect).", registry=REGISTRY)
+BAD_VALUES = prometheus_client.Counter(
+    "kube2sky_bad_etcd_values_total", "Values under the prefix that are not records (left alone), per verify.",
+    registry=REGISTRY)
 READY = prometheus_client.Gauge(
     "kube2sky_ready", "1 after the first full sync.", registry=REGISTRY)
 
@@ -80,16 +93,29 @@ READY = prometheus_client.Gauge(
 # ---------------------------------------------------------------- the engine
 
 CLUSTER = ("cluster",)
+# Owners built between two yields to the event loop in a background verify (keeps the
+# programming latency of changes low while the whole cluster is rebuilt).
+_VERIFY_CHUNK = 64
+# Transactions in flight at once when a sync writes many keys (etcd batches them).
+_PIPELINE = 8
+# Lines logged per sync about bad values under the prefix (the rest are counted).
+_BAD_VALUE_LOG_LIMIT = 5
 
 
-@dataclasses.dataclass(slots=True)
-class _Dirty:
-    received: float
-    keys: set[str]
+def _digest(key: str, value: str) -> int:
+    """A 64-bit digest of one (key, value) (Python's string hash: stable within the process)."""
+    return hash((key, value))
 
 
 class Engine:
-    """Objects -> desired records -> etcd. Driven by run(); state changes only in apply()."""
+    """Objects -> records -> etcd. Driven by run(); state changes only in apply().
+
+    What it keeps (compact; DESIGN 4, issue 12): the trimmed objects, and per owner (a
+    service, a pod, the cluster records) the inputs whose records it last committed
+    (``written``: references to the same immutable objects, no copy of any record). The
+    records are rebuilt when needed: a change commits build(written inputs) -> build(current
+    inputs) as one diff; a verify rebuilds everything and compares digests with etcd.
+    """
 
     def __init__(self, settings: settings_mod.Settings, store, election: leader.Election | None = None,
                  kinds: tuple[k8swatch.Resource, ...] = (k8swatch.SERVICES,), rng: random.Random | None = None,
@@ -106,83 +132,103 @@ class Engine:
         self.slices: dict[tuple[str, str, str], objects.EndpointSlice] = {}  # (kind, ns, name)
         self.slices_by_service: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
         self.pods: dict[tuple[str, str], objects.Pod] = {}
-        self.owners: dict[tuple, dict[str, str]] = {}
-        self.desired: dict[str, str] = {}
-        self.refs: dict[str, int] = {}
-        self.actual: dict[str, str] | None = None
-        self.dirty: dict[tuple, _Dirty] = {}
-        self.full: str | None = "start"
+        self.pod_ips: dict[tuple[str, str], set[str]] = {}  # (ns, ip) -> pods holding it (hostNetwork)
+        # owner -> the inputs whose records are in etcd (None: nothing written)
+        self.written: dict[tuple, object] = {}
+        self.dirty: dict[tuple, float] = {}  # owner -> when its first unwritten change arrived
+        self.force: set[tuple] = set()  # owners whose every record is put (etcd may lack some)
+        self.full: str | None = "start"  # a foreground sync is due: start, leader change
+        self.verify_due: str | None = None  # a background verify is due (its cause)
         self.full_received: float | None = None
+        self.verifying: set[tuple] | None = None  # owners changed while a verify runs
+        self.verify_task: asyncio.Task | None = None
+        self.not_ours: set[int] = set()  # digests of values under the prefix that are not ours
+        self.n_keys = 0
         self.listed: set[str] = set()
         self.synced = False
         self.synced_event = asyncio.Event()
         self.wake = asyncio.Event()
         self.attempt = 0
         self.next_resync = 0.0
-        self._recompute_owner(CLUSTER, None)
+        self._bad_logged = 0
+        self._touch(CLUSTER, None)
 
-    # ---- state (pure bookkeeping; no I/O)
-    def _set_owner(self, owner: tuple, values: dict[str, str], received: float | None) -> None:
-        old = self.owners.get(owner, {})
-        if old == values:
-            return
-        touched = set(old) | set(values)
-        for key in old.keys() - values.keys():
-            self.refs[key] -= 1
-            if not self.refs[key]:
-                del self.refs[key]
-                del self.desired[key]
-        for key, value in values.items():
-            if key not in old:
-                self.refs[key] = self.refs.get(key, 0) + 1
-            self.desired[key] = value
-        if values:
-            self.owners[owner] = values
-        else:
-            self.owners.pop(owner, None)
-        entry = self.dirty.get(owner)
-        now = received if received is not None else self.clock()
-        if entry is None:
-            self.dirty[owner] = _Dirty(now, touched)
-        else:
-            entry.keys |= touched
-            entry.received = min(entry.received, now)
-        KEYS.set(len(self.desired))
+    # ---- inputs and records (pure bookkeeping; no I/O)
+    def owners(self) -> list[tuple]:
+        """Every owner that may have records now."""
+        out = [CLUSTER]
+        out += [("svc", *ref) for ref in sorted(self.services)]
+        out += [("pod", *ref) for ref in sorted(self.pods)]
+        return out
 
-    def _recompute_owner(self, owner: tuple, received: float | None) -> None:
-        try:
-            self._build_owner(owner, received)
-        except Exception:  # noqa: BLE001 - one object never stops the engine; its records stay as they were
-            logger.exception("cannot compute the records of %s; keeping its previous records", "/".join(owner))
-            INVALID.labels({"svc": "Service", "pod": "Pod"}.get(owner[0], owner[0])).inc()
-
-    def _build_owner(self, owner: tuple, received: float | None) -> None:
+    def inputs(self, owner: tuple):
+        """What an owner's records are built from, now (None when it has none)."""
         if owner[0] == "svc":
             ref = owner[1], owner[2]
             svc = self.services.get(ref)
             if svc is None:
-                result = records.Result()
+                return None
+            keys = self.slices_by_service.get(ref)
+            return svc, tuple(self.slices[k] for k in sorted(keys)) if keys else ()
+        if owner[0] == "pod":
+            return self.pods.get((owner[1], owner[2]))
+        ref = self.settings.dns_service_ref
+        return ("cluster", self.services.get(ref) if ref else None)
+
+    def build(self, owner: tuple, inputs) -> records.Result:
+        """The records of an owner for the given inputs; never raises (a failure is logged,
+        counted and gives no records)."""
+        if inputs is None:
+            return records.Result()
+        try:
+            if owner[0] == "svc":
+                return records.build_service(inputs[0], inputs[1], self.settings)
+            if owner[0] == "pod":
+                return records.build_pod(inputs, self.settings)
+            return records.build_cluster(inputs[1], self.settings)
+        except Exception:  # noqa: BLE001 - one object never stops the engine
+            logger.exception("cannot compute the records of %s", "/".join(owner))
+            INVALID.labels({"svc": "Service", "pod": "Pod"}.get(owner[0], owner[0])).inc()
+            return records.Result()
+
+    def build_all(self, owners: list[tuple]) -> list[tuple[tuple, object, records.Result]]:
+        """(owner, inputs, records) of many owners, services hashed in one batch."""
+        out = []
+        svc_items, svc_owners = [], []
+        for owner in owners:
+            inputs = self.inputs(owner)
+            if owner[0] == "svc" and inputs is not None:
+                svc_items.append(inputs)
+                svc_owners.append((owner, inputs))
             else:
-                slices = [self.slices[k] for k in sorted(self.slices_by_service.get(ref, ()))]
-                result = records.build_service(svc, slices, self.settings)
-            if ref == self.settings.dns_service_ref:
-                self._recompute_owner(CLUSTER, received)
-        elif owner[0] == "pod":
-            pod = self.pods.get((owner[1], owner[2]))
-            result = records.build_pod(pod, self.settings) if pod is not None else records.Result()
-        else:
-            ref = self.settings.dns_service_ref
-            result = records.build_cluster(self.services.get(ref) if ref else None, self.settings)
-        self._publish(owner, result, received)
+                out.append((owner, inputs, self.build(owner, inputs)))
+        if svc_items:
+            try:
+                results = records.build_services(svc_items, self.settings)
+            except Exception:  # noqa: BLE001 - fall back to one by one (logs the culprit)
+                results = [self.build(owner, inputs) for owner, inputs in svc_owners]
+            out += [(owner, inputs, result) for (owner, inputs), result in zip(svc_owners, results)]
+        return out
 
-    def _publish(self, owner: tuple, result: records.Result, received: float | None) -> None:
-        for problem in result.problems:
-            logger.warning("%s", problem)
-            PROBLEMS.inc()
-        # result.values is result.records already encoded (records.Result); no second encode
-        self._set_owner(owner, dict(result.values), received)
+    def desired(self) -> dict[str, str]:
+        """Everything kube2sky wants in etcd now (key -> JSON value); for tests and tools."""
+        out: dict[str, str] = {}
+        for _, _, result in self.build_all(self.owners()):
+            out.update(result.values)
+        return out
 
-    def _parse(self, kind: str, raw: dict):
+    def _touch(self, owner: tuple, received: float | None) -> None:
+        now = received if received is not None else self.clock()
+        if owner not in self.dirty or now < self.dirty[owner]:
+            self.dirty[owner] = now
+        if self.verifying is not None:
+            self.verifying.add(owner)
+        if owner[0] == "svc" and (owner[1], owner[2]) == self.settings.dns_service_ref:
+            self._touch(CLUSTER, received)
+
+    def _parse(self, kind: str, raw):
+        if not isinstance(raw, dict):
+            return raw  # already parsed (a transport that trims objects as it lists)
         try:
             return objects.parse(kind, raw)
         except objects.Invalid as err:
@@ -209,6 +255,26 @@ class Engine:
                 touched.add(eps.service_ref)
         return touched
 
+    def _put_pod(self, ref: tuple[str, str], pod: objects.Pod | None) -> None:
+        old = self.pods.pop(ref, None)
+        for ip in old.ips if old is not None else ():
+            holders = self.pod_ips.get((ref[0], ip))
+            if holders is not None:
+                holders.discard(ref[1])
+                if not holders:
+                    del self.pod_ips[(ref[0], ip)]
+        if pod is not None:
+            self.pods[ref] = pod
+            for ip in pod.ips:
+                self.pod_ips.setdefault((ref[0], ip), set()).add(ref[1])
+
+    def _pod_ip_wanted(self, ns: str, ip: str, but: str) -> bool:
+        """Whether a pod other than ``but`` publishes ip (hostNetwork pods share the node's)."""
+        for name in self.pod_ips.get((ns, ip), ()):
+            if name != but and self.build(("pod", ns, name), self.pods.get((ns, name))).values:
+                return True
+        return False
+
     def apply(self, event: k8swatch.Event) -> None:
         """Take one event from a source into the state; mark the owners it touched."""
         kind = event.resource.kind
@@ -218,13 +284,15 @@ class Engine:
             first = kind not in self.listed
             self.listed.add(kind)
             if not first or self.synced:
-                self.full = self.full or f"relist of {event.resource.plural} ({event.cause})"
+                # the difference is written first (dirty owners), then etcd is verified
+                self.verify_due = self.verify_due or f"relist of {event.resource.plural} ({event.cause})"
                 self.full_received = min(self.full_received or event.received, event.received)
         else:
             EVENTS.labels(kind, event.type).inc()
             ns, name = objects.ref(event.obj)
             parsed = None if event.type == "DELETED" else self._parse(kind, event.obj)
-            self._apply_one(kind, ns, name, parsed, event.received)
+            if parsed is not None or event.type == "DELETED":
+                self._apply_one(kind, ns, name, parsed, event.received)
         OBJECTS.labels("Service").set(len(self.services))
         OBJECTS.labels("EndpointSlice").set(len(self.slices))
         OBJECTS.labels("Pod").set(len(self.pods))
@@ -242,30 +310,26 @@ class Engine:
                 self.services.pop((ns, name), None)
             else:
                 self.services[(ns, name)] = parsed
-            self._recompute_owner(("svc", ns, name), received)
+            self._touch(("svc", ns, name), received)
         elif kind in ("EndpointSlice", "Endpoints"):
             for ref in self._put_slice((kind, ns, name), parsed):
-                self._recompute_owner(("svc", *ref), received)
+                self._touch(("svc", *ref), received)
         elif kind == "Pod":
-            if parsed is None:
-                self.pods.pop((ns, name), None)
-            else:
-                self.pods[(ns, name)] = parsed
-            self._recompute_owner(("pod", ns, name), received)
+            self._put_pod((ns, name), parsed)
+            self._touch(("pod", ns, name), received)
 
-    def _replace(self, kind: str, items: tuple[dict, ...], received: float) -> None:
+    def _replace(self, kind: str, items: tuple, received: float) -> None:
         parsed = {}
         for raw in items:
             obj = self._parse(kind, raw)
             if obj is not None:
-                parsed[objects.ref(raw)] = obj
+                parsed[(obj.ns, obj.name)] = obj
         if kind == "Service":
-            # records are a pure function of the objects: an object equal to the one held (same
-            # resourceVersion and content) keeps its records, so a relist rebuilds only changes
+            # an object equal to the one held stays the same object (what `written` points to)
             refs = _changed(self.services, parsed)
-            self.services = parsed
+            self.services = {ref: (obj if ref in refs else self.services[ref]) for ref, obj in parsed.items()}
             for ref in sorted(refs):
-                self._recompute_owner(("svc", *ref), received)
+                self._touch(("svc", *ref), received)
         elif kind in ("EndpointSlice", "Endpoints"):
             touched: set[tuple[str, str]] = set()
             for key in [k for k in self.slices if k[0] == kind and (k[1], k[2]) not in parsed]:
@@ -274,12 +338,12 @@ class Engine:
                 if self.slices.get((kind, *ref)) != eps:
                     touched |= self._put_slice((kind, *ref), eps)
             for ref in sorted(touched):
-                self._recompute_owner(("svc", *ref), received)
+                self._touch(("svc", *ref), received)
         elif kind == "Pod":
             refs = _changed(self.pods, parsed)
-            self.pods = parsed
             for ref in sorted(refs):
-                self._recompute_owner(("pod", *ref), received)
+                self._put_pod(ref, parsed.get(ref))
+                self._touch(("pod", *ref), received)
 
     # ---- writing
     @property
@@ -298,105 +362,276 @@ class Engine:
         ETCD_TXNS.inc()
         ETCD_WRITES.labels("put").inc(len(plan.puts))
         ETCD_WRITES.labels("delete").inc(len(plan.deletes))
-        assert self.actual is not None
-        for key, value in plan.puts:
-            self.actual[key] = value
-        for key in plan.deletes:
-            self.actual.pop(key, None)
         logger.debug("committed %d puts, %d deletes at revision %s", len(plan.puts), len(plan.deletes), rev)
 
-    async def full_sync(self, cause: str) -> None:
-        started = self.clock()
-        actual, revision = await self.store.read_prefix(self.prefix)
-        self.actual = actual
-        dirty, self.dirty = self.dirty, {}
-        try:
-            plan = reconcile.plan(self.desired, actual, self.settings.prefix, owned=self.owned)
-            chunks = reconcile.chunk(plan, self.settings.max_txn_ops, self.settings.prefix)
-            total = len(self.services)
-            pending: dict[str, int] = {}
-            for key, _ in plan.puts:
-                group = reconcile.group_of(key, self.settings.prefix)
-                pending[group] = pending.get(group, 0) + 1
-            svc_groups = {g for g in pending if "/svc/" in "/" + g + "/"}
-            quiet = cause == "periodic resync" and not plan
-            (logger.debug if quiet else logger.info)(
-                "full sync (%s): %d desired keys, etcd holds %d under %s at revision %d: "
-                "%d puts, %d deletes in %d transactions", cause, len(self.desired), len(actual),
-                self.prefix, revision, len(plan.puts), len(plan.deletes), len(chunks))
-            last_log = self.clock()
-            for i, part in enumerate(chunks):
-                await self._commit(part)
-                for key, _ in part.puts:
-                    group = reconcile.group_of(key, self.settings.prefix)
-                    pending[group] -= 1
-                    if not pending[group]:
-                        svc_groups.discard(group)
-                now = self.clock()
-                if now - last_log >= 1.0 and i + 1 < len(chunks):
-                    last_log = now
-                    logger.info("synced %d/%d services", max(0, total - len(svc_groups)), total)
-        except BaseException:
-            for owner, entry in dirty.items():  # keep them for the next attempt
-                if owner not in self.dirty:
-                    self.dirty[owner] = entry
-            raise
-        now = self.clock()
-        for entry in dirty.values():
-            LATENCY.observe(max(0.0, now - entry.received))
-        if self.full_received is not None:
-            LATENCY.observe(max(0.0, now - self.full_received))
-        SYNC_DURATION.observe(max(0.0, now - started))
-        self.next_resync = now + self.settings.resync_period
-        (logger.debug if quiet else logger.info)("synced %d/%d services (%d keys) in %.2fs", len(self.services),
-                                                 len(self.services), len(self.desired), now - started)
+    def _owner_plan(self, owner: tuple) -> tuple[object, reconcile.Plan, int]:
+        """(current inputs, the plan from what was written to them, change in key count)."""
+        inputs = self.inputs(owner)
+        old = self.build(owner, self.written.get(owner)).values if owner in self.written else {}
+        result = self.build(owner, inputs)
+        for problem in result.problems:
+            logger.warning("%s", problem)
+            PROBLEMS.inc()
+        new = result.values
+        force = owner in self.force
+        puts = [(k, v) for k, v in new.items() if force or old.get(k) != v]
+        deletes = [k for k in old if k not in new]
+        if owner[0] == "pod" and deletes:  # another pod (hostNetwork) may hold the same address
+            deletes = [k for k in deletes if not self._pod_ip_wanted(owner[1], _host_of(old[k]), owner[2])]
+        return inputs, reconcile.Plan(tuple(sorted(puts)), tuple(sorted(deletes))), len(new) - len(old)
 
-    async def sync_owner(self, owner: tuple, entry: _Dirty) -> None:
-        assert self.actual is not None
-        puts, deletes = [], []
-        for key in sorted(entry.keys):
-            want = self.desired.get(key)
-            have = self.actual.get(key)
-            if want is not None and want != have:
-                puts.append((key, want))
-            elif want is None and have is not None:
-                deletes.append(key)
-        plan = reconcile.Plan(tuple(puts), tuple(deletes))
-        if plan:
-            for part in reconcile.chunk(plan, self.settings.max_txn_ops, self.settings.prefix,
-                                        group=lambda key: "one"):
-                await self._commit(part)
-            logger.info("%s: %d puts, %d deletes", "/".join(owner[1:]) or owner[0], len(puts), len(deletes))
-        LATENCY.observe(max(0.0, self.clock() - entry.received))
+    async def sync_dirty(self) -> None:
+        """Write every dirty owner: its diff from what was written, owners packed into
+        transactions of at most --max-txn-ops (one owner's changes are never split unless
+        it alone is bigger), a few transactions in flight."""
+        limit = max(1, self.settings.max_txn_ops)
+        batch: list[tuple[tuple, float, object, int]] = []
+        puts: list[tuple[str, str]] = []
+        deletes: list[str] = []
+        inflight: list[asyncio.Task] = []
+
+        async def drain(keep: int) -> None:
+            while len(inflight) > keep:
+                task = inflight.pop(0)
+                await task
+
+        async def flush() -> None:
+            if not (puts or deletes):
+                return
+            done = list(batch)
+            plan = reconcile.Plan(tuple(puts), tuple(deletes))
+            batch.clear()
+            puts.clear()
+            deletes.clear()
+
+            async def commit() -> None:
+                for part in reconcile.chunk(plan, limit, self.settings.prefix):
+                    await self._commit(part)
+                self._written(done)
+
+            inflight.append(asyncio.ensure_future(commit()))
+            await drain(_PIPELINE - 1)
+
+        try:
+            for owner in list(self.dirty):
+                received = self.dirty[owner]
+                inputs, plan, delta = self._owner_plan(owner)
+                if not plan:
+                    self._written([(owner, received, inputs, delta)])
+                    continue
+                if len(puts) + len(deletes) + len(plan) > limit:
+                    await flush()
+                batch.append((owner, received, inputs, delta))
+                puts.extend(plan.puts)
+                deletes.extend(plan.deletes)
+                if plan.puts and len(plan) <= 16:
+                    logger.debug("%s: %d puts, %d deletes", "/".join(owner[1:]) or owner[0],
+                                 len(plan.puts), len(plan.deletes))
+            await flush()
+            await drain(0)
+        finally:
+            for task in inflight:
+                task.cancel()
+            if inflight:
+                await asyncio.gather(*inflight, return_exceptions=True)
+
+    def _written(self, done: list[tuple[tuple, float, object, int]]) -> None:
+        now = self.clock()
+        for owner, received, inputs, delta in done:
+            if inputs is None:
+                self.written.pop(owner, None)
+            else:
+                self.written[owner] = inputs
+            self.n_keys += delta
+            self.force.discard(owner)
+            if self.dirty.get(owner) == received and self.inputs(owner) == inputs:
+                del self.dirty[owner]
+            LATENCY.observe(max(0.0, now - received))
+        KEYS.set(max(0, self.n_keys))
+
+    async def verify(self, cause: str, background: bool) -> None:
+        """Compare etcd with every record wanted now; put what is missing, delete kube2sky's
+        orphans. Reads the prefix page by page keeping only 64-bit digests of (key, value).
+
+        Foreground (start, leader change): nothing else runs; what is missing is put at once
+        and afterwards every owner counts as written. Background (relists, etcd errors,
+        --resync-period): events keep being applied and written meanwhile; owners with
+        missing records are marked to be rewritten in full, and so is every owner that
+        changed during the verify (after the orphans are deleted), so nothing the engine
+        wrote meanwhile can be lost.
+        """
+        started = self.clock()
+        self.verifying = set()
+        try:
+            actual: set[int] = set()
+            async for page in self.store.scan(self.prefix):
+                actual.update(_digest(k, v) for k, v in page)
+            n_actual = len(actual)
+            if not background:
+                logger.info("full sync (%s): etcd holds %d keys under %s", cause, n_actual, self.prefix)
+            # 2. rebuild everything; what etcd lacks is put (foreground) or rewritten (background)
+            missing_owners: list[tuple] = []
+            puts: list[tuple[str, str]] = []
+            inflight: list[asyncio.Task] = []
+            n_desired = n_puts = 0
+            owners = self.owners()
+            limit = max(1, self.settings.max_txn_ops)
+            last_log = self.clock()
+            for start in range(0, len(owners), _VERIFY_CHUNK):
+                for owner, inputs, result in self.build_all(owners[start:start + _VERIFY_CHUNK]):
+                    if not background:
+                        self.written[owner] = inputs
+                        self.dirty.pop(owner, None)
+                        for problem in result.problems:
+                            logger.warning("%s", problem)
+                            PROBLEMS.inc()
+                    values = result.values
+                    n_desired += len(values)
+                    lacking = []
+                    for k, v in values.items():
+                        d = _digest(k, v)
+                        if d in actual:
+                            actual.discard(d)
+                        else:
+                            lacking.append((k, v))
+                    if not lacking:
+                        continue
+                    if background:
+                        missing_owners.append(owner)
+                        continue
+                    puts.extend(lacking)
+                    n_puts += len(lacking)
+                    while len(puts) >= limit:
+                        part, puts[:] = puts[:limit], puts[limit:]
+                        inflight.append(asyncio.ensure_future(self._commit(reconcile.Plan(tuple(part)))))
+                        while len(inflight) >= _PIPELINE:
+                            await inflight.pop(0)
+                if background:
+                    await asyncio.sleep(0)
+                now = self.clock()
+                if not background and now - last_log >= 1.0:
+                    last_log = now
+                    logger.info("synced %d/%d owners (%d keys put)", min(start + _VERIFY_CHUNK, len(owners)),
+                                len(owners), n_puts)
+            if puts:
+                inflight.append(asyncio.ensure_future(self._commit(reconcile.Plan(tuple(puts)))))
+            while inflight:
+                await inflight.pop(0)
+            # 3. what etcd holds and nobody wants: kube2sky's orphans go, the rest is not ours
+            deletes: list[str] = []
+            unknown = actual - self.not_ours
+            if unknown:
+                candidates: list[str] = []
+                bad = 0
+                async for page in self.store.scan(self.prefix):
+                    for k, v in page:
+                        d = _digest(k, v)
+                        if d not in unknown:
+                            continue
+                        if self.owned(k, v):
+                            candidates.append(k)
+                            continue
+                        self.not_ours.add(d)
+                        reason = reconcile.unreadable(v)
+                        if reason is not None:
+                            bad += 1
+                            BAD_VALUES.inc()
+                            if self._bad_logged < _BAD_VALUE_LOG_LIMIT:
+                                self._bad_logged += 1
+                                logger.warning("etcd key %s holds a value that is not a record (%s); "
+                                               "left alone as not kube2sky's", k, reason[:200])
+                if bad > _BAD_VALUE_LOG_LIMIT:
+                    logger.warning("%d keys under %s hold values that are not records (left alone)",
+                                   bad, self.prefix)
+                if candidates and self.verifying:
+                    wanted = set()
+                    for _, _, result in self.build_all(sorted(self.verifying)):
+                        wanted.update(result.values)
+                    candidates = [k for k in candidates if k not in wanted]
+                deletes = sorted(candidates)
+                for part in reconcile.chunk(reconcile.Plan((), tuple(deletes)), limit, self.settings.prefix):
+                    await self._commit(part)
+            # 4. owners to rewrite in full: those lacking records, those changed meanwhile
+            for owner in [*missing_owners, *sorted(self.verifying)]:
+                self.force.add(owner)
+                self.dirty.setdefault(owner, self.clock())
+            if not background:
+                self.n_keys = n_desired
+                KEYS.set(n_desired)
+            now = self.clock()
+            SYNC_DURATION.observe(max(0.0, now - started))
+            quiet = background and not (n_puts or deletes or missing_owners)
+            (logger.debug if quiet else logger.info)(
+                "%s (%s) in %.2fs: %d keys wanted, etcd held %d; %d put, %d orphans deleted%s",
+                "verified etcd" if background else "full sync", cause, now - started, n_desired, n_actual,
+                n_puts, len(deletes),
+                f", {len(missing_owners)} owners lacking records rewritten" if missing_owners else "")
+        finally:
+            self.verifying = None
+
+    async def full_sync(self, cause: str) -> None:
+        """The foreground sync: at start and after a leader change (what is in etcd is unknown)."""
+        self.written.clear()
+        await self.verify(cause, background=False)
+
+    async def _verify_in_background(self, cause: str) -> None:
+        try:
+            await self.verify(cause, background=True)
+        except etcdwriter.NotLeader as err:
+            logger.warning("verify stopped: %s", err)
+        except etcdwriter.EtcdError as err:
+            ETCD_ERRORS.labels("verify").inc()
+            logger.warning("verify (%s) failed: %s; trying again at the next resync", cause, err)
+            self.verify_due = self.verify_due or "etcd error"
+        self.next_resync = self.clock() + self.settings.resync_period
+        if self.full_received is not None:
+            LATENCY.observe(max(0.0, self.clock() - self.full_received))
+            self.full_received = None
+        self.wake.set()
 
     async def step(self) -> None:
-        """Do the pending writes once (full sync or per-owner transactions)."""
-        if self.full is not None or self.actual is None:
-            cause = self.full or "etcd reconnect"
-            await self.full_sync(cause)
+        """Do the pending writes once (foreground sync, or the dirty owners)."""
+        if self.full is not None:
+            await self.full_sync(self.full)
             self.full = None
-            self.full_received = None
-            if not self.synced:
-                self.synced = True
-                self.synced_event.set()
-                READY.set(1)
-            return
-        while self.dirty:
-            owner = next(iter(self.dirty))
-            entry = self.dirty[owner]
-            await self.sync_owner(owner, entry)
-            if self.dirty.get(owner) is entry:
-                del self.dirty[owner]
+        if self.dirty:
+            await self.sync_dirty()
+        if not self.synced and not self.dirty:
+            self.synced = True
+            self.synced_event.set()
+            READY.set(1)
+            self.next_resync = self.clock() + self.settings.resync_period
+
+    def _start_verify(self) -> None:
+        cause, self.verify_due = self.verify_due, None
+        self.verify_task = asyncio.ensure_future(self._verify_in_background(cause or "verify"))
+
+    @property
+    def verify_running(self) -> bool:
+        return self.verify_task is not None and not self.verify_task.done()
 
     async def run(self, queue: asyncio.Queue, stop: asyncio.Event) -> None:
         """Apply events and write until stop is set."""
+        try:
+            await self._run(queue, stop)
+        finally:
+            if self.verify_task is not None:
+                self.verify_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self.verify_task
+
+    async def _run(self, queue: asyncio.Queue, stop: asyncio.Event) -> None:
         while not stop.is_set():
             while not queue.empty():
                 self.safe_apply(queue.get_nowait())
             period = self.settings.resync_period
-            if self.synced and period > 0 and self.full is None and self.clock() >= self.next_resync:
-                self.full = "periodic resync"
-            work = self.all_listed and self.may_write and (self.full is not None or self.actual is None or self.dirty)
+            if (self.synced and period > 0 and self.verify_due is None and not self.verify_running
+                    and self.clock() >= self.next_resync):
+                self.verify_due = "periodic resync"
+            ready = self.all_listed and self.may_write
+            if ready and self.synced and not self.dirty and self.verify_due and not self.verify_running:
+                self._start_verify()
+            work = ready and (self.full is not None or self.dirty)
             if not work:
                 get = asyncio.ensure_future(queue.get())
                 waiters = [get, asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
@@ -417,25 +652,30 @@ class Engine:
                 self.attempt = 0
             except etcdwriter.NotLeader as err:
                 logger.warning("write refused: %s", err)
-                self.actual = None
                 self.full = self.full or "leader change"
                 await _sleep(stop, 1.0)
             except etcdwriter.EtcdError as err:
                 ETCD_ERRORS.labels("write").inc()
                 self.attempt += 1
                 seconds = k8swatch.delay(self.settings.backoff, self.attempt, self.rng)
-                logger.warning("etcd error: %s; keeping %d desired keys, retry #%d in %.1fs (re-read etcd, "
-                               "then reconcile)", err, len(self.desired), self.attempt, seconds)
-                self.actual = None
-                self.full = self.full or "etcd error"
+                logger.warning("etcd error: %s; keeping %d changed objects, retry #%d in %.1fs (then verify "
+                               "etcd in the background)", err, len(self.dirty), self.attempt, seconds)
+                if self.full is None:
+                    self.verify_due = self.verify_due or "etcd error"
                 await _sleep(stop, seconds)
 
     def on_leader(self, is_leader: bool) -> None:
         LEADER.set(1 if is_leader else 0)
         if is_leader:
-            self.actual = None
             self.full = self.full or "became leader"
         self.wake.set()
+
+
+def _host_of(value: str) -> str:
+    try:
+        return str(json.loads(value).get("host", ""))
+    except Exception:  # noqa: BLE001 - a value kube2sky wrote always parses
+        return ""
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

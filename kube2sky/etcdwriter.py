@@ -10,7 +10,7 @@ Rules:
    reconnects, to the next endpoint of --etcd-server. Retrying is the caller's business (it
    keeps the desired state and re-reads etcd after a reconnect).
 4. Reads are paged (keys in pages of page_size) so a big prefix never exceeds gRPC's message
-   limit.
+   limit; scan() hands the pages over one by one (the engine never holds the whole prefix).
 5. TLS (--etcd-cafile / --etcd-certfile / --etcd-keyfile, or an https:// endpoint): the gRPC
    channel is built here with TLS credentials read from the files at each connect (so renewed
    certificates are picked up on the next reconnect). Without a CA file the system roots are
@@ -24,7 +24,7 @@ import asyncio
 import dataclasses
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aetcd
 import aetcd.exceptions
@@ -275,6 +275,30 @@ class Etcd:
                 return out, revision
             start = resp.kvs[-1].key + b"\0"
 
+    async def scan(self, prefix: str, page_size: int = 0) -> AsyncIterator[list[tuple[str, str]]]:
+        """Every key under prefix with its value as text, in pages of (key, value), all read at
+        the revision of the first page; nothing is kept between pages (a large prefix is
+        never held in memory at once)."""
+        start = prefix.encode()
+        end = aetcd.utils.prefix_range_end(start)
+        revision = 0
+        while True:
+            req = aetcd.Client._build_get_range_request(key=start, range_end=end)
+            req.limit = page_size or self.page_size
+            if revision:
+                req.revision = revision
+
+            async def page(client, req=req):
+                return await client.kvstub.Range(req, timeout=self.timeout, metadata=client.metadata)
+
+            resp = await self._call("read", page)
+            if not revision:
+                revision = resp.header.revision
+            yield [(kv.key.decode("utf-8", "replace"), kv.value.decode("utf-8", "replace")) for kv in resp.kvs]
+            if not resp.more or not resp.kvs:
+                return
+            start = resp.kvs[-1].key + b"\0"
+
     async def commit(self, plan: reconcile.Plan, guard: Guard | None = None, lease: int | None = None) -> int:
         """Apply one plan in one transaction; return the new revision.
 
@@ -340,6 +364,9 @@ class DryRun:
 
     async def read_prefix(self, prefix: str) -> tuple[dict[str, str], int]:
         return {k: v for k, v in self.data.items() if k.startswith(prefix)}, self.revision
+
+    async def scan(self, prefix: str, page_size: int = 0) -> AsyncIterator[list[tuple[str, str]]]:
+        yield sorted((k, v) for k, v in self.data.items() if k.startswith(prefix))
 
     async def commit(self, plan: reconcile.Plan, guard: Guard | None = None, lease: int | None = None) -> int:
         for key, value in plan.puts:

@@ -323,13 +323,41 @@ def test_restart_converges_exactly(etcd, api, kube2sky_proc):
     converge(etcd, lambda: expected(api, etcd), extra=hand)
 
 
+BAD_VALUE = '{"host":"web.default.svc.cluster.local.","port":1e400}'
+
+
+def test_bad_value_in_etcd_is_never_fatal(etcd, api, kube2sky_proc):
+    """Issue 11.2: a value no record can hold under the prefix (etcdctl put by hand) neither
+    stops kube2sky nor the sync: it is left alone as not kube2sky's, the rest converges."""
+    bad_key = f"/{etcd.prefix}/local/cluster/svc/default/web/_tcp/_http/abc"
+    etcd.ctl("put", bad_key, BAD_VALUE)
+    api.create(service("web", "10.0.0.20"))
+    k = kube2sky_proc(*api_args(api, etcd), "--resync-period", "300ms")
+    k.wait_ready()
+    converge(etcd, lambda: expected(api, etcd), extra={bad_key: BAD_VALUE})
+    api.create(service("after", "10.0.0.21"))
+    converge(etcd, lambda: expected(api, etcd), extra={bad_key: BAD_VALUE})
+    def verifies() -> float:
+        lines = [line for line in k.http("/metrics")[1].splitlines()
+                 if line.startswith("kube2sky_sync_duration_seconds_count ")]
+        return float(lines[0].split()[1]) if lines else 0.0
+
+    procs.wait_until(lambda: verifies() >= 3, what="periodic verifies (full sync + 2)")
+    assert k.alive()
+    assert "holds a value that is not a record" in k.log
+    status, metrics = k.http("/metrics")
+    assert status == 200
+    count = [line for line in metrics.splitlines() if line.startswith("kube2sky_bad_etcd_values_total ")]
+    assert count and float(count[0].split()[1]) >= 1
+
+
 def test_periodic_resync_repairs_drift(etcd, api, kube2sky_proc):
     k = kube2sky_proc(*api_args(api, etcd), "--resync-period", "200ms")
     k.wait_ready()
     converge(etcd, lambda: expected(api, etcd))
     etcd.ctl("del", "--prefix", f"/{etcd.prefix}/local/cluster/svc/")
     converge(etcd, lambda: expected(api, etcd))
-    assert "full sync (periodic resync)" in k.log
+    assert "verified etcd (periodic resync)" in k.log
 
 
 def test_etcd_outage_survived(own_etcd, api, kube2sky_proc):

@@ -1,4 +1,5 @@
-"""The sync engine (kube2sky.app.Engine) with an in-memory store: what each change writes."""
+"""The sync engine (kube2sky.app.Engine) with an in-memory store: what each change writes,
+what a relist writes before verifying etcd, and what a verify repairs."""
 
 from __future__ import annotations
 
@@ -8,28 +9,34 @@ import pytest
 
 from kube2sky import app, etcdwriter, k8swatch, reconcile
 from kube2sky import settings as settings_mod
+from skydns import msg
 
 
 class Store(etcdwriter.DryRun):
-    """Records every committed plan; fails the next `fail` calls with EtcdError."""
+    """Records every committed plan and every read (``calls``); fails the next `fail` calls
+    with EtcdError."""
 
     def __init__(self) -> None:
         super().__init__()
         self.quiet = True
         self.plans: list[reconcile.Plan] = []
+        self.calls: list[str] = []
         self.fail = 0
 
-    async def read_prefix(self, prefix):
+    async def scan(self, prefix, page_size=0):
         if self.fail:
             self.fail -= 1
             raise etcdwriter.EtcdError("etcd down")
-        return await super().read_prefix(prefix)
+        self.calls.append("scan")
+        async for page in super().scan(prefix, page_size):
+            yield page
 
     async def commit(self, plan, guard=None, lease=None):
         if self.fail:
             self.fail -= 1
             raise etcdwriter.EtcdError("etcd down")
         self.plans.append(plan)
+        self.calls.append("commit")
         return await super().commit(plan, guard, lease)
 
 
@@ -52,16 +59,20 @@ def engine(store: Store, **kw) -> app.Engine:
 
 
 async def settle(e: app.Engine, *events) -> None:
+    """Apply the events, then write and verify (in the engine's order) until nothing is due."""
     for event in events:
         e.apply(event)
     for _ in range(10):
-        if not (e.full or e.dirty or e.actual is None):
+        if not (e.full or e.dirty or e.verify_due):
             return
         try:
-            await e.step()
+            if e.full or e.dirty:
+                await e.step()
+            else:
+                cause, e.verify_due = e.verify_due, None
+                await e.verify(cause, background=True)
         except etcdwriter.EtcdError:
-            e.actual = None
-            e.full = e.full or "etcd error"
+            e.verify_due = e.verify_due or "etcd error"
 
 
 def run(coro):
@@ -81,7 +92,7 @@ def test_ip_change_is_one_transaction_with_puts_and_deletes():
     assert len(store.plans) == 1
     (plan,) = store.plans
     assert plan.puts and plan.deletes  # together, never delete-then-add
-    assert store.data == e.desired
+    assert store.data == e.desired()
 
 
 def test_unchanged_object_writes_nothing():
@@ -109,7 +120,7 @@ def test_relist_deletes_orphans_but_not_hand_written_keys():
     run(go())
     assert not any("/b/" in key for key in store.data)
     assert store.data["/skydns/local/cluster/registry/x1"] == '{"host":"10.5.5.5"}'
-    assert {k: v for k, v in store.data.items() if "registry" not in k} == e.desired
+    assert {k: v for k, v in store.data.items() if "registry" not in k} == e.desired()
 
 
 def test_etcd_errors_keep_the_desired_state_and_converge():
@@ -122,7 +133,7 @@ def test_etcd_errors_keep_the_desired_state_and_converge():
         await settle(e, changed("ADDED", svc("b", "10.0.0.2")), changed("DELETED", svc("a", "10.0.0.1")))
 
     run(go())
-    assert store.data == e.desired
+    assert store.data == e.desired()
     assert any("/b/" in key for key in store.data) and not any("/svc/default/a/" in key for key in store.data)
 
 
@@ -132,7 +143,7 @@ def test_big_changes_are_chunked(max_ops):
     e = engine(store, max_txn_ops=max_ops)
     run(settle(e, listed(*(svc(f"s{i}", f"10.0.1.{i}") for i in range(20)))))
     assert all(len(plan) <= max_ops for plan in store.plans)
-    assert store.data == e.desired
+    assert store.data == e.desired()
 
 
 def test_invalid_objects_are_skipped():
@@ -140,13 +151,13 @@ def test_invalid_objects_are_skipped():
     e = engine(store)
     bad = {"kind": "Service", "metadata": {"name": "bad", "namespace": "default"}, "spec": {"ports": "eighty"}}
     run(settle(e, listed(svc("a", "10.0.0.1"), bad)))
-    assert store.data == e.desired and any("/svc/default/a/" in key for key in store.data)
+    assert store.data == e.desired() and any("/svc/default/a/" in key for key in store.data)
 
 
 RELISTS = [
     pytest.param([svc("a", "10.0.0.1"), svc("b", "10.0.0.2")], set(), id="nothing changed"),
     pytest.param([svc("a", "10.0.0.1"), svc("b", "10.0.0.9")], {("default", "b")}, id="one changed"),
-    pytest.param([svc("a", "10.0.0.1")], set(), id="one gone (its records dropped, nothing built)"),
+    pytest.param([svc("a", "10.0.0.1")], {("default", "b")}, id="one gone (its written records built to delete them)"),
     pytest.param([svc("a", "10.0.0.1"), svc("b", "10.0.0.2"), svc("c", "10.0.0.3")], {("default", "c")},
                  id="one new"),
 ]
@@ -154,7 +165,9 @@ RELISTS = [
 
 @pytest.mark.parametrize(("relisted", "rebuilt"), RELISTS)
 def test_relist_rebuilds_only_changed_services(monkeypatch, relisted, rebuilt):
-    """Records are a pure function of the objects: an equal object keeps its records."""
+    """Records are a pure function of the objects: an equal object writes nothing; a relist
+    commits the changed owners' differences one by one (then a verify rebuilds everything in
+    batches, build_services, not counted here)."""
     store = Store()
     e = engine(store)
     built: list[tuple[str, str]] = []
@@ -173,4 +186,99 @@ def test_relist_rebuilds_only_changed_services(monkeypatch, relisted, rebuilt):
     assert set(built) == rebuilt
     fresh = engine(Store())
     run(settle(fresh, listed(*relisted)))
-    assert e.desired == fresh.desired == {k: v for k, v in store.data.items()}
+    assert e.desired() == fresh.desired() == {k: v for k, v in store.data.items()}
+
+
+def test_relist_writes_the_difference_before_reading_etcd():
+    """Issue 12: a Service created while the watch was down is committed straight after the
+    relist; etcd is read (verified) only afterwards."""
+    store = Store()
+    e = engine(store)
+
+    async def go():
+        await settle(e, listed(svc("a", "10.0.0.1")))
+        store.calls.clear()
+        store.plans.clear()
+        await settle(e, listed(svc("a", "10.0.0.1"), svc("c", "10.0.0.3"), cause="410 Gone"))
+
+    run(go())
+    assert store.calls[:2] == ["commit", "scan"]
+    assert all("/c/" in key or "/10/0/0/3/" in key or "/default/c/" in key for key, _ in store.plans[0].puts)
+    assert store.data == e.desired()
+
+
+def test_verify_repairs_lost_keys_and_orphans_but_keeps_hand_written():
+    store = Store()
+    e = engine(store)
+    hand = ("/skydns/local/cluster/registry/x1", '{"host":"10.5.5.5"}')
+
+    async def go():
+        await settle(e, listed(svc("a", "10.0.0.1"), svc("b", "10.0.0.2")))
+        lost = next(k for k in store.data if "/svc/default/a/" in k)
+        del store.data[lost]  # deleted by hand
+        orphan = '{"host":"10.9.9.9","priority":10,"weight":10,"ttl":30}'
+        store.data["/skydns/local/cluster/svc/default/ghost/" + msg.leaf_label(orphan)] = orphan
+        store.data[hand[0]] = hand[1]
+        e.verify_due = "periodic resync"
+        await settle(e)
+
+    run(go())
+    assert {k: v for k, v in store.data.items() if k != hand[0]} == e.desired()
+    assert store.data[hand[0]] == hand[1]
+
+
+BAD = '{"host":"web.default.svc.cluster.local.","port":1e400}'
+
+
+@pytest.mark.parametrize("value", [BAD, '{"host":"10.0.0.1","ttl":NaN}', "{not json", "[" * 10000])
+def test_bad_values_in_etcd_are_never_fatal(value):
+    """Issue 11.2: a value no record can hold is left alone as not kube2sky's (under a key
+    kube2sky does not want) or overwritten (under a key it wants)."""
+    store = Store()
+    foreign = "/skydns/local/cluster/svc/default/web/_tcp/_http/abc"
+    store.data[foreign] = value
+    e = engine(store)
+    wanted = next(iter(k for k in records_of(svc("web", "10.0.0.1")) if "/svc/default/web/" in k))
+    store.data[wanted] = value
+    before = app.BAD_VALUES._value.get()
+
+    async def go():
+        await settle(e, listed(svc("web", "10.0.0.1")))
+        e.verify_due = "periodic resync"
+        await settle(e)
+
+    run(go())
+    assert store.data[foreign] == value  # not ours: left alone
+    assert {k: v for k, v in store.data.items() if k != foreign} == e.desired()  # ours: rewritten
+    assert app.BAD_VALUES._value.get() >= before + 1
+
+
+def records_of(obj: dict) -> dict[str, str]:
+    fresh = engine(Store())
+    fresh.apply(listed(obj))
+    return fresh.desired()
+
+
+def pod(name: str, ip: str, phase: str = "Running") -> dict:
+    return {"kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+            "status": {"phase": phase, "podIP": ip}}
+
+
+def test_host_network_pods_share_a_key_until_the_last_one_goes():
+    store = Store()
+    e = app.Engine(settings_mod.Settings(backoff=(0.0,), pods=settings_mod.PodsMode.VERIFIED), store,
+                   kinds=(k8swatch.SERVICES, k8swatch.PODS))
+
+    def pods(*events):
+        return [k8swatch.Listed(k8swatch.PODS, tuple(events), "1", "start", 0.0)]
+
+    async def go():
+        await settle(e, listed(), *pods(pod("a", "10.9.0.1"), pod("b", "10.9.0.1")))
+        assert any("/pod/default/10-9-0-1/" in k for k in store.data)
+        await settle(e, k8swatch.Changed(k8swatch.PODS, "DELETED", pod("a", "10.9.0.1"), 0.0))
+        assert any("/pod/default/10-9-0-1/" in k for k in store.data)
+        await settle(e, k8swatch.Changed(k8swatch.PODS, "MODIFIED", pod("b", "10.9.0.1", "Succeeded"), 0.0))
+
+    run(go())
+    assert not any("/pod/" in k for k in store.data)
+    assert store.data == e.desired()
