@@ -34,6 +34,11 @@ import re
 import string
 import sys
 
+try:
+    from deploy import sizing
+except ImportError:  # run as a script: deploy/ itself is on sys.path
+    import sizing  # type: ignore[no-redef]
+
 TEMPLATES = pathlib.Path(__file__).resolve().parent / "templates"
 
 # The etcd that runs inside the pod (the official image; it ships etcdctl too).
@@ -118,6 +123,9 @@ class Params:
     # Shared topology: the fixed ClusterIPs of the etcd members; empty: the ETCD_MEMBERS
     # addresses after cluster_dns.
     etcd_ips: tuple[str, ...] = ()
+    # cluster size: memory requests/limits and etcd's quota come from deploy/sizing.py
+    services: int = sizing.DEFAULT_SERVICES
+    endpoints: int = sizing.DEFAULT_ENDPOINTS
 
 
 def normalize_domain(domain: str) -> str:
@@ -206,6 +214,10 @@ def check(params: Params) -> Params:
     for flag, image in (("--image", params.image), ("--etcd-image", params.etcd_image)):
         if not _IMAGE_RE.match(image) or image.endswith((":", "@", "/")):
             raise RenderError(f"bad {flag} {image!r}: not an image reference")
+    try:
+        sizing.check(params.services, params.endpoints)
+    except ValueError as exc:
+        raise RenderError(str(exc)) from None
     if params.pull_policy not in PULL_POLICIES:
         raise RenderError(f"bad --pull-policy {params.pull_policy!r}: one of {', '.join(PULL_POLICIES)}")
     return dataclasses.replace(
@@ -406,10 +418,17 @@ def render(params: Params) -> dict[str, str]:
     """Part name (see FILES) -> manifest text. Validates first (RenderError)."""
     params = check(params)
     args = container_args(params)
+    memory = {}
+    for name in ("etcd", "kube2sky", "skydns"):
+        size = sizing.memory(name, params.services, params.endpoints)
+        memory[f"{name}_memory_request"] = str(size.request)
+        memory[f"{name}_memory_limit"] = str(size.limit)
     pod = _template("pod.yaml").substitute(
         image=params.image,
         pull_policy=params.pull_policy,
         etcd_image=params.etcd_image,
+        etcd_quota=str(sizing.etcd_quota_bytes(params.services, params.endpoints)),
+        **memory,
         **{f"{name}_args": _yaml_list(values, 8) for name, values in args.items()},
     )
     values = {
@@ -476,6 +495,16 @@ def _replicas(text: str) -> int:
         raise argparse.ArgumentTypeError(f"bad --replicas {text!r}: not a whole number") from None
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> tuple[Params, str, str]:
     """argv -> (Params, controller, out_dir); controller is "shared" for --topology shared."""
     parser = _Parser(
@@ -499,6 +528,11 @@ def parse_args(argv: list[str] | None) -> tuple[Params, str, str]:
     parser.add_argument("--etcd-image", default=ETCD_IMAGE, help="the etcd image; default %(default)s")
     parser.add_argument("--replicas", type=_replicas, default=DEFAULT_REPLICAS,
                         help="pods; default %(default)s")
+    parser.add_argument("--services", type=_count, default=sizing.DEFAULT_SERVICES,
+                        help="Services in the cluster, for memory limits and etcd's quota "
+                        "(deploy/sizing.py); default %(default)s")
+    parser.add_argument("--endpoints", type=_count, default=sizing.DEFAULT_ENDPOINTS,
+                        help="ready endpoints of headless Services; default %(default)s")
     parser.add_argument("--controller", default="replicationcontroller", choices=CONTROLLERS,
                         help="what runs the pods (per-pod topology; shared uses Deployments); "
                         "default %(default)s")
@@ -522,6 +556,8 @@ def parse_args(argv: list[str] | None) -> tuple[Params, str, str]:
         replicas=ns.replicas,
         etcd_image=ns.etcd_image,
         etcd_ips=tuple(ns.etcd_ips),
+        services=ns.services,
+        endpoints=ns.endpoints,
     )
     return params, ("shared" if ns.topology == "shared" else ns.controller), ns.out_dir
 

@@ -33,6 +33,7 @@ Rules (DESIGN section 4, STYLE 5.7):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -98,6 +99,9 @@ CLUSTER = ("cluster",)
 _VERIFY_CHUNK = 64
 # Transactions in flight at once when a sync writes many keys (etcd batches them).
 _PIPELINE = 8
+# Results of recent builds kept (owners, and records per result at most).
+_RECENT_OWNERS = 64
+_RECENT_MAX_RECORDS = 4096
 # Lines logged per sync about bad values under the prefix (the rest are counted).
 _BAD_VALUE_LOG_LIMIT = 5
 
@@ -151,6 +155,7 @@ class Engine:
         self.attempt = 0
         self.next_resync = 0.0
         self._bad_logged = 0
+        self._recent: collections.OrderedDict[tuple, tuple[object, records.Result]] = collections.OrderedDict()
         self._touch(CLUSTER, None)
 
     # ---- inputs and records (pure bookkeeping; no I/O)
@@ -364,11 +369,25 @@ class Engine:
         ETCD_WRITES.labels("delete").inc(len(plan.deletes))
         logger.debug("committed %d puts, %d deletes at revision %s", len(plan.puts), len(plan.deletes), rev)
 
+    def _built(self, owner: tuple, inputs) -> records.Result:
+        """build(), remembering the last few results: a change's "new" records are the next
+        change's "old" ones (an endpoint flapping in a big headless service builds once)."""
+        hit = self._recent.get(owner)
+        if hit is not None and hit[0] == inputs:
+            self._recent.move_to_end(owner)
+            return hit[1]
+        result = self.build(owner, inputs)
+        if len(result.values) <= _RECENT_MAX_RECORDS:
+            self._recent[owner] = (inputs, result)
+            while len(self._recent) > _RECENT_OWNERS:
+                self._recent.popitem(last=False)
+        return result
+
     def _owner_plan(self, owner: tuple) -> tuple[object, reconcile.Plan, int]:
         """(current inputs, the plan from what was written to them, change in key count)."""
         inputs = self.inputs(owner)
-        old = self.build(owner, self.written.get(owner)).values if owner in self.written else {}
-        result = self.build(owner, inputs)
+        old = self._built(owner, self.written.get(owner)).values if owner in self.written else {}
+        result = self._built(owner, inputs)
         for problem in result.problems:
             logger.warning("%s", problem)
             PROBLEMS.inc()
@@ -640,7 +659,10 @@ class Engine:
                 for w in waiters[1:]:
                     w.cancel()
                 if get.done():
-                    self.safe_apply(get.result())
+                    event = get.result()
+                    get = None  # a listing must not outlive its apply (it can be the whole cluster)
+                    self.safe_apply(event)
+                    del event
                 else:
                     get.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -742,7 +764,16 @@ def make_source(settings: settings_mod.Settings):
         if total is not None and total > done:
             logger.info("listed %d/%d %s", done, total, resource.plural)
 
-    return k8swatch.ApiTransport(api_client, watch_timeout=settings.watch_timeout, on_progress=progress)
+    def trim(resource: k8swatch.Resource, raw: dict):
+        """An API object -> its trimmed form as it is listed (the raw one when unreadable: the
+        engine logs and counts it)."""
+        try:
+            return objects.parse(resource.kind, raw)
+        except objects.Invalid:
+            return raw
+
+    return k8swatch.ApiTransport(api_client, watch_timeout=settings.watch_timeout, on_progress=progress,
+                                 trim=trim, page_sizes={"EndpointSlice": 50, "Endpoints": 50, "Pod": 250})
 
 
 async def choose_kinds(settings: settings_mod.Settings, source, stop: asyncio.Event,

@@ -18,6 +18,7 @@ Rules (STYLE 5.7, kopf's continuous watch, client-go's reflector):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -159,7 +160,10 @@ def follow(
             logger.info("listed %s: %d objects at resourceVersion %s", resource.plural, len(items), rv)
         if on_relist is not None:
             on_relist(resource, cause)
-        emit(Listed(resource, tuple(items), rv, cause, clock()))
+        listed = Listed(resource, tuple(items), rv, cause, clock())
+        del items  # the sink owns the listing now: never keep a whole cluster alive here
+        emit(listed)
+        del listed
         attempt = 0
         # ---- watch until the history is gone or the server reports an error
         while not stop.is_set():
@@ -341,9 +345,17 @@ class ApiTransport:
 
     def __init__(self, api_client, page_size: int = 500, watch_timeout: int = 300,
                  connect_timeout: float = 10.0, read_timeout: float = 60.0,
-                 on_progress: Callable[[Resource, int, int | None], None] | None = None) -> None:
+                 on_progress: Callable[[Resource, int, int | None], None] | None = None,
+                 trim: Callable[[Resource, dict], object] | None = None,
+                 page_sizes: dict[str, int] | None = None) -> None:
         self.api_client = api_client
         self.page_size = page_size
+        # per kind (e.g. EndpointSlices, 100 endpoints each): a page of raw JSON is what a list
+        # holds at its peak
+        self.page_sizes = page_sizes or {}
+        # applied to every listed item as its page arrives (kube2sky trims objects to what DNS
+        # needs), so a listing never holds the whole cluster as raw JSON
+        self.trim = trim
         self.watch_timeout = watch_timeout
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -393,20 +405,22 @@ class ApiTransport:
         items: list[dict] = []
         token = ""
         while True:
-            query = [("limit", str(self.page_size))]
+            query = [("limit", str(self.page_sizes.get(resource.kind, self.page_size)))]
             if token:
                 query.append(("continue", token))
             doc = self._get(resource.path(), query, stream=False)
             meta = doc.get("metadata") or {}
-            items.extend(i for i in doc.get("items") or () if isinstance(i, dict))
+            page = [i for i in doc.get("items") or () if isinstance(i, dict)]
+            del doc
+            for item in page:
+                item.setdefault("kind", resource.kind)  # list items carry no kind; the sink wants it
+            items.extend(map(functools.partial(self.trim, resource), page) if self.trim else page)
+            del page
             token = meta.get("continue") or ""
             remaining = meta.get("remainingItemCount")
             if self.on_progress is not None:
                 self.on_progress(resource, len(items), len(items) + remaining if isinstance(remaining, int) else None)
             if not token:
-                kind = resource.kind
-                for item in items:  # list items carry no kind; the sink wants it
-                    item.setdefault("kind", kind)
                 return items, str(meta.get("resourceVersion") or "")
 
     def watch(self, resource: Resource, resource_version: str) -> Iterator[dict]:

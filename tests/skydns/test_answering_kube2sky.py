@@ -60,8 +60,10 @@ NS_NAME = "ns.dns.cluster.local."
 CASES = [
     Case("myservice.default.svc.cluster.local.", "A", id="clusterip",
          answer=("myservice.default.svc.cluster.local. 30 IN A 10.0.0.10",)),
+    # the legacy name is one alias to the service name (issue 12)
     Case("myservice.default.cluster.local.", "A", id="legacy-name",
-         answer=("myservice.default.cluster.local. 30 IN A 10.0.0.10",)),
+         answer=("myservice.default.cluster.local. 30 IN CNAME myservice.default.svc.cluster.local.",
+                 "myservice.default.svc.cluster.local. 30 IN A 10.0.0.10")),
     Case("_http._tcp.myservice.default.svc.cluster.local.", "SRV", id="clusterip-srv",
          answer=("_http._tcp.myservice.default.svc.cluster.local. 30 IN SRV 10 100 80 myservice.default.svc.cluster.local.",),
          additional=("myservice.default.svc.cluster.local. 30 IN A 10.0.0.10",)),
