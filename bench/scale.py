@@ -215,7 +215,7 @@ def db_size(etcd: procs.Etcd) -> tuple[int, int]:
     return status.get("dbSize", 0) // 2**20, status.get("dbSizeInUse", status.get("dbSize", 0)) // 2**20
 
 
-def time_to_answer(server: skydnsproc.Skydns, name: str, want: str, started: float, timeout: float = 120) -> float:
+def time_to_answer(server: skydnsproc.Skydns, name: str, want: str, started: float, timeout: float = 900) -> float:
     deadline = started + timeout
     while time.monotonic() < deadline:
         if not server.alive():

@@ -186,6 +186,10 @@ class Etcd:
         self.tls = tls
         self.timeout = timeout
         self.page_size = page_size
+        # scan()'s pages: large, because etcd 3.4 walks its index over the rest of the range
+        # for every page (measured: 100,000 keys read in pages of 2,000 took 36 s on a busy
+        # machine, in pages of 20,000 about 6 s); about 4 MB of gRPC message per page
+        self.scan_page_size = 20000
         self.on_error = on_error
         self._index = 0
         self._client: aetcd.Client | None = None
@@ -284,7 +288,7 @@ class Etcd:
         revision = 0
         while True:
             req = aetcd.Client._build_get_range_request(key=start, range_end=end)
-            req.limit = page_size or self.page_size
+            req.limit = page_size or self.scan_page_size
             if revision:
                 req.revision = revision
 
