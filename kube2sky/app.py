@@ -32,7 +32,9 @@ Rules (DESIGN section 4, STYLE 5.7):
 
 from __future__ import annotations
 
+import array
 import asyncio
+import bisect
 import collections
 import contextlib
 import json
@@ -221,6 +223,14 @@ class Engine:
         for _, _, result in self.build_all(self.owners()):
             out.update(result.values)
         return out
+
+    def held(self, kind: str, ns: str, name: str):
+        """The object of that kind and name the engine holds, or None."""
+        if kind == "Service":
+            return self.services.get((ns, name))
+        if kind == "Pod":
+            return self.pods.get((ns, name))
+        return self.slices.get((kind, ns, name))
 
     def _touch(self, owner: tuple, received: float | None) -> None:
         now = received if received is not None else self.clock()
@@ -470,7 +480,8 @@ class Engine:
 
     async def verify(self, cause: str, background: bool) -> None:
         """Compare etcd with every record wanted now; put what is missing, delete kube2sky's
-        orphans. Reads the prefix page by page keeping only 64-bit digests of (key, value).
+        orphans. Reads the prefix page by page keeping only 64-bit digests of (key, value), in
+        a sorted array (8 bytes per key; a set of Python ints costs about 80).
 
         Foreground (start, leader change): nothing else runs; what is missing is put at once
         and afterwards every owner counts as written. Background (relists, etcd errors,
@@ -482,9 +493,14 @@ class Engine:
         started = self.clock()
         self.verifying = set()
         try:
-            actual: set[int] = set()
+            # 1. etcd's content as sorted 64-bit digests (8 bytes per key) and a found mark each
+            digests: list[int] = []
             async for page in self.store.scan(self.prefix):
-                actual.update(_digest(k, v) for k, v in page)
+                digests.extend(_digest(k, v) for k, v in page)
+            digests.sort()
+            actual = array.array("q", digests)
+            del digests
+            found = bytearray(len(actual))
             n_actual = len(actual)
             if not background:
                 logger.info("full sync (%s): etcd holds %d keys under %s", cause, n_actual, self.prefix)
@@ -509,8 +525,9 @@ class Engine:
                     lacking = []
                     for k, v in values.items():
                         d = _digest(k, v)
-                        if d in actual:
-                            actual.discard(d)
+                        i = bisect.bisect_left(actual, d)
+                        if i < n_actual and actual[i] == d:
+                            found[i] = 1
                         else:
                             lacking.append((k, v))
                     if not lacking:
@@ -538,7 +555,8 @@ class Engine:
                 await inflight.pop(0)
             # 3. what etcd holds and nobody wants: kube2sky's orphans go, the rest is not ours
             deletes: list[str] = []
-            unknown = actual - self.not_ours
+            unknown = {d for d, hit in zip(actual, found) if not hit} - self.not_ours
+            del actual, found
             if unknown:
                 candidates: list[str] = []
                 bad = 0
@@ -764,16 +782,30 @@ def make_source(settings: settings_mod.Settings):
         if total is not None and total > done:
             logger.info("listed %d/%d %s", done, total, resource.plural)
 
-    def trim(resource: k8swatch.Resource, raw: dict):
-        """An API object -> its trimmed form as it is listed (the raw one when unreadable: the
-        engine logs and counts it)."""
+    return k8swatch.ApiTransport(api_client, watch_timeout=settings.watch_timeout, on_progress=progress,
+                                 trim=Trim(), page_sizes={"EndpointSlice": 50, "Endpoints": 50, "Pod": 250})
+
+
+class Trim:
+    """An API object -> its trimmed form as it is listed (the raw one when unreadable: the
+    engine logs and counts it). Once ``engine`` is set, an object equal to the one the engine
+    holds is that very object: a relist of a big unchanged cluster allocates next to nothing
+    that outlives its page (runs in the watch threads; dict reads are safe under the GIL)."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+
+    def __call__(self, resource: k8swatch.Resource, raw: dict):
         try:
-            return objects.parse(resource.kind, raw)
+            obj = objects.parse(resource.kind, raw)
         except objects.Invalid:
             return raw
-
-    return k8swatch.ApiTransport(api_client, watch_timeout=settings.watch_timeout, on_progress=progress,
-                                 trim=trim, page_sizes={"EndpointSlice": 50, "Endpoints": 50, "Pod": 250})
+        engine = self.engine
+        if engine is not None:
+            held = engine.held(resource.kind, obj.ns, obj.name)
+            if held is not None and held == obj:
+                return held
+        return obj
 
 
 async def choose_kinds(settings: settings_mod.Settings, source, stop: asyncio.Event,
@@ -862,6 +894,8 @@ async def main(settings: settings_mod.Settings) -> int:
             return 0
         engine = Engine(settings, store, election, kinds, rng)
         health.engine = engine
+        if isinstance(getattr(source, "trim", None), Trim):
+            source.trim.engine = engine
         if election is not None:
             election.on_change = engine.on_leader
 

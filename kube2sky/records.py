@@ -136,9 +136,12 @@ class _Template:
     priority: int
     weight: int
     ttl: int
+    plain: bool  # the zone's characters never need JSON escaping
 
     def value(self, host: str, port: int = 0) -> str:
-        if not _PLAIN_HOST.match(host) or not 0 <= port <= 0xFFFF:
+        """The JSON of a record; ``host`` is a canonical IP or a name made of validated labels
+        (JSON would never escape it): checked here only for a zone with odd characters."""
+        if not self.plain or not 0 <= port <= 0xFFFF:
             return _encode(msg.Service(host=host, port=port, priority=self.priority,
                                        weight=self.weight, ttl=self.ttl))
         if port:
@@ -147,11 +150,11 @@ class _Template:
 
 
 @functools.lru_cache(maxsize=16)
-def _template(priority: int, weight: int, ttl: int) -> _Template:
+def _template(priority: int, weight: int, ttl: int, zone: str) -> _Template:
     full = msg.encode(msg.Service(host="h", priority=priority, weight=weight, ttl=ttl))
     head = '{"host":"h"'
     assert full.startswith(head)
-    return _Template(full[len(head):], priority, weight, ttl)
+    return _Template(full[len(head):], priority, weight, ttl, bool(_PLAIN_HOST.match(zone)))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -255,7 +258,7 @@ class _Builder:
     def __init__(self, what: str, settings: settings_mod.Settings) -> None:
         self.what = what
         self.settings = settings
-        self.template = _template(settings.priority, settings.weight, settings.ttl)
+        self.template = _template(settings.priority, settings.weight, settings.ttl, settings.zone)
         # (key of the name, JSON value, leaf label or "" for the hash of the value)
         self.entries: list[tuple[str, str, str]] = []
         self.problems: list[str] = []
@@ -284,7 +287,7 @@ class _Builder:
         self.entries.append((key, value, ""))
 
     def put_ptr(self, ip: str, target: str) -> None:
-        if _IPV4.match(ip):  # msg.ip_to_reverse_key without parsing the address again
+        if ":" not in ip:  # canonical IPv4: msg.ip_to_reverse_key without parsing it again
             key = f"/{self.settings.prefix.strip('/')}/arpa/in-addr/{ip.replace('.', '/')}"
         else:
             key = msg.ip_to_reverse_key(ip, self.settings.prefix)

@@ -685,3 +685,32 @@ def test_etcd_https_without_ca_uses_the_system_roots(tls_etcd, api, kube2sky_pro
     line = next(line for line in k.log.splitlines() if "etcd error" in line)
     assert "--etcd-cafile" in line, line
     assert k.alive() and k.http("/readiness")[0] == 503
+
+
+def test_list_pages_are_trimmed_and_consistent(api):
+    """The transport trims each page as it arrives; the double (like the real server) serves
+    every page of a list at the first page's resourceVersion, and a continue token from
+    before a 410 is refused with 410 Gone."""
+    for i in range(5):
+        api.create(service(f"s{i}", f"10.0.1.{i}"))
+    client = k8swatch.make_api_client(k8swatch.Connection(master_url=api.url))
+    transport = k8swatch.ApiTransport(client, page_size=2,
+                                      trim=lambda resource, raw: objects.parse(resource.kind, raw))
+    items, rv = transport.list(k8swatch.SERVICES)
+    assert all(isinstance(item, objects.Service) for item in items)
+    assert {item.name for item in items} == {o["metadata"]["name"] for o in api.objects("Service")}
+    assert int(rv) <= api.resource_version
+
+    first = transport._get(k8swatch.SERVICES.path(), [("limit", "3")], stream=False)
+    api.create(service("late", "10.0.1.99"))  # after the first page: not in this listing
+    rest = transport._get(k8swatch.SERVICES.path(), [("limit", "100"), ("continue", first["metadata"]["continue"])],
+                          stream=False)
+    names = [o["metadata"]["name"] for o in first["items"] + rest["items"]]
+    assert "late" not in names and len(names) == 7
+    assert rest["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+
+    again = transport._get(k8swatch.SERVICES.path(), [("limit", "2")], stream=False)
+    api.expire_history()
+    with pytest.raises(k8swatch.Expired):
+        transport._get(k8swatch.SERVICES.path(), [("limit", "2"), ("continue", again["metadata"]["continue"])],
+                       stream=False)

@@ -826,3 +826,14 @@ def test_memo_caches_change_nothing(row: Row) -> None:
     for svc in state.services:
         result = records.build_service(svc, list(state.slices), s)
         assert result.values == {key: msg.encode(record) for key, record in result.records.items()}
+
+
+LEAF_VALUES = ["", "a", '{"host":"10.0.0.1","priority":10,"weight":10,"ttl":30}', "é€😀", "x" * 300,
+               *[f'{{"host":"10.1.{i // 256}.{i % 256}","priority":10,"weight":10,"ttl":30}}' for i in range(3000)],
+               *[f"_{i}" * (i % 17) for i in range(500)]]
+
+
+def test_leaf_labels_equal_msg_leaf_label_value_by_value() -> None:
+    """The batched FNV-1a (many values per big-integer operation) is msg.leaf_label exactly."""
+    assert records.leaf_labels(LEAF_VALUES) == [msg.leaf_label(value) for value in LEAF_VALUES]
+    assert records.leaf_labels([]) == []
