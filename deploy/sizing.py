@@ -24,12 +24,12 @@ import math
 
 # (a, b, c): MiB, MiB per 1,000 services, MiB per 1,000 endpoints; fitted in bench/README.md.
 FORMULAS = {
-    "kube2sky": (78.0, 2.1, 0.56),
-    "skydns": (54.0, 1.9, 0.40),
-    "etcd": (40.0, 4.5, 0.95),
+    "kube2sky": (77.0, 3.34, 0.66),
+    "skydns": (51.7, 3.79, 2.54),
+    "etcd": (30.9, 3.59, 4.52),
 }
 # etcd database size (MiB) per 1,000 services and per 1,000 endpoints, same runs.
-DB_FORMULA = (1.0, 1.2, 0.30)
+DB_FORMULA = (1.0, 0.62, 0.60)
 HEADROOM = 1.25
 FLOORS = {"kube2sky": 96, "skydns": 64, "etcd": 64}
 QUOTA_FLOOR = 256

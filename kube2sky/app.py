@@ -36,6 +36,7 @@ import array
 import asyncio
 import bisect
 import collections
+import heapq
 import contextlib
 import json
 import logging
@@ -98,7 +99,7 @@ READY = prometheus_client.Gauge(
 CLUSTER = ("cluster",)
 # Owners built between two yields to the event loop in a background verify (keeps the
 # programming latency of changes low while the whole cluster is rebuilt).
-_VERIFY_CHUNK = 64
+_VERIFY_CHUNK = 16
 # Transactions in flight at once when a sync writes many keys (etcd batches them).
 _PIPELINE = 8
 # Results of recent builds kept (owners, and records per result at most).
@@ -494,12 +495,12 @@ class Engine:
         self.verifying = set()
         try:
             # 1. etcd's content as sorted 64-bit digests (8 bytes per key) and a found mark each
-            digests: list[int] = []
+            runs: list[array.array] = []  # each page's digests, sorted (8 bytes each)
             async for page in self.store.scan(self.prefix):
-                digests.extend(_digest(k, v) for k, v in page)
-            digests.sort()
-            actual = array.array("q", digests)
-            del digests
+                runs.append(array.array("q", sorted(_digest(k, v) for k, v in page)))
+                del page
+            actual = array.array("q", heapq.merge(*runs))
+            del runs
             found = bytearray(len(actual))
             n_actual = len(actual)
             if not background:
@@ -512,8 +513,9 @@ class Engine:
             owners = self.owners()
             limit = max(1, self.settings.max_txn_ops)
             last_log = self.clock()
-            for start in range(0, len(owners), _VERIFY_CHUNK):
-                for owner, inputs, result in self.build_all(owners[start:start + _VERIFY_CHUNK]):
+            chunk = _VERIFY_CHUNK if background else 8 * _VERIFY_CHUNK
+            for start in range(0, len(owners), chunk):
+                for owner, inputs, result in self.build_all(owners[start:start + chunk]):
                     if not background:
                         self.written[owner] = inputs
                         self.dirty.pop(owner, None)
@@ -547,7 +549,7 @@ class Engine:
                 now = self.clock()
                 if not background and now - last_log >= 1.0:
                     last_log = now
-                    logger.info("synced %d/%d owners (%d keys put)", min(start + _VERIFY_CHUNK, len(owners)),
+                    logger.info("synced %d/%d owners (%d keys put)", min(start + chunk, len(owners)),
                                 len(owners), n_puts)
             if puts:
                 inflight.append(asyncio.ensure_future(self._commit(reconcile.Plan(tuple(puts)))))
