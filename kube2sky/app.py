@@ -599,7 +599,7 @@ class Engine:
                 KEYS.set(n_desired)
             now = self.clock()
             SYNC_DURATION.observe(max(0.0, now - started))
-            quiet = background and not (n_puts or deletes or missing_owners)
+            quiet = cause == "periodic resync" and not (n_puts or deletes or missing_owners)
             (logger.debug if quiet else logger.info)(
                 "%s (%s) in %.2fs: %d keys wanted, etcd held %d; %d put, %d orphans deleted%s",
                 "verified etcd" if background else "full sync", cause, now - started, n_desired, n_actual,
