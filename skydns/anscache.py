@@ -95,20 +95,6 @@ class Reads:
         self.below.add(segments)
         return self.view.children(segments)
 
-    def lookup(self, name: str, exact: bool = False) -> list:
-        try:
-            segments = tuple(reversed(msg.labels(name)))
-        except msg.PathError:
-            return []
-        return self.find(segments, exact)
-
-    def exists(self, name: str) -> bool:
-        try:
-            segments = tuple(reversed(msg.labels(name)))
-        except msg.PathError:
-            return False
-        return self.exists_path(segments)
-
 
 class Entry:
     """The encoded answer variants of one cache key (round-robin rotations) and what they read.
