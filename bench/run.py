@@ -7,6 +7,8 @@ serving the same N A records (svcN.nsM.svc.cluster.local., TTL 300), one server 
 configuration, checks a sample of the answers, warms them up and measures each for a fixed time:
 
   nsd        NSD, server-count 1 (one process answering, like skydns by default): the C baseline
+  floor      bench/floor.py: uvloop answering from a dict of prebuilt answers and nothing else, the
+             floor of any Python server on uvloop (--no-floor skips it)
   cache      skydns default: cached encoded answers, ID and qname case patched (DESIGN section 5)
   nocache    skydns --answer-cache-size=0: dnspython parses and renders every packet
   nsd x2     NSD, server-count 2, reuseport               (only with --workers-run)
@@ -416,6 +418,28 @@ def start_skydns(etcd: procs.Etcd, *extra: str) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def start_floor(count: int) -> tuple[subprocess.Popen, int]:
+    """bench/floor.py: uvloop and a dict of answers, the floor of any Python server."""
+    port = procs.free_port()
+    proc = _popen([sys.executable, str(ROOT / "bench" / "floor.py"), str(port), str(count)])
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"floor.py exited with {proc.returncode}")
+        try:
+            dns.query.udp(dns.message.make_query(names(1)[0], "A"), "127.0.0.1", port=port, timeout=0.2)
+            return True
+        except dns.exception.Timeout:
+            return False
+
+    try:
+        _wait(ready, 30, "floor.py answering")
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, port
+
+
 def nsd_binary(wanted: str) -> str | None:
     """The NSD executable: wanted as a path or a name looked up on PATH and the sbin directories."""
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
@@ -624,6 +648,8 @@ def main() -> None:
                         help="also measure skydns --workers=2 and NSD server-count 2")
     parser.add_argument("--nsd", default="nsd", help="the NSD executable (name or path)")
     parser.add_argument("--no-nsd", action="store_true", help="skip the C server (NSD)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip bench/floor.py (uvloop answering from a dict: the floor of a Python server)")
     parser.add_argument("--mix", choices=("a", "pod"), default="a",
                         help="a: one A query per name; pod: a pod's ndots:5 search path (NXDOMAIN, A, AAAA NODATA)")
     parser.add_argument("--churn", type=float, default=0.0, metavar="R",
@@ -656,6 +682,8 @@ def main() -> None:
     configs: list[tuple[str, str, tuple]] = []  # (label, kind, skydns args or NSD server count)
     if nsd:
         configs.append(("nsd", "nsd", (1,)))
+    if not args.no_floor:
+        configs.append(("floor", "floor", ()))
     configs += [("cache", "skydns", ()), ("nocache", "skydns", ("--answer-cache-size=0",))]
     if args.workers_run:
         if nsd:
@@ -700,6 +728,8 @@ def main() -> None:
                     except (RuntimeError, TimeoutError) as exc:
                         print(f"{label:10s} skipped: NSD did not start: {exc}", flush=True)
                         continue
+                elif kind == "floor":
+                    proc, port = start_floor(args.records)
                 else:
                     proc, port = start_skydns(etcd, *extra)
                 stack.callback(stop, proc)
@@ -802,9 +832,14 @@ def report(results: dict[tuple[str, str], dict[str, dict[int, Load]]], kinds: di
                   f"{ratio(*pair, 'dnsperf') or '-'} |")
     for label, phase in results:
         nsd = "nsd x2" if label == "workers=2" else "nsd"
-        if kinds[label] == "skydns" and (nsd, STATIC) in results:
+        if kinds[label] in ("skydns", "floor") and (nsd, STATIC) in results:
             pair = ((label, phase), (nsd, STATIC))
             print(f"| {label} {phase} / {nsd} static | {ratio(*pair, 'python') or '-'} | "
+                  f"{ratio(*pair, 'dnsperf') or '-'} |")
+    if ("floor", STATIC) in results:
+        for label in [label for label, phase in results if phase == STATIC and kinds[label] == "skydns"]:
+            pair = ((label, STATIC), ("floor", STATIC))
+            print(f"| {label} static / floor static | {ratio(*pair, 'python') or '-'} | "
                   f"{ratio(*pair, 'dnsperf') or '-'} |")
     print()
     for a, b in [("cache", "nocache"), ("workers=2", "nocache"), ("cache", "nsd"), ("nocache", "nsd"),
