@@ -295,15 +295,37 @@ def _text_path(text: str) -> tuple[str, ...] | None:
         return None
 
 
+def _plain_ipv4(host: str) -> bool:
+    """Whether host is an IPv4 address written as ``ipaddress`` writes it: four decimal octets
+    without leading zeros, none above 255 (``ipaddress`` accepts exactly these, and its text of
+    such an address is the host itself). A quick test: the first change of a pod address
+    otherwise costs two ``ipaddress`` parses on the miss that follows it."""
+    octets = host.split(".")
+    if len(octets) != 4:
+        return False
+    for octet in octets:
+        if (not octet.isdigit() or not octet.isascii() or len(octet) > 3
+                or (octet[0] == "0" and len(octet) > 1) or int(octet) > 255):
+            return False
+    return True
+
+
 # Memoised helpers: records are immutable, so a miss reuses the checked forms of hosts seen
 # before (bounded caches; still no I/O).
-_kind = functools.lru_cache(maxsize=1 << 16)(msg.host_type)
+@functools.lru_cache(maxsize=1 << 16)
+def _kind(host: str) -> msg.HostType:
+    """msg.host_type, with plain IPv4 addresses recognised without ``ipaddress``."""
+    if host[:1].isdigit() and _plain_ipv4(host):
+        return msg.HostType.IPV4
+    return msg.host_type(host)
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _ip(host: str) -> str:
     """The canonical text of an address host (the plain rdata of A/AAAA: equal addresses are
     equal however they were written)."""
+    if _plain_ipv4(host):
+        return host
     return str(ipaddress.ip_address(host))
 
 

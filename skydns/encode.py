@@ -16,15 +16,21 @@ Rules:
 3. Only what it knows: A, AAAA, CNAME, PTR, NS, MX, SRV, TXT, SOA, HINFO, names of plain ASCII
    labels (no escapes, which dnspython would interpret). Anything else returns None: the
    caller takes the dnspython path.
+4. Round robin: ``turn`` rotates every A/AAAA RRset of the answer section with more than one
+   record by ``turn`` places, as the transport rotates rendered messages.
 5. Too big for the limit, as ``transport.render`` cuts it: additional RRsets are dropped from
    the first one that does not fit (no TC); if answer and authority do not fit either, they are
    cut to the whole records that fit, in order, with TC set and no additional records.
-4. Round robin: ``turn`` rotates every A/AAAA RRset of the answer section with more than one
-   record by ``turn`` places, as the transport rotates rendered messages.
+6. Rendered once for every turn: when each rotated RRset names its owner by one pointer (its
+   records then have one size), a rotation moves byte spans and no offset, so turn 0 is
+   rendered in full (not cut), every turn is two slices per rotated RRset of it, and the cut of
+   rule 5 is the same for all. Otherwise each turn is rendered on its own. ``render`` also
+   says where the SOA serials are (``wire.soa_serial_offsets`` without walking the message).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
 import struct
@@ -43,6 +49,7 @@ _DO = 0x8000
 _RRHEAD = struct.Struct("!HHIH")
 _SRVHEAD = struct.Struct("!HHH")
 _SOATAIL = struct.Struct("!IIIII")
+_HEADER = struct.Struct("!HHHHHH")
 
 
 class Unsupported(Exception):
@@ -67,8 +74,30 @@ def _name_parts(text: str) -> tuple[tuple[bytes, bytes], ...]:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _packed(address: str) -> bytes:
-    return ipaddress.ip_address(address).packed
+def _packed4(address: str) -> bytes:
+    """The 4 bytes of an IPv4 address text, read as strictly as ``ipaddress`` reads it (four
+    decimal octets, no leading zero, none above 255); Unsupported otherwise."""
+    octets = address.split(".")
+    if len(octets) != 4:
+        raise Unsupported(address)
+    for octet in octets:
+        if (not octet.isdigit() or not octet.isascii() or len(octet) > 3
+                or (octet[0] == "0" and len(octet) > 1) or int(octet) > 255):
+            raise Unsupported(address)
+    return bytes(map(int, octets))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _packed6(address: str) -> bytes:
+    try:
+        return ipaddress.IPv6Address(address).packed
+    except ValueError:
+        raise Unsupported(address) from None
+
+
+# The rdata size and packer of the types whose rdata has one size.
+_FIXED = {_A: 4, _AAAA: 16}
+_PACK = {_A: _packed4, _AAAA: _packed6}
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -117,8 +146,10 @@ class _Writer:
 
     def rdata(self, rdtype: int, value: object) -> None:
         out = self.out
-        if rdtype == _A or rdtype == _AAAA:
-            out += _packed(value)  # type: ignore[arg-type]
+        if rdtype == _A:
+            out += _packed4(value)  # type: ignore[arg-type]
+        elif rdtype == _AAAA:
+            out += _packed6(value)  # type: ignore[arg-type]
         elif rdtype in _COMPRESSED_RDATA:
             self.name(value)  # type: ignore[arg-type]
         elif rdtype == _SRV:
@@ -158,116 +189,185 @@ def rotations(result: object, most: int) -> int:
 def reply(query: wire.Query, result: object, recursion: bool, payload: int, limit: int,
           turn: int = 0) -> bytes | None:
     """The reply to ``query`` that the plan ``result`` describes (an ``answering.Plan``), or
-    None when it holds something unsupported or does not fit in ``limit`` bytes (rule 3).
+    None when it holds something unsupported (rule 3).
 
     ``recursion`` sets RA; ``payload`` is our EDNS payload (advertised when the query had OPT).
     """
-    out = _render(query, result, recursion, payload, limit, turn, None)
-    return None if out is None else out
+    body = _render(query, result, turn)
+    if body is None:
+        return None
+    out, ends, extra_ends, serials, _ = body
+    head, cut, tail, _ = _finish(query, result, recursion, payload, limit, len(out), ends, extra_ends, serials)
+    return b"".join((head, memoryview(out)[wire.HEADER_SIZE:cut], tail))
 
 
 def replies(query: wire.Query, result: object, recursion: bool, payload: int, limit: int,
             count: int) -> list[bytes] | None:
-    """``reply`` for turns 0 .. count-1 (rule 4), rendered once: the records of each rotated
-    RRset are moved as byte spans when each of them names its owner by a pointer (then no
-    offset changes), else every turn is rendered in full."""
-    spans: list[list[tuple[int, int]]] = []
-    first = _render(query, result, recursion, payload, limit, 0, spans)
-    if first is None or count <= 1:
-        return None if first is None else [first]
-    if not spans or not all(first[start] >= 0xC0 for rrset in spans for start, _ in rrset):
-        out = [first]
+    """``reply`` for turns 0 .. count-1 (rule 4)."""
+    got = render(query, result, recursion, payload, limit, count)
+    return None if got is None else got[0]
+
+
+def render(query: wire.Query, result: object, recursion: bool, payload: int, limit: int,
+           count: int) -> tuple[list[bytes], tuple[tuple[int, ...], ...]] | None:
+    """``replies`` and, per variant, the offsets of its SOA serial fields (what
+    ``wire.soa_serial_offsets`` finds in it), or None (rule 3).
+
+    Rendered once when every rotated RRset has records of one size that name their owner by a
+    pointer (then a rotation moves bytes and no offset: the cut for the limit and the serial
+    offsets are the same for every turn), else every turn is rendered in full (rule 6).
+    """
+    body = _render(query, result, 0)
+    if body is None:
+        return None
+    out, ends, extra_ends, serials, rotating = body
+    head, cut, tail, kept = _finish(query, result, recursion, payload, limit, len(out), ends, extra_ends, serials)
+    first = b"".join((head, memoryview(out)[wire.HEADER_SIZE:cut], tail))
+    if count <= 1 or not rotating:
+        return [first], (kept,)
+    if rotating is _UNEVEN:
+        variants, offsets = [first], [kept]
         for turn in range(1, count):
-            variant = _render(query, result, recursion, payload, limit, turn, None)
-            if variant is None:
+            got = _render(query, result, turn)
+            if got is None:
                 return None
-            out.append(variant)
-        return out
+            out, ends, extra_ends, serials, _ = got
+            head, cut, tail, kept = _finish(query, result, recursion, payload, limit, len(out), ends,
+                                            extra_ends, serials)
+            variants.append(b"".join((head, memoryview(out)[wire.HEADER_SIZE:cut], tail)))
+            offsets.append(kept)
+        return variants, tuple(offsets)
+    whole = memoryview(out)
     variants = [first]
     for turn in range(1, count):
-        pieces = []
-        pos = 0
-        for rrset in spans:
-            start, end = rrset[0][0], rrset[-1][1]
-            shift = turn % len(rrset)
-            pieces.append(first[pos:start])
-            pieces.extend(first[a:b] for a, b in rrset[shift:])
-            pieces.extend(first[a:b] for a, b in rrset[:shift])
+        pieces = [head]
+        pos = wire.HEADER_SIZE
+        for start, size, n in rotating:
+            if start >= cut:
+                break
+            split = start + (turn % n) * size
+            end = start + n * size
+            pieces.append(whole[pos:start])
+            pieces.append(whole[split:end])
+            pieces.append(whole[start:split])
             pos = end
-        pieces.append(first[pos:])
-        variants.append(b"".join(pieces))
-    return variants
+        pieces.append(whole[pos:])
+        rotated = b"".join(pieces)
+        variants.append(rotated[:cut] + tail if cut < len(rotated) else rotated + tail)
+    return variants, (kept,) * count
 
 
-def _render(query: wire.Query, result: object, recursion: bool, payload: int, limit: int,
-            turn: int, spans: list | None) -> bytes | None:
+class _Uneven:
+    """The marker of a plan whose rotations must be rendered one by one."""
+
+
+_UNEVEN = _Uneven()
+
+
+def _render(query: wire.Query, result: object, turn: int) -> tuple | None:
+    """The header space (zeros), question and every record of the plan, not cut to any limit.
+
+    Returns ``(out, ends, extra_ends, serials, rotating)``: where each record of answer and
+    authority ends, where each additional RRset ends (with its record count), the offsets of
+    SOA serial fields, and the rotated RRsets as ``(start, record size, records)`` (None when
+    nothing rotates, ``_UNEVEN`` when some rotated RRset's records differ in size).
+    """
+    out = bytearray(wire.HEADER_SIZE)
+    out += query.qname
+    out += ((query.qtype << 16) | query.qclass).to_bytes(4, "big")
+    ends: list[int] = []
+    extra_ends: list[tuple[int, int]] = []
+    serials: list[int] = []
+    rotating: list | _Uneven | None = None
+    table = dict(_question_keys(query.qname))
+    writer = _Writer(out, table)
+    pack_head = _RRHEAD.pack
+    try:
+        for index, section in enumerate((result.answer, result.authority, result.additional)):  # type: ignore[attr-defined]
+            for display, owner, rdtype, ttl, rdatas in section:
+                many = index == 0 and rdtype in _ROTATE and len(rdatas) > 1
+                if many and turn:
+                    shift = turn % len(rdatas)
+                    rdatas = rdatas[shift:] + rdatas[:shift]
+                parts = _name_parts(owner if display is None else display)
+                pointer = table.get(parts[0][0]) if parts else None
+                size = _FIXED.get(rdtype)
+                if pointer is not None and size is not None:
+                    # every record names its owner by the same pointer: one header for all
+                    head = (0xC000 | pointer).to_bytes(2, "big") + pack_head(rdtype, _IN, ttl, size)
+                    start = len(out)
+                    pack = _PACK[rdtype]
+                    out += b"".join([head + pack(value) for value in rdatas])
+                    step = len(head) + size
+                    if index < 2:
+                        ends.extend(range(start + step, len(out) + 1, step))
+                    if many and rotating is not _UNEVEN:
+                        if rotating is None:
+                            rotating = []
+                        rotating.append((start, step, len(rdatas)))  # type: ignore[union-attr]
+                else:
+                    if many:
+                        rotating = _UNEVEN
+                    owner_text = owner if display is None else display
+                    for value in rdatas:
+                        writer.name(owner_text)
+                        head_at = len(out)
+                        out += pack_head(rdtype, _IN, ttl, 0)
+                        if rdtype == _SOA:
+                            mname, rname, *numbers = value
+                            writer.name(mname)
+                            writer.name(rname)
+                            serials.append(len(out))
+                            out += _SOATAIL.pack(*numbers)
+                        else:
+                            writer.rdata(rdtype, value)
+                        struct.pack_into("!H", out, head_at + 8, len(out) - head_at - 10)
+                        if index < 2:
+                            ends.append(len(out))
+                if index == 2:
+                    extra_ends.append((len(out), len(rdatas)))
+    except Unsupported:
+        return None
+    return out, ends, extra_ends, serials, rotating
+
+
+def _finish(query: wire.Query, result: object, recursion: bool, payload: int, limit: int, size: int,
+            ends: list[int], extra_ends: list[tuple[int, int]],
+            serials: list[int]) -> tuple[bytes, int, bytes, tuple[int, ...]]:
+    """The header, where the body is cut for ``limit`` (rule 5), the OPT record (or b"") and the
+    serial offsets that survive the cut."""
     flags = _QR | (query.flags & _RD) | (result.rcode & 0x0F)  # type: ignore[attr-defined]
     if recursion:
         flags |= _RA
     if result.aa:  # type: ignore[attr-defined]
         flags |= _AA
-    sections = (result.answer, result.authority, result.additional)  # type: ignore[attr-defined]
-    out = bytearray(wire.HEADER_SIZE)
-    out += query.qname
-    out += ((query.qtype << 16) | query.qclass).to_bytes(4, "big")
-    # rule 5: where each record of answer and authority ends, and each additional RRset
-    ends: list[int] = []
-    extra_ends: list[tuple[int, int]] = []
-    try:
-        writer = _Writer(out, dict(_question_keys(query.qname)))
-        for index, section in enumerate(sections):
-            for display, owner, rdtype, ttl, rdatas in section:
-                rotating = index == 0 and rdtype in _ROTATE and len(rdatas) > 1
-                if rotating and turn:
-                    shift = turn % len(rdatas)
-                    rdatas = rdatas[shift:] + rdatas[:shift]
-                record_spans = [] if rotating and spans is not None else None
-                owner_text = owner if display is None else display
-                for value in rdatas:
-                    start = len(out)
-                    writer.name(owner_text)
-                    head = len(out)
-                    out += _RRHEAD.pack(rdtype, _IN, ttl, 0)
-                    writer.rdata(rdtype, value)
-                    struct.pack_into("!H", out, head + 8, len(out) - head - 10)
-                    if record_spans is not None:
-                        record_spans.append((start, len(out)))
-                    if index < 2:
-                        ends.append(len(out))
-                if index == 2:
-                    extra_ends.append((len(out), len(rdatas)))
-                if record_spans:
-                    spans.append(record_spans)  # type: ignore[union-attr]
-    except Unsupported:
-        return None
-    counts = [sum(len(entry[4]) for entry in section) for section in sections]
+    counts = [sum([len(entry[4]) for entry in section])
+              for section in (result.answer, result.authority, result.additional)]  # type: ignore[attr-defined]
     room = limit - (11 if query.edns else 0)  # the OPT record always fits (dnspython reserves it)
-    if len(out) > room:
+    cut = size
+    if size > room:
         base = len(query.qname) + wire.HEADER_SIZE + 4
         if (ends[-1] if ends else base) <= room:
             # additional RRsets dropped from the first that does not fit, no TC
             kept = 0
             cut = ends[-1] if ends else base
-            for end, size in extra_ends:
+            for end, records in extra_ends:
                 if end > room:
                     break
-                kept += size
+                kept += records
                 cut = end
-            del out[cut:]
             counts[2] = kept
         else:
             # answer and authority cut to the whole records that fit, TC, no additional
-            fit = 0
-            while fit < len(ends) and ends[fit] <= room:
-                fit += 1
-            del out[ends[fit - 1] if fit else base:]
+            fit = bisect.bisect_right(ends, room)
+            cut = ends[fit - 1] if fit else base
             counts = [min(counts[0], fit), max(0, fit - counts[0]), 0]
             flags |= _TC
-            if spans is not None:
-                spans.clear()  # a truncated answer is rendered per turn, never rotated as spans
     arcount = counts[2]
+    tail = b""
     if query.edns:
-        out += b"\x00" + _RRHEAD.pack(_OPT, payload, _DO if query.do else 0, 0)
+        tail = b"\x00" + _RRHEAD.pack(_OPT, payload, _DO if query.do else 0, 0)
         arcount += 1
-    struct.pack_into("!HHHHHH", out, 0, query.id, flags, 1, counts[0], counts[1], arcount)
-    return bytes(out)
+    head = _HEADER.pack(query.id, flags, 1, counts[0], counts[1], arcount)
+    kept = tuple(offset for offset in serials if offset < cut) if serials else ()
+    return head, cut, tail, kept

@@ -176,8 +176,8 @@ class _Table:
         self.spelling: dict[str, str] = {}       # path -> etcd key when it is not the plain one
         self.count = 0
         self.grouped = 0                         # records with a non-empty group
-        self._kc: dict[int, list[str]] = {}      # block -> its paths, split (until a change)
-        self._hc: dict[int, list[str]] = {}      # block -> its hosts, split (until a change)
+        self._kc: dict[int, tuple[str, list[str]]] = {}  # block -> (its paths joined, split)
+        self._hc: dict[int, tuple[str, list[str]]] = {}  # block -> (its hosts joined, split)
 
     # -- shapes -------------------------------------------------------------------------
 
@@ -212,20 +212,25 @@ class _Table:
     # -- reading ------------------------------------------------------------------------
 
     def _keys_of(self, b: int) -> list[str]:
+        # A split is kept with the joined string it came from: a change gives its block a new
+        # string, so a split of a block that changed (or moved) is never used, and a change
+        # costs the splits of other blocks nothing.
+        joined = self.keys[b]
         got = self._kc.get(b)
-        if got is None:
+        if got is None or got[0] is not joined:
             if len(self._kc) >= _CACHE:
                 self._kc.clear()
-            got = self._kc[b] = self.keys[b].split(_NL)
-        return got
+            got = self._kc[b] = (joined, joined.split(_NL))
+        return got[1]
 
     def _hosts_of(self, b: int) -> list[str]:
+        joined = self.hosts[b]
         got = self._hc.get(b)
-        if got is None:
+        if got is None or got[0] is not joined:
             if len(self._hc) >= _CACHE:
                 self._hc.clear()
-            got = self._hc[b] = self.hosts[b].split(_NL)
-        return got
+            got = self._hc[b] = (joined, joined.split(_NL))
+        return got[1]
 
     def seek(self, path: str) -> tuple[int, int]:
         """The position (block, index) of the first path >= path; (len(blocks), 0) past the end."""
@@ -336,10 +341,7 @@ class _Table:
     # -- writing ------------------------------------------------------------------------
 
     def _changed(self) -> None:
-        if self._kc:
-            self._kc.clear()
-        if self._hc:
-            self._hc.clear()
+        """Nothing to drop: the split blocks check the joined strings they came from (_keys_of)."""
 
     def _host(self, path: str, host: str) -> str:
         if self.odd:

@@ -379,13 +379,13 @@ class Handler:
             if not isinstance(result, answering.Plan) or not result.cacheable:
                 return None
             count = encode.rotations(result, ROTATIONS) if self.round_robin else 1
-            variants = encode.replies(query, result, self._recursion, self.payload_advertised, limit, count)
-            if variants is None:
+            rendered = encode.render(query, result, self._recursion, self.payload_advertised, limit, count)
+            if rendered is None:
                 return None
         except Exception:  # noqa: BLE001 - the reference path answers (and reports) it
             return None
+        variants, serials = rendered
         zone = _zone_label(self._zone_wires, query.qname.lower())
-        serials = tuple(wire.soa_serial_offsets(v) for v in variants) if _has_soa(result) else ()
         entry = anscache.Entry(variants, zone, query.qtype, serials, self._revision())
         self.cache.put(key, entry, reads)
         self.stats.cache_entries[_CACHE] = len(self.cache)
@@ -567,10 +567,6 @@ def _zone_label(zones: tuple[tuple[bytes, str], ...], name: bytes) -> str:
         if name.endswith(suffix) and (len(name) == len(suffix) or _label_boundary(name, len(name) - len(suffix))):
             return text
     return "."
-
-
-def _has_soa(result: answering.Plan) -> bool:
-    return any(entry[2] == 6 for section in (result.answer, result.authority) for entry in section)
 
 
 def _label_boundary(name: bytes, at: int) -> bool:

@@ -49,6 +49,11 @@ def test_encoder_writes_what_dnspython_renders(seed):
             count = encode.rotations(result, transport.ROTATIONS)
             together = encode.replies(query, result, answering.can_forward(settings), settings.edns_payload,
                                       limit, count)
+            rendered_all = encode.render(query, result, answering.can_forward(settings), settings.edns_payload,
+                                         limit, count)
+            assert rendered_all is not None and rendered_all[0] == together
+            # the serial offsets the encoder reports are where the SOA serials are
+            assert list(rendered_all[1]) == [wire.soa_serial_offsets(v) for v in together]
             for turn in range(count):
                 got = encode.reply(query, result, answering.can_forward(settings), settings.edns_payload,
                                    limit, turn)
@@ -101,6 +106,8 @@ def test_encoder_truncates_like_dnspython(seed):
         count = encode.rotations(result, transport.ROTATIONS)
         together = encode.replies(query, result, False, settings.edns_payload, limit, count)
         assert together is not None
+        variants, serials = encode.render(query, result, False, settings.edns_payload, limit, count)
+        assert variants == together and list(serials) == [wire.soa_serial_offsets(v) for v in together]
         for turn in range(count):
             saved = transport._rotated(message, turn)
             want = transport.render(message, limit)

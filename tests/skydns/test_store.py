@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from skydns import msg, store
@@ -285,6 +287,50 @@ def test_random_history_matches_the_model():
     relisted.replace([(r.key, msg.encode(r).encode()) for r in view.records().values()], 1)
     for segments in queries:
         assert [r.key for r in relisted.find(segments)] == [r.key for r in view.find(segments)]
+
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_reads_between_writes_match_the_model(seed):
+    """The read side's caches (split blocks kept across changes) proved by difference: after
+    every put or delete, reads at and around the changed key answer like the model."""
+    import random
+
+    rng = random.Random(300 + seed)
+    labels = ["a", "a-b", "a0", "b", "_tcp", "Zed", "zed"]
+    view = store.Store()
+    view.replace([], 1)
+    model: dict[tuple[str, ...], msg.Service] = {}
+    keys: list[str] = []
+    for step in range(2, 500):
+        if keys and rng.random() < 0.3:
+            key = rng.choice(keys)
+            view.delete(key, step)
+            path = tuple(key.lower().split("/")[2:])
+            if path in model and model[path].key == key:
+                del model[path]
+        else:
+            segs = [rng.choice(labels) for _ in range(rng.randint(1, 3))] + [f"h{rng.randrange(150)}"]
+            key = "/skydns/" + "/".join(segs)
+            keys.append(key)
+            # same host, another shape; another host; a host of one character
+            rec = msg.Service(host=rng.choice([f"10.0.{step // 256}.{step % 256}", "10.0.0.1", "x", ""]),
+                              port=rng.choice([0, 80]), text=rng.choice(["", "t"]), key=key)
+            if not rec.host and not rec.text:
+                rec = dataclasses.replace(rec, text="t")
+            assert view.put(key, msg.encode(rec).encode(), step)
+            model[tuple(key.lower().split("/")[2:])] = rec
+        path = tuple(key.lower().split("/")[2:])
+        for segments in {path, path[:-1], path[:1], (), path[:-1] + ("*",), path + ("x",)}:
+            exact = rng.random() < 0.3
+            assert view.find(segments, exact) == _model_find(model, segments, exact), (step, segments)
+            assert [r.key for r in view.find(segments, exact)] == [
+                r.key for r in _model_find(model, segments, exact)], (step, segments)
+            assert view.exists_path(segments) is _model_exists(model, segments), (step, segments)
+            if "*" not in segments:
+                assert view.children(segments) == sorted(
+                    {p[len(segments)] for p in model if len(p) > len(segments)
+                     and p[:len(segments)] == segments}), (step, segments)
 
 
 # Values the fast decoder takes and those it hands to msg.decode: the store must agree with it.
