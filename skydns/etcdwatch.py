@@ -39,6 +39,7 @@ import asyncio
 import dataclasses
 import enum
 import logging
+import operator
 import random
 import time
 import typing
@@ -76,6 +77,7 @@ _DEFAULT_PAGE_SIZE = 2000
 # After the first page of a load: about this many more requests, of at most _MAX_PAGE keys.
 _PAGES = 8
 _MAX_PAGE = 100_000
+_KEY_VALUE = operator.attrgetter("key", "value")
 _JITTER = 0.2
 # A watch that ran this long was a healthy connection: the next failure restarts the
 # back-off schedule at its first step, seconds.
@@ -421,7 +423,7 @@ class _Mirror:
                     following = asyncio.ensure_future(
                         self._range(client, response.kvs[-1].key + b"\0", revision, limit))
                     await asyncio.sleep(0)
-                load.add((kv.key, kv.value) for kv in response.kvs)  # bad values: view.bad
+                load.add(map(_KEY_VALUE, response.kvs))  # bad values: view.bad
                 if following is None:
                     break
                 response = await following

@@ -38,7 +38,8 @@ _INT_LIMITS = {"port": 0xFFFF, "priority": 0xFFFF, "weight": 0xFFFF, "ttl": 0xFF
                "targetstrip": 255}
 # A host name (rule 5): dot-separated labels of 1-63 letters, digits, "-", "_" or "*", an
 # optional final dot; the length (at most 253 characters without it) is checked apart.
-_HOST_NAME = re.compile(r"(?:[A-Za-z0-9_*-]{1,63}\.)*[A-Za-z0-9_*-]{1,63}\.?\Z")
+HOST_NAME_PATTERN = r"(?:[A-Za-z0-9_*-]{1,63}\.)*[A-Za-z0-9_*-]{1,63}\.?"  # also used by skydns.store
+_HOST_NAME = re.compile(HOST_NAME_PATTERN + r"\Z")
 _MAX_NAME_TEXT = 253
 # Longest quoted value in an error message, characters (a bad value may be a megabyte).
 _SHOWN = 60

@@ -50,17 +50,27 @@ Rules of this module:
     removed the key's previous record), and after each replace with None (everything changed).
     The answer cache uses this to drop only what a change can affect. A hook that raises is
     logged and does not stop the others.
+12. A load decodes a batch of keys and values at once when it can: the keys joined into one
+    string (one prefix check, one lower(), one split), the values matched by one regular
+    expression over the batch (kube2sky's form, the host checked as msg.decode checks it),
+    each distinct rest of a value decoded once by msg.decode, the entries cut into blocks
+    without a Python object per key. A batch it cannot take whole (a key that is not plain
+    ASCII under the prefix, the same path twice) is decoded key by key; a value it cannot
+    take goes through the one-value decoder. Either way the result, ``bad`` included, is
+    exactly what put() gives key by key.
 """
 
 from __future__ import annotations
 
 import array
 import bisect
+import collections
 import dataclasses
 import itertools
 import json
 import logging
 import operator
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from skydns import msg
@@ -75,7 +85,7 @@ _PAST = "\x01"  # path + _PAST sorts after the path's whole subtree (path + _SEP
 _ODD = "\x1f"  # the host stored in a block for a host kept aside (it holds _NL or _ODD)
 _BLOCK = 64     # entries per block built by a load
 _MAX_BLOCK = 128  # a block that grows past this is split in two
-_BATCH = 4096   # replace() feeds its items to the load in batches of this many
+_BATCH = 4096   # a load decodes its items in batches of this many (rule 12)
 _CACHE = 64     # split blocks kept between changes
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(msg.Service))
@@ -90,6 +100,17 @@ _scan = json.JSONDecoder().scan_once
 # and host names both match msg's name pattern; anything else (IPv6, odd) goes to msg.decode.
 _HOST = getattr(msg, "_HOST_NAME", None)
 _HOST_MAX = getattr(msg, "_MAX_NAME_TEXT", 0)
+# A load's fast path (rule 12): kube2sky's values, one per line of a batch joined by newlines.
+# {"host":"<letters, digits, _*.->" then integer fields: the host's labels are checked for the
+# whole batch at once (_bad_host_names: exactly msg.decode's host name rule, an IPv4 address
+# being one), and the rest of the value by msg.decode, once per distinct rest in the batch
+# (decoding {"host":"" + rest gives every other field as the whole value would: the host is a
+# plain string and a later "host" field, an integer, is refused either way). Anything else
+# goes through _decode one value at a time.
+_FAST_TEXT = r'\{"host":"([A-Za-z0-9_*.-]{1,%d})"((?:,"[a-z]+":-?[0-9]+)*\})' % _HOST_MAX
+_FAST_LINES = re.compile(_FAST_TEXT + "$", re.MULTILINE)  # each line one match: see _fast_values
+_LONG_LABEL = re.compile(r"[^.\n]{64}")
+_FAST_ONE = re.compile(_FAST_TEXT)
 
 Shape = tuple  # (port, priority, weight, text, mail, ttl, targetstrip, group)
 Hook = Callable[[tuple[str, ...] | None], object]
@@ -197,6 +218,29 @@ class _Table:
         if shape[_GROUP]:
             self.grouped += 1
         return sid
+
+    def _sid(self, shape: Shape) -> int:
+        """The number of a shape, registered without a reference (see _drop_unused)."""
+        sid = self.shape_ids.get(shape)
+        if sid is None:
+            sid = self._ref(shape)
+            self._unref_only(sid)
+        return sid
+
+    def _unref_only(self, sid: int) -> None:
+        shape = self.shape_list[sid]
+        assert shape is not None
+        if shape[_GROUP]:
+            self.grouped -= 1
+        self.shape_refs[sid] -= 1
+
+    def _drop_unused(self, sids: Iterable[int]) -> None:
+        """Free shapes registered by _sid that no entry ended up using."""
+        for sid in sids:
+            if not self.shape_refs[sid] and self.shape_list[sid] is not None:
+                del self.shape_ids[self.shape_list[sid]]
+                self.shape_list[sid] = None
+                self.free.append(sid)
 
     def _unref(self, sid: int) -> None:
         shape = self.shape_list[sid]
@@ -454,6 +498,45 @@ class _Table:
             self._set_block(len(self.first), keys, hosts, shapes, insert=True)
 
 
+    def append_sorted(self, paths: list[str], hosts: list[str], sids: list[int],
+                      spellings: list[str | None] | None) -> None:
+        """Add entries with strictly increasing paths, shapes numbered by _sid (rule 12).
+
+        Those up to the table's last path are put one by one; the rest become new blocks.
+        """
+        cut = 0
+        if self.first:
+            cut = bisect.bisect_right(paths, self.keys[-1].rsplit(_NL, 1)[-1])
+            shape_list = self.shape_list
+            for i in range(cut):
+                self.put(paths[i], hosts[i], shape_list[sids[i]],  # type: ignore[arg-type]
+                         spellings[i] if spellings is not None else None)
+        self._changed()
+        n = len(paths)
+        if cut == n:
+            return
+        refs = self.shape_refs
+        for sid, count in collections.Counter(itertools.islice(sids, cut, None)).items():
+            refs[sid] += count
+            if self.shape_list[sid][_GROUP]:  # type: ignore[index]
+                self.grouped += count
+        if spellings is not None:
+            for i in range(cut, n):
+                if spellings[i] is not None:
+                    self.spelling[paths[i]] = spellings[i]  # type: ignore[assignment]
+        first, keys_col, hosts_col, shapes_col = self.first, self.keys, self.hosts, self.shapes
+        for start in range(cut, n, _BLOCK):
+            end = min(start + _BLOCK, n)
+            block_hosts = _NL.join(hosts[start:end])
+            if _ODD in block_hosts or block_hosts.count(_NL) != end - start - 1:
+                block_hosts = _NL.join([self._host(paths[i], hosts[i]) for i in range(start, end)])
+            first.append(paths[start])
+            keys_col.append(_NL.join(paths[start:end]))
+            hosts_col.append(block_hosts)
+            shapes_col.append(array.array("I", sids[start:end]))
+        self.count += n - cut
+
+
 class Load:
     """A snapshot being read (Store.begin_replace); the store keeps answering from the last one."""
 
@@ -465,11 +548,72 @@ class Load:
 
     def add(self, items: Iterable[tuple[str | bytes, bytes | str]]) -> None:
         """Decode a page of ``(key, value)`` pairs into the snapshot (bad ones go to ``bad``)."""
+        it = iter(items)
+        while batch := list(itertools.islice(it, _BATCH)):
+            self.read += len(batch)
+            if not self._add_batch(batch):
+                self._add_each(batch)
+
+    def _add_batch(self, batch: list[tuple[str | bytes, bytes | str]]) -> bool:
+        """Rule 12; False (nothing done) when the batch must be decoded key by key."""
+        view = self._view
+        n = len(batch)
+        keys, values = zip(*batch)
+        found = view._paths(keys)
+        if found is None:
+            return False
+        paths, spellings = found
+        if not all(map(operator.lt, paths, itertools.islice(paths, 1, None))):
+            order = sorted(range(n), key=paths.__getitem__)
+            paths = [paths[i] for i in order]
+            if not all(map(operator.lt, paths, itertools.islice(paths, 1, None))):
+                return False  # one path twice (two spellings, or one key twice): key by key
+            keys = [keys[i] for i in order]  # type: ignore[assignment]
+            values = [values[i] for i in order]  # type: ignore[assignment]
+            if spellings is not None:
+                spellings = [spellings[i] for i in order]
+        table = self._table
+        hosts, rests = _fast_values(values)
+        rest_sid: dict[str | None, int | None] = {None: None}
+        for rest in set(rests):
+            if rest is not None:
+                shape = _rest_shape(rest)
+                rest_sid[rest] = None if shape is None else table._sid(shape)
+        sids = list(map(rest_sid.__getitem__, rests))
+        registered = {sid for sid in rest_sid.values() if sid is not None}
+        if self.bad:  # a key of this batch that an earlier page had bad (the same key twice)
+            for key in self.bad.keys() & set(map(_text, keys)):
+                del self.bad[key]
+        bad: list[int] = []
+        for i in itertools.compress(range(n), map(operator.is_, sids, itertools.repeat(None))):
+            key = _text(keys[i])
+            try:
+                host, shape = _decode(values[i], key)
+            except msg.RecordError as exc:
+                self.bad[key] = str(exc)
+                logger.debug("skipping bad record at %s: %s", key, exc)
+                bad.append(i)
+                continue
+            hosts[i] = host
+            sids[i] = table._sid(shape)
+            registered.add(sids[i])  # type: ignore[arg-type]
+        if bad:
+            drop = set(bad)
+            keep = [i not in drop for i in range(n)]
+            paths = list(itertools.compress(paths, keep))
+            hosts = list(itertools.compress(hosts, keep))
+            sids = list(itertools.compress(sids, keep))
+            if spellings is not None:
+                spellings = list(itertools.compress(spellings, keep))
+        table.append_sorted(paths, hosts, sids, spellings)  # type: ignore[arg-type]
+        table._drop_unused(registered)
+        return True
+
+    def _add_each(self, batch: list[tuple[str | bytes, bytes | str]]) -> None:
         view = self._view
         entries: list[tuple[str, str, Shape, str | None]] = []
-        for key, value in items:
+        for key, value in batch:
             key = _text(key)
-            self.read += 1
             path, spelling, error = view._path(key)
             if path is None:
                 self.bad[key] = error
@@ -486,6 +630,60 @@ class Load:
             entries.append((path, host, shape, spelling))
         entries.sort(key=operator.itemgetter(0))  # stable: of two spellings the later wins
         self._table.extend(entries)
+
+
+def _fast_values(values: tuple | list) -> tuple[list[str], list[str | None]]:
+    """(hosts, rests) of a batch's values in kube2sky's form; rest None (host "") for a value
+    that is not (rule 12)."""
+    n = len(values)
+    try:
+        text = _NL.join(values) if type(values[0]) is str else b"\n".join(values).decode()
+    except (TypeError, UnicodeError):
+        text = None
+    if text is not None and text.count(_NL) == n - 1:
+        # A match ends at a line's end, so n matches are one per line; they start at the
+        # line's start when they cover every character but the newlines.
+        found = _FAST_LINES.findall(text)
+        if len(found) == n:
+            hosts = list(map(operator.itemgetter(0), found))
+            rests = list(map(operator.itemgetter(1), found))
+            host_text = _NL.join(hosts)
+            # host_text holds the n - 1 newlines; each line adds {"host":"" (10 characters)
+            if (len(host_text) + sum(map(len, rests)) + 10 * n == len(text)
+                    and not _bad_host_names(host_text)):
+                return hosts, rests  # type: ignore[return-value]
+    hosts = []
+    rests: list[str | None] = []
+    for value in values:
+        match = None
+        try:
+            match = _FAST_ONE.fullmatch(value.decode() if type(value) is bytes else value)
+        except (TypeError, UnicodeError):
+            pass
+        if match is None or _bad_host_names(match.group(1)):
+            hosts.append("")
+            rests.append(None)
+        else:
+            hosts.append(match.group(1))
+            rests.append(match.group(2))
+    return hosts, rests
+
+
+def _bad_host_names(text: str) -> bool:
+    """Whether any of the newline-separated strings of letters, digits, ``_*.-`` (1-253 of
+    them) breaks msg's host name rule: an empty or over-long label (the name may end in a dot)."""
+    return (text[:1] == "." or ".." in text or "\n." in text
+            or (len(text) > 63 and max(map(len, text.split(_NL))) > 63
+                and _LONG_LABEL.search(text) is not None))
+
+
+def _rest_shape(rest: str) -> Shape | None:
+    """The shape of ``{"host":"<a valid host>"`` + rest, by msg.decode; None when it refuses."""
+    try:
+        record = msg.decode('{"host":""' + rest)
+    except Exception:  # noqa: BLE001 - the value goes through _decode, which reports it
+        return None
+    return tuple(getattr(record, name) for name in _SHAPE_FIELDS)
 
 
 class Store:
@@ -611,6 +809,32 @@ class Store:
                 return None, None, f"key is not under {head}"
             return _SEP.join(parts), key, ""
         return low.replace("/", _SEP), (None if low == rest else key), ""
+
+    def _paths(self, keys: tuple | list) -> tuple[list[str], list[str | None] | None] | None:
+        """(paths, spellings or None) of a batch of keys as _path gives them one by one, or
+        None when the batch is not all plain ASCII keys under the prefix (rule 12)."""
+        n = len(keys)
+        try:
+            text = _NL.join(keys) if type(keys[0]) is str else b"\n".join(keys).decode("ascii")
+        except (TypeError, UnicodeError):
+            return None
+        if not text.isascii() or text.count(_NL) != n - 1 or _SEP in text:
+            return None
+        lead = _NL + self._head
+        text = _NL + text
+        if text.count(lead) != n:
+            return None
+        rests = text.replace(lead, _NL)
+        if ("//" in rests or "\n/" in rests or "/\n" in rests or "\n\n" in rests
+                or rests.endswith(("/", _NL))):
+            return None
+        low = rests.lower()
+        spellings: list[str | None] | None = None
+        if low != rests:
+            raw = rests[1:].split(_NL)
+            spellings = [None if same else self._head + key
+                         for same, key in zip(map(operator.eq, low[1:].split(_NL), raw), raw)]
+        return low[1:].replace("/", _SEP).split(_NL), spellings
 
     # -- reading --------------------------------------------------------------------------
 
