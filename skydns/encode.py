@@ -196,9 +196,7 @@ def reply(query: wire.Query, result: object, recursion: bool, payload: int, limi
     body = _render(query, result, turn)
     if body is None:
         return None
-    out, ends, extra_ends, serials, _ = body
-    head, cut, tail, _ = _finish(query, result, recursion, payload, limit, len(out), ends, extra_ends, serials)
-    return b"".join((head, memoryview(out)[wire.HEADER_SIZE:cut], tail))
+    return _finish(query, result, recursion, payload, limit, body)[0]
 
 
 def replies(query: wire.Query, result: object, recursion: bool, payload: int, limit: int,
@@ -220,29 +218,29 @@ def render(query: wire.Query, result: object, recursion: bool, payload: int, lim
     body = _render(query, result, 0)
     if body is None:
         return None
-    out, ends, extra_ends, serials, rotating = body
-    head, cut, tail, kept = _finish(query, result, recursion, payload, limit, len(out), ends, extra_ends, serials)
-    first = b"".join((head, memoryview(out)[wire.HEADER_SIZE:cut], tail))
+    rotating = body[4]
     if count <= 1 or not rotating:
+        first, kept, _, _ = _finish(query, result, recursion, payload, limit, body)
         return [first], (kept,)
     if rotating is _UNEVEN:
-        variants, offsets = [first], [kept]
-        for turn in range(1, count):
-            got = _render(query, result, turn)
-            if got is None:
-                return None
-            out, ends, extra_ends, serials, _ = got
-            head, cut, tail, kept = _finish(query, result, recursion, payload, limit, len(out), ends,
-                                            extra_ends, serials)
-            variants.append(b"".join((head, memoryview(out)[wire.HEADER_SIZE:cut], tail)))
+        variants, offsets = [], []
+        for turn in range(count):
+            if turn:
+                body = _render(query, result, turn)
+                if body is None:
+                    return None
+            got, kept, _, _ = _finish(query, result, recursion, payload, limit, body)
+            variants.append(got)
             offsets.append(kept)
         return variants, tuple(offsets)
-    whole = memoryview(out)
+    whole = bytes(body[0])  # turn 0, not cut: the rotations are cut from it
+    first, kept, cut, tail = _finish(query, result, recursion, payload, limit, body)
+    head = first[:wire.HEADER_SIZE]
     variants = [first]
     for turn in range(1, count):
         pieces = [head]
         pos = wire.HEADER_SIZE
-        for start, size, n in rotating:
+        for start, size, n in rotating:  # type: ignore[union-attr]
             if start >= cut:
                 break
             split = start + (turn % n) * size
@@ -251,9 +249,12 @@ def render(query: wire.Query, result: object, recursion: bool, payload: int, lim
             pieces.append(whole[split:end])
             pieces.append(whole[start:split])
             pos = end
-        pieces.append(whole[pos:])
+        if pos < cut:
+            pieces.append(whole[pos:cut])
         rotated = b"".join(pieces)
-        variants.append(rotated[:cut] + tail if cut < len(rotated) else rotated + tail)
+        if len(rotated) > cut:
+            rotated = rotated[:cut]
+        variants.append(rotated + tail if tail else rotated)
     return variants, (kept,) * count
 
 
@@ -262,90 +263,117 @@ class _Uneven:
 
 
 _UNEVEN = _Uneven()
+_ZEROS = bytes(wire.HEADER_SIZE)
+_QTAIL = struct.Struct("!HH")
+_POINTERS: dict[int, bytes] = {}
+
+
+def _pointer(offset: int) -> bytes:
+    got = _POINTERS.get(offset)
+    if got is None:
+        got = (0xC000 | offset).to_bytes(2, "big")
+        if len(_POINTERS) < 4096:
+            _POINTERS[offset] = got
+    return got
 
 
 def _render(query: wire.Query, result: object, turn: int) -> tuple | None:
     """The header space (zeros), question and every record of the plan, not cut to any limit.
 
-    Returns ``(out, ends, extra_ends, serials, rotating)``: where each record of answer and
-    authority ends, where each additional RRset ends (with its record count), the offsets of
-    SOA serial fields, and the rotated RRsets as ``(start, record size, records)`` (None when
-    nothing rotates, ``_UNEVEN`` when some rotated RRset's records differ in size).
+    Returns ``(out, ends, extra_ends, serials, rotating, counts)``: where each record of answer
+    and authority ends, where each additional RRset ends (with its record count), the offsets
+    of SOA serial fields, the rotated RRsets as ``(start, record size, records)`` (None when
+    nothing rotates, ``_UNEVEN`` when some rotated RRset's records differ in size), and the
+    record count of each section.
     """
-    out = bytearray(wire.HEADER_SIZE)
+    out = bytearray(_ZEROS)
     out += query.qname
-    out += ((query.qtype << 16) | query.qclass).to_bytes(4, "big")
+    out += _QTAIL.pack(query.qtype, query.qclass)
     ends: list[int] = []
     extra_ends: list[tuple[int, int]] = []
     serials: list[int] = []
+    counts = [0, 0, 0]
     rotating: list | _Uneven | None = None
-    table = dict(_question_keys(query.qname))
-    writer = _Writer(out, table)
-    pack_head = _RRHEAD.pack
+    table: dict[bytes, int] | None = None
+    writer: _Writer | None = None
+    index = -1
     try:
-        for index, section in enumerate((result.answer, result.authority, result.additional)):  # type: ignore[attr-defined]
+        for section in (result.answer, result.authority, result.additional):  # type: ignore[attr-defined]
+            index += 1
+            if not section:
+                continue
+            if table is None:
+                table = dict(_question_keys(query.qname))
+                writer = _Writer(out, table)
             for display, owner, rdtype, ttl, rdatas in section:
-                many = index == 0 and rdtype in _ROTATE and len(rdatas) > 1
+                n = len(rdatas)
+                counts[index] += n
+                many = n > 1 and index == 0 and rdtype in _ROTATE
                 if many and turn:
-                    shift = turn % len(rdatas)
+                    shift = turn % n
                     rdatas = rdatas[shift:] + rdatas[:shift]
-                parts = _name_parts(owner if display is None else display)
+                owner_text = owner if display is None else display
+                parts = _name_parts(owner_text)
                 pointer = table.get(parts[0][0]) if parts else None
-                size = _FIXED.get(rdtype)
-                if pointer is not None and size is not None:
+                pack = _PACK.get(rdtype)
+                if pointer is not None and pack is not None:
                     # every record names its owner by the same pointer: one header for all
-                    head = (0xC000 | pointer).to_bytes(2, "big") + pack_head(rdtype, _IN, ttl, size)
-                    start = len(out)
-                    pack = _PACK[rdtype]
-                    out += b"".join([head + pack(value) for value in rdatas])
-                    step = len(head) + size
-                    if index < 2:
-                        ends.extend(range(start + step, len(out) + 1, step))
-                    if many and rotating is not _UNEVEN:
-                        if rotating is None:
-                            rotating = []
-                        rotating.append((start, step, len(rdatas)))  # type: ignore[union-attr]
+                    head = _pointer(pointer) + _RRHEAD.pack(rdtype, _IN, ttl, _FIXED[rdtype])
+                    if n == 1:
+                        out += head
+                        out += pack(rdatas[0])
+                        if index < 2:
+                            ends.append(len(out))
+                    else:
+                        start = len(out)
+                        out += b"".join([head + pack(value) for value in rdatas])
+                        step = len(head) + _FIXED[rdtype]
+                        if index < 2:
+                            ends.extend(range(start + step, len(out) + 1, step))
+                        if many and rotating is not _UNEVEN:
+                            if rotating is None:
+                                rotating = []
+                            rotating.append((start, step, n))  # type: ignore[union-attr]
                 else:
                     if many:
                         rotating = _UNEVEN
-                    owner_text = owner if display is None else display
                     for value in rdatas:
-                        writer.name(owner_text)
+                        writer.name(owner_text)  # type: ignore[union-attr]
                         head_at = len(out)
-                        out += pack_head(rdtype, _IN, ttl, 0)
+                        out += _RRHEAD.pack(rdtype, _IN, ttl, 0)
                         if rdtype == _SOA:
                             mname, rname, *numbers = value
-                            writer.name(mname)
-                            writer.name(rname)
+                            writer.name(mname)  # type: ignore[union-attr]
+                            writer.name(rname)  # type: ignore[union-attr]
                             serials.append(len(out))
                             out += _SOATAIL.pack(*numbers)
                         else:
-                            writer.rdata(rdtype, value)
+                            writer.rdata(rdtype, value)  # type: ignore[union-attr]
                         struct.pack_into("!H", out, head_at + 8, len(out) - head_at - 10)
                         if index < 2:
                             ends.append(len(out))
                 if index == 2:
-                    extra_ends.append((len(out), len(rdatas)))
+                    extra_ends.append((len(out), n))
     except Unsupported:
         return None
-    return out, ends, extra_ends, serials, rotating
+    return out, ends, extra_ends, serials, rotating, counts
 
 
-def _finish(query: wire.Query, result: object, recursion: bool, payload: int, limit: int, size: int,
-            ends: list[int], extra_ends: list[tuple[int, int]],
-            serials: list[int]) -> tuple[bytes, int, bytes, tuple[int, ...]]:
-    """The header, where the body is cut for ``limit`` (rule 5), the OPT record (or b"") and the
-    serial offsets that survive the cut."""
+def _finish(query: wire.Query, result: object, recursion: bool, payload: int, limit: int,
+            body: tuple) -> tuple[bytes, tuple[int, ...], int, bytes]:
+    """The message of a rendered body: cut for ``limit`` (rule 5), the header written, the OPT
+    record added. Returns it with the serial offsets that survive the cut, the cut (the body's
+    length kept) and the OPT record (or b"")."""
+    out, ends, extra_ends, serials, _, counts = body
     flags = _QR | (query.flags & _RD) | (result.rcode & 0x0F)  # type: ignore[attr-defined]
     if recursion:
         flags |= _RA
     if result.aa:  # type: ignore[attr-defined]
         flags |= _AA
-    counts = [sum([len(entry[4]) for entry in section])
-              for section in (result.answer, result.authority, result.additional)]  # type: ignore[attr-defined]
-    room = limit - (11 if query.edns else 0)  # the OPT record always fits (dnspython reserves it)
-    cut = size
-    if size > room:
+    room = limit - 11 if query.edns else limit  # the OPT record always fits (dnspython reserves it)
+    cut = len(out)
+    if cut > room:
+        counts = list(counts)
         base = len(query.qname) + wire.HEADER_SIZE + 4
         if (ends[-1] if ends else base) <= room:
             # additional RRsets dropped from the first that does not fit, no TC
@@ -363,11 +391,21 @@ def _finish(query: wire.Query, result: object, recursion: bool, payload: int, li
             cut = ends[fit - 1] if fit else base
             counts = [min(counts[0], fit), max(0, fit - counts[0]), 0]
             flags |= _TC
+        message = bytearray(out[:cut])
+    else:
+        message = bytearray(out)
     arcount = counts[2]
     tail = b""
     if query.edns:
-        tail = b"\x00" + _RRHEAD.pack(_OPT, payload, _DO if query.do else 0, 0)
+        tail = _opt(payload, query.do)
+        message += tail
         arcount += 1
-    head = _HEADER.pack(query.id, flags, 1, counts[0], counts[1], arcount)
-    kept = tuple(offset for offset in serials if offset < cut) if serials else ()
-    return head, cut, tail, kept
+    _HEADER.pack_into(message, 0, query.id, flags, 1, counts[0], counts[1], arcount)
+    kept = tuple([offset for offset in serials if offset < cut]) if serials else ()
+    return bytes(message), kept, cut, tail
+
+
+@functools.lru_cache(maxsize=64)
+def _opt(payload: int, do: bool) -> bytes:
+    """Our OPT record: root owner, our payload, the query's DO bit."""
+    return b"\x00" + _RRHEAD.pack(_OPT, payload, _DO if do else 0, 0)
