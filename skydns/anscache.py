@@ -47,6 +47,8 @@ _WILDCARDS = msg.WILDCARDS
 
 def _base(segments: tuple[str, ...]) -> tuple[str, ...] | None:
     """The segments before the first wildcard, or None when there is no wildcard."""
+    if _WILDCARDS.isdisjoint(segments):
+        return None
     for i, seg in enumerate(segments):
         if seg in _WILDCARDS:
             return segments[:i]
@@ -113,7 +115,8 @@ class Entry:
         self.serials = serials if any(serials) else ()
         self.revision = revision
         self.alive = True
-        self.deps: tuple[tuple[dict, tuple[str, ...]], ...] = ()
+        # per index read: (the index, the paths read) (rule 1)
+        self.deps: list[tuple[dict, tuple[tuple[str, ...], ...]]] | tuple = ()
 
     def fresh(self, revision: int) -> list[bytes]:
         """The variants with the SOA serial of ``revision`` written in (rule 3)."""
@@ -161,13 +164,15 @@ class AnswerCache:
         deps = []
         for index, paths in ((self._visible, reads.visible), (self._below, reads.below),
                              (self._exact, reads.exact)):
-            for path in paths:
-                keys = index.get(path)
-                if keys is None:
-                    keys = index[path] = set()
-                keys.add(key)
-                deps.append((index, path))
-        entry.deps = tuple(deps)
+            if paths:
+                for path in paths:
+                    keys = index.get(path)
+                    if keys is None:
+                        index[path] = {key}
+                    else:
+                        keys.add(key)
+                deps.append((index, tuple(paths)))
+        entry.deps = deps
         self.entries[key] = entry
 
     def changed(self, segments: tuple[str, ...] | None) -> int:
@@ -214,10 +219,11 @@ class AnswerCache:
 
     def _unlink(self, key: Hashable, entry: Entry) -> None:
         entry.alive = False
-        for index, path in entry.deps:
-            keys = index.get(path)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del index[path]
+        for index, paths in entry.deps:
+            for path in paths:
+                keys = index.get(path)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del index[path]
         entry.deps = ()

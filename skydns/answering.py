@@ -203,8 +203,27 @@ class Section:
             self.count += 1
 
     def extend(self, items: list[tuple], qtext: str) -> None:
+        """``add`` of each ``(owner, rdtype, ttl, rdata)`` in turn (the same steps, inline)."""
+        count, limit = self.count, self.limit
+        sets, seen_sets = self.sets, self._seen
         for owner, rdtype, ttl, rdata in items:
-            self.add(owner, qtext, rdtype, ttl, rdata)
+            if count >= limit:
+                break
+            key = (qtext if owner is None else owner, rdtype)
+            rrset = sets.get(key)
+            if rrset is None:
+                sets[key] = [owner, key[0], rdtype, ttl, [rdata]]
+                seen_sets[key] = {rdata}
+                count += 1
+                continue
+            if ttl < rrset[3]:
+                rrset[3] = ttl
+            seen = seen_sets[key]
+            if rdata not in seen:
+                seen.add(rdata)
+                rrset[4].append(rdata)
+                count += 1
+        self.count = count
 
     def rrsets(self) -> list[list]:
         return list(self.sets.values())
@@ -727,16 +746,18 @@ def _chase(ctx: _Ctx, owner: str | None, owner_text: str, records: list[msg.Serv
     """
     settings = ctx.settings
     want = _ADDRESS.get(qtype)
+    txt = qtype == _TXT
+    default_ttl = settings.ttl  # rrs.ttl, inline: a record's TTL or the default
     out: list[_RR] = []
     resolve: tuple[str, int] | None = None
     linked = False  # a name has at most one CNAME: the first alias that leads somewhere
     for rec in records:
         kind = _kind(rec.host)
-        if qtype == _TXT and rec.text:
-            out.append((owner, _TXT, rrs.ttl(rec, settings), rrs.txt_chunks(rec.text)))
+        if txt and rec.text:
+            out.append((owner, _TXT, rec.ttl or default_ttl, rrs.txt_chunks(rec.text)))
             continue
-        if want is not None and kind is want:
-            out.append((owner, qtype, rrs.ttl(rec, settings), _ip(rec.host)))
+        if kind is want:
+            out.append((owner, qtype, rec.ttl or default_ttl, _ip(rec.host)))
             continue
         if kind is not msg.HostType.NAME or linked or not aliases:
             continue

@@ -58,6 +58,12 @@ Rules of this module:
     ASCII under the prefix, the same path twice) is decoded key by key; a value it cannot
     take goes through the one-value decoder. Either way the result, ``bad`` included, is
     exactly what put() gives key by key.
+13. Reading keeps bounded caches that need no invalidation: a block's split paths and hosts
+    are kept with the joined string they came from (a change gives the block a new one), and
+    up to ``_RECORDS`` msg.Service objects built by find() are kept by path with the host and
+    shape they were built from; one is handed out again only while the path still holds that
+    host and that shape object (shapes are immutable tuples), so it equals a newly built one.
+    Used only when no key has an odd spelling or host (then every record is built).
 """
 
 from __future__ import annotations
@@ -82,11 +88,13 @@ _WILDCARDS = msg.WILDCARDS
 _SEP = "\0"    # joins the segments of a path: sorts below every label character
 _NL = "\n"     # joins the entries of a block
 _PAST = "\x01"  # path + _PAST sorts after the path's whole subtree (path + _SEP + ...)
+_HIDDEN = "\0_"  # a segment starting with "_" below the first one of a path
 _ODD = "\x1f"  # the host stored in a block for a host kept aside (it holds _NL or _ODD)
 _BLOCK = 64     # entries per block built by a load
 _MAX_BLOCK = 128  # a block that grows past this is split in two
 _BATCH = 4096   # a load decodes its items in batches of this many (rule 12)
-_CACHE = 64     # split blocks kept between changes
+_CACHE = 64     # split blocks kept (per column)
+_RECORDS = 2048  # records kept built (rule 13): about 1 MB at most
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(msg.Service))
 _SHAPE_FIELDS = tuple(name for name in _FIELDS if name not in ("host", "key"))
@@ -182,7 +190,7 @@ class _Table:
     """The sorted table of one snapshot (rules 1 and 9)."""
 
     __slots__ = ("first", "keys", "hosts", "shapes", "shape_ids", "shape_list", "shape_refs",
-                 "free", "odd", "spelling", "count", "grouped", "_kc", "_hc")
+                 "free", "odd", "spelling", "count", "grouped", "_kc", "_hc", "_rc")
 
     def __init__(self) -> None:
         self.first: list[str] = []               # the first path of each block (for bisect)
@@ -199,6 +207,7 @@ class _Table:
         self.grouped = 0                         # records with a non-empty group
         self._kc: dict[int, tuple[str, list[str]]] = {}  # block -> (its paths joined, split)
         self._hc: dict[int, tuple[str, list[str]]] = {}  # block -> (its hosts joined, split)
+        self._rc: dict[str, tuple[str, Shape, msg.Service]] = {}  # path -> (host, shape, record)
 
     # -- shapes -------------------------------------------------------------------------
 
@@ -318,46 +327,93 @@ class _Table:
         return (b, i) if self.at(b, i) == path else None
 
     def collect(self, path: str, out: list[msg.Service], stop: int | None, head: str) -> None:
-        """Append every record at or below path, skipping ``_`` segments below it (rule 2)."""
-        nb = len(self.first)
-        b, i = self.seek(path)
-        sub = path + _SEP if path else ""
-        start = len(sub)
-        shape_list = self.shape_list
-        spelling = self.spelling
-        while b < nb:
+        """Append every record at or below path, skipping ``_`` segments below it (rule 2).
+
+        Block by block: the end of path's range in a block is one bisect (path + _PAST sorts
+        after path's whole subtree and before anything else), and the records between two
+        hidden subtrees are built in one go.
+        """
+        first = self.first
+        nb = len(first)
+        if not nb or (stop is not None and len(out) >= stop):
+            return
+        b = bisect.bisect_right(first, path) - 1
+        if b < 0:
+            b, i = 0, 0
+            keys = self._keys_of(0)
+        else:
             keys = self._keys_of(b)
-            hosts: list[str] | None = None
-            shapes = self.shapes[b]
+            i = bisect.bisect_left(keys, path)
+        if path:
+            after = path + _PAST
+            look = len(path)  # where "\0_" marks a hidden segment below path
+        else:
+            after = None
+            look = 0
+        plain = not self.spelling and not self.odd
+        shape_list = self.shape_list
+        while True:
             n = len(keys)
-            while i < n:
-                k = keys[i]
-                if k != path:
-                    if not k.startswith(sub):
-                        return
-                    if k[start] == "_":
-                        hidden = start
-                    else:
-                        hidden = k.find("\0_", start)
-                        if hidden >= 0:
-                            hidden += 1
+            j = n if after is None else bisect.bisect_left(keys, after, i)
+            while i < j:
+                # the run of visible keys from i, up to the next hidden one
+                x = i
+                skip = None
+                while x < j:
+                    k = keys[x]
+                    hidden = k.find(_HIDDEN, look) if look else (0 if k[:1] == "_" else k.find(_HIDDEN))
                     if hidden >= 0:
+                        hidden += 1
                         end = k.find(_SEP, hidden)
-                        b, i = self.seek((k if end < 0 else k[:end]) + _PAST)
+                        skip = (k if end < 0 else k[:end]) + _PAST
                         break
-                if hosts is None:
+                    x += 1
+                if x > i:
+                    if stop is not None and x - i > stop - len(out):
+                        x = i + stop - len(out)
+                        skip = None
+                        j = x
                     hosts = self._hosts_of(b)
-                host = hosts[i]
-                if host == _ODD:
-                    host = self.odd[k]
-                key = spelling.get(k) if spelling else None
-                out.append(_service(host, shape_list[shapes[i]],  # type: ignore[arg-type]
-                                    head + k.replace(_SEP, "/") if key is None else key))
-                if stop is not None and len(out) >= stop:
-                    return
-                i += 1
+                    shapes = self.shapes[b]
+                    if plain:
+                        # rule 13: a record built before is reused while its host and shape
+                        # are the stored ones (then it equals a new one)
+                        built = self._rc
+                        for y in range(i, x):
+                            k = keys[y]
+                            host = hosts[y]
+                            shape = shape_list[shapes[y]]
+                            got = built.get(k)
+                            if got is not None and got[1] is shape and got[0] == host:
+                                out.append(got[2])
+                                continue
+                            rec = _service(host, shape, head + k.replace(_SEP, "/"))  # type: ignore[arg-type]
+                            if len(built) >= _RECORDS:
+                                built.clear()
+                            built[k] = (host, shape, rec)  # type: ignore[assignment]
+                            out.append(rec)
+                    else:
+                        for y in range(i, x):
+                            out.append(self.record(b, y, keys[y], head))
+                    if stop is not None and len(out) >= stop:
+                        return
+                if skip is None:
+                    i = x
+                    continue
+                i = bisect.bisect_left(keys, skip, x)
+                if i == n:  # the hidden subtree goes on in the next blocks
+                    b, i = self.seek(skip)
+                    if b >= nb:
+                        return
+                    keys = self._keys_of(b)
+                    break
             else:
+                if j < n:
+                    return  # path's range ends in this block
                 b += 1
+                if b >= nb:
+                    return
+                keys = self._keys_of(b)
                 i = 0
 
     def children(self, path: str, hidden: bool = False) -> list[str]:
@@ -871,7 +927,14 @@ class Store:
         # With no grouped records, stopping early cannot change which records survive.
         stop = limit if (limit is not None and table.grouped == 0) else None
         found: list[msg.Service] = []
-        for path in self._matches(segments):
+        path = _plain(segments)
+        if path is not None:
+            paths: Iterable[str] = (path,)
+        elif _WILDCARDS.isdisjoint(segments):
+            return []  # a segment holds a character no key can hold
+        else:
+            paths = self._matches(segments)
+        for path in paths:
             if exact:
                 where = table.get(path)
                 if where is not None:
@@ -896,6 +959,9 @@ class Store:
 
     def exists_path(self, segments: tuple[str, ...]) -> bool:
         """exists() by path segments; with wildcards, any matching name counts."""
+        path = _plain(segments)
+        if path is not None:
+            return self._t.exists(path)
         for _ in self._matches(segments, check=True):
             return True
         return False
@@ -936,6 +1002,17 @@ class Store:
                 return []
             level = nxt
         return level
+
+
+def _plain(segments: tuple[str, ...]) -> str | None:
+    """The table path of segments without a wildcard, None when there is a wildcard or a
+    segment holds a character no key can hold (NUL, newline)."""
+    if not _WILDCARDS.isdisjoint(segments):
+        return None
+    path = _SEP.join(segments)
+    if _NL in path or (segments and path.count(_SEP) != len(segments) - 1):
+        return None
+    return path
 
 
 def _text(key: str | bytes) -> str:

@@ -297,7 +297,8 @@ def test_reads_between_writes_match_the_model(seed):
     import random
 
     rng = random.Random(300 + seed)
-    labels = ["a", "a-b", "a0", "b", "_tcp", "Zed", "zed"]
+    # seed 0 spells some keys in capitals (records are then built on every read, rule 13)
+    labels = ["a", "a-b", "a0", "b", "_tcp", "zed"] + (["Zed"] if seed == 0 else [])
     view = store.Store()
     view.replace([], 1)
     model: dict[tuple[str, ...], msg.Service] = {}
@@ -310,9 +311,12 @@ def test_reads_between_writes_match_the_model(seed):
             if path in model and model[path].key == key:
                 del model[path]
         else:
-            segs = [rng.choice(labels) for _ in range(rng.randint(1, 3))] + [f"h{rng.randrange(150)}"]
-            key = "/skydns/" + "/".join(segs)
-            keys.append(key)
+            if keys and rng.random() < 0.4:
+                key = rng.choice(keys)  # a key written before: same host or shape, or both
+            else:
+                segs = [rng.choice(labels) for _ in range(rng.randint(1, 3))] + [f"h{rng.randrange(150)}"]
+                key = "/skydns/" + "/".join(segs)
+                keys.append(key)
             # same host, another shape; another host; a host of one character
             rec = msg.Service(host=rng.choice([f"10.0.{step // 256}.{step % 256}", "10.0.0.1", "x", ""]),
                               port=rng.choice([0, 80]), text=rng.choice(["", "t"]), key=key)
