@@ -73,6 +73,12 @@ def _name_parts(text: str) -> tuple[tuple[bytes, bytes], ...]:
     return tuple(parts)
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _whole_name(text: str) -> bytes:
+    """A name's wire form without compression (SRV targets)."""
+    return b"".join([chunk for _, chunk in _name_parts(text)]) + b"\0"
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _packed4(address: str) -> bytes:
     """The 4 bytes of an IPv4 address text, read as strictly as ``ipaddress`` reads it (four
@@ -128,9 +134,7 @@ class _Writer:
     def name(self, text: str, compress: bool = True) -> None:
         out = self.out
         if not compress:
-            for _, chunk in _name_parts(text):
-                out += chunk
-            out.append(0)
+            out += _whole_name(text)
             return
         table = self.compress
         for key, chunk in _name_parts(text):

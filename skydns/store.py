@@ -351,6 +351,27 @@ class _Table:
             after = None
             look = 0
         plain = not self.spelling and not self.odd
+        if plain and after is not None:
+            # the usual name: its whole range in one block, nothing hidden in it
+            n = len(keys)
+            j = bisect.bisect_left(keys, after, i)
+            if j < n or b + 1 == nb:
+                # runs of visible keys, each hidden subtree skipped with one bisect
+                while i < j:
+                    x = i
+                    while x < j and keys[x].find(_HIDDEN, look) < 0:
+                        x += 1
+                    if x > i:
+                        if stop is not None and x - i >= stop - len(out):
+                            self._build(b, keys, i, i + stop - len(out), out, head)
+                            return
+                        self._build(b, keys, i, x, out, head)
+                    if x == j:
+                        return
+                    k = keys[x]
+                    end = k.find(_SEP, k.find(_HIDDEN, look) + 1)
+                    i = bisect.bisect_left(keys, (k if end < 0 else k[:end]) + _PAST, x)
+                return
         shape_list = self.shape_list
         while True:
             n = len(keys)
@@ -373,25 +394,8 @@ class _Table:
                         x = i + stop - len(out)
                         skip = None
                         j = x
-                    hosts = self._hosts_of(b)
-                    shapes = self.shapes[b]
                     if plain:
-                        # rule 13: a record built before is reused while its host and shape
-                        # are the stored ones (then it equals a new one)
-                        built = self._rc
-                        for y in range(i, x):
-                            k = keys[y]
-                            host = hosts[y]
-                            shape = shape_list[shapes[y]]
-                            got = built.get(k)
-                            if got is not None and got[1] is shape and got[0] == host:
-                                out.append(got[2])
-                                continue
-                            rec = _service(host, shape, head + k.replace(_SEP, "/"))  # type: ignore[arg-type]
-                            if len(built) >= _RECORDS:
-                                built.clear()
-                            built[k] = (host, shape, rec)  # type: ignore[assignment]
-                            out.append(rec)
+                        self._build(b, keys, i, x, out, head)
                     else:
                         for y in range(i, x):
                             out.append(self.record(b, y, keys[y], head))
@@ -415,6 +419,29 @@ class _Table:
                     return
                 keys = self._keys_of(b)
                 i = 0
+
+    def _build(self, b: int, keys: list[str], i: int, j: int, out: list[msg.Service], head: str) -> None:
+        """Append the records of entries i..j-1 of block b (no odd spelling or host in the table).
+
+        Rule 13: a record built before is reused while its host and shape are the stored ones
+        (then it equals a new one)."""
+        hosts = self._hosts_of(b)
+        shapes = self.shapes[b]
+        shape_list = self.shape_list
+        built = self._rc
+        for y in range(i, j):
+            k = keys[y]
+            host = hosts[y]
+            shape = shape_list[shapes[y]]
+            got = built.get(k)
+            if got is not None and got[1] is shape and got[0] == host:
+                out.append(got[2])
+                continue
+            rec = _service(host, shape, head + k.replace(_SEP, "/"))  # type: ignore[arg-type]
+            if len(built) >= _RECORDS:
+                built.clear()
+            built[k] = (host, shape, rec)  # type: ignore[assignment]
+            out.append(rec)
 
     def children(self, path: str, hidden: bool = False) -> list[str]:
         """The paths of the segments right below path, in order; ``_`` ones only with hidden."""
