@@ -59,7 +59,8 @@ Rules of this module:
     take goes through the one-value decoder. Either way the result, ``bad`` included, is
     exactly what put() gives key by key.
 13. Reading keeps bounded caches that need no invalidation: a block's split paths and hosts
-    are kept with the joined string they came from (a change gives the block a new one), and
+    are kept with the joined string they came from (a change gives the block a new one; a
+    put or delete keeps the split it made, so the read after it splits nothing), and
     up to ``_RECORDS`` msg.Service objects built by find() are kept by path with the host and
     shape they were built from; one is handed out again only while the path still holds that
     host and that shape object (shapes are immutable tuples), so it equals a newly built one.
@@ -501,6 +502,7 @@ class _Table:
             hosts[i] = host
             shapes[i] = sid
             self.hosts[b] = _NL.join(hosts)
+            self._keep(b, None, hosts)  # the next read needs no split (rule 13)
             self._unref(old)
             return
         keys.insert(i, path)
@@ -509,6 +511,7 @@ class _Table:
         self.count += 1
         if len(keys) <= _MAX_BLOCK:
             self._set_block(b, keys, hosts, shapes)
+            self._keep(b, keys, hosts)
             return
         half = len(keys) // 2
         self._set_block(b, keys[:half], hosts[:half], shapes[:half])
@@ -533,9 +536,21 @@ class _Table:
             self.spelling.pop(path, None)
         if keys:
             self._set_block(b, keys, hosts, shapes)
+            self._keep(b, keys, hosts)
         else:
             del self.first[b], self.keys[b], self.hosts[b], self.shapes[b]
         return True
+
+    def _keep(self, b: int, keys: list[str] | None, hosts: list[str]) -> None:
+        """Keep the split of block b just written (lists no one changes any more), bounded as
+        the reads keep theirs (rule 13)."""
+        if keys is not None:
+            if len(self._kc) >= _CACHE:
+                self._kc.clear()
+            self._kc[b] = (self.keys[b], keys)
+        if len(self._hc) >= _CACHE:
+            self._hc.clear()
+        self._hc[b] = (self.hosts[b], hosts)
 
     def _set_block(self, b: int, keys: list[str], hosts: list[str], shapes: array.array,
                    insert: bool = False) -> None:
