@@ -217,7 +217,7 @@ class Writer:
 def _records(domain: str) -> dict[str, str]:
     """The store of the miss benchmark: kube2sky's layout (REFERENCE 3.2) for a ClusterIP
     service with a named port, a headless service with 3 endpoints and named ports, one with
-    100 endpoints, and 1,000 plain services around them."""
+    100 endpoints and a named port, and 1,000 plain services around them."""
     svc = f"svc.{domain}"
     records = {msg.name_to_key(f"svc{i}.ns{i % 10}.{svc}"): json.dumps({"host": f"10.0.{i // 256}.{i % 256}"})
                for i in range(1000)}
@@ -233,6 +233,7 @@ def _records(domain: str) -> dict[str, str]:
     base = msg.name_to_key(f"big.bench.{svc}")
     for n in range(100):
         records[f"{base}/e{n}"] = json.dumps({"host": f"10.2.0.{n + 1}", "ttl": 30})
+        records[f"{base}/_tcp/_pg/e{n}"] = json.dumps({"host": f"e{n}.big.bench.{svc}", "port": 5432, "ttl": 30})
     return records
 
 
@@ -294,6 +295,10 @@ def _cases(domain: str) -> list[_Case]:
               lambda k: put(f"{big}/e{k % 100}", big_ip(k)),
               lambda k, r: r.rcode() == NOERROR and big_ip(k) in _addresses(r.answer)
               and sum(len(x) for x in r.answer) == 100),
+        _Case("SRV headless, 100 targets + glue, TCP", f"_pg._tcp.big.bench.{svc}", SRV, True, "tcp",
+              lambda k: put(f"{big}/e{k % 100}", big_ip(k)),
+              lambda k, r: r.rcode() == NOERROR and sum(len(x) for x in r.answer) == 100
+              and big_ip(k) in _addresses(r.additional)),
     ]
 
 

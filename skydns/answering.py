@@ -367,6 +367,10 @@ def _complete_reverse(path: tuple[str, ...]) -> bool:
     return (head == ("arpa", "in-addr") and len(path) == 6) or (head == ("arpa", "ip6") and len(path) == 34)
 
 
+# The glue of a target whose records are all addresses is built without _chase (the same
+# result; tests/skydns/test_answering_fast.py turns it off to compare).
+_GLUE_ADDRESSES = True
+
 # (owner, rdtype, ttl, rdata) of one answer RR; owner None is the query name.
 _RR = tuple[str | None, int, int, object]
 
@@ -794,11 +798,32 @@ def _glue(ctx: _Ctx, target: str, additional: Section) -> None:
         return
     # one lookup serves both families (they differ only at an apex, rule 9)
     records = _records_for(ctx, target_path, zone, _A)
+    if _GLUE_ADDRESSES and len(target_path) != len(zone.path):
+        kinds = [_kind(rec.host) for rec in records]
+        if msg.HostType.NAME not in kinds:
+            # addresses only (the usual endpoint): what _chase gives for A, then for AAAA
+            default_ttl = ctx.settings.ttl
+            for want, rdtype in ((msg.HostType.IPV4, _A), (msg.HostType.IPV6, _AAAA)):
+                items = [(target, rdtype, rec.ttl or default_ttl, _ip(rec.host))
+                         for rec, kind in zip(records, kinds) if kind is want]
+                if items:
+                    additional.extend(items, ctx.qtext)
+            return
     for rdtype in (_A, _AAAA):
         if rdtype == _AAAA and len(target_path) == len(zone.path):
             records = _records_for(ctx, target_path, zone, rdtype)
         items, _ = _chase(ctx, target, target, records, rdtype, frozenset((target,)), 0)
         additional.extend(items, ctx.qtext)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _target(host: str, key: str, targetstrip: int, prefix: str) -> str:
+    """rrs.target of a record, by the only fields it reads (records are immutable).
+
+    Raises:
+        msg.PathError: as rrs.target does.
+    """
+    return rrs.target(msg.Service(host=host, key=key, targetstrip=targetstrip), prefix)
 
 
 def _target_glue(ctx: _Ctx, rec: msg.Service, kind: msg.HostType, target: str, ttl: int,
@@ -819,6 +844,8 @@ def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
     """SRV or MX answers with SkyDNS weights and glue (rule 7)."""
     settings = ctx.settings
     prefix = ctx.view.prefix
+    default_priority = settings.default_priority
+    default_ttl = settings.ttl
     seen: set[tuple[int, int, int, str]] = set()
     chosen: list[tuple[int, int, str, msg.Service, msg.HostType]] = []
     sums: dict[int, int] = {}
@@ -827,12 +854,12 @@ def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
         if kind is msg.HostType.NONE or (qtype == _MX and not rec.mail):
             continue
         try:
-            target = rrs.target(rec, prefix)
+            target = _target(rec.host, rec.key, rec.targetstrip, prefix)
         except msg.PathError:
             continue
         if not _valid_name(target):
             continue
-        prio = rrs.priority(rec, settings)
+        prio = rec.priority or default_priority  # rrs.priority, inline
         weight = rec.weight or 100
         ident = (prio, weight, rec.port, target)
         if ident in seen:
@@ -843,7 +870,7 @@ def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
     glued: set[str] = set()
     qtext = ctx.qtext
     for prio, weight, target, rec, kind in chosen:
-        ttl = rrs.ttl(rec, settings)
+        ttl = rec.ttl or default_ttl  # rrs.ttl, inline
         if qtype == _SRV:
             share = min(0xFFFF, max(1, 100 * weight // sums[prio]))
             answer.add(None, qtext, _SRV, ttl, (prio, share, rec.port, target))

@@ -73,6 +73,17 @@ def _name_parts(text: str) -> tuple[tuple[bytes, bytes], ...]:
     return tuple(parts)
 
 
+_RRTYPE = struct.Struct("!HHI")
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _srv_rdata(value: tuple) -> bytes:
+    """An SRV record's rdata length and rdata: priority, weight, port, the target uncompressed."""
+    prio, weight, port, target = value
+    rdata = _SRVHEAD.pack(prio, weight, port) + _whole_name(target)
+    return len(rdata).to_bytes(2, "big") + rdata
+
+
 @functools.lru_cache(maxsize=1 << 14)
 def _whole_name(text: str) -> bytes:
     """A name's wire form without compression (SRV targets)."""
@@ -338,6 +349,25 @@ def _render(query: wire.Query, result: object, turn: int) -> tuple | None:
                             if rotating is None:
                                 rotating = []
                             rotating.append((start, step, n))  # type: ignore[union-attr]
+                elif pointer is not None and rdtype == _SRV:
+                    # the owner by a pointer, the rdata position-free (an SRV target is never
+                    # compressed): each record is two cached byte strings
+                    head = _pointer(pointer) + _RRTYPE.pack(_SRV, _IN, ttl)
+                    for value in rdatas:
+                        out += head
+                        out += _srv_rdata(value)
+                        if index < 2:
+                            ends.append(len(out))
+                elif pack is not None:
+                    if many:
+                        rotating = _UNEVEN
+                    head = _RRHEAD.pack(rdtype, _IN, ttl, _FIXED[rdtype])
+                    for value in rdatas:
+                        writer.name(owner_text)  # type: ignore[union-attr]
+                        out += head
+                        out += pack(value)
+                        if index < 2:
+                            ends.append(len(out))
                 else:
                     if many:
                         rotating = _UNEVEN
