@@ -6,7 +6,7 @@ Rules of this module:
    snapshot, even while etcd is being written); each page is decoded into a new snapshot
    (``view.begin_replace()``) as it arrives, while the next one is already being read, and the
    snapshot replaces the view whole (``view.finish_replace()``). After the first page
-   (``settings.etcd_page_size`` keys) the rest comes in about 8 pages, because etcd counts the
+   (``settings.etcd_page_size`` keys) the rest comes in about 16 pages, because etcd counts the
    rest of the range on every request. The watch then starts at that revision + 1 and applies
    each event with ``view.put()`` / ``view.delete()`` at the event's revision.
 2. The view only ever changes by a complete snapshot or by a watch event. An error never
@@ -31,11 +31,17 @@ Rules of this module:
    progress answer applied), not the one it started from.
 6. ``run()`` returns only when ``stop`` is set (or it is cancelled); transient errors never
    leave it. Only a broken TLS configuration raises (``ConfigError``), at once.
+7. Memory of a load: at most two pages are alive at once (the one being decoded and the next
+   one being read), about 1/16 of the prefix each. gRPC's threads receive them; with glibc's
+   default of one malloc arena per thread the freed pages stay in those arenas' RSS, so
+   ``run()`` first limits glibc to one arena (``mallopt(M_ARENA_MAX, 1)``, before its first
+   channel; nothing on other C libraries).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import enum
 import logging
@@ -74,10 +80,12 @@ _CHANNEL_OPTIONS = {
 _DEFAULT_TIMEOUT = 5.0
 _DEFAULT_WATCH_CHECK = 5.0
 _DEFAULT_PAGE_SIZE = 2000
-# After the first page of a load: about this many more requests, of at most _MAX_PAGE keys.
-_PAGES = 8
+# After the first page of a load: about this many more requests, of at most _MAX_PAGE keys
+# (fewer: more memory per page; more: etcd counts the rest of the range once more per page).
+_PAGES = 16
 _MAX_PAGE = 100_000
 _KEY_VALUE = operator.attrgetter("key", "value")
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 _JITTER = 0.2
 # A watch that ran this long was a healthy connection: the next failure restarts the
 # back-off schedule at its first step, seconds.
@@ -571,6 +579,16 @@ async def _close(client: aetcd.Client) -> None:
         logger.debug("etcd: closing the client failed", exc_info=True)
 
 
+def _one_malloc_arena() -> None:
+    """Rule 7: glibc keeps one malloc arena for every thread (no-op on other C libraries)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+        mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        mallopt(_M_ARENA_MAX, 1)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
 async def run(settings: settings_mod.Settings, view: store.Store, stop: asyncio.Event,
               on_event: Callable[[Update], object] | None = None, *,
               metrics_module: object | None = None, rng: random.Random | None = None) -> None:
@@ -584,6 +602,7 @@ async def run(settings: settings_mod.Settings, view: store.Store, stop: asyncio.
     Raises:
         ConfigError: bad endpoints or TLS files (at once, before any connection).
     """
+    _one_malloc_arena()
     mirror = _Mirror(settings, view, on_event,
                      _Meters(metrics_module if metrics_module is not None else default_metrics),
                      rng or random.Random())

@@ -93,6 +93,8 @@ _HIDDEN = "\0_"  # a segment starting with "_" below the first one of a path
 _ODD = "\x1f"  # the host stored in a block for a host kept aside (it holds _NL or _ODD)
 _BLOCK = 64     # entries per block built by a load
 _MAX_BLOCK = 128  # a block that grows past this is split in two
+_CUT_MASK = 63   # a load starts a block at a path whose hash has these bits clear (rule 12)
+_MIN_BLOCK = 16  # ... and that is at least this many entries after the block's start
 _BATCH = 4096   # a load decodes its items in batches of this many (rule 12)
 _CACHE = 64     # split blocks kept (per column)
 _RECORDS = 2048  # records kept built (rule 13): about 1 MB at most
@@ -191,7 +193,7 @@ class _Table:
     """The sorted table of one snapshot (rules 1 and 9)."""
 
     __slots__ = ("first", "keys", "hosts", "shapes", "shape_ids", "shape_list", "shape_refs",
-                 "free", "odd", "spelling", "count", "grouped", "_kc", "_hc", "_rc")
+                 "free", "odd", "spelling", "count", "grouped", "keep_unused", "_kc", "_hc", "_rc")
 
     def __init__(self) -> None:
         self.first: list[str] = []               # the first path of each block (for bisect)
@@ -206,6 +208,7 @@ class _Table:
         self.spelling: dict[str, str] = {}       # path -> etcd key when it is not the plain one
         self.count = 0
         self.grouped = 0                         # records with a non-empty group
+        self.keep_unused = False                 # a shape whose last record goes stays numbered
         self._kc: dict[int, tuple[str, list[str]]] = {}  # block -> (its paths joined, split)
         self._hc: dict[int, tuple[str, list[str]]] = {}  # block -> (its hosts joined, split)
         self._rc: dict[str, tuple[str, Shape, msg.Service]] = {}  # path -> (host, shape, record)
@@ -230,7 +233,8 @@ class _Table:
         return sid
 
     def _sid(self, shape: Shape) -> int:
-        """The number of a shape, registered without a reference (see _drop_unused)."""
+        """The number of a shape, registered without a reference (a load's table keeps
+        unused shapes until it is complete: keep_unused)."""
         sid = self.shape_ids.get(shape)
         if sid is None:
             sid = self._ref(shape)
@@ -245,7 +249,7 @@ class _Table:
         self.shape_refs[sid] -= 1
 
     def _drop_unused(self, sids: Iterable[int]) -> None:
-        """Free shapes registered by _sid that no entry ended up using."""
+        """Free the shapes among sids that no entry uses."""
         for sid in sids:
             if not self.shape_refs[sid] and self.shape_list[sid] is not None:
                 del self.shape_ids[self.shape_list[sid]]
@@ -258,7 +262,7 @@ class _Table:
         if shape[_GROUP]:
             self.grouped -= 1
         self.shape_refs[sid] -= 1
-        if not self.shape_refs[sid]:
+        if not self.shape_refs[sid] and not self.keep_unused:
             del self.shape_ids[shape]
             self.shape_list[sid] = None
             self.free.append(sid)
@@ -597,10 +601,16 @@ class _Table:
 
 
     def append_sorted(self, paths: list[str], hosts: list[str], sids: list[int],
-                      spellings: list[str | None] | None) -> None:
+                      spellings: list[str | None] | None, reuse: dict[str, tuple[str, str, str]] | None = None,
+                      hold: bool = False) -> int:
         """Add entries with strictly increasing paths, shapes numbered by _sid (rule 12).
 
-        Those up to the table's last path are put one by one; the rest become new blocks.
+        Those up to the table's last path are put one by one; the rest become new blocks, cut
+        where _cuts says. A block equal to one in ``reuse`` (joined paths -> the first path,
+        joined paths and joined hosts of a block of the previous snapshot) keeps that block's
+        strings. ``hold``: the entries after the last cut are not added; their start is
+        returned (len(paths) when everything was added), for the caller to pass them again
+        in front of the next batch.
         """
         cut = 0
         if self.first:
@@ -612,27 +622,65 @@ class _Table:
         self._changed()
         n = len(paths)
         if cut == n:
-            return
+            return n
+        starts = _cuts(paths, cut, n)
+        end = starts.pop()  # n
+        if hold:
+            end = starts.pop()  # the last block's start: held back
+            if end == cut:
+                return end
         refs = self.shape_refs
-        for sid, count in collections.Counter(itertools.islice(sids, cut, None)).items():
+        for sid, count in collections.Counter(itertools.islice(sids, cut, end)).items():
             refs[sid] += count
             if self.shape_list[sid][_GROUP]:  # type: ignore[index]
                 self.grouped += count
         if spellings is not None:
-            for i in range(cut, n):
+            for i in range(cut, end):
                 if spellings[i] is not None:
                     self.spelling[paths[i]] = spellings[i]  # type: ignore[assignment]
         first, keys_col, hosts_col, shapes_col = self.first, self.keys, self.hosts, self.shapes
-        for start in range(cut, n, _BLOCK):
-            end = min(start + _BLOCK, n)
-            block_hosts = _NL.join(hosts[start:end])
-            if _ODD in block_hosts or block_hosts.count(_NL) != end - start - 1:
-                block_hosts = _NL.join([self._host(paths[i], hosts[i]) for i in range(start, end)])
-            first.append(paths[start])
-            keys_col.append(_NL.join(paths[start:end]))
+        for start, stop in zip(starts, [*starts[1:], end]):
+            block_keys = _NL.join(paths[start:stop])
+            block_hosts = _NL.join(hosts[start:stop])
+            if _ODD in block_hosts or block_hosts.count(_NL) != stop - start - 1:
+                block_hosts = _NL.join([self._host(paths[i], hosts[i]) for i in range(start, stop)])
+            old = reuse.get(block_keys) if reuse else None
+            if old is None:
+                first.append(paths[start])
+                keys_col.append(block_keys)
+            else:  # the previous snapshot's strings: a relist costs only the blocks that changed
+                first.append(old[0])
+                keys_col.append(old[1])
+                if old[2] == block_hosts:
+                    block_hosts = old[2]
             hosts_col.append(block_hosts)
-            shapes_col.append(array.array("I", sids[start:end]))
-        self.count += n - cut
+            shapes_col.append(array.array("I", sids[start:stop]))
+        self.count += end - cut
+        return end
+
+
+def _cuts(paths: list[str], start: int, n: int) -> list[int]:
+    """Where a load starts the blocks of paths[start:n], and n: at a path whose hash ends in
+    six zero bits (at least _MIN_BLOCK entries into a block, at most _MAX_BLOCK).
+
+    Content-defined: a relist of mostly the same data cuts the same blocks, whatever was
+    added or removed before them, so their strings can be the previous snapshot's.
+    """
+    starts = [start]
+    last = start
+    low_bits = map(operator.and_, map(hash, itertools.islice(paths, start, n)), itertools.repeat(_CUT_MASK))
+    for i in itertools.compress(range(start, n), map(operator.not_, low_bits)):
+        while i - last > _MAX_BLOCK:
+            last += _MAX_BLOCK
+            starts.append(last)
+        if i - last >= _MIN_BLOCK:
+            starts.append(i)
+            last = i
+    while n - last > _MAX_BLOCK:
+        last += _MAX_BLOCK
+        starts.append(last)
+    starts.append(n)
+    return starts
 
 
 class Load:
@@ -641,8 +689,13 @@ class Load:
     def __init__(self, view: Store) -> None:
         self._view = view
         self._table = _Table()
+        self._table.keep_unused = True  # shapes numbered by _sid for entries not added yet
         self.bad: dict[str, str] = {}
         self.read = 0  # keys handed to add()
+        # The entries after the last block cut of the batches so far (paths, hosts, shape
+        # numbers, spellings), added in front of the next batch or by finish().
+        self._tail: tuple[list[str], list[str], list[int], list[str | None] | None] | None = None
+        self._reuse: dict[str, tuple[str, str, str]] | None = None
 
     def add(self, items: Iterable[tuple[str | bytes, bytes | str]]) -> None:
         """Decode a page of ``(key, value)`` pairs into the snapshot (bad ones go to ``bad``)."""
@@ -678,7 +731,6 @@ class Load:
                 shape = _rest_shape(rest)
                 rest_sid[rest] = None if shape is None else table._sid(shape)
         sids = list(map(rest_sid.__getitem__, rests))
-        registered = {sid for sid in rest_sid.values() if sid is not None}
         if self.bad:  # a key of this batch that an earlier page had bad (the same key twice)
             for key in self.bad.keys() & set(map(_text, keys)):
                 del self.bad[key]
@@ -694,7 +746,6 @@ class Load:
                 continue
             hosts[i] = host
             sids[i] = table._sid(shape)
-            registered.add(sids[i])  # type: ignore[arg-type]
         if bad:
             drop = set(bad)
             keep = [i not in drop for i in range(n)]
@@ -703,11 +754,45 @@ class Load:
             sids = list(itertools.compress(sids, keep))
             if spellings is not None:
                 spellings = list(itertools.compress(spellings, keep))
-        table.append_sorted(paths, hosts, sids, spellings)  # type: ignore[arg-type]
-        table._drop_unused(registered)
+        tail = self._tail
+        if tail is not None:
+            self._tail = None
+            if paths and paths[0] > tail[0][-1]:  # continue the held-back block
+                paths = tail[0] + paths
+                hosts = tail[1] + hosts
+                sids = tail[2] + sids  # type: ignore[operator]
+                if spellings is not None or tail[3] is not None:
+                    spellings = ((tail[3] or [None] * len(tail[0]))
+                                 + (spellings or [None] * (len(paths) - len(tail[0]))))
+            else:
+                table.append_sorted(*tail, reuse=self._reuse)
+        if self._reuse is None:
+            old = view._t
+            self._reuse = {keys: (first, keys, hosts) for first, keys, hosts in zip(old.first, old.keys, old.hosts)}
+        held = table.append_sorted(paths, hosts, sids, spellings, reuse=self._reuse,  # type: ignore[arg-type]
+                                   hold=True)
+        if held < len(paths):
+            self._tail = (paths[held:], hosts[held:], sids[held:],  # type: ignore[assignment]
+                          spellings[held:] if spellings is not None else None)
         return True
 
+    def _flush(self) -> None:
+        """Add the held-back entries (before a key-by-key batch, and at the end)."""
+        if self._tail is not None:
+            tail, self._tail = self._tail, None
+            self._table.append_sorted(*tail, reuse=self._reuse)
+
+    def finish(self) -> _Table:
+        """The snapshot's table, complete (Store.finish_replace)."""
+        self._flush()
+        table = self._table
+        table.keep_unused = False
+        table._drop_unused(range(len(table.shape_list)))
+        self._reuse = None
+        return self._table
+
     def _add_each(self, batch: list[tuple[str | bytes, bytes | str]]) -> None:
+        self._flush()
         view = self._view
         entries: list[tuple[str, str, Shape, str | None]] = []
         for key, value in batch:
@@ -830,7 +915,7 @@ class Store:
 
     def finish_replace(self, load: Load, revision: int) -> None:
         """Swap the snapshot in: the view now answers from it alone."""
-        self._t = load._table
+        self._t = load.finish()
         self.bad = load.bad
         self.revision = revision
         self.generation += 1

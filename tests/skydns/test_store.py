@@ -462,3 +462,39 @@ def test_on_change_hooks():
     view.delete("/elsewhere/x", 6)
     assert seen == [None, None, ("local", "a", "y"), ("local", "a", "y"), ("local", "a", "x"),
                     ("local", "a", "x"), ("local", "a", "y"), ("local", "a", "y")]
+
+
+def _kube2sky_items(services: int, skip: int = -1, extra: str = "") -> list[tuple[bytes, bytes]]:
+    items = []
+    for n in range(services):
+        if n == skip:
+            continue
+        svc = f"/skydns/local/cluster/svc/ns{n % 7}/svc{n}{extra if n == 5 else ''}"
+        items.append((f"{svc}/a{n:x}".encode(), f'{{"host":"10.0.{n // 256}.{n % 256}","ttl":30}}'.encode()))
+        items.append((f"{svc}/_tcp/_http/b{n:x}".encode(),
+                      f'{{"host":"svc{n}.ns{n % 7}.svc.cluster.local.","port":80,"ttl":30}}'.encode()))
+    items.sort()
+    return items
+
+
+@pytest.mark.parametrize("batch", [4096, 100, 7])
+def test_a_relist_keeps_the_blocks_that_did_not_change(monkeypatch, batch):
+    """Rule 12: blocks are cut by content, so a relist of mostly the same data shares the
+    previous snapshot's strings; the result is what key-by-key decoding gives."""
+    monkeypatch.setattr(store, "_BATCH", batch)
+    view = store.Store()
+    view.replace(_kube2sky_items(3000), 1)
+    before = view._t
+    changed = _kube2sky_items(3000, skip=1500, extra="x")  # one service gone, one renamed
+    view.replace(changed, 2)
+    slow = store.Store()
+    load = slow.begin_replace()
+    load._add_each(changed)
+    slow.finish_replace(load, 2)
+    assert list(view.records().items()) == list(slow.records().items()) and len(view) == 5998
+    old = {id(k) for k in before.keys}
+    shared = sum(id(k) in old for k in view._t.keys)
+    assert shared >= len(view._t.keys) - 8, (shared, len(view._t.keys))
+    assert all(k.count("\n") < store._MAX_BLOCK for k in view._t.keys)
+    assert [r.host for r in view.lookup("svc7.ns0.svc.cluster.local.")] == ["10.0.0.7"]
+    assert [r.port for r in view.lookup("_http._tcp.svc7.ns0.svc.cluster.local.")] == [80]
