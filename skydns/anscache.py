@@ -79,18 +79,14 @@ class Reads:
         return self.view.loaded
 
     def find(self, segments: tuple[str, ...], exact: bool = False, limit: int | None = None) -> list:
-        base = _base(segments)
-        if base is not None:
-            self.below.add(base)
-        elif exact:
-            self.exact.add(segments)
+        if _WILDCARDS.isdisjoint(segments):
+            (self.exact if exact else self.visible).add(segments)
         else:
-            self.visible.add(segments)
+            self.below.add(_base(segments))  # type: ignore[arg-type]
         return self.view.find(segments, exact, limit)
 
     def exists_path(self, segments: tuple[str, ...]) -> bool:
-        base = _base(segments)
-        self.below.add(segments if base is None else base)
+        self.below.add(segments if _WILDCARDS.isdisjoint(segments) else _base(segments))  # type: ignore[arg-type]
         return self.view.exists_path(segments)
 
     def children(self, segments: tuple[str, ...]) -> list[str]:
