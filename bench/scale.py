@@ -456,6 +456,9 @@ def profile_memory(opts: argparse.Namespace) -> None:
         async def commit(self, plan, guard=None, lease=None):
             return 1
 
+        async def commit_all(self, plans, guard=None):
+            return 1
+
     cluster = Cluster(opts.services, opts.endpoints, opts.namespaces)
     services = [cluster.service(i) for i in range(cluster.cluster_ip)]
     services += [cluster.headless_service(h) for h in range(cluster.headless)]

@@ -38,6 +38,8 @@ import bisect
 import collections
 import heapq
 import contextlib
+import ctypes
+import gc
 import json
 import logging
 import random
@@ -100,13 +102,64 @@ CLUSTER = ("cluster",)
 # Owners built between two yields to the event loop in a background verify (keeps the
 # programming latency of changes low while the whole cluster is rebuilt).
 _VERIFY_CHUNK = 16
+# Owners built together in a foreground sync (nothing else runs): their leaf labels are hashed
+# in one batch, which pays from a few thousand values on (about 30 records per owner).
+_SYNC_CHUNK = 512
 # Transactions in flight at once when a sync writes many keys (etcd batches them).
 _PIPELINE = 8
+# Requests in flight at once in a foreground sync (each up to 4,096 puts or _CALL_BYTES), and
+# the size of one: etcd refuses requests over --max-request-bytes (1.5 MiB by default).
+_PIPELINE_CALLS = 4
+_CALL_BYTES = 1 << 20
 # Results of recent builds kept (owners, and records per result at most).
 _RECENT_OWNERS = 64
 _RECENT_MAX_RECORDS = 4096
 # Lines logged per sync about bad values under the prefix (the rest are counted).
 _BAD_VALUE_LOG_LIMIT = 5
+
+
+# The collector's thresholds for the whole process (Python's default is 700, 10, 10): a large
+# cluster's listing and first sync allocate millions of long-lived objects, and the default
+# walks them over and over (about 1.5 s of a 10k + 100k first sync).
+_GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def settle_heap() -> None:
+    """After a full sync: collect once, then move every surviving object into the collector's
+    permanent generation (gc.freeze: later collections never walk the cluster's objects
+    again, no collector pause grows with the cluster), and hand freed pages back to the
+    system (glibc's malloc_trim; the listing's pages are garbage now)."""
+    gc.collect()
+    gc.freeze()
+    trim_malloc()
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def trim_malloc() -> None:
+    """glibc's malloc_trim(0) (every arena's free pages back to the system), where there is
+    a glibc."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+# glibc's mallopt(M_ARENA_MAX, n): the watch threads list whole kinds; each thread would
+# otherwise get an arena of its own whose freed pages the main thread never reuses.
+_M_ARENA_MAX = -8
+_ARENA_MAX = 2
+
+
+def limit_arenas() -> None:
+    """At most _ARENA_MAX malloc arenas (before threads start), where there is a glibc."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(_M_ARENA_MAX, _ARENA_MAX)
 
 
 def _digest(key: str, value: str) -> int:
@@ -380,6 +433,17 @@ class Engine:
         ETCD_WRITES.labels("delete").inc(len(plan.deletes))
         logger.debug("committed %d puts, %d deletes at revision %s", len(plan.puts), len(plan.deletes), rev)
 
+    async def _commit_all(self, plans: list[reconcile.Plan]) -> None:
+        """Several plans in one request (nested transactions, all or nothing)."""
+        if len(plans) == 1:
+            await self._commit(plans[0])
+            return
+        rev = await self.store.commit_all(plans, guard=self._guard())
+        ETCD_TXNS.inc()
+        ETCD_WRITES.labels("put").inc(sum(len(p.puts) for p in plans))
+        ETCD_WRITES.labels("delete").inc(sum(len(p.deletes) for p in plans))
+        logger.debug("committed %d transactions in one request at revision %s", len(plans), rev)
+
     def _built(self, owner: tuple, inputs) -> records.Result:
         """build(), remembering the last few results: a change's "new" records are the next
         change's "old" ones (an endpoint flapping in a big headless service builds once)."""
@@ -493,6 +557,7 @@ class Engine:
         """
         started = self.clock()
         self.verifying = set()
+        inflight: list[asyncio.Future] = []  # foreground writes (a failure ends the others)
         try:
             # 1. etcd's content as sorted 64-bit digests (8 bytes per key) and a found mark each
             runs: list[array.array] = []  # each page's digests, sorted (8 bytes each)
@@ -507,13 +572,16 @@ class Engine:
                 logger.info("full sync (%s): etcd holds %d keys under %s", cause, n_actual, self.prefix)
             # 2. rebuild everything; what etcd lacks is put (foreground) or rewritten (background)
             missing_owners: list[tuple] = []
-            puts: list[tuple[str, str]] = []
-            inflight: list[asyncio.Task] = []
+            # foreground puts, sent many transactions per request (nested, etcdwriter.nesting)
+            pending: dict[str, str] = {}
+            pending_bytes = 0
             n_desired = n_puts = 0
             owners = self.owners()
             limit = max(1, self.settings.max_txn_ops)
+            outer, inner = etcdwriter.nesting(limit)
+            per_call = outer * inner
             last_log = self.clock()
-            chunk = _VERIFY_CHUNK if background else 8 * _VERIFY_CHUNK
+            chunk = _VERIFY_CHUNK if background else _SYNC_CHUNK
             for start in range(0, len(owners), chunk):
                 for owner, inputs, result in self.build_all(owners[start:start + chunk]):
                     if not background:
@@ -537,13 +605,16 @@ class Engine:
                     if background:
                         missing_owners.append(owner)
                         continue
-                    puts.extend(lacking)
-                    n_puts += len(lacking)
-                    while len(puts) >= limit:
-                        part, puts[:] = puts[:limit], puts[limit:]
-                        inflight.append(asyncio.ensure_future(self._commit(reconcile.Plan(tuple(part)))))
-                        while len(inflight) >= _PIPELINE:
-                            await inflight.pop(0)
+                    for k, v in lacking:
+                        if pending.setdefault(k, v) is v:  # a key two owners want goes once
+                            pending_bytes += len(k) + len(v)
+                    if len(pending) >= per_call or pending_bytes >= _CALL_BYTES:
+                        n_puts += len(pending)
+                        for plans in _calls(pending, outer, inner):
+                            inflight.append(asyncio.ensure_future(self._commit_all(plans)))
+                            while len(inflight) >= _PIPELINE_CALLS:
+                                await inflight.pop(0)
+                        pending, pending_bytes = {}, 0
                 if background:
                     await asyncio.sleep(0)
                 now = self.clock()
@@ -551,10 +622,14 @@ class Engine:
                     last_log = now
                     logger.info("synced %d/%d owners (%d keys put)", min(start + chunk, len(owners)),
                                 len(owners), n_puts)
-            if puts:
-                inflight.append(asyncio.ensure_future(self._commit(reconcile.Plan(tuple(puts)))))
+            if pending:
+                n_puts += len(pending)
+                inflight += [asyncio.ensure_future(self._commit_all(plans))
+                             for plans in _calls(pending, outer, inner)]
+            del pending
             while inflight:
-                await inflight.pop(0)
+                await inflight[0]
+                inflight.pop(0)
             # 3. what etcd holds and nobody wants: kube2sky's orphans go, the rest is not ours
             deletes: list[str] = []
             unknown = {d for d, hit in zip(actual, found) if not hit} - self.not_ours
@@ -607,6 +682,10 @@ class Engine:
                 f", {len(missing_owners)} owners lacking records rewritten" if missing_owners else "")
         finally:
             self.verifying = None
+            for task in inflight:
+                task.cancel()
+            if inflight:
+                await asyncio.gather(*inflight, return_exceptions=True)
 
     async def full_sync(self, cause: str) -> None:
         """The foreground sync: at start and after a leader change (what is in etcd is unknown)."""
@@ -623,6 +702,7 @@ class Engine:
             logger.warning("verify (%s) failed: %s; trying again at the next resync", cause, err)
             self.verify_due = self.verify_due or "etcd error"
         self.next_resync = self.clock() + self.settings.resync_period
+        trim_malloc()  # the relist's pages and the verify's digests are garbage now
         if self.full_received is not None:
             LATENCY.observe(max(0.0, self.clock() - self.full_received))
             self.full_received = None
@@ -711,6 +791,23 @@ class Engine:
         if is_leader:
             self.full = self.full or "became leader"
         self.wake.set()
+
+
+def _calls(puts: dict[str, str], outer: int, inner: int) -> list[list[reconcile.Plan]]:
+    """Puts (keys sorted) as requests of at most ``outer`` plans of at most ``inner``
+    operations each, and of at most about _CALL_BYTES (a plan is never split)."""
+    items = sorted(puts.items())
+    calls: list[list[reconcile.Plan]] = []
+    size = 0
+    for i in range(0, len(items), inner):
+        part = items[i:i + inner]
+        part_size = sum(len(k) + len(v) for k, v in part)
+        if not calls or len(calls[-1]) >= outer or size + part_size > _CALL_BYTES:
+            calls.append([])
+            size = 0
+        calls[-1].append(reconcile.Plan(tuple(part)))
+        size += part_size
+    return calls
 
 
 def _host_of(value: str) -> str:
@@ -919,6 +1016,12 @@ async def main(settings: settings_mod.Settings) -> int:
         watched = [stopper, *tasks]
         if settings.dry_run and settings.manifests:
             watched.append(asyncio.create_task(engine.synced_event.wait(), name="dry-run"))
+
+        async def settle(synced: asyncio.Event) -> None:
+            await synced.wait()
+            settle_heap()
+
+        tasks.append(asyncio.create_task(settle(engine.synced_event), name="settle"))
         done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task is stopper or task.get_name() == "dry-run":
@@ -959,6 +1062,8 @@ def run(settings: settings_mod.Settings) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gc.set_threshold(*_GC_THRESHOLDS)
+    limit_arenas()
     try:
         import uvloop  # noqa: PLC0415 - optional
         runner = uvloop.run

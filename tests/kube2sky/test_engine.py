@@ -21,6 +21,7 @@ class Store(etcdwriter.DryRun):
         self.quiet = True
         self.plans: list[reconcile.Plan] = []
         self.calls: list[str] = []
+        self.requests: list[list[int]] = []  # commit_all: operations per nested transaction
         self.fail = 0
 
     async def scan(self, prefix, page_size=0):
@@ -38,6 +39,22 @@ class Store(etcdwriter.DryRun):
         self.plans.append(plan)
         self.calls.append("commit")
         return await super().commit(plan, guard, lease)
+
+    async def commit_all(self, plans, guard=None):
+        """One request of nested transactions: checked as etcd checks it (a key put twice, or
+        put and deleted, in one request is refused; a child's operations count against what
+        its parent leaves of --max-txn-ops)."""
+        if self.fail:
+            self.fail -= 1
+            raise etcdwriter.EtcdError("etcd down")
+        keys = [k for plan in plans for k, _ in plan.puts] + [k for plan in plans for k in plan.deletes]
+        assert len(keys) == len(set(keys)), "duplicate key given in txn request"
+        self.requests.append([len(plan) for plan in plans])
+        self.calls.append("commit_all")
+        for plan in plans:
+            self.plans.append(plan)
+            await super().commit(plan, guard)
+        return self.revision
 
 
 def svc(name: str, ip: str, ns: str = "default") -> dict:
@@ -144,6 +161,38 @@ def test_big_changes_are_chunked(max_ops):
     run(settle(e, listed(*(svc(f"s{i}", f"10.0.1.{i}") for i in range(20)))))
     assert all(len(plan) <= max_ops for plan in store.plans)
     assert store.data == e.desired()
+
+
+@pytest.mark.parametrize("max_ops", [1, 7, 8, 16, 128])
+def test_first_sync_sends_nested_transactions_within_etcds_limits(max_ops):
+    store = Store()
+    e = engine(store, max_txn_ops=max_ops)
+    run(settle(e, listed(*(svc(f"s{i}", f"10.0.{i // 200}.{i % 200 + 1}") for i in range(700)))))
+    assert store.data == e.desired()
+    outer, inner = etcdwriter.nesting(max_ops)
+    for sizes in store.requests:
+        assert len(sizes) <= outer and all(size <= inner for size in sizes)
+        assert len(sizes) + max(sizes) <= max_ops  # etcd: a child gets what its parent leaves
+    if max_ops >= 8:
+        assert store.requests and max(map(len, store.requests)) > 1
+
+
+@pytest.mark.parametrize(("n_puts", "key_size", "value_size"), [
+    pytest.param(0, 10, 10, id="nothing"),
+    pytest.param(1, 10, 10, id="one"),
+    pytest.param(4096, 60, 60, id="one full request"),
+    pytest.param(4097, 60, 60, id="one more"),
+    pytest.param(3000, 200, 400, id="bytes bound"),
+])
+def test_calls_respect_operations_and_bytes(n_puts, key_size, value_size):
+    puts = {f"/k/{i:0{key_size - 3}d}": "v" * value_size for i in range(n_puts)}
+    calls = app._calls(puts, 64, 64)
+    got = [kv for plans in calls for plan in plans for kv in plan.puts]
+    assert got == sorted(puts.items())
+    for plans in calls:
+        assert 1 <= len(plans) <= 64 and all(1 <= len(plan) <= 64 for plan in plans)
+        size = sum(len(k) + len(v) for plan in plans for k, v in plan.puts)
+        assert size <= app._CALL_BYTES or len(plans) == 1
 
 
 def test_invalid_objects_are_skipped():

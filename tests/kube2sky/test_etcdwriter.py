@@ -48,3 +48,92 @@ def test_tls_hint(error, needle):
 def test_tls_files_are_off_when_empty():
     assert not etcdwriter.TLSFiles()
     assert etcdwriter.TLSFiles(ca="/ca.pem")
+
+
+# ---- txn_request: the hand-encoded TxnRequest vs the generated protobuf classes (the plain path)
+
+def _plain_txn(plan, compare):
+    import aetcd.rpc as rpc
+
+    request = rpc.TxnRequest()
+    if compare is not None:
+        request.compare.append(compare)
+    for key, value in plan.puts:
+        request.success.add().request_put.CopyFrom(rpc.PutRequest(key=key.encode(), value=value.encode()))
+    for key in plan.deletes:
+        request.success.add().request_delete_range.CopyFrom(rpc.DeleteRangeRequest(key=key.encode()))
+    return request.SerializeToString()
+
+
+def _random_text(rng, size):
+    alphabet = "abcxyz0123/._-{}\":,é€😀\\\n"
+    return "".join(rng.choice(alphabet) for _ in range(size))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_txn_request_equals_the_protobuf_encoding(seed):
+    import random
+
+    import aetcd.rpc as rpc
+
+    from kube2sky import reconcile
+
+    rng = random.Random(seed)
+    sizes = [0, 1, 2, 60, 127, 128, 129, 300, 8000, 12000, 16383, 16384, 20000, 200000]
+
+    def size():
+        return rng.choice(sizes) if rng.random() < 0.3 else rng.randrange(0, 200)
+
+    plan = reconcile.Plan(
+        tuple((_random_text(rng, size() or 1), _random_text(rng, size())) for _ in range(rng.randrange(0, 40))),
+        tuple(_random_text(rng, size() or 1) for _ in range(rng.randrange(0, 10))))
+    compare = None
+    if rng.random() < 0.5:
+        compare = rpc.Compare(key=_random_text(rng, size() or 1).encode(), value=_random_text(rng, size()).encode(),
+                              result=rpc.Compare.EQUAL, target=rpc.Compare.VALUE)
+    got = etcdwriter.txn_request(plan, compare.SerializeToString() if compare is not None else b"")
+    assert got == _plain_txn(plan, compare)
+    parsed = rpc.TxnRequest.FromString(got)
+    assert [(op.request_put.key.decode(), op.request_put.value.decode()) for op in parsed.success
+            if op.HasField("request_put")] == list(plan.puts)
+    assert [op.request_delete_range.key.decode() for op in parsed.success
+            if op.HasField("request_delete_range")] == list(plan.deletes)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_nested_txn_request_equals_the_protobuf_encoding(seed):
+    import random
+
+    import aetcd.rpc as rpc
+
+    from kube2sky import reconcile
+
+    rng = random.Random(seed)
+    plans = [reconcile.Plan(tuple((_random_text(rng, rng.randrange(1, 90)), _random_text(rng, rng.randrange(0, 300)))
+                                  for _ in range(rng.randrange(0, 20))),
+                            tuple(_random_text(rng, rng.randrange(1, 90)) for _ in range(rng.randrange(0, 5))))
+             for _ in range(rng.randrange(1, 6))]
+    compare = None
+    if rng.random() < 0.5:
+        compare = rpc.Compare(key=b"/skydns-leader/kube2sky", value=_random_text(rng, 20).encode(),
+                              result=rpc.Compare.EQUAL, target=rpc.Compare.VALUE)
+    plain = rpc.TxnRequest()
+    if compare is not None:
+        plain.compare.append(compare)
+    for plan in plans:
+        plain.success.add().request_txn.CopyFrom(rpc.TxnRequest.FromString(_plain_txn(plan, None)))
+    got = etcdwriter.nested_txn_request(plans, compare.SerializeToString() if compare is not None else b"")
+    assert got == plain.SerializeToString()
+
+
+@pytest.mark.parametrize(("max_ops", "want"), [
+    pytest.param(128, (64, 64), id="etcd's default"),
+    pytest.param(1024, (512, 512), id="raised"),
+    pytest.param(9, (4, 5), id="odd"),
+    pytest.param(7, (1, 7), id="too few to nest"),
+    pytest.param(1, (1, 1), id="one"),
+])
+def test_nesting(max_ops, want):
+    outer, inner = etcdwriter.nesting(max_ops)
+    assert (outer, inner) == want
+    assert outer == 1 or outer + inner <= max_ops  # etcd's rule: a child gets what its parent leaves

@@ -144,3 +144,59 @@ def test_values_are_frozen() -> None:
     with pytest.raises(AttributeError):
         svc.name = "c"  # type: ignore[misc]
     assert svc.ref == ("b", "a")
+
+
+# ---- the plain reading of a slice's endpoints vs the checked one (seeded, random shapes)
+
+def _random_endpoint_field(rng):
+    return rng.choice([None, True, False, 0, 1, "", "x", " 10.1.0.1 ", [], {}, ["10.1.0.1"], 1.5])
+
+
+def _random_endpoint(rng):
+    if rng.random() < 0.03:
+        return rng.choice([None, "x", 3, [], ["a"]])
+    ep = {}
+    if rng.random() < 0.9:
+        ep["addresses"] = (rng.choice([None, "10.0.0.1", 5, {}]) if rng.random() < 0.05 else
+                           [rng.choice(["10.0.0.1", " 10.0.0.2", "fd00::1 ", "10.0.0.1", "", "x"])
+                            if rng.random() < 0.97 else rng.choice([None, 7, []])
+                            for _ in range(rng.choice([0, 1, 1, 1, 2, 3]))])
+    if rng.random() < 0.7:
+        ep["hostname"] = rng.choice(["web-0", "", "Web_1", None]) if rng.random() < 0.95 else _random_endpoint_field(rng)
+    if rng.random() < 0.8:
+        if rng.random() < 0.05:
+            ep["conditions"] = _random_endpoint_field(rng)
+        else:
+            ep["conditions"] = {k: (rng.choice([True, False, None]) if rng.random() < 0.95 else _random_endpoint_field(rng))
+                                for k in ("ready", "serving", "terminating") if rng.random() < 0.7}
+    if rng.random() < 0.5:
+        ep["nodeName"] = "node-1"
+        ep["targetRef"] = {"kind": "Pod", "name": "p"}
+    return ep
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_plain_endpoint_reading_equals_the_checked_one(seed) -> None:
+    import random
+
+    rng = random.Random(seed)
+    answered = 0
+    for _ in range(200):
+        if rng.random() < 0.05:
+            eps = rng.choice([None, {}, "x", 5])
+        else:
+            eps = [_random_endpoint(rng) for _ in range(rng.choice([0, 1, 3, 10]))]
+        raw = {"metadata": {"name": "s", "namespace": "default"}, "endpoints": eps}
+        fast = objects._plain_endpoints(eps)
+        try:
+            checked = objects._slice_endpoints(objects._Reader("EndpointSlice", raw), raw)
+        except objects.Invalid:
+            assert fast is None, eps
+            with pytest.raises(objects.Invalid):
+                objects.parse_endpoint_slice(raw)
+            continue
+        if fast is not None:
+            answered += 1
+            assert fast == checked, eps
+        assert objects.parse_endpoint_slice(raw).endpoints == checked
+    assert answered >= 40  # the plain reading is the common case, not a bystander
