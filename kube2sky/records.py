@@ -125,6 +125,27 @@ def leaf_labels(values: Sequence[str]) -> list[str]:
     return out
 
 
+# Leaf labels of one object's recent builds (value -> label), at most _CACHE_SIZE: a change
+# of a big headless service builds the records last written and the new ones, which share
+# all but a few values; the second build hashes only those (hashing is 2/3 of a build).
+_LABELS: dict[str, str] = {}
+
+
+def _remembered_labels(values: list[str]) -> list[str]:
+    """``leaf_labels(values)``, hashing only the values not in _LABELS (which it fills)."""
+    memo = _LABELS
+    unique = dict.fromkeys(values)
+    missing = [v for v in unique if v not in memo]
+    if missing:
+        if len(unique) > _CACHE_SIZE:
+            return leaf_labels(values)
+        if len(memo) + len(missing) > _CACHE_SIZE:
+            memo.clear()
+            missing = list(unique)
+        memo.update(zip(missing, leaf_labels(missing)))
+    return [memo[v] for v in values]
+
+
 _PLAIN_HOST = re.compile(r"^[a-z0-9_.:-]+$")
 
 
@@ -341,7 +362,7 @@ class _Builder:
         entries = self.entries
         if hashes is None:
             todo = self.unhashed()
-            hashes = leaf_labels(todo) if len(todo) >= _MIN_BATCH else list(map(_leaf_label, todo))
+            hashes = _remembered_labels(todo) if len(todo) >= _MIN_BATCH else list(map(_leaf_label, todo))
         hashes = hashes[::-1]
         labels = [leaf or hashes.pop() for _, _, leaf in entries]
         values = {f"{key}/{label}": value for (key, value, _), label in zip(entries, labels)}

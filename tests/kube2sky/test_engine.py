@@ -331,3 +331,20 @@ def test_host_network_pods_share_a_key_until_the_last_one_goes():
     run(go())
     assert not any("/pod/" in k for k in store.data)
     assert store.data == e.desired()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_digest_index_finds_what_a_plain_search_finds(seed):
+    import array
+    import random
+
+    rng = random.Random(seed)
+    n = rng.choice([0, 1, 5, 1000, 20000])
+    edge = [-(1 << 63), (1 << 63) - 1, 0, -1, 1 << 48, (1 << 48) - 1, -(1 << 48)]
+    values = sorted({rng.choice(edge) if rng.random() < 0.05 else rng.getrandbits(64) - (1 << 63) for _ in range(n)}
+                    | ({rng.getrandbits(16) << 48} if rng.random() < 0.5 else set()))
+    digests = app.Digests(array.array("q", values))
+    probes = values + edge + [rng.getrandbits(64) - (1 << 63) for _ in range(500)] + [v + 1 for v in values[:50]]
+    position = {v: i for i, v in enumerate(values)}
+    for probe in probes:
+        assert digests.find(probe) == position.get(probe, -1)

@@ -837,3 +837,20 @@ def test_leaf_labels_equal_msg_leaf_label_value_by_value() -> None:
     """The batched FNV-1a (many values per big-integer operation) is msg.leaf_label exactly."""
     assert records.leaf_labels(LEAF_VALUES) == [msg.leaf_label(value) for value in LEAF_VALUES]
     assert records.leaf_labels([]) == []
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_remembered_labels_equal_msg_leaf_label(seed) -> None:
+    """The memo of recent labels (seeded random batches that overlap, overflow and repeat)
+    gives msg.leaf_label value by value, whatever it held before."""
+    import random
+
+    rng = random.Random(seed)
+    pool = LEAF_VALUES + [f'{{"host":"h{i}.x.","port":{i}}}' for i in range(5000)]
+    records._LABELS.clear()
+    for _ in range(30):
+        size = rng.choice([records._MIN_BATCH, 100, 300, 3000, records._CACHE_SIZE + 5])
+        start = rng.randrange(len(pool))
+        values = [pool[(start + rng.randrange(size * 2)) % len(pool)] for _ in range(size)]
+        assert records._remembered_labels(values) == [msg.leaf_label(v) for v in values]
+        assert len(records._LABELS) <= records._CACHE_SIZE
