@@ -36,6 +36,13 @@ Rules of this module:
    default of one malloc arena per thread the freed pages stay in those arenas' RSS, so
    ``run()`` first limits glibc to one arena (``mallopt(M_ARENA_MAX, 1)``, before its first
    channel; nothing on other C libraries).
+8. The list goes through aetcd (grpcio); the watch is etcd's gRPC Watch call on a connection
+   of its own to the same endpoint, spoken by ``skydns.grpcwire`` (HTTP/2 without TLS, or TLS
+   with ALPN "h2" and the same -ca-cert / -tls-pem / -tls-key: the client certificate is the
+   same etcd user). Each response is decoded and applied inside the connection's read
+   callback, in order; the watch coroutine wakes only for rule 4's probes and for the end of
+   the call (trailers, reset, GOAWAY, a lost connection, a protocol error: rule 3's "anything
+   else"). grpcio's asyncio stream cost about 3x the CPU per event (bench/README.md).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import enum
 import logging
 import operator
 import random
+import ssl
 import time
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -56,6 +64,9 @@ import aetcd.utils
 import grpc
 from aetcd import rpc
 
+from google.protobuf import message as protobuf_message
+
+from skydns import grpcwire
 from skydns import settings as settings_mod
 
 if typing.TYPE_CHECKING:
@@ -92,6 +103,7 @@ _JITTER = 0.2
 _STABLE = 10.0
 # Most "bad value" log lines one relist writes; the rest are summed up in one line (rule 5).
 _BAD_LOG_LINES = 20
+_DELETE = rpc.Event.DELETE
 
 
 class Error(Exception):
@@ -104,6 +116,10 @@ class ConfigError(Error):
 
 class WatchLost(Error):
     """The watch stream ended, was cancelled by etcd, or stopped answering."""
+
+
+class StreamEnded(WatchLost):
+    """The watch call or its connection ended (the text says how)."""
 
 
 class Compacted(Error):
@@ -224,6 +240,38 @@ def credentials(settings: settings_mod.Settings, tls: bool = False) -> grpc.Chan
     )
 
 
+def tls_context(settings: settings_mod.Settings, tls: bool = False) -> ssl.SSLContext | None:
+    """The TLS context of the watch connection, from the same files and rules as ``credentials``
+    (only the configured CA is trusted when -ca-cert is given), offering HTTP/2 by ALPN.
+
+    Raises:
+        ConfigError: a file is unreadable or not a certificate / key, or only one of
+        -tls-pem / -tls-key is given.
+    """
+    ca, pem, key = settings.etcd_ca_cert, settings.etcd_tls_pem, settings.etcd_tls_key
+    if not (ca or pem or key or tls):
+        return None
+    if bool(pem) != bool(key):
+        raise ConfigError("etcd TLS: give both -tls-pem (client certificate) and -tls-key (its key)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if ca:
+            context.load_verify_locations(cadata=_read(ca, "-ca-cert file").decode("ascii", "replace"))
+        else:
+            context.load_default_certs()
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"etcd TLS: no certificate in -ca-cert file {ca!r}: {exc}") from exc
+    if pem:
+        _read(pem, "-tls-pem file")
+        _read(key, "-tls-key file")
+        try:
+            context.load_cert_chain(pem, key)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"etcd TLS: -tls-pem {pem!r} / -tls-key {key!r}: {exc}") from exc
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
 class _Client(aetcd.Client):
     """aetcd.Client on a channel we build: TLS when configured, our channel options."""
 
@@ -285,6 +333,8 @@ class _Meters:
         self.bad = find("etcd_bad_values_total", "etcd_bad_values", "ETCD_BAD_VALUES_TOTAL")
         self.ready = find("etcd_ready", "ETCD_READY")
         self.connected_gauge = find("etcd_connected", "ETCD_CONNECTED")
+        self.event_time = 0.0  # of the last change (the last-event gauge's value)
+        self._follows: store.Store | None = None  # the view the gauges read when scraped
 
     @staticmethod
     def _call(metric: object | None, method: str, *args: float) -> None:
@@ -296,10 +346,33 @@ class _Meters:
             logger.debug("etcd: metric update failed", exc_info=True)
 
     def view_changed(self, view: store.Store, event_time: float | None = None) -> None:
+        """The view changed (at event_time, when given). Gauges that can read their value
+        when scraped (prometheus ``Gauge.set_function``) are pointed at the view once and
+        then cost nothing per watch event; others are set here."""
+        if event_time is not None:
+            self.event_time = event_time
+        if self._follows is view:
+            return
+        if self._follow(view):
+            return
         self._call(self.keys, "set", len(view))
         self._call(self.revision, "set", view.revision)
         if event_time is not None:
             self._call(self.last_event, "set", event_time)
+
+    def _follow(self, view: store.Store) -> bool:
+        gauges = (self.keys, self.revision, self.last_event)
+        if not all(callable(getattr(gauge, "set_function", None)) for gauge in gauges):
+            return False
+        try:
+            self.keys.set_function(lambda: len(view))  # type: ignore[union-attr]
+            self.revision.set_function(lambda: view.revision)  # type: ignore[union-attr]
+            self.last_event.set_function(lambda: self.event_time)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - metrics never break the mirror
+            logger.debug("etcd: metric set_function failed", exc_info=True)
+            return False
+        self._follows = view
+        return True
 
     def bad_value(self, count: int = 1) -> None:
         if count:
@@ -322,6 +395,10 @@ def _describe(exc: BaseException) -> str:
         return f"{exc.code().name}: {details}" if details else exc.code().name
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
+    if isinstance(exc, StreamEnded):
+        return str(exc)
+    if isinstance(exc, grpcwire.ProtocolError):
+        return f"bad HTTP/2 from etcd: {exc}"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -344,6 +421,11 @@ class _Mirror:
         self.page_size = int(getattr(settings, "etcd_page_size", _DEFAULT_PAGE_SIZE))
         self.endpoints = endpoints(settings)
         credentials(settings, any(ep.tls for ep in self.endpoints))  # fail now on bad TLS files
+        # The watch connection's TLS context per endpoint kind (plain / https://), made now:
+        # a bad TLS file is a start-up error (rule 6).
+        self.tls = {tls: tls_context(settings, tls) for tls in {ep.tls for ep in self.endpoints}}
+        # Fragments of one revision waiting for the last one (WatchResponse.fragment).
+        self.pending: list = []
         # The revision the view reflects: the list's, then each applied event's (rule 5a).
         self.reached = 0
         # Bad values already logged and counted: key -> (revision, reason) (rule 5).
@@ -402,7 +484,7 @@ class _Mirror:
                     logger.warning("etcd: cannot %s %s (%s), retry #%d in %.2fs",
                                    phase, endpoint, _describe(exc), attempt, delay)
                 if not isinstance(exc, (grpc.RpcError, aetcd.ClientError, Error, OSError,
-                                        asyncio.TimeoutError)):
+                                        asyncio.TimeoutError, grpcwire.ProtocolError)):
                     logger.error("etcd: unexpected error", exc_info=exc)
                 index = (index + 1) % len(self.endpoints)
             finally:
@@ -464,79 +546,95 @@ class _Mirror:
         return await client.kvstub.Range(request, timeout=self.timeout, metadata=client.metadata)
 
     async def _watch(self, client: _Client, start_revision: int) -> None:
-        """Apply watch events from start_revision on; return never (raises on any end)."""
+        """Apply watch events from start_revision on; return never (raises on any end).
+
+        The responses are applied by ``_on_response`` as the connection reads them; this
+        coroutine only wakes up for the progress probes of rule 4 and for the end.
+        """
         create = rpc.WatchCreateRequest(key=self.prefix, range_end=self.range_end,
                                         start_revision=start_revision, progress_notify=True,
                                         fragment=True)
-        call = self._open_watch(client)
-        reading: asyncio.Future | None = None
+        self.pending = []
+        stream = await self._open_watch(client, self._on_response)
         try:
-            async with asyncio.timeout(self.timeout):
-                await call.write(rpc.WatchRequest(create_request=create))
-            probe_sent: float | None = None
+            stream.send(rpc.WatchRequest(create_request=create))
             loop = asyncio.get_running_loop()
-            pending: list = []
+            probe_sent: float | None = None
             while True:
-                if reading is None:
-                    reading = asyncio.ensure_future(call.read())
-                wait = self.watch_check if probe_sent is None else probe_sent + self.timeout - loop.time()
-                done, _ = await asyncio.wait({reading}, timeout=max(wait, 0.0))
-                if not done:
-                    if probe_sent is not None:
+                now = loop.time()
+                if probe_sent is not None and stream.last_read >= probe_sent:
+                    probe_sent = None  # answered (or any response came meanwhile)
+                if probe_sent is None:
+                    wait = stream.last_read + self.watch_check - now
+                    if wait <= 0:
+                        stream.send(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+                        probe_sent = now
+                        wait = self.timeout
+                else:
+                    wait = probe_sent + self.timeout - now
+                    if wait <= 0:
                         raise WatchLost(f"no answer from etcd for {self.watch_check + self.timeout:.1f}s")
-                    probe = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
-                    async with asyncio.timeout(self.timeout):
-                        await call.write(probe)
-                    probe_sent = loop.time()
-                    continue
-                response = reading.result()
-                reading = None
-                probe_sent = None
-                if response is grpc.aio.EOF:
-                    raise WatchLost("watch stream closed by etcd")
-                if response.compact_revision:
-                    raise Compacted(response.compact_revision)
-                if response.canceled:
-                    raise WatchLost(f"watch cancelled by etcd: {response.cancel_reason or 'no reason'}")
-                if response.created:
-                    continue
-                if not response.events:  # a progress answer: every event up to it was sent
-                    if not pending and response.header.revision > self.reached:
-                        self.reached = response.header.revision
-                    continue
-                pending.extend(response.events)
-                if response.fragment:
-                    continue  # more of the same revision follows
-                self._apply(pending)
-                pending = []
+                await asyncio.wait((stream.ended,), timeout=wait)
+                if stream.ended.done():
+                    stream.ended.result()  # raises why it ended
+                    raise StreamEnded("watch stream closed")
         finally:
-            if reading is not None:
-                reading.cancel()
-            call.cancel()
+            stream.close()
 
-    def _open_watch(self, client: _Client):  # a seam for scripted streams in unit tests
-        return rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
+    def _on_response(self, response: rpc.WatchResponse) -> None:
+        """One WatchResponse, in order; raises Compacted or WatchLost when the watch is over."""
+        if response.compact_revision:
+            raise Compacted(response.compact_revision)
+        if response.canceled:
+            raise WatchLost(f"watch cancelled by etcd: {response.cancel_reason or 'no reason'}")
+        if response.created:
+            return
+        if not response.events:  # a progress answer: every event up to it was sent
+            if not self.pending and response.header.revision > self.reached:
+                self.reached = response.header.revision
+            return
+        if response.fragment:
+            self.pending.extend(response.events)
+            return  # more of the same revision follows
+        if self.pending:
+            events, self.pending = [*self.pending, *response.events], []
+            self._apply(events)
+        else:
+            self._apply(response.events)
+
+    async def _open_watch(self, client: _Client, on_response: Callable[[rpc.WatchResponse], None]) -> _Stream:
+        """A new connection to the client's endpoint with the Watch call open on it (a seam
+        for scripted streams in unit tests)."""
+        return await open_stream(client.endpoint, self.tls[client.endpoint.tls], on_response, self.timeout)
 
     def _apply(self, events: Iterable) -> None:
         view = self.view
+        reported = self.reported
+        notify = self.on_event is not None
         for event in events:
-            key = event.kv.key.decode("utf-8", "replace")
-            revision = event.kv.mod_revision
+            kv = event.kv
+            key = kv.key.decode("utf-8", "replace")
+            revision = kv.mod_revision
             if revision > self.reached:
                 self.reached = revision
-            if event.type == rpc.Event.DELETE:
+            if event.type == _DELETE:
                 view.delete(key, revision)
-                self.reported.pop(key, None)
-                self._notify(Update(Change.DELETE, key, revision))
-            elif view.put(key, event.kv.value, revision):
-                self.reported.pop(key, None)
-                self._notify(Update(Change.PUT, key, revision))
+                if reported:
+                    reported.pop(key, None)
+                if notify:
+                    self._notify(Update(Change.DELETE, key, revision))
+            elif view.put(key, kv.value, revision):
+                if reported:
+                    reported.pop(key, None)
+                if notify:
+                    self._notify(Update(Change.PUT, key, revision))
             else:
                 reason = view.bad.get(key, "not a valid record")
                 if self._report_bad(key, revision, reason):
                     logger.warning("etcd: skipping bad value at %s (revision %d): %s", key, revision,
                                    _reason(key, reason))
-                self._notify(Update(Change.PUT, key, revision, ok=False))
+                if notify:
+                    self._notify(Update(Change.PUT, key, revision, ok=False))
         self.meters.view_changed(view, time.time())
 
     def _report_bad(self, key: str, revision: int, reason: str, listed: bool = False) -> bool:
@@ -562,6 +660,123 @@ class _Mirror:
                            "`skydns doctor` lists them)", len(fresh) - _BAD_LOG_LINES, revision)
         for key in [key for key in self.reported if key not in bad]:
             del self.reported[key]
+
+
+_WATCH_PATH = "/etcdserverpb.Watch/Watch"
+
+
+class _Stream(asyncio.Protocol):
+    """etcd's Watch call on its own HTTP/2 connection (skydns.grpcwire): each response is
+    decoded and handed to ``on_response`` right in ``data_received``, in order.
+
+    ``ended`` gets the exception that ended the call (an exception of ``on_response`` too,
+    which also closes the connection); ``last_read`` is the loop time of the last response.
+    Sends stay within etcd's flow-control windows (waiting for WINDOW_UPDATE when needed).
+    """
+
+    def __init__(self, on_response: Callable[[rpc.WatchResponse], None], loop: asyncio.AbstractEventLoop) -> None:
+        self._on_response = on_response
+        self._loop = loop
+        self._decoder = grpcwire.Decoder()
+        self._transport: asyncio.Transport | None = None
+        self.ended: asyncio.Future = loop.create_future()
+        self.last_read = loop.time()
+        self._window = grpcwire.DEFAULT_WINDOW  # what etcd lets us send on the connection
+        self._stream_window = grpcwire.DEFAULT_WINDOW  # ... and on the stream
+        self._initial = grpcwire.DEFAULT_WINDOW  # etcd's SETTINGS_INITIAL_WINDOW_SIZE
+        self._blocked: list[bytes] = []
+        self._returned = 0  # bytes consumed that WINDOW_UPDATEs gave back
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.ended.done():
+            return
+        try:
+            for kind, value in self._decoder.feed(data):
+                if kind == grpcwire.MESSAGE:
+                    self.last_read = self._loop.time()
+                    try:
+                        response = rpc.WatchResponse.FromString(value)
+                    except protobuf_message.DecodeError as exc:
+                        raise grpcwire.ProtocolError(f"not a WatchResponse: {exc}") from exc
+                    self._on_response(response)
+                elif kind == grpcwire.SETTINGS:
+                    initial = value.get(grpcwire.INITIAL_WINDOW_SIZE)  # type: ignore[union-attr]
+                    if initial is not None:
+                        self._stream_window += initial - self._initial
+                        self._initial = initial
+                    self._transport.write(grpcwire.settings_ack())  # type: ignore[union-attr]
+                    self._flush()
+                elif kind == grpcwire.PING:
+                    self._transport.write(grpcwire.ping_ack(value))  # type: ignore[union-attr,arg-type]
+                elif kind == grpcwire.WINDOW:
+                    stream, increment = value  # type: ignore[misc]
+                    if stream == 0:
+                        self._window += increment
+                    elif stream == grpcwire.STREAM:
+                        self._stream_window += increment
+                    self._flush()
+                else:  # END
+                    raise StreamEnded(str(value))
+            taken = self._decoder.consumed - self._returned
+            if taken >= grpcwire.MAX_WINDOW // 2:
+                self._returned += taken
+                self._transport.write(grpcwire.window_update(0, taken)  # type: ignore[union-attr]
+                                      + grpcwire.window_update(grpcwire.STREAM, taken))
+        except Exception as exc:  # noqa: BLE001 - every end of the call goes to ended
+            self._end(exc)
+
+    def eof_received(self) -> bool | None:
+        return None  # close; connection_lost says so
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(StreamEnded(f"connection to etcd lost{': ' + str(exc) if exc else ''}"))
+
+    def send(self, request: rpc.WatchRequest) -> None:
+        """Write one request message (queued while etcd's windows are too small)."""
+        self._blocked.append(grpcwire.message(request.SerializeToString()))
+        self._flush()
+
+    def _flush(self) -> None:
+        while self._blocked and self._transport is not None and not self.ended.done():
+            size = len(self._blocked[0]) - 9  # the DATA payload is what flow control counts
+            if size > self._window or size > self._stream_window:
+                return
+            self._window -= size
+            self._stream_window -= size
+            self._transport.write(self._blocked.pop(0))
+
+    def _end(self, exc: BaseException) -> None:
+        if not self.ended.done():
+            self.ended.set_exception(exc)
+        if self._transport is not None:
+            self._transport.close()
+
+    def close(self) -> None:
+        """Close the connection (idempotent); the end's exception counts as seen."""
+        self._end(StreamEnded("watch closed by skydns"))
+        self.ended.exception()
+
+
+async def open_stream(endpoint: Endpoint, context: ssl.SSLContext | None,
+                      on_response: Callable[[rpc.WatchResponse], None], timeout: float) -> _Stream:
+    """Connect to endpoint (TLS when context is given, HTTP/2 agreed by ALPN) and open the
+    Watch call; responses go to on_response. Raises OSError / TimeoutError / StreamEnded."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        transport, stream = await loop.create_connection(
+            lambda: _Stream(on_response, loop), endpoint.host, endpoint.port, ssl=context,
+            server_hostname=endpoint.host if context is not None else None)
+    if context is not None:
+        tls = transport.get_extra_info("ssl_object")
+        if tls is None or tls.selected_alpn_protocol() != "h2":
+            transport.close()
+            raise StreamEnded(f"{endpoint} did not agree to HTTP/2 over TLS (ALPN)")
+    transport.write(grpcwire.preface() + grpcwire.request_headers(
+        str(endpoint), _WATCH_PATH, "https" if context is not None else "http"))
+    return stream
 
 
 def _reason(key: str, reason: str) -> str:

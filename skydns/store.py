@@ -497,11 +497,13 @@ class _Table:
             self.count += 1
             return
         b = max(bisect.bisect_right(self.first, path) - 1, 0)
-        keys = self.keys[b].split(_NL)
-        hosts = self.hosts[b].split(_NL)
+        keys = self._keys_of(b)  # the cached split: copied before any change
+        hosts = self._hosts_of(b).copy()
         shapes = self.shapes[b]
         i = bisect.bisect_left(keys, path)
         if i < len(keys) and keys[i] == path:
+            # A new value for a stored path (what a watch event mostly is): only the block's
+            # hosts change, and their new split is kept for the next reader or put.
             old = shapes[i]
             hosts[i] = host
             shapes[i] = sid
@@ -509,6 +511,7 @@ class _Table:
             self._keep(b, None, hosts)  # the next read needs no split (rule 13)
             self._unref(old)
             return
+        keys = keys.copy()
         keys.insert(i, path)
         hosts.insert(i, host)
         shapes.insert(i, sid)

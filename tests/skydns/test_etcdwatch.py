@@ -16,6 +16,7 @@ import pytest
 from aetcd import rpc
 
 from skydns import etcdwatch
+from skydns import grpcwire
 from skydns import metrics
 from skydns import settings as settings_mod
 from skydns import store
@@ -167,7 +168,7 @@ CREATED = response(created=True)
 PROGRESS = response(watch_id=-1)
 A1 = '{"host":"10.0.0.1"}'
 A2 = '{"host":"10.0.0.2"}'
-EOF = grpc.aio.EOF
+EOF = "eof"  # the call ends normally (trailers with grpc-status 0)
 HANG = "hang"  # read() never returns: a frozen etcd
 
 
@@ -208,32 +209,56 @@ STREAMS = [
 ]
 
 
-class FakeCall:
-    """The part of a grpc.aio stream-stream call the watch loop uses."""
+class FakeStream:
+    """The part of etcdwatch's watch connection the watch loop uses: ``send``, ``close``,
+    ``ended``, ``last_read``; the script is played to ``on_response`` as a connection would."""
 
-    def __init__(self, script: tuple, view: store.Store) -> None:
+    def __init__(self, script: tuple, view: store.Store, on_response) -> None:
         self.script = list(script)
         self.view = view
+        self.on_response = on_response
         self.written: list[rpc.WatchRequest] = []
         self.reads = 0
         self.seen: dict[int, frozenset[str]] = {}
         self.cancelled = False
+        loop = asyncio.get_running_loop()
+        self.ended = loop.create_future()
+        self.last_read = loop.time()
+        self.task = loop.create_task(self.play())
 
-    async def write(self, request: rpc.WatchRequest) -> None:
+    async def play(self) -> None:
+        while True:
+            await asyncio.sleep(0)
+            self.seen[self.reads] = frozenset(k.removeprefix(PREFIX) for k in self.view.records())
+            self.reads += 1
+            item = self.script.pop(0) if self.script else HANG
+            if item is HANG:
+                return  # never answers again: a frozen etcd
+            if item is EOF:
+                self.end(etcdwatch.StreamEnded("watch stream closed by etcd (grpc-status 0)"))
+                return
+            if isinstance(item, Exception):
+                self.end(item)
+                return
+            self.last_read = asyncio.get_running_loop().time()
+            try:
+                self.on_response(item)
+            except Exception as exc:  # noqa: BLE001 - as the real connection does
+                self.end(exc)
+                return
+
+    def end(self, exc: BaseException) -> None:
+        if not self.ended.done():
+            self.ended.set_exception(exc)
+
+    def send(self, request: rpc.WatchRequest) -> None:
         self.written.append(request)
 
-    async def read(self):
-        self.seen[self.reads] = frozenset(k.removeprefix(PREFIX) for k in self.view.records())
-        self.reads += 1
-        item = self.script.pop(0) if self.script else HANG
-        if item is HANG:
-            await asyncio.Event().wait()
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def cancel(self) -> None:
+    def close(self) -> None:
         self.cancelled = True
+        self.task.cancel()
+        self.end(etcdwatch.StreamEnded("closed"))
+        self.ended.exception()
 
 
 def play(stream: Stream):
@@ -248,15 +273,20 @@ def play(stream: Stream):
     meters = etcdwatch._Meters(None)
     meters.bad_value = lambda count=1: setattr(Meters, "bad", Meters.bad + count)
     mirror = etcdwatch._Mirror(settings, view, None, meters, random.Random(1))
-    call = FakeCall(stream.script, view)
-    mirror._open_watch = lambda client: call
+    calls = []
+
+    async def open_watch(client, on_response):
+        calls.append(FakeStream(stream.script, view, on_response))
+        return calls[-1]
+
+    mirror._open_watch = open_watch
 
     async def go():
         with pytest.raises(stream.raises, match=stream.match) as info:
             await asyncio.wait_for(mirror._watch(None, 2), 5)
         return info.value
 
-    return asyncio.run(go()), view, call, Meters.bad
+    return asyncio.run(go()), view, calls[0], Meters.bad
 
 
 @pytest.mark.parametrize("stream", STREAMS, ids=[s.id for s in STREAMS])
@@ -351,3 +381,154 @@ def test_compaction_log_names_the_revision_the_watch_reached(caplog):
     finally:
         etcdwatch.make_client = original
     assert "etcd: watch at revision 10 compacted, relisting (history starts at 12)" in caplog.text
+
+
+# -- the watch connection: etcdwatch._Stream fed bytes, writing into a fake transport ----------
+
+
+class Transport:
+    """What _Stream uses of an asyncio transport."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """(type, flags, stream, payload) of each frame in data."""
+    out = []
+    while data:
+        length = int.from_bytes(data[:3], "big")
+        out.append((data[3], data[4], int.from_bytes(data[5:9], "big"), data[9:9 + length]))
+        data = data[9 + length:]
+    return out
+
+
+def server_headers() -> bytes:
+    import hpack
+    block = hpack.Encoder().encode([(":status", "200"), ("content-type", "application/grpc")])
+    return grpcwire.frame(grpcwire.HEADERS, grpcwire.END_HEADERS, 1, block)
+
+
+def server_message(response: rpc.WatchResponse) -> bytes:
+    payload = response.SerializeToString()
+    return grpcwire.frame(grpcwire.DATA, 0, 1, b"\0" + len(payload).to_bytes(4, "big") + payload)
+
+
+def connected_stream(on_response):
+    loop = asyncio.new_event_loop()
+    stream = etcdwatch._Stream(on_response, loop)
+    transport = Transport()
+    stream.connection_made(transport)
+    return loop, stream, transport
+
+
+def test_stream_hands_each_response_over_in_order():
+    got = []
+    loop, stream, transport = connected_stream(got.append)
+    try:
+        wire = server_headers() + server_message(CREATED) + server_message(response(put("a", A1, 2)))
+        for i in range(len(wire)):  # byte by byte: the same responses
+            stream.data_received(wire[i:i + 1])
+        assert got == [CREATED, response(put("a", A1, 2))]
+        assert not stream.ended.done()
+    finally:
+        loop.close()
+
+
+def test_stream_acknowledges_settings_and_pings():
+    loop, stream, transport = connected_stream(lambda r: None)
+    try:
+        stream.data_received(grpcwire.frame(grpcwire.SETTINGS_FRAME, 0, 0, b"")
+                             + grpcwire.frame(grpcwire.PING_FRAME, 0, 0, b"12345678"))
+        assert frames(transport.out) == [(grpcwire.SETTINGS_FRAME, grpcwire.ACK, 0, b""),
+                                         (grpcwire.PING_FRAME, grpcwire.ACK, 0, b"12345678")]
+    finally:
+        loop.close()
+
+
+def test_stream_sends_within_etcd_windows():
+    loop, stream, transport = connected_stream(lambda r: None)
+    try:
+        # etcd shrinks the stream window to 10 bytes: a 20-byte request waits for WINDOW_UPDATE
+        stream.data_received(grpcwire.frame(grpcwire.SETTINGS_FRAME, 0, 0,
+                                            (4).to_bytes(2, "big") + (10).to_bytes(4, "big")))
+        transport.out = b""
+        request = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+        stream.send(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(key=b"/skydns/x")))
+        assert transport.out == b""
+        stream.data_received(grpcwire.window_update(1, 100))
+        sent = frames(transport.out)
+        assert [f[0] for f in sent] == [grpcwire.DATA]
+        stream.send(request)
+        assert [f[0] for f in frames(transport.out)] == [grpcwire.DATA, grpcwire.DATA]
+    finally:
+        loop.close()
+
+
+def test_stream_gives_back_what_it_consumed(monkeypatch):
+    monkeypatch.setattr(grpcwire, "MAX_WINDOW", 100)  # give back after 50 bytes
+    loop, stream, transport = connected_stream(lambda r: None)
+    try:
+        stream.data_received(server_headers())
+        message = server_message(response(put("a", A1, 2)))
+        taken = len(message) - 9
+        count = 50 // taken + 1
+        for _ in range(count):
+            stream.data_received(message)
+        updates = [f for f in frames(transport.out) if f[0] == grpcwire.WINDOW_UPDATE]
+        assert [(f[2], int.from_bytes(f[3], "big")) for f in updates] == [(0, count * taken), (1, count * taken)]
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize(("wire", "error", "match"), [
+    (lambda: server_headers() + server_message(response(canceled=True, cancel_reason="permission denied")),
+     etcdwatch.WatchLost, "permission denied"),
+    (lambda: server_headers() + grpcwire.frame(grpcwire.DATA, 0, 1, b"\0\0\0\0\x03\xff\xff\xff"),
+     grpcwire.ProtocolError, "not a WatchResponse"),
+    (lambda: server_headers() + grpcwire.frame(grpcwire.GOAWAY, 0, 0, b"\0\0\0\0\0\0\0\0"),
+     etcdwatch.StreamEnded, "GOAWAY NO_ERROR"),
+    (lambda: grpcwire.frame(grpcwire.DATA, 0, 1, b""), grpcwire.ProtocolError, "before the response headers"),
+], ids=["cancelled", "not protobuf", "goaway", "bad http2"])
+def test_stream_ends_with_the_reason(wire, error, match):
+    def on_response(r):
+        if r.canceled:
+            raise etcdwatch.WatchLost(r.cancel_reason)
+
+    loop, stream, transport = connected_stream(on_response)
+    try:
+        stream.data_received(wire())
+        assert transport.closed
+        with pytest.raises(error, match=match):
+            stream.ended.result()
+        stream.data_received(server_message(CREATED))  # nothing after the end
+    finally:
+        loop.close()
+
+
+def test_stream_lost_connection():
+    loop, stream, transport = connected_stream(lambda r: None)
+    try:
+        stream.connection_lost(ConnectionResetError("reset by peer"))
+        with pytest.raises(etcdwatch.StreamEnded, match="connection to etcd lost: reset by peer"):
+            stream.ended.result()
+        stream.close()  # idempotent
+    finally:
+        loop.close()
+
+
+def test_tls_context_rejects_a_file_without_certificates(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"not a certificate\n")
+    with pytest.raises(etcdwatch.ConfigError, match="no certificate in -ca-cert"):
+        etcdwatch.tls_context(settings_mod.Settings(etcd_ca_cert=str(ca)))
+    assert etcdwatch.tls_context(settings_mod.Settings()) is None
+    context = etcdwatch.tls_context(settings_mod.Settings(), tls=True)
+    assert context is not None and context.verify_mode.name == "CERT_REQUIRED"
