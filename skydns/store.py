@@ -39,8 +39,11 @@ Rules of this module:
    a block is the paths joined into one string, the hosts joined into one string, and an
    array of shape numbers, where a shape is every other field of a record (port, priority,
    weight, text, mail, ttl, targetstrip, group), stored once and counted (the records
-   kube2sky writes share a handful of shapes). find() builds the msg.Service objects it
-   returns; their ``key`` is the path turned back into an etcd key.
+   kube2sky writes share a handful of shapes). The joined paths are stored without their
+   common prefix (written once in front), the joined hosts without their common prefix and
+   suffix (a block of SRV targets or PTR names shares ``.<svc>.<ns>.svc.<zone>``, one of
+   addresses shares ``10.64.2.``): about 45 bytes per key in all. find() builds the
+   msg.Service objects it returns; their ``key`` is the path turned back into an etcd key.
 10. A snapshot is built aside: replace() fills a new table, page by page through
     begin_replace()/Load.add(), while the current one keeps answering, and finish_replace()
     swaps it in at once. A view never shows half a snapshot; ``loaded`` turns true when the
@@ -77,6 +80,7 @@ import itertools
 import json
 import logging
 import operator
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
@@ -278,7 +282,7 @@ class _Table:
         if got is None or got[0] is not joined:
             if len(self._kc) >= _CACHE:
                 self._kc.clear()
-            got = self._kc[b] = (joined, joined.split(_NL))
+            got = self._kc[b] = (joined, _unpack_keys(joined))
         return got[1]
 
     def _hosts_of(self, b: int) -> list[str]:
@@ -287,7 +291,7 @@ class _Table:
         if got is None or got[0] is not joined:
             if len(self._hc) >= _CACHE:
                 self._hc.clear()
-            got = self._hc[b] = (joined, joined.split(_NL))
+            got = self._hc[b] = (joined, _unpack_hosts(joined))
         return got[1]
 
     def seek(self, path: str) -> tuple[int, int]:
@@ -466,7 +470,7 @@ class _Table:
 
     def items(self, head: str) -> Iterator[tuple[str, msg.Service]]:
         for b in range(len(self.first)):
-            for i, path in enumerate(self.keys[b].split(_NL)):
+            for i, path in enumerate(_unpack_keys(self.keys[b])):
                 rec = self.record(b, i, path, head)
                 yield rec.key, rec
 
@@ -507,7 +511,7 @@ class _Table:
             old = shapes[i]
             hosts[i] = host
             shapes[i] = sid
-            self.hosts[b] = _NL.join(hosts)
+            self.hosts[b] = _pack_hosts(hosts)
             self._keep(b, None, hosts)  # the next read needs no split (rule 13)
             self._unref(old)
             return
@@ -531,8 +535,8 @@ class _Table:
             return False
         b, i = where
         self._changed()
-        keys = self.keys[b].split(_NL)
-        hosts = self.hosts[b].split(_NL)
+        keys = _unpack_keys(self.keys[b])
+        hosts = _unpack_hosts(self.hosts[b])
         shapes = self.shapes[b]
         self._unref(shapes[i])
         del keys[i], hosts[i], shapes[i]
@@ -561,7 +565,7 @@ class _Table:
 
     def _set_block(self, b: int, keys: list[str], hosts: list[str], shapes: array.array,
                    insert: bool = False) -> None:
-        values = (keys[0], _NL.join(keys), _NL.join(hosts), shapes)
+        values = (keys[0], _pack_keys(keys), _pack_hosts(hosts), shapes)
         if insert:
             for column, value in zip((self.first, self.keys, self.hosts, self.shapes), values):
                 column.insert(b, value)  # type: ignore[attr-defined]
@@ -572,7 +576,7 @@ class _Table:
         """Add entries sorted by path; those after the last path become whole new blocks."""
         cut = 0
         if self.first:
-            last = self.keys[-1].rsplit(_NL, 1)[-1]
+            last = self._keys_of(len(self.first) - 1)[-1]
             cut = bisect.bisect_right(entries, last, key=operator.itemgetter(0))
             for entry in entries[:cut]:
                 self.put(*entry)
@@ -617,7 +621,7 @@ class _Table:
         """
         cut = 0
         if self.first:
-            cut = bisect.bisect_right(paths, self.keys[-1].rsplit(_NL, 1)[-1])
+            cut = bisect.bisect_right(paths, self._keys_of(len(self.first) - 1)[-1])
             shape_list = self.shape_list
             for i in range(cut):
                 self.put(paths[i], hosts[i], shape_list[sids[i]],  # type: ignore[arg-type]
@@ -643,10 +647,12 @@ class _Table:
                     self.spelling[paths[i]] = spellings[i]  # type: ignore[assignment]
         first, keys_col, hosts_col, shapes_col = self.first, self.keys, self.hosts, self.shapes
         for start, stop in zip(starts, [*starts[1:], end]):
-            block_keys = _NL.join(paths[start:stop])
-            block_hosts = _NL.join(hosts[start:stop])
-            if _ODD in block_hosts or block_hosts.count(_NL) != stop - start - 1:
-                block_hosts = _NL.join([self._host(paths[i], hosts[i]) for i in range(start, stop)])
+            block_keys = _pack_keys(paths[start:stop])
+            some = hosts[start:stop]
+            joined = _NL.join(some)
+            if _ODD in joined or joined.count(_NL) != stop - start - 1:
+                some = [self._host(paths[i], hosts[i]) for i in range(start, stop)]
+            block_hosts = _pack_hosts(some)
             old = reuse.get(block_keys) if reuse else None
             if old is None:
                 first.append(paths[start])
@@ -684,6 +690,61 @@ def _cuts(paths: list[str], start: int, n: int) -> list[int]:
         starts.append(last)
     starts.append(n)
     return starts
+
+
+def _common(a: str, b: str) -> str:
+    """The longest common prefix of two strings (a binary search of C comparisons)."""
+    if b.startswith(a):
+        return a
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if b.startswith(a[:mid]):
+            low = mid
+        else:
+            high = mid - 1
+    return a[:low]
+
+
+def _pack_keys(paths: list[str]) -> str:
+    """A block's sorted paths as stored (rule 9): their common prefix, then each path
+    without it, all joined by newlines."""
+    prefix = _common(paths[0], paths[-1])
+    joined = _NL.join(paths)
+    if not prefix:
+        return _NL + joined
+    return prefix + _NL + joined[len(prefix):].replace(_NL + prefix, _NL)
+
+
+def _unpack_keys(text: str) -> list[str]:
+    prefix, _, body = text.partition(_NL)
+    return (prefix + body.replace(_NL, _NL + prefix)).split(_NL) if prefix else body.split(_NL)
+
+
+def _pack_hosts(hosts: list[str]) -> str:
+    """A block's hosts as stored (rule 9): their common prefix, their common suffix, then each
+    host without them, all joined by newlines (no host holds a newline: see _host)."""
+    prefix = _common(min(hosts), max(hosts))
+    skip = len(prefix)
+    room = min(map(len, hosts)) - skip
+    suffix = ""
+    if room:
+        first, last = hosts[0], hosts[-1]
+        suffix = _common(first[:skip - 1 if skip else None:-1], last[:skip - 1 if skip else None:-1])[:room][::-1]
+        if suffix and not all(map(str.endswith, hosts, itertools.repeat(suffix))):
+            suffix = os.path.commonprefix([host[:skip - 1 if skip else None:-1] for host in hosts])[:room][::-1]
+    joined = _NL.join(hosts)
+    if not prefix and not suffix:
+        return _NL + _NL + joined
+    body = joined[skip:len(joined) - len(suffix)].replace(suffix + _NL + prefix, _NL)
+    return prefix + _NL + suffix + _NL + body
+
+
+def _unpack_hosts(text: str) -> list[str]:
+    prefix, suffix, body = text.split(_NL, 2)
+    if not prefix and not suffix:
+        return body.split(_NL)
+    return (prefix + body.replace(_NL, suffix + _NL + prefix) + suffix).split(_NL)
 
 
 class Load:
