@@ -1,13 +1,15 @@
-"""Memory sizing of the DNS pod from the cluster size, fitted to bench/scale.py runs.
+"""Memory sizing of the DNS pod from the cluster size, fitted to benchmark runs.
 
     MiB = a + b * services / 1000 + c * endpoints / 1000
 
 per container (kube2sky, skydns per worker, etcd), where services counts every Service and
-endpoints every ready endpoint address of headless services (the ones that get records of
-their own). The coefficients are fitted to the peak RSS (VmHWM) of three runs of
-bench/scale.py (1k services + 1k endpoints, 10k + 10k, 10k + 100k; figures in
-bench/README.md), so the formula covers the first sync, the relist after a 410 and the
-churn phase, not only the steady state.
+endpoints every ready endpoint address of headless Services (the ones that get records of
+their own). The coefficients go exactly through the peak RSS (VmHWM) measured at three sizes
+(1k services + 1k endpoints, 10k + 10k, 10k + 100k; figures and commands in bench/README.md,
+"Sizing"): kube2sky and etcd from bench/scale.py (first sync, restart, churn and a forced
+410), skydns the higher of bench/scale.py and bench/skydns_load.py (a relist after an etcd
+restart, the new snapshot built aside), so the formula covers the peaks, not only the steady
+state.
 
 Rules:
 1. Stdlib only, pure: `python3 deploy/render.py` imports it without a venv.
@@ -22,11 +24,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
-# (a, b, c): MiB, MiB per 1,000 services, MiB per 1,000 endpoints; fitted in bench/README.md.
+# (a, b, c): MiB, MiB per 1,000 services, MiB per 1,000 endpoints; through the peaks
+# (1k + 1k, 10k + 10k, 10k + 100k) of bench/README.md, "Sizing":
+#   kube2sky 81, 115, 150 MiB; skydns 56, 63, 94 MiB; etcd 47, 113, 519 MiB.
 FORMULAS = {
-    "kube2sky": (77.0, 3.34, 0.66),
-    "skydns": (51.7, 3.79, 2.54),
-    "etcd": (30.9, 3.59, 4.52),
+    "kube2sky": (77.2, 3.39, 0.39),
+    "skydns": (55.2, 0.43, 0.34),
+    "etcd": (39.7, 2.82, 4.51),
 }
 # etcd database size (MiB) per 1,000 services and per 1,000 endpoints, same runs.
 DB_FORMULA = (1.0, 0.62, 0.60)
