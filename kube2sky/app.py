@@ -124,6 +124,10 @@ _BAD_VALUE_LOG_LIMIT = 5
 _GC_THRESHOLDS = (50_000, 50, 100)
 
 
+# Seconds after the first full sync before settle_heap() runs.
+_SETTLE_DELAY = 1.0
+
+
 def settle_heap() -> None:
     """After a full sync: collect once, then move every surviving object into the collector's
     permanent generation (gc.freeze: later collections never walk the cluster's objects
@@ -615,14 +619,17 @@ class Engine:
                             PROBLEMS.inc()
                     values = result.values
                     n_desired += len(values)
-                    lacking = []
-                    for k, v in values.items():
-                        d = _digest(k, v)
-                        i = find(d)
-                        if i >= 0:
-                            found[i] = 1
-                        else:
-                            lacking.append((k, v))
+                    if not n_actual:  # an empty prefix (a first start) lacks everything
+                        lacking = list(values.items())
+                    else:
+                        lacking = []
+                        for k, v in values.items():
+                            d = _digest(k, v)
+                            i = find(d)
+                            if i >= 0:
+                                found[i] = 1
+                            else:
+                                lacking.append((k, v))
                     if not lacking:
                         continue
                     if background:
@@ -1042,6 +1049,7 @@ async def main(settings: settings_mod.Settings) -> int:
 
         async def settle(synced: asyncio.Event) -> None:
             await synced.wait()
+            await asyncio.sleep(_SETTLE_DELAY)  # housekeeping, not on the way to ready
             settle_heap()
 
         tasks.append(asyncio.create_task(settle(engine.synced_event), name="settle"))
