@@ -485,6 +485,45 @@ def profile_memory(opts: argparse.Namespace) -> None:
     for stat in snapshot.statistics("lineno")[:15]:
         frame = stat.traceback[0]
         print(f"  {stat.size / 2**20:7.2f} MiB {stat.count:9d} blocks  {os.path.relpath(frame.filename, ROOT)}:{frame.lineno}")
+    if not cluster.headless:
+        return
+
+    # then what churn and a relist leave behind: --churn-seconds x --churn-rate endpoint
+    # changes (as the latency run makes them), then a relist of both kinds through the
+    # transport's trimming (equal objects stay the engine's own)
+    async def churn_and_relist() -> int:
+        n_changes = int(opts.churn_seconds * opts.churn_rate)
+        for n in range(n_changes):
+            h = n % cluster.headless
+            j = cluster.per_service + n // cluster.headless
+            endpoints = [cluster.endpoint(h, x) for x in range(cluster.per_service)]
+            endpoints.append(cluster.endpoint(h, j, host=f"chg-{j}"))
+            engine.apply(k8swatch.Changed(k8swatch.ENDPOINT_SLICES, "MODIFIED", cluster.slice(h, endpoints), 0.0))
+            await engine.step()
+        trim = app.Trim()
+        trim.engine = engine
+        for resource, items in ((k8swatch.SERVICES, [cluster.service(i) for i in range(cluster.cluster_ip)]
+                                 + [cluster.headless_service(h) for h in range(cluster.headless)]),
+                                (k8swatch.ENDPOINT_SLICES, [cluster.slice(h, [cluster.endpoint(h, j) for j in
+                                                                              range(cluster.per_service)])
+                                                            for h in range(cluster.headless)])):
+            listed = k8swatch.Listed(resource, tuple(trim(resource, raw) for raw in items), "2", "410 Gone", 0.0)
+            del items
+            engine.apply(listed)
+            del listed
+        await engine.step()
+        return n_changes
+
+    n_changes = asyncio.run(churn_and_relist())
+    engine.verify_due = None
+    after = tracemalloc.take_snapshot()
+    total_after = sum(stat.size for stat in after.statistics("filename"))
+    print(f"after {n_changes} endpoint changes and a relist of both kinds: {total_after / 2**20:.1f} MiB traced "
+          f"({(total_after - total) / 2**20:+.1f} MiB); largest differences:")
+    for stat in after.compare_to(snapshot, "lineno")[:12]:
+        frame = stat.traceback[0]
+        print(f"  {stat.size_diff / 2**20:+7.2f} MiB {stat.count_diff:+9d} blocks  "
+              f"{os.path.relpath(frame.filename, ROOT)}:{frame.lineno}")
 
 
 def main() -> None:

@@ -111,8 +111,9 @@ _PIPELINE = 8
 # the size of one: etcd refuses requests over --max-request-bytes (1.5 MiB by default).
 _PIPELINE_CALLS = 4
 _CALL_BYTES = 1 << 20
-# Results of recent builds kept (owners, and records per result at most).
-_RECENT_OWNERS = 64
+# Results of recent builds kept (owners, and records per result at most): for an owner that
+# changes again and again (a flapping endpoint); 64 held ~5 MiB at 100-endpoint services.
+_RECENT_OWNERS = 8
 _RECENT_MAX_RECORDS = 4096
 # Lines logged per sync about bad values under the prefix (the rest are counted).
 _BAD_VALUE_LOG_LIMIT = 5
