@@ -68,6 +68,12 @@ Rules of this module:
     shape they were built from; one is handed out again only while the path still holds that
     host and that shape object (shapes are immutable tuples), so it equals a newly built one.
     Used only when no key has an odd spelling or host (then every record is built).
+14. find() keeps what it returned for a path without wildcards (per exact and limit), and
+    gives a copy of it again until a put, delete or replace touches that path or a key below
+    it: a change of a key drops the kept results of its own path and of every path above it
+    (the only finds it can change), a replace drops them all. At most ``_FOUND`` records are
+    held (the lists are dropped together when full), so the glue of an SRV answer with many
+    targets is read once and then only for the targets that changed.
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ _MIN_BLOCK = 16  # ... and that is at least this many entries after the block's 
 _BATCH = 4096   # a load decodes its items in batches of this many (rule 12)
 _CACHE = 64     # split blocks kept (per column)
 _RECORDS = 2048  # records kept built (rule 13): about 1 MB at most
+_FOUND = 4096   # records (and paths) held by kept find() results (rule 14)
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(msg.Service))
 _SHAPE_FIELDS = tuple(name for name in _FIELDS if name not in ("host", "key"))
@@ -945,6 +952,9 @@ class Store:
         self.bad: dict[str, str] = {}
         self.on_change: list[Hook] = []
         self._t = _Table()
+        # rule 14: find() results of plain paths, path -> {(exact, limit): records}
+        self._found: dict[str, dict[tuple[bool, int | None], list[msg.Service]]] = {}
+        self._found_records = 0
 
     # -- building -------------------------------------------------------------------------
 
@@ -1031,6 +1041,18 @@ class Store:
             self._t.remove(path)
 
     def _changed(self, segments: tuple[str, ...] | None) -> None:
+        found = self._found
+        if found:
+            # rule 14: what find() returned for the key's path and every path above it
+            if segments is None:
+                found.clear()
+                self._found_records = 0
+            else:
+                found.pop("", None)
+                path = ""
+                for seg in segments:
+                    path = path + _SEP + seg if path else seg
+                    found.pop(path, None)
         for hook in self.on_change:
             try:
                 hook(segments)
@@ -1115,12 +1137,18 @@ class Store:
         ``limit`` caps the number of records returned (the first ones in key order).
         """
         table = self._t
+        plain = _plain(segments)
+        if plain is not None:
+            kept = self._found.get(plain)
+            if kept is not None:
+                got = kept.get((exact, limit))
+                if got is not None:
+                    return list(got)
         # With no grouped records, stopping early cannot change which records survive.
         stop = limit if (limit is not None and table.grouped == 0) else None
         found: list[msg.Service] = []
-        path = _plain(segments)
-        if path is not None:
-            paths: Iterable[str] = (path,)
+        if plain is not None:
+            paths: Iterable[str] = (plain,)
         elif _WILDCARDS.isdisjoint(segments):
             return []  # a segment holds a character no key can hold
         else:
@@ -1138,6 +1166,12 @@ class Store:
             found = _group(found)
         if limit is not None and len(found) > limit:
             del found[limit:]
+        if plain is not None:
+            if self._found_records + len(found) > _FOUND:
+                self._found.clear()
+                self._found_records = 0
+            self._found.setdefault(plain, {})[(exact, limit)] = list(found)
+            self._found_records += len(found) + 1
         return found
 
     def children(self, segments: tuple[str, ...]) -> list[str]:
