@@ -410,8 +410,9 @@ class Etcd:
     async def commit_all(self, plans: list[reconcile.Plan], guard: Guard | None = None) -> int:
         """Apply several plans (sized by :func:`nesting`) in one request: one transaction
         holding each plan as a nested transaction, all or nothing; return the new revision.
-        Should etcd refuse nesting ("too many operations", an older or stricter server), the
-        plans are committed one by one from then on.
+        Should etcd refuse the request ("too many operations": an older or stricter server;
+        a request too large: a --max-request-bytes below 1 MiB), the plans are committed one
+        by one from then on.
 
         Raises:
             NotLeader: the guard failed (nothing written).
@@ -431,7 +432,7 @@ class Etcd:
         try:
             resp = await self._call("transaction", txn)
         except EtcdError as err:
-            if "too many operations" not in str(err):
+            if not any(why in str(err) for why in _REFUSED):
                 raise
             logger.warning("etcd refuses nested transactions (%s): one transaction per %d operations from now on",
                            err, max(len(p) for p in plans))
@@ -444,6 +445,10 @@ class Etcd:
     async def close(self) -> None:
         client, self._client = self._client, None
         await self._drop(client)
+
+
+# etcd's words for a request of nested transactions it will not take
+_REFUSED = ("too many operations", "request is too large", "larger than max")
 
 
 def _compare(guard: Guard | None) -> bytes:

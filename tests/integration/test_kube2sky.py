@@ -714,3 +714,33 @@ def test_list_pages_are_trimmed_and_consistent(api):
     with pytest.raises(k8swatch.Expired):
         transport._get(k8swatch.SERVICES.path(), [("limit", "2"), ("continue", again["metadata"]["continue"])],
                        stream=False)
+
+
+@pytest.mark.parametrize(("plans", "ops", "size", "nested_after"), [
+    pytest.param(8, 16, 1, True, id="within etcd's limit: one request"),
+    pytest.param(30, 1000, 1, False, id="too many operations: one transaction per plan"),
+    pytest.param(200, 100, 120, False, id="too many bytes: one transaction per plan"),
+])
+def test_commit_all_writes_every_plan_nested_or_not(etcd, plans, ops, size, nested_after):
+    """etcdwriter.commit_all against a real etcd (--max-txn-ops 1024 here): nested
+    transactions when they fit, else etcd's refusal turns nesting off and every plan is still
+    written."""
+    import asyncio
+
+    from kube2sky import etcdwriter, reconcile
+
+    batch = [reconcile.Plan(tuple((f"/{etcd.prefix}/t/{i}/{j:04d}", "v" * size) for j in range(ops)))
+             for i in range(plans)]
+
+    async def go():
+        store = etcdwriter.Etcd((etcd.url,))
+        try:
+            await store.commit_all(batch)
+            return store.nested
+        finally:
+            await store.close()
+
+    assert asyncio.run(go()) is nested_after
+    have = etcd_prefix(etcd)
+    assert len(have) == plans * ops
+    assert all(have[k] == v for plan in batch for k, v in plan.puts)
