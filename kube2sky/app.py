@@ -180,17 +180,22 @@ class Digests:
     _SHIFT = 48
     _BUCKETS = 1 << 16
 
+    _MIN_INDEXED = 8192  # below, a plain bisect (the index costs ~65,000 bisects to build)
+
     def __init__(self, values: array.array) -> None:
         self.values = values
         half = self._BUCKETS // 2
         self.starts = array.array("q", [bisect.bisect_left(values, b << self._SHIFT)
-                                         for b in range(-half, half + 1)])
+                                         for b in range(-half, half + 1)]) if len(values) >= self._MIN_INDEXED else None
 
     def find(self, digest: int) -> int:
         """The index of digest in the array, or -1."""
-        b = (digest >> self._SHIFT) + self._BUCKETS // 2
-        hi = self.starts[b + 1]
-        i = bisect.bisect_left(self.values, digest, self.starts[b], hi)
+        if self.starts is None:
+            lo, hi = 0, len(self.values)
+        else:
+            b = (digest >> self._SHIFT) + self._BUCKETS // 2
+            lo, hi = self.starts[b], self.starts[b + 1]
+        i = bisect.bisect_left(self.values, digest, lo, hi)
         return i if i < hi and self.values[i] == digest else -1
 
 
