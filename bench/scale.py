@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,8 @@ import tempfile
 import threading
 import time
 import urllib.request
+
+import dns.message
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -245,6 +248,24 @@ def db_size(etcd: procs.Etcd) -> tuple[int, int]:
     return status.get("dbSize", 0) // 2**20, status.get("dbSizeInUse", status.get("dbSize", 0)) // 2**20
 
 
+def tcp_exchange(port: int, name: str, timeout: float = 10.0) -> tuple[float, dns.message.Message]:
+    """One A query over a TCP connection opened beforehand: (seconds from the query sent to the
+    answer's last byte received, the answer parsed afterwards)."""
+    wire = dns.message.make_query(name, "A").to_wire()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        started = time.perf_counter()
+        sock.sendall(len(wire).to_bytes(2, "big") + wire)
+        got = b""
+        while len(got) < 2 or len(got) < 2 + int.from_bytes(got[:2], "big"):
+            chunk = sock.recv(65535)
+            if not chunk:
+                raise ConnectionError(f"skydns closed the connection after {len(got)} bytes")
+            got += chunk
+        seconds = time.perf_counter() - started
+    return seconds, dns.message.from_wire(got[2:])
+
+
 def time_to_answer(server: skydnsproc.Skydns, name: str, want: str, started: float, timeout: float = 900) -> float:
     deadline = started + timeout
     while time.monotonic() < deadline:
@@ -333,9 +354,10 @@ def run(opts: argparse.Namespace) -> dict:
                 print(f"{label}: {out[label]}s", flush=True)
             server = servers[-1]
             if cluster.headless:
-                t = time.perf_counter()
-                reply = server.tcp(f"hl0.{cluster.ns(0)}.svc.{ZONE}.")  # 100 A records need TCP
-                out["big_miss_ms"] = round((time.perf_counter() - t) * 1000, 2)
+                # 100 A records need TCP; timed from the query sent to the answer's last byte on
+                # a connection opened before (dnspython's parse of 100 records takes ~7 ms here)
+                seconds, reply = tcp_exchange(server.port, f"hl0.{cluster.ns(0)}.svc.{ZONE}.")
+                out["big_miss_ms"] = round(seconds * 1000, 2)
                 out["big_miss_answers"] = len(skydnsproc.addrs(reply))
 
             # programming latency under churn

@@ -268,15 +268,9 @@ class _Table:
                 self.free.append(sid)
 
     def _unref(self, sid: int) -> None:
-        shape = self.shape_list[sid]
-        assert shape is not None
-        if shape[_GROUP]:
-            self.grouped -= 1
-        self.shape_refs[sid] -= 1
-        if not self.shape_refs[sid] and not self.keep_unused:
-            del self.shape_ids[shape]
-            self.shape_list[sid] = None
-            self.free.append(sid)
+        self._unref_only(sid)
+        if not self.keep_unused:
+            self._drop_unused((sid,))
 
     # -- reading ------------------------------------------------------------------------
 

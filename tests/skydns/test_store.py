@@ -231,6 +231,18 @@ def _model_exists(model, segments):
         for path in model)
 
 
+def _forget(model: dict[tuple[str, ...], msg.Service], key: str) -> None:
+    """The model without key's record (another spelling of its path keeps its own)."""
+    path = tuple(key.lower().split("/")[2:])
+    if path in model and model[path].key == key:
+        del model[path]
+
+
+def _delete_both(view: store.Store, model: dict[tuple[str, ...], msg.Service], key: str, step: int) -> None:
+    view.delete(key, step)
+    _forget(model, key)
+
+
 def test_random_history_matches_the_model():
     """Many puts/deletes (blocks split and empty out, spellings change) answer like the model."""
     import random
@@ -243,11 +255,7 @@ def test_random_history_matches_the_model():
     keys: list[str] = []
     for step in range(1500):
         if keys and rng.random() < 0.3:
-            key = rng.choice(keys)
-            view.delete(key, step)
-            path = tuple(key.lower().split("/")[2:])
-            if path in model and model[path].key == key:
-                del model[path]
+            _delete_both(view, model, rng.choice(keys), step)
             continue
         depth = rng.randint(1, 4)
         segs = [rng.choice(labels) for _ in range(depth)]
@@ -257,9 +265,7 @@ def test_random_history_matches_the_model():
         keys.append(key)
         if rng.random() < 0.05:
             view.put(key, b'{"host": 5}', step)  # rule 6: drops this key's record, not another spelling's
-            path = tuple(key.lower().split("/")[2:])
-            if path in model and model[path].key == key:
-                del model[path]
+            _forget(model, key)
             continue
         group = rng.choice(["", "", "", "g1", "g2"])
         rec = msg.Service(host=f"10.0.{step // 256}.{step % 256}", port=rng.choice([0, 80]), group=group,
@@ -306,10 +312,7 @@ def test_reads_between_writes_match_the_model(seed):
     for step in range(2, 500):
         if keys and rng.random() < 0.3:
             key = rng.choice(keys)
-            view.delete(key, step)
-            path = tuple(key.lower().split("/")[2:])
-            if path in model and model[path].key == key:
-                del model[path]
+            _delete_both(view, model, key, step)
         else:
             if keys and rng.random() < 0.4:
                 key = rng.choice(keys)  # a key written before: same host or shape, or both
