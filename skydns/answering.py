@@ -370,6 +370,11 @@ def _complete_reverse(path: tuple[str, ...]) -> bool:
 # The glue of a target whose records are all addresses is built without _chase (the same
 # result; tests/skydns/test_answering_fast.py turns it off to compare).
 _GLUE_ADDRESSES = True
+# The glue of many SRV/MX targets below one name is read with one find of that name
+# (``_batched``; tests/skydns/test_answering_fast.py turns it off to compare).
+_BATCH_GLUE = True
+_BATCH_MIN = 4
+_WILDCARDS = msg.WILDCARDS
 
 # (owner, rdtype, ttl, rdata) of one answer RR; owner None is the query name.
 _RR = tuple[str | None, int, int, object]
@@ -378,15 +383,16 @@ _RR = tuple[str | None, int, int, object]
 class _Ctx:
     """What one plan needs everywhere."""
 
-    __slots__ = ("view", "settings", "zones", "limit", "qtext", "kube")
+    __slots__ = ("view", "settings", "zones", "limit", "qtext", "kube", "path")
 
     def __init__(self, view: store.Store, settings: settings_mod.Settings,
-                 zones: tuple[_Zone, ...], qtext: str) -> None:
+                 zones: tuple[_Zone, ...], qtext: str, path: tuple[str, ...] = ()) -> None:
         self.view = view
         self.settings = settings
         self.zones = zones
         self.limit = max(1, settings.max_answers)
         self.qtext = qtext
+        self.path = path  # the query name's path
         self.kube: dict[str, bool] = {}  # zone name -> laid out by kube2sky (read once per plan)
 
 
@@ -471,7 +477,7 @@ def plan(path: tuple[str, ...], qtype: int, qclass: int, view: store.Store,
     if qclass != _IN or qtype in (_AXFR, _IXFR):
         return Plan(rcode=_REFUSED, aa=False)
     qtext = ".".join(reversed(path)) + "." if path else "."
-    ctx = _Ctx(view, settings, _zones(settings.domains), qtext)
+    ctx = _Ctx(view, settings, _zones(settings.domains), qtext, path)
     zone = _zone_of(path, ctx.zones)
     if zone is None:
         if qtype == _PTR and _complete_reverse(path) and view.loaded:
@@ -797,7 +803,12 @@ def _glue(ctx: _Ctx, target: str, additional: Section) -> None:
     if zone is None:
         return
     # one lookup serves both families (they differ only at an apex, rule 9)
-    records = _records_for(ctx, target_path, zone, _A)
+    _glue_records(ctx, target, target_path, zone, _records_for(ctx, target_path, zone, _A), additional)
+
+
+def _glue_records(ctx: _Ctx, target: str, target_path: tuple[str, ...], zone: _Zone,
+                  records: list[msg.Service], additional: Section) -> None:
+    """``_glue`` of a target whose records (``_records_for`` for A) are known."""
     if _GLUE_ADDRESSES and len(target_path) != len(zone.path):
         kinds = [_kind(rec.host) for rec in records]
         if msg.HostType.NAME not in kinds:
@@ -869,14 +880,138 @@ def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
         sums[prio] = sums.get(prio, 0) + weight
     glued: set[str] = set()
     qtext = ctx.qtext
+    if not (_BATCH_GLUE and len(chosen) >= _BATCH_MIN):
+        for prio, weight, target, rec, kind in chosen:
+            ttl = rec.ttl or default_ttl  # rrs.ttl, inline
+            if qtype == _SRV:
+                share = min(0xFFFF, max(1, 100 * weight // sums[prio]))
+                answer.add(None, qtext, _SRV, ttl, (prio, share, rec.port, target))
+            else:
+                answer.add(None, qtext, _MX, ttl, (prio, target))
+            _target_glue(ctx, rec, kind, target, ttl, glued, additional)
+        return
+    # Many targets: the answers first, then the glue in the same order (the sections are
+    # independent), the glue of targets below one name read at once (_batched).
+    items = []
     for prio, weight, target, rec, kind in chosen:
-        ttl = rec.ttl or default_ttl  # rrs.ttl, inline
+        ttl = rec.ttl or default_ttl
         if qtype == _SRV:
-            share = min(0xFFFF, max(1, 100 * weight // sums[prio]))
-            answer.add(None, qtext, _SRV, ttl, (prio, share, rec.port, target))
+            items.append((None, _SRV, ttl, (prio, min(0xFFFF, max(1, 100 * weight // sums[prio])), rec.port, target)))
         else:
-            answer.add(None, qtext, _MX, ttl, (prio, target))
-        _target_glue(ctx, rec, kind, target, ttl, glued, additional)
+            items.append((None, _MX, ttl, (prio, target)))
+    answer.extend(items, qtext)
+    known = _batched(ctx, chosen)
+    pending: list[_RR] = []  # address glue of batched targets, added in one extend
+    for prio, weight, target, rec, kind in chosen:
+        if kind is msg.HostType.NAME:
+            if target in glued:
+                continue
+            glued.add(target)
+            batch = known.get(target)
+            if type(batch) is list:
+                pending.extend(batch)
+                continue
+            if pending:
+                additional.extend(pending, qtext)
+                pending = []
+            if batch is None:
+                _glue(ctx, target, additional)
+            else:
+                _glue_records(ctx, target, batch[0], batch[1], batch[2], additional)
+        else:
+            if pending:
+                additional.extend(pending, qtext)
+                pending = []
+            _target_glue(ctx, rec, kind, target, rec.ttl or default_ttl, glued, additional)
+    if pending:
+        additional.extend(pending, qtext)
+
+
+def _batched(ctx: _Ctx, chosen: list[tuple]) -> dict[str, list[_RR] | tuple]:
+    """The glue records of many name targets at once, for targets that are children of one
+    name P at or above the query name and at least three labels below the zone (a headless
+    service's endpoints ``<hash>.<svc>.<ns>.svc.<zone>``), read with one ``find(P)`` instead of
+    one per target. Returns target -> its glue RRs when its records are all addresses (what
+    ``_glue_records`` adds: A then AAAA), else (path, zone, records) for ``_glue_records``.
+
+    The same records: a child C of P (not ``_``, not a wildcard, not a zone of its own)
+    answers with the records of P's subtree at or below C, in key order, when that read of P
+    is complete (fewer records than its cap) and holds no grouped record (then no group rule
+    filtered it, and none filters C's). The read of P covers every key a read of C would
+    (``anscache`` rule 1a). Targets with nothing in P's read (nothing stored, a pod name, a
+    hidden label) are left to ``_glue``.
+    """
+    groups: dict[str, list[tuple[str, str]]] = {}
+    name = msg.HostType.NAME
+    for _, _, target, _, kind in chosen:
+        if kind is name:
+            label, _, rest = target.partition(".")
+            held = groups.get(rest)
+            if held is None:
+                groups[rest] = [(target, label)]
+            else:
+                held.append((target, label))
+    known: dict[str, list[_RR] | tuple] = {}
+    qpath = ctx.path
+    for rest, members in groups.items():
+        if len(members) < _BATCH_MIN:
+            continue
+        parent = _text_path(rest)
+        if (parent is None or qpath[:len(parent)] != parent or not _WILDCARDS.isdisjoint(parent)):
+            continue
+        zone = _zone_of(parent, ctx.zones)
+        if zone is None or len(parent) - len(zone.path) < 3:
+            continue
+        _is_kube(ctx, zone)  # read as _records_for reads it
+        cap = min(ctx.limit, 4 * len(members) + 16)
+        found = ctx.view.find(parent, limit=cap)
+        if len(found) >= cap:
+            continue
+        base = "/" + ctx.view.prefix + "/" + "/".join(parent) + "/"
+        cut = len(base)
+        by_label: dict[str, list[msg.Service]] = {}
+        grouped = False
+        for rec in found:
+            if rec.group:
+                grouped = True
+                break
+            low = rec.key.lower()
+            if "//" in low or low[-1:] == "/":
+                low = "/" + "/".join(seg for seg in low.split("/") if seg)
+            if low.startswith(base):
+                label = low[cut:].partition("/")[0]
+                held = by_label.get(label)
+                if held is None:
+                    by_label[label] = [rec]
+                else:
+                    held.append(rec)
+        if grouped:
+            continue
+        zoned = {z.path[-1] for z in ctx.zones if len(z.path) == len(parent) + 1 and z.path[:-1] == parent}
+        default_ttl = ctx.settings.ttl
+        for target, label in members:
+            records = by_label.get(label)
+            if (not records or label[:1] == "_" or label in _WILDCARDS or label in zoned
+                    or label != label.strip().lower()):
+                continue
+            if _GLUE_ADDRESSES:
+                v4: list[_RR] = []
+                v6: list[_RR] = []
+                for rec in records:
+                    kind = _kind(rec.host)
+                    if kind is msg.HostType.IPV4:
+                        v4.append((target, _A, rec.ttl or default_ttl, _ip(rec.host)))
+                    elif kind is msg.HostType.IPV6:
+                        v6.append((target, _AAAA, rec.ttl or default_ttl, _ip(rec.host)))
+                    elif kind is name:
+                        break
+                else:
+                    if v6:
+                        v4.extend(v6)
+                    known[target] = v4
+                    continue
+            known[target] = (parent + (label,), zone, records)
+    return known
 
 
 def _ns(ctx: _Ctx, zone: _Zone) -> Plan:

@@ -1,6 +1,7 @@
 """answering's fast steps proved by difference: for random stores and queries, ``plan`` with
 its shortcuts (plain IPv4 read without ``ipaddress``, Section.extend inline, glue of address-only
-targets without ``_chase``, SRV/MX targets cached) equals ``plan`` with the plain steps. The dnspython differential
+targets without ``_chase``, SRV/MX targets cached, the glue of many targets below one name read
+at once) equals ``plan`` with the plain steps. The dnspython differential
 tests cannot see these: both of their sides read the same plan.
 
 Seeded and reproducible; the seed is in the test id.
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import random
 
 import pytest
 
-from skydns import answering, msg, rrs, settings as settings_mod, store, wire
+from skydns import anscache, answering, msg, rrs, settings as settings_mod, store, wire
 from tests.skydns import test_anscache_diff as gen
 
 # Hosts near the IPv4 rules: leading zeros, too few or too many octets, out of range.
@@ -26,6 +28,7 @@ def _plain_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(answering, "_kind", functools.lru_cache(maxsize=None)(msg.host_type))
     monkeypatch.setattr(answering, "_ip", lambda host: str(ipaddress.ip_address(host)))
     monkeypatch.setattr(answering, "_GLUE_ADDRESSES", False)
+    monkeypatch.setattr(answering, "_BATCH_GLUE", False)
     monkeypatch.setattr(answering, "_target", lambda host, key, strip, prefix: rrs.target(
         msg.Service(host=host, key=key, targetstrip=strip), prefix))
 
@@ -82,3 +85,90 @@ def test_plan_with_shortcuts_equals_plan_with_plain_steps(seed, monkeypatch):
             compared += 1
             glued += bool(getattr(got, "additional", None))
     assert compared > 400 and glued > 10
+
+
+# Endpoint leaves of the headless service ``big.ns.svc.cluster.local.`` and what they hold.
+BIG = "/skydns/local/cluster/svc/ns/big"
+BIG_LEAVES = [f"e{n}" for n in range(8)] + ["E9", "_x", "*", "any", "deep"]
+BIG_HOSTS = ["10.0.0.1", "10.0.0.2", "fd00::1", "010.0.0.1", "web.cluster.local.", "e1.big.ns.svc.cluster.local.",
+             "ext.example.org.", "gone.cluster.local."]
+BIG_TARGETS = [f"e{n}.big.ns.svc.cluster.local." for n in range(10)] + [
+    "E9.big.ns.svc.cluster.local.", "_x.big.ns.svc.cluster.local.", "*.big.ns.svc.cluster.local.",
+    "any.big.ns.svc.cluster.local.", "deep.big.ns.svc.cluster.local.", "web.cluster.local.",
+    "e1.other.ns.svc.cluster.local.", "e2.other.ns.svc.cluster.local.", "10-0-0-9.ns.pod.cluster.local.",
+    "a.e3.big.ns.svc.cluster.local.", "z.big.ns.svc.cluster.local", "ext.example.org."]
+
+
+def _big_store(rng: random.Random) -> store.Store:
+    """A headless service whose SRV targets lie below it (with several records, CNAMEs, odd
+    spellings, groups, wildcard and hidden labels) and outside it, some of them missing."""
+    view = store.Store()
+    view.replace([], 1)
+    revision = 2
+    for leaf in BIG_LEAVES:
+        for n in range(rng.choice([0, 1, 1, 2, 3])):
+            record = {"host": rng.choice(BIG_HOSTS), "ttl": rng.choice([5, 30])}
+            if rng.random() < 0.1:
+                record["group"] = rng.choice(["g1", "g2"])
+            key = f"{BIG}/{leaf}" + rng.choice(["", "", f"/r{n}", "/_tcp/h"])
+            view.put(key if rng.random() < 0.9 else key.upper().replace("/SKYDNS/", "/skydns/"),
+                     json.dumps(record).encode(), revision)
+            revision += 1
+    for n, target in enumerate(rng.sample(BIG_TARGETS, rng.randint(4, len(BIG_TARGETS)))):
+        port = rng.choice([80, 443])
+        view.put(f"{BIG}/_tcp/_pg/t{n}", json.dumps({"host": target, "port": port, "ttl": 30,
+                                                    "priority": rng.choice([0, 10]), "mail": True}).encode(),
+                 revision)
+        revision += 1
+    if rng.random() < 0.7:
+        view.put(f"{BIG}/e5", b'{"host":"10.0.0.7","port":5432}', revision)
+    for key, host in (("/skydns/local/cluster/web", "10.0.0.3"), ("/skydns/local/cluster/svc/ns/other/e1", "10.1.0.1"),
+                      ("/skydns/local/cluster/svc/ns/other/e2", "fd00::2")):
+        view.put(key, json.dumps({"host": host}).encode(), revision)
+        revision += 1
+    if rng.random() < 0.8:
+        view.put("/skydns/local/cluster/dns-version/v", b'{"text":"1.1.0","ttl":30}', revision)
+    return view
+
+
+def _touches(reads: anscache.Reads, key: tuple[str, ...]) -> bool:
+    cache = anscache.AnswerCache(4)
+    cache.put("k", anscache.Entry([b""], "z", 1), reads)
+    return cache.changed(key) == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batched_glue_equals_glue_per_target(seed, monkeypatch):
+    """SRV/MX with many targets below the service (the batched glue read) answers as with one
+    glue read per target, and its reads cover every key the per-target reads would see."""
+    rng = random.Random(700 + seed)
+    batched = 0
+    for _ in range(25):
+        view = _big_store(rng)
+        domains = rng.choice([("cluster.local.",), ("cluster.local.", "e2.big.ns.svc.cluster.local.")])
+        settings = settings_mod.Settings(domains=domains, pods="insecure", max_answers=rng.choice([5, 30, 1000]))
+        keys = [tuple(seg.lower() for seg in key[len("/skydns/"):].split("/")) for key in view.records()]
+        for name in ("_pg._tcp.big.ns.svc.cluster.local.", "big.ns.svc.cluster.local.", "*._tcp.big.ns.svc.cluster.local."):
+            path = wire.path_of(gen.dns.message.make_query(name, "SRV").question[0].name.to_wire())
+            for qtype in (gen.dns.rdatatype.SRV, gen.dns.rdatatype.MX):
+                for steps in ((), ("_GLUE_ADDRESSES",)):
+                    with monkeypatch.context() as patch:
+                        for step in steps:
+                            patch.setattr(answering, step, False)
+                        fast_reads = anscache.Reads(view)
+                        calls = []
+                        real = answering._batched
+                        patch.setattr(answering, "_batched", lambda ctx, chosen: calls.append(1) or real(ctx, chosen))
+                        fast = answering.plan(path, qtype, 1, fast_reads, settings)
+                        patch.setattr(answering, "_BATCH_GLUE", False)
+                        plain_reads = anscache.Reads(view)
+                        plain = answering.plan(path, qtype, 1, plain_reads, settings)
+                    assert fast == plain, (seed, name, qtype)
+                    batched += bool(calls)
+                    probes = set(keys)
+                    for dep in plain_reads.visible | plain_reads.below | plain_reads.exact:
+                        probes.update((dep, dep + ("q",), dep + ("_q", "r")))
+                    for key in probes:
+                        if _touches(plain_reads, key):
+                            assert _touches(fast_reads, key), (seed, name, key)
+    assert batched > 50
