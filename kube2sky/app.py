@@ -6,7 +6,8 @@ Rules (DESIGN section 4, STYLE 5.7):
    (a service with its slices, a pod, the cluster records), the inputs whose records it last
    committed (`written`, references to the same objects). No record and no etcd content is
    held: records are a pure function of the objects and are rebuilt when needed (issue 12:
-   10,000 services + 100,000 endpoints in well under 150 MiB).
+   10,000 services + 100,000 endpoints in well under 150 MiB). Big services keep the 4-byte
+   leaf labels of their last build, so a change rebuilds the written records without hashing.
 2. Writes: a changed owner commits build(written inputs) -> build(current inputs) as one diff
    (puts and deletes together); many owners are packed into transactions below
    --max-txn-ops, an owner is never split unless it alone is bigger. Never delete-then-add.
@@ -115,6 +116,11 @@ _CALL_BYTES = 1 << 20
 # changes again and again (a flapping endpoint); 64 held ~5 MiB at 100-endpoint services.
 _RECENT_OWNERS = 8
 _RECENT_MAX_RECORDS = 4096
+# Services with at least this many hashed leaves keep the leaf labels of the records last
+# built for them (4 bytes each, with the inputs they belong to): rebuilding the records last
+# written for a change then hashes nothing, and the new build hashes only the new values
+# (hashing was half of a 100-endpoint service's build; ~1.2 MB at 100,000 endpoints).
+_MIN_LABELLED = 32
 # Lines logged per sync about bad values under the prefix (the rest are counted).
 _BAD_VALUE_LOG_LIMIT = 5
 
@@ -244,6 +250,9 @@ class Engine:
         self.next_resync = 0.0
         self._bad_logged = 0
         self._recent: collections.OrderedDict[tuple, tuple[object, records.Result]] = collections.OrderedDict()
+        # svc owner -> (inputs, the leaf labels of build(inputs)'s hashed values, in order);
+        # used only for those very inputs (identity: objects are immutable, builds pure)
+        self._labels: dict[tuple, tuple[object, array.array]] = {}
         self._touch(CLUSTER, None)
 
     # ---- inputs and records (pure bookkeeping; no I/O)
@@ -284,8 +293,9 @@ class Engine:
             INVALID.labels({"svc": "Service", "pod": "Pod"}.get(owner[0], owner[0])).inc()
             return records.Result()
 
-    def build_all(self, owners: list[tuple]) -> list[tuple[tuple, object, records.Result]]:
-        """(owner, inputs, records) of many owners, services hashed in one batch."""
+    def build_all(self, owners: list[tuple], remember: bool = False) -> list[tuple[tuple, object, records.Result]]:
+        """(owner, inputs, records) of many owners, services hashed in one batch; with
+        ``remember``, big services keep their leaf labels (see _labels)."""
         out = []
         svc_items, svc_owners = [], []
         for owner in owners:
@@ -297,9 +307,13 @@ class Engine:
                 out.append((owner, inputs, self.build(owner, inputs)))
         if svc_items:
             try:
-                results = records.build_services(svc_items, self.settings)
+                labelled = records.build_services_labelled(svc_items, self.settings)
             except Exception:  # noqa: BLE001 - fall back to one by one (logs the culprit)
-                results = [self.build(owner, inputs) for owner, inputs in svc_owners]
+                labelled = [(self.build(owner, inputs), None) for owner, inputs in svc_owners]
+            results = [result for result, _ in labelled]
+            if remember:
+                for (owner, inputs), (_, hashes) in zip(svc_owners, labelled):
+                    self._remember(owner, inputs, hashes)
             out += [(owner, inputs, result) for (owner, inputs), result in zip(svc_owners, results)]
         return out
 
@@ -476,25 +490,63 @@ class Engine:
         ETCD_WRITES.labels("delete").inc(sum(len(p.deletes) for p in plans))
         logger.debug("committed %d transactions in one request at revision %s", len(plans), rev)
 
-    def _built(self, owner: tuple, inputs) -> records.Result:
+    def _remember(self, owner: tuple, inputs, hashes: list[str] | None) -> None:
+        """Keep the leaf labels of build(inputs) of a big service (or forget the owner's)."""
+        if hashes is not None and inputs is not None and len(hashes) >= _MIN_LABELLED:
+            self._labels[owner] = (inputs, array.array("I", [int(h, 16) for h in hashes]))
+        else:
+            self._labels.pop(owner, None)
+
+    def _build_labelled(self, owner: tuple, inputs, memo: dict[str, str] | None,
+                        last: bool) -> tuple[records.Result, dict[str, str] | None]:
+        """build() of a service using its kept labels (when they are of these very inputs)
+        and ``memo``; returns the records and, unless ``last``, its labels as a memo for the
+        next build; with ``last``, the labels are kept for the owner."""
+        stored = self._labels.get(owner)
+        labels = stored[1] if stored is not None and stored[0] is inputs else None
+        try:
+            result, todo, hashes = records.build_service_labelled(inputs[0], inputs[1], self.settings,
+                                                                  labels, memo)
+        except Exception:  # noqa: BLE001 - build() logs and counts it
+            self._labels.pop(owner, None)
+            return self.build(owner, inputs), None
+        if last:
+            if labels is None:
+                self._remember(owner, inputs, hashes)
+            return result, None
+        return result, dict(zip(todo, hashes))
+
+    def _built(self, owner: tuple, inputs, memo: dict[str, str] | None = None,
+               last: bool = True) -> tuple[records.Result, dict[str, str] | None]:
         """build(), remembering the last few results: a change's "new" records are the next
-        change's "old" ones (an endpoint flapping in a big headless service builds once)."""
+        change's "old" ones (an endpoint flapping in a big headless service builds once).
+        Services go through _build_labelled (same records, less hashing)."""
         hit = self._recent.get(owner)
         if hit is not None and hit[0] == inputs:
             self._recent.move_to_end(owner)
-            return hit[1]
-        result = self.build(owner, inputs)
+            return hit[1], None
+        if owner[0] == "svc" and inputs is not None:
+            result, known = self._build_labelled(owner, inputs, memo, last)
+        else:
+            result, known = self.build(owner, inputs), None
+            if owner[0] == "svc":
+                self._labels.pop(owner, None)
         if len(result.values) <= _RECENT_MAX_RECORDS:
             self._recent[owner] = (inputs, result)
             while len(self._recent) > _RECENT_OWNERS:
                 self._recent.popitem(last=False)
-        return result
+        return result, known
 
     def _owner_plan(self, owner: tuple) -> tuple[object, reconcile.Plan, int]:
         """(current inputs, the plan from what was written to them, change in key count)."""
         inputs = self.inputs(owner)
-        old = self._built(owner, self.written.get(owner)).values if owner in self.written else {}
-        result = self._built(owner, inputs)
+        memo = None
+        if owner in self.written:
+            built, memo = self._built(owner, self.written.get(owner), last=False)
+            old = built.values
+        else:
+            old = {}
+        result, _ = self._built(owner, inputs, memo)
         for problem in result.problems:
             logger.warning("%s", problem)
             PROBLEMS.inc()
@@ -566,6 +618,7 @@ class Engine:
         for owner, received, inputs, delta in done:
             if inputs is None:
                 self.written.pop(owner, None)
+                self._labels.pop(owner, None)
             else:
                 self.written[owner] = inputs
             self.n_keys += delta
@@ -616,7 +669,7 @@ class Engine:
             last_log = self.clock()
             chunk = _VERIFY_CHUNK if background else _SYNC_CHUNK
             for start in range(0, len(owners), chunk):
-                for owner, inputs, result in self.build_all(owners[start:start + chunk]):
+                for owner, inputs, result in self.build_all(owners[start:start + chunk], remember=not background):
                     if not background:
                         self.written[owner] = inputs
                         self.dirty.pop(owner, None)
@@ -726,6 +779,7 @@ class Engine:
     async def full_sync(self, cause: str) -> None:
         """The foreground sync: at start and after a leader change (what is in etcd is unknown)."""
         self.written.clear()
+        self._labels.clear()
         await self.verify(cause, background=False)
 
     async def _verify_in_background(self, cause: str) -> None:

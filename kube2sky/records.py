@@ -391,14 +391,45 @@ def build_services(items: Iterable[tuple[objects.Service, Iterable[objects.Endpo
                    settings: settings_mod.Settings) -> list[Result]:
     """:func:`build_service` of many services, their leaf labels hashed in one batch (the
     fast way to build a whole cluster)."""
+    return [result for result, _ in build_services_labelled(items, settings)]
+
+
+def build_services_labelled(items: Iterable[tuple[objects.Service, Iterable[objects.EndpointSlice]]],
+                            settings: settings_mod.Settings) -> list[tuple[Result, list[str]]]:
+    """:func:`build_services`, each result with the leaf labels of its hashed values, in
+    order (what :func:`build_service_labelled` takes back as ``labels``)."""
     builders = [_service_builder(svc, slices, settings) for svc, slices in items]
     todo = [b.unhashed() for b in builders]
     hashes = leaf_labels([value for values in todo for value in values])
     out, start = [], 0
     for b, values in zip(builders, todo):
-        out.append(b.result(hashes[start:start + len(values)]))
+        mine = hashes[start:start + len(values)]
+        out.append((b.result(mine), mine))
         start += len(values)
     return out
+
+
+def build_service_labelled(svc: objects.Service, slices: Iterable[objects.EndpointSlice],
+                           settings: settings_mod.Settings, labels: Sequence[int] | None = None,
+                           memo: Mapping[str, str] | None = None) -> tuple[Result, list[str], list[str]]:
+    """:func:`build_service`, its hashed values and their leaf labels (in order), so that the
+    next build hashes less (rule 4): ``labels`` are the labels (as integers) of an earlier
+    build of the very same inputs (used when their count matches), ``memo`` known labels of
+    values (value -> label, e.g. of the build before a change). Equal to build_service."""
+    b = _service_builder(svc, slices, settings)
+    todo = b.unhashed()
+    if labels is not None and len(labels) == len(todo):
+        hashes = list(map(_hex, labels))
+    elif memo:
+        hashes = list(map(memo.get, todo))
+        missing = [v for v, h in zip(todo, hashes) if h is None]
+        if missing:
+            known = dict(zip(missing, _remembered_labels(missing) if len(missing) >= _MIN_BATCH
+                             else list(map(_leaf_label, missing))))
+            hashes = [h if h is not None else known[v] for v, h in zip(todo, hashes)]
+    else:
+        hashes = _remembered_labels(todo) if len(todo) >= _MIN_BATCH else list(map(_leaf_label, todo))
+    return b.result(hashes), todo, hashes
 
 
 def _service_builder(svc: objects.Service, slices: Iterable[objects.EndpointSlice],

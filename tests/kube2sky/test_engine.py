@@ -220,15 +220,20 @@ def test_relist_rebuilds_only_changed_services(monkeypatch, relisted, rebuilt):
     store = Store()
     e = engine(store)
     built: list[tuple[str, str]] = []
-    real = app.records.build_service
+    real, real_labelled = app.records.build_service, app.records.build_service_labelled
 
     def counting(service, slices, settings):
         built.append(service.ref)
         return real(service, slices, settings)
 
+    def counting_labelled(service, slices, settings, labels=None, memo=None):
+        built.append(service.ref)
+        return real_labelled(service, slices, settings, labels, memo)
+
     async def go():
         await settle(e, listed(svc("a", "10.0.0.1"), svc("b", "10.0.0.2")))
         monkeypatch.setattr(app.records, "build_service", counting)
+        monkeypatch.setattr(app.records, "build_service_labelled", counting_labelled)
         await settle(e, listed(*relisted, cause="410 Gone"))
 
     run(go())
@@ -348,3 +353,98 @@ def test_digest_index_finds_what_a_plain_search_finds(seed):
     position = {v: i for i, v in enumerate(values)}
     for probe in probes:
         assert digests.find(probe) == position.get(probe, -1)
+
+
+def _headless(name: str, ns: str = "default", port: str = "http") -> dict:
+    return {"kind": "Service", "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": "None", "ports": [{"name": port, "port": 8080}]}}
+
+
+def _slice(service: str, part: int, eps: list[tuple[int, str, bool]], port: str = "http",
+           ns: str = "default") -> dict:
+    return {"kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": f"{service}-{part}", "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": service}},
+            "ports": [{"name": port, "port": 8080 + part, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [f"10.1.{part}.{i}"], "hostname": host,
+                           "conditions": {"ready": ready}} for i, host, ready in eps]}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_kept_leaf_labels_write_what_the_plain_build_writes(monkeypatch, seed):
+    """The engine's kept leaf labels (_labels) and build memo against the plain path: after
+    every step of a random history of big headless services (endpoints added, removed, made
+    unready, renamed; ports, slices and services changed or deleted; failed commits), etcd
+    holds exactly records.desired() of the objects, and every kept label list is the labels of
+    a plain build of the inputs it is kept with."""
+    import random
+
+    from kube2sky import objects, records
+
+    rng = random.Random(seed)
+    if seed % 2:
+        monkeypatch.setattr(app, "_RECENT_OWNERS", 0)  # every build goes through the labels
+    store = Store()
+    settings = settings_mod.Settings(backoff=(0.0,))
+    e = app.Engine(settings, store, kinds=(k8swatch.SERVICES, k8swatch.ENDPOINT_SLICES))
+    names = ["a", "b", "c"]
+    services = {n: _headless(n) for n in names}
+    slices: dict[tuple[str, int], dict] = {}
+    members: dict[tuple[str, int], dict[int, tuple[str, bool]]] = {}
+    for n in names:
+        members[(n, 0)] = {i: (f"p{i}", True) for i in range(rng.randint(10, 40))}
+        slices[(n, 0)] = _slice(n, 0, [(i, h, r) for i, (h, r) in sorted(members[(n, 0)].items())])
+
+    def slice_event(key, port="http") -> k8swatch.Changed:
+        eps = [(i, h, r) for i, (h, r) in sorted(members[key].items())]
+        slices[key] = _slice(key[0], key[1], eps, port=port)
+        return k8swatch.Changed(k8swatch.ENDPOINT_SLICES, "MODIFIED", slices[key], 0.0)
+
+    def check() -> None:
+        state = records.State([objects.parse("Service", s) for s in services.values()],
+                              [objects.parse("EndpointSlice", s) for s in slices.values()])
+        assert store.data == records.desired(state, settings)
+        for owner, (inputs, labels) in e._labels.items():
+            _, todo, _ = records.build_service_labelled(inputs[0], inputs[1], settings)
+            assert list(labels) == [int(msg.leaf_label(v), 16) for v in todo], owner
+
+    async def go():
+        await settle(e, k8swatch.Listed(k8swatch.SERVICES, tuple(services.values()), "1", "start", 0.0),
+                     k8swatch.Listed(k8swatch.ENDPOINT_SLICES, tuple(slices.values()), "1", "start", 0.0))
+        check()
+        for _ in range(60):
+            n = rng.choice(names)
+            key = (n, rng.choice([0, 0, 0, 1]))
+            what = rng.random()
+            if what < 0.08:  # the service goes or comes back
+                if n in services:
+                    event = k8swatch.Changed(k8swatch.SERVICES, "DELETED", services.pop(n), 0.0)
+                else:
+                    services[n] = _headless(n)
+                    event = k8swatch.Changed(k8swatch.SERVICES, "ADDED", services[n], 0.0)
+            elif what < 0.12 and n in services:  # another port name on the service
+                services[n] = _headless(n, port=rng.choice(["http", "web"]))
+                event = k8swatch.Changed(k8swatch.SERVICES, "MODIFIED", services[n], 0.0)
+            elif what < 0.18 and key in slices:  # the slice goes
+                del slices[key]
+                event = k8swatch.Changed(k8swatch.ENDPOINT_SLICES, "DELETED", _slice(key[0], key[1], []), 0.0)
+                members.pop(key, None)
+            else:
+                eps = members.setdefault(key, {})
+                for _ in range(rng.choice([1, 1, 1, 2, 5])):
+                    i = rng.randrange(60)
+                    change = rng.random()
+                    if i in eps and change < 0.4:
+                        del eps[i]
+                    elif i in eps and change < 0.7:
+                        host, ready = eps[i]
+                        eps[i] = (host, not ready)
+                    else:
+                        eps[i] = (rng.choice([f"p{i}", f"q{i}", ""]), True)
+                event = slice_event(key, port=rng.choice(["http", "http", "http", "grpc"]))
+            if rng.random() < 0.1:
+                store.fail = 1  # this change's commit fails; it is retried
+            await settle(e, event)
+            check()
+
+    run(go())
