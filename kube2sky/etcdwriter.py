@@ -345,37 +345,28 @@ class Etcd:
     async def read_prefix(self, prefix: str) -> tuple[dict[str, str], int]:
         """Every key under prefix (e.g. "/skydns/") with its value as text, and the revision."""
         out: dict[str, str] = {}
-        start = prefix.encode()
-        end = aetcd.utils.prefix_range_end(start)
         revision = 0
-        while True:
-            req = aetcd.Client._build_get_range_request(key=start, range_end=end)
-            req.limit = self.page_size
-            if revision:
-                req.revision = revision
-
-            async def page(client, req=req):
-                return await client.kvstub.Range(req, timeout=self.timeout, metadata=client.metadata)
-
-            resp = await self._call("read", page)
-            if not revision:
-                revision = resp.header.revision
-            for kv in resp.kvs:
+        async for revision, kvs in self._pages(prefix, self.page_size):
+            for kv in kvs:
                 out[kv.key.decode("utf-8", "replace")] = kv.value.decode("utf-8", "replace")
-            if not resp.more or not resp.kvs:
-                return out, revision
-            start = resp.kvs[-1].key + b"\0"
+        return out, revision
 
     async def scan(self, prefix: str, page_size: int = 0) -> AsyncIterator[list[tuple[str, str]]]:
         """Every key under prefix with its value as text, in pages of (key, value), all read at
         the revision of the first page; nothing is kept between pages (a large prefix is
         never held in memory at once)."""
+        async for _revision, kvs in self._pages(prefix, page_size or self.scan_page_size):
+            yield [(kv.key.decode("utf-8", "replace"), kv.value.decode("utf-8", "replace")) for kv in kvs]
+
+    async def _pages(self, prefix: str, page_size: int) -> AsyncIterator[tuple[int, list]]:
+        """The keys under prefix as (revision, key-values) pages of at most page_size, every page
+        read at the revision of the first one (a consistent snapshot while etcd is written)."""
         start = prefix.encode()
         end = aetcd.utils.prefix_range_end(start)
         revision = 0
         while True:
             req = aetcd.Client._build_get_range_request(key=start, range_end=end)
-            req.limit = page_size or self.scan_page_size
+            req.limit = page_size
             if revision:
                 req.revision = revision
 
@@ -385,7 +376,7 @@ class Etcd:
             resp = await self._call("read", page)
             if not revision:
                 revision = resp.header.revision
-            yield [(kv.key.decode("utf-8", "replace"), kv.value.decode("utf-8", "replace")) for kv in resp.kvs]
+            yield revision, resp.kvs
             if not resp.more or not resp.kvs:
                 return
             start = resp.kvs[-1].key + b"\0"

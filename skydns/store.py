@@ -200,6 +200,20 @@ else:  # pragma: no cover - msg.Service changed its fields; stay correct, only s
         return msg.Service(host=host, key=key, **dict(zip(_SHAPE_FIELDS, shape)))  # type: ignore[arg-type]
 
 
+def _split(cache: dict[int, tuple[str, list[str]]], b: int, joined: str,
+           unpack: Callable[[str], list[str]]) -> list[str]:
+    """Block b's joined string unpacked, kept in cache with the string it came from.
+
+    A change gives its block a new string, so a split of a block that changed (or moved) is
+    never used, and a change costs the splits of other blocks nothing."""
+    got = cache.get(b)
+    if got is None or got[0] is not joined:
+        if len(cache) >= _CACHE:
+            cache.clear()
+        got = cache[b] = (joined, unpack(joined))
+    return got[1]
+
+
 class _Table:
     """The sorted table of one snapshot (rules 1 and 9)."""
 
@@ -275,25 +289,10 @@ class _Table:
     # -- reading ------------------------------------------------------------------------
 
     def _keys_of(self, b: int) -> list[str]:
-        # A split is kept with the joined string it came from: a change gives its block a new
-        # string, so a split of a block that changed (or moved) is never used, and a change
-        # costs the splits of other blocks nothing.
-        joined = self.keys[b]
-        got = self._kc.get(b)
-        if got is None or got[0] is not joined:
-            if len(self._kc) >= _CACHE:
-                self._kc.clear()
-            got = self._kc[b] = (joined, _unpack_keys(joined))
-        return got[1]
+        return _split(self._kc, b, self.keys[b], _unpack_keys)
 
     def _hosts_of(self, b: int) -> list[str]:
-        joined = self.hosts[b]
-        got = self._hc.get(b)
-        if got is None or got[0] is not joined:
-            if len(self._hc) >= _CACHE:
-                self._hc.clear()
-            got = self._hc[b] = (joined, _unpack_hosts(joined))
-        return got[1]
+        return _split(self._hc, b, self.hosts[b], _unpack_hosts)
 
     def seek(self, path: str) -> tuple[int, int]:
         """The position (block, index) of the first path >= path; (len(blocks), 0) past the end."""
