@@ -95,6 +95,7 @@ import dataclasses
 import functools
 import ipaddress
 import logging
+import operator
 
 import dns.exception
 import dns.flags
@@ -165,6 +166,18 @@ class Resolve:
 
 # -- plans: an answer as plain values, before any dnspython object or wire byte ---------------
 
+# Section.extend adds many items for new RRsets a whole RRset at a time (tests/skydns/
+# test_answering_fast.py turns it off to compare).
+_BULK = True
+_BULK_MIN = 8
+_HEAD = operator.itemgetter(0, 1)
+_OWNER = operator.itemgetter(0)
+_TTL = operator.itemgetter(2)
+_RDATA = operator.itemgetter(3)
+_HOST = operator.attrgetter("host")
+_NAME_KIND = msg.HostType.NAME
+
+
 class Section:
     """Ordered RRsets of one section, as plain values, with de-duplication and an RR cap.
 
@@ -203,9 +216,33 @@ class Section:
             self.count += 1
 
     def extend(self, items: list[tuple], qtext: str) -> None:
-        """``add`` of each ``(owner, rdtype, ttl, rdata)`` in turn (the same steps, inline)."""
+        """``add`` of each ``(owner, rdtype, ttl, rdata)`` in turn (the same steps, inline).
+
+        Many items for new RRsets that stay under the cap (a big address answer, the glue of
+        many targets) are added a whole RRset at a time: the same RRsets, TTLs and order."""
         count, limit = self.count, self.limit
         sets, seen_sets = self.sets, self._seen
+        if _BULK and len(items) >= _BULK_MIN and count + len(items) <= limit:
+            heads = list(map(_HEAD, items))
+            distinct = dict.fromkeys(heads)
+            if len(distinct) == 1:
+                # one RRset (a big address or SRV answer); the query name may own it
+                owner, rdtype = heads[0]
+                key = (qtext if owner is None else owner, rdtype)
+                if key not in sets:
+                    rdatas = dict.fromkeys(map(_RDATA, items))
+                    sets[key] = [owner, key[0], rdtype, min(map(_TTL, items)), list(rdatas)]
+                    seen_sets[key] = set(rdatas)
+                    self.count = count + len(rdatas)
+                    return
+            elif (len(distinct) == len(heads) and None not in map(_OWNER, heads)
+                  and sets.keys().isdisjoint(heads)):
+                # one record per new RRset (the glue of many targets), none owned by the query name
+                sets.update(zip(heads, [[owner, owner, rdtype, ttl, [rdata]]
+                                        for owner, rdtype, ttl, rdata in items]))
+                seen_sets.update(zip(heads, [{rdata} for rdata in map(_RDATA, items)]))
+                self.count = count + len(items)
+                return
         for owner, rdtype, ttl, rdata in items:
             if count >= limit:
                 break
@@ -758,6 +795,12 @@ def _chase(ctx: _Ctx, owner: str | None, owner_text: str, records: list[msg.Serv
     want = _ADDRESS.get(qtype)
     txt = qtype == _TXT
     default_ttl = settings.ttl  # rrs.ttl, inline: a record's TTL or the default
+    if want is not None and _BULK:
+        kinds = list(map(_kind, map(_HOST, records)))
+        if _NAME_KIND not in kinds:
+            # addresses only (the usual name): the records of the family asked, in order
+            return [(owner, qtype, rec.ttl or default_ttl, _ip(rec.host))
+                    for rec, kind in zip(records, kinds) if kind is want], None
     out: list[_RR] = []
     resolve: tuple[str, int] | None = None
     linked = False  # a name has at most one CNAME: the first alias that leads somewhere

@@ -66,8 +66,10 @@ Rules of this module:
     put or delete keeps the split it made, so the read after it splits nothing), and
     up to ``_RECORDS`` msg.Service objects built by find() are kept by path with the host and
     shape they were built from; one is handed out again only while the path still holds that
-    host and that shape object (shapes are immutable tuples), so it equals a newly built one.
-    Used only when no key has an odd spelling or host (then every record is built).
+    host and an equal shape (shapes are immutable tuples), so it equals a newly built one.
+    Used only when no key has an odd spelling or host (then every record is built). A run of
+    entries is compared and reused at once, and the next hidden key of a run is found in the
+    run's paths joined, so a name with many records costs few Python steps per record.
 14. find() keeps what it returned for a path without wildcards (per exact and limit), and
     gives a copy of it again until a put, delete or replace touches that path or a key below
     it: a change of a key drops the kept results of its own path and of every path above it
@@ -218,7 +220,7 @@ class _Table:
     """The sorted table of one snapshot (rules 1 and 9)."""
 
     __slots__ = ("first", "keys", "hosts", "shapes", "shape_ids", "shape_list", "shape_refs",
-                 "free", "odd", "spelling", "count", "grouped", "keep_unused", "_kc", "_hc", "_rc")
+                 "free", "odd", "spelling", "count", "grouped", "keep_unused", "_kc", "_hc", "_rc", "_rs")
 
     def __init__(self) -> None:
         self.first: list[str] = []               # the first path of each block (for bisect)
@@ -236,7 +238,8 @@ class _Table:
         self.keep_unused = False                 # a shape whose last record goes stays numbered
         self._kc: dict[int, tuple[str, list[str]]] = {}  # block -> (its paths joined, split)
         self._hc: dict[int, tuple[str, list[str]]] = {}  # block -> (its hosts joined, split)
-        self._rc: dict[str, tuple[str, Shape, msg.Service]] = {}  # path -> (host, shape, record)
+        self._rs: dict[str, tuple[str, Shape]] = {}  # path -> (host, shape) of the record built
+        self._rc: dict[str, msg.Service] = {}  # path -> the record built from them (rule 13)
 
     # -- shapes -------------------------------------------------------------------------
 
@@ -360,16 +363,18 @@ class _Table:
             after = None
             look = 0
         plain = not self.spelling and not self.odd
+        clean = _HIDDEN not in path  # then a hidden segment in a key is one below path
         if plain and after is not None:
             # the usual name: its whole range in one block, nothing hidden in it
             n = len(keys)
             j = bisect.bisect_left(keys, after, i)
             if j < n or b + 1 == nb:
-                # runs of visible keys, each hidden subtree skipped with one bisect
+                # runs of visible keys, each hidden subtree skipped with one bisect; the next
+                # hidden key is found in the run's paths joined (below path: past ``look``)
                 while i < j:
-                    x = i
-                    while x < j and keys[x].find(_HIDDEN, look) < 0:
-                        x += 1
+                    run = _NL.join(keys[i:j]) if clean else _NL.join([k[look:] for k in keys[i:j]])
+                    h = run.find(_HIDDEN)
+                    x = j if h < 0 else i + run.count(_NL, 0, h)
                     if x > i:
                         if stop is not None and x - i >= stop - len(out):
                             self._build(b, keys, i, i + stop - len(out), out, head)
@@ -389,15 +394,27 @@ class _Table:
                 # the run of visible keys from i, up to the next hidden one
                 x = i
                 skip = None
-                while x < j:
-                    k = keys[x]
-                    hidden = k.find(_HIDDEN, look) if look else (0 if k[:1] == "_" else k.find(_HIDDEN))
-                    if hidden >= 0:
-                        hidden += 1
-                        end = k.find(_SEP, hidden)
+                if look:
+                    # the next hidden key, found in the run's paths joined (as above)
+                    run = _NL.join(keys[i:j]) if clean else _NL.join([k[look:] for k in keys[i:j]])
+                    h = run.find(_HIDDEN)
+                    if h < 0:
+                        x = j
+                    else:
+                        x = i + run.count(_NL, 0, h)
+                        k = keys[x]
+                        end = k.find(_SEP, k.find(_HIDDEN, look) + 1)
                         skip = (k if end < 0 else k[:end]) + _PAST
-                        break
-                    x += 1
+                else:
+                    while x < j:  # below the root: any "_" segment hides
+                        k = keys[x]
+                        hidden = 0 if k[:1] == "_" else k.find(_HIDDEN)
+                        if hidden >= 0:
+                            hidden += 1
+                            end = k.find(_SEP, hidden)
+                            skip = (k if end < 0 else k[:end]) + _PAST
+                            break
+                        x += 1
                 if x > i:
                     if stop is not None and x - i > stop - len(out):
                         x = i + stop - len(out)
@@ -433,24 +450,26 @@ class _Table:
         """Append the records of entries i..j-1 of block b (no odd spelling or host in the table).
 
         Rule 13: a record built before is reused while its host and shape are the stored ones
-        (then it equals a new one)."""
-        hosts = self._hosts_of(b)
-        shapes = self.shapes[b]
+        (then it equals a new one). The entries are compared all at once (C loops: map over
+        the run), and only those that differ are built."""
         shape_list = self.shape_list
-        built = self._rc
-        for y in range(i, j):
-            k = keys[y]
-            host = hosts[y]
-            shape = shape_list[shapes[y]]
-            got = built.get(k)
-            if got is not None and got[1] is shape and got[0] == host:
-                out.append(got[2])
-                continue
-            rec = _service(host, shape, head + k.replace(_SEP, "/"))  # type: ignore[arg-type]
+        state, built = self._rs, self._rc
+        paths = keys[i:j]
+        now = list(zip(self._hosts_of(b)[i:j], map(shape_list.__getitem__, self.shapes[b][i:j])))
+        same = list(map(operator.eq, map(state.get, paths), now))
+        records = list(map(built.get, paths))
+        y = -1
+        for _ in range(same.count(False)):
+            y = same.index(False, y + 1)
+            k = paths[y]
+            host, shape = now[y]
+            rec = records[y] = _service(host, shape, head + k.replace(_SEP, "/"))  # type: ignore[arg-type]
             if len(built) >= _RECORDS:
                 built.clear()
-            built[k] = (host, shape, rec)  # type: ignore[assignment]
-            out.append(rec)
+                state.clear()
+            state[k] = now[y]
+            built[k] = rec
+        out.extend(records)
 
     def children(self, path: str, hidden: bool = False) -> list[str]:
         """The paths of the segments right below path, in order; ``_`` ones only with hidden."""

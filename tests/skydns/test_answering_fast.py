@@ -29,6 +29,7 @@ def _plain_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(answering, "_ip", lambda host: str(ipaddress.ip_address(host)))
     monkeypatch.setattr(answering, "_GLUE_ADDRESSES", False)
     monkeypatch.setattr(answering, "_BATCH_GLUE", False)
+    monkeypatch.setattr(answering, "_BULK", False)
     monkeypatch.setattr(answering, "_target", lambda host, key, strip, prefix: rrs.target(
         msg.Service(host=host, key=key, targetstrip=strip), prefix))
 
@@ -172,3 +173,50 @@ def test_batched_glue_equals_glue_per_target(seed, monkeypatch):
                         if _touches(plain_reads, key):
                             assert _touches(fast_reads, key), (seed, name, key)
     assert batched > 50
+
+
+def _section_state(section: answering.Section) -> tuple:
+    return section.rrsets(), section.count, {key: set(seen) for key, seen in section._seen.items()}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_section_extend_equals_add_one_by_one(seed):
+    """Section.extend (with its whole-RRset steps for many items) leaves the section exactly as
+    ``add`` of each item in turn: RRsets, order, TTLs, duplicates, the cap, the query name's
+    own RRsets (owner None) meeting the same name written out."""
+    rng = random.Random(900 + seed)
+    qtext = "q.cluster.local."
+    owners = [None, qtext, "a.cluster.local.", "b.cluster.local."] + [f"e{n}.cluster.local." for n in range(30)]
+    bulk = 0
+    for _ in range(3000):
+        limit = rng.choice([1, 5, 9, 20, 40, 1000])
+        shape = rng.random()
+        if shape < 0.35:  # one RRset, many records (a big answer)
+            owner, rdtype = rng.choice(owners[:4]), rng.choice([1, 28, 33])
+            items = [(owner, rdtype, rng.choice([5, 30, 60]), f"10.0.0.{rng.randrange(40)}")
+                     for _ in range(rng.randint(0, 30))]
+        elif shape < 0.7:  # many owners, one record each (glue), sometimes a repeat
+            chosen = rng.sample(owners, rng.randint(0, len(owners)))
+            items = [(owner, rng.choice([1, 28]), rng.choice([5, 30]), f"10.1.0.{n}") for n, owner in enumerate(chosen)]
+            if items and rng.random() < 0.2:
+                items.append(rng.choice(items))
+        else:  # anything
+            items = [(rng.choice(owners), rng.choice([1, 28]), rng.choice([5, 30]), f"10.2.0.{rng.randrange(6)}")
+                     for _ in range(rng.randint(0, 25))]
+        before = [(rng.choice(owners), rng.choice([1, 28, 33]), rng.choice([5, 30]), f"10.0.0.{rng.randrange(40)}")
+                  for _ in range(rng.choice([0, 0, 1, 3]))]
+        fast, plain = answering.Section(limit), answering.Section(limit)
+        for owner, rdtype, ttl, rdata in before:
+            fast.add(owner, qtext, rdtype, ttl, rdata)
+            plain.add(owner, qtext, rdtype, ttl, rdata)
+        fast.extend(items, qtext)
+        for owner, rdtype, ttl, rdata in items:
+            plain.add(owner, qtext, rdtype, ttl, rdata)
+        assert _section_state(fast) == _section_state(plain), (seed, limit, before, items)
+        # and again on top (the whole-RRset steps must see what is already there)
+        fast.extend(items[::-1], qtext)
+        for owner, rdtype, ttl, rdata in items[::-1]:
+            plain.add(owner, qtext, rdtype, ttl, rdata)
+        assert _section_state(fast) == _section_state(plain), (seed, limit, before, items)
+        bulk += len(items) >= answering._BULK_MIN and len(items) + len(before) < limit
+    assert bulk > 500
