@@ -293,6 +293,37 @@ def relisted_at(log_path: str) -> float | None:
     return found
 
 
+def histogram(url: str, name: str) -> dict[float, float]:
+    """The cumulative buckets (upper bound -> count) of one Prometheus histogram at url."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def histogram_pct(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """The q-quantile (ms) of what a histogram observed between two readings, interpolated
+    inside its bucket (as Prometheus's histogram_quantile does)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    rank = q * counts[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, counts):
+        if count >= rank:
+            if bound == float("inf"):
+                return round(lower * 1000, 1)
+            share = (rank - below) / (count - below) if count > below else 1.0
+            return round((lower + (bound - lower) * share) * 1000, 1)
+        lower, below = bound, count
+    return None
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -367,7 +398,28 @@ def run(opts: argparse.Namespace) -> dict:
                              and watcher.wait_prefix(sentinel, timeout=0.5) is not None,
                              timeout=60, what="the etcd watch to start")
             etcd.ctl("del", sentinel)
+            # the stages, from the processes' own histograms: kube2sky (event read -> commit
+            # acknowledged) and etcd (WAL fsync, backend commit)
+            stages = {"kube2sky": (f"http://127.0.0.1:{k.port}/metrics", "kube2sky_programming_latency_seconds"),
+                      "etcd_wal_fsync": (f"{etcd.url}/metrics", "etcd_disk_wal_fsync_duration_seconds"),
+                      "etcd_backend_commit": (f"{etcd.url}/metrics", "etcd_disk_backend_commit_duration_seconds")}
+            before = {stage: histogram(*where) for stage, where in stages.items()}
+            assert etcd.proc is not None
+            pids = {"kube2sky": k.proc.pid, "etcd": etcd.proc.pid, "skydns": servers[-1].proc.pid}
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             out.update(churn(api, cluster, watcher, opts.churn_seconds, opts.churn_rate))
+            changes = max(1, out["churn_endpoint_changes"] + out["churn_new_services"])
+            for name, pid in pids.items():
+                out[f"churn_{name}_cpu_ms_per_change"] = round(
+                    (cpu_seconds(pid) - cpu_before[name]) * 1000 / changes, 2)
+            print("CPU per change during the churn: " + ", ".join(
+                f"{name} {out[f'churn_{name}_cpu_ms_per_change']} ms" for name in pids), flush=True)
+            for stage, where in stages.items():
+                after = histogram(*where)
+                for q in (0.5, 0.99):
+                    out[f"{stage}_p{round(q * 100)}_ms"] = histogram_pct(before[stage], after, q)
+            print("stages during the churn (p50/p99 ms): " + ", ".join(
+                f"{stage} {out[f'{stage}_p50_ms']}/{out[f'{stage}_p99_ms']}" for stage in stages), flush=True)
 
             # a forced 410 with a Service created meanwhile
             body = cluster.service(10**6)

@@ -6,8 +6,10 @@ Rules (DESIGN section 4, STYLE 5.7):
    (a service with its slices, a pod, the cluster records), the inputs whose records it last
    committed (`written`, references to the same objects). No record and no etcd content is
    held: records are a pure function of the objects and are rebuilt when needed (issue 12:
-   10,000 services + 100,000 endpoints in well under 150 MiB). Big services keep the 4-byte
-   leaf labels of their last build, so a change rebuilds the written records without hashing.
+   10,000 services + 100,000 endpoints in well under 150 MiB). A change of endpoints only
+   builds the endpoints that went and came (records.headless_delta); other changes rebuild
+   the written records and the new ones, and big services keep the 4-byte leaf labels of
+   their last build for that, so the rebuild hashes nothing.
 2. Writes: a changed owner commits build(written inputs) -> build(current inputs) as one diff
    (puts and deletes together); many owners are packed into transactions below
    --max-txn-ops, an owner is never split unless it alone is bigger. Never delete-then-add.
@@ -83,7 +85,8 @@ SYNC_DURATION = prometheus_client.Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300), registry=REGISTRY)
 LATENCY = prometheus_client.Histogram(
     "kube2sky_programming_latency_seconds", "API event received -> its records committed in etcd.",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=REGISTRY)
+    buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.1, 0.25, 0.5, 1,
+             2.5, 5, 10, 30, 60), registry=REGISTRY)
 KEYS = prometheus_client.Gauge(
     "kube2sky_keys_managed", "Keys kube2sky wants in etcd (desired records).", registry=REGISTRY)
 OBJECTS = prometheus_client.Gauge(
@@ -341,10 +344,14 @@ class Engine:
         if owner[0] == "svc" and (owner[1], owner[2]) == self.settings.dns_service_ref:
             self._touch(CLUSTER, received)
 
-    def _parse(self, kind: str, raw):
+    def _parse(self, kind: str, raw, previous=None):
+        """The object (None when invalid: logged and counted); ``previous``: the slice of that
+        name held now (its unchanged endpoints are reused, see records.headless_delta)."""
         if not isinstance(raw, dict):
             return raw  # already parsed (a transport that trims objects as it lists)
         try:
+            if kind == "EndpointSlice" and previous is not None:
+                return objects.parse_endpoint_slice(raw, previous)
             return objects.parse(kind, raw)
         except objects.Invalid as err:
             logger.warning("skipped invalid object: %s", err)
@@ -405,7 +412,7 @@ class Engine:
         else:
             EVENTS.labels(kind, event.type).inc()
             ns, name = objects.ref(event.obj)
-            parsed = None if event.type == "DELETED" else self._parse(kind, event.obj)
+            parsed = None if event.type == "DELETED" else self._parse(kind, event.obj, self.slices.get((kind, ns, name)))
             if parsed is not None or event.type == "DELETED":
                 self._apply_one(kind, ns, name, parsed, event.received)
         OBJECTS.labels("Service").set(len(self.services))
@@ -540,6 +547,20 @@ class Engine:
     def _owner_plan(self, owner: tuple) -> tuple[object, reconcile.Plan, int]:
         """(current inputs, the plan from what was written to them, change in key count)."""
         inputs = self.inputs(owner)
+        written = self.written.get(owner)
+        if (owner[0] == "svc" and inputs is not None and written is not None and written is not inputs
+                and owner not in self.force):
+            try:
+                delta = records.headless_delta(written, inputs, self.settings)
+            except Exception:  # noqa: BLE001 - the full builds below log and count it
+                delta = None
+            if delta is not None:  # only the changed endpoints were built (records rule 5)
+                self._labels.pop(owner, None)  # kept for the written inputs, which are going
+                for problem in delta.problems:
+                    logger.warning("%s", problem)
+                    PROBLEMS.inc()
+                return inputs, reconcile.Plan(tuple(sorted(delta.puts.items())), tuple(sorted(delta.deletes))), \
+                    delta.count
         memo = None
         if owner in self.written:
             built, memo = self._built(owner, self.written.get(owner), last=False)

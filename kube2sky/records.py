@@ -19,6 +19,10 @@ Rules of this module:
    of one build are hashed together by :func:`leaf_labels` (FNV-1a over many values at once
    with Python's big integers, equal to ``msg.leaf_label`` value by value; about 10x faster
    than byte by byte). An endpoint name's key is its service key plus one segment.
+5. A change of endpoints only costs the changed endpoints: :func:`headless_delta` builds the
+   records of the endpoints that went and came (never the whole service) when no unchanged
+   endpoint can share a key with them, and gives up (None: build both sides) otherwise. It
+   equals the difference of two full builds (a seeded random test compares them).
 
 Names, for S = ``<svc>.<ns>.svc.<zone>.`` and L = ``<svc>.<ns>.<zone>.`` (legacy):
 
@@ -58,6 +62,7 @@ ClusterIPs (``ns.dns``).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import ipaddress
@@ -496,15 +501,157 @@ def _headless(b: _Builder, svc: objects.Service, slices: Iterable[objects.Endpoi
             else:
                 ports = subset_ports[ep.ports] = _srv_keys(b, b.named_ports(
                     ep.ports, f"Endpoints {eps.name} port"), name)
-            for ip in b.ips(ep.addresses, f"EndpointSlice {eps.name} address"):
-                label = endpoint_label(ep.hostname, ip)
-                target = f"{label}.{name}"
-                b.put_key(f"{base}/{label}", b.value(ip))
-                b.put_ptr(ip, target)
-                for srv_key, number in ports:
-                    b.put_key(srv_key, b.value(target, number))
+            _endpoint(b, ep, ports, name, base, f"EndpointSlice {eps.name} address")
     if legacy and b.entries:
         b.put(legacy, b.value(name))
+
+
+def _endpoint(b: _Builder, ep: objects.Endpoint, ports: list[tuple[str, int]], name: str, base: str,
+              where: str) -> None:
+    """One endpoint's records: A/AAAA and PTR per address, SRV per (SRV key, port number)."""
+    for ip in b.ips(ep.addresses, where):
+        label = endpoint_label(ep.hostname, ip)
+        target = f"{label}.{name}"
+        b.put_key(f"{base}/{label}", b.value(ip))
+        b.put_ptr(ip, target)
+        for srv_key, number in ports:
+            b.put_key(srv_key, b.value(target, number))
+
+
+def _split(old: list[objects.Endpoint], new: list[objects.Endpoint]
+           ) -> tuple[list[objects.Endpoint], list[objects.Endpoint], list[objects.Endpoint]]:
+    """(gone, came, kept) of two lists of endpoints as multisets: old = kept + gone and
+    new = kept + came. The very same objects are matched first (a re-read slice reuses its
+    unchanged endpoints, objects.parse_endpoint_slice), then equal ones."""
+    pending: dict[int, list[objects.Endpoint]] = {}
+    for ep in new:
+        pending.setdefault(id(ep), []).append(ep)
+    gone, kept = [], []
+    for ep in old:
+        same = pending.get(id(ep))
+        if same:
+            kept.append(same.pop())
+        else:
+            gone.append(ep)
+    came = [ep for eps in pending.values() for ep in eps]
+    if gone and came:  # equal objects that are not the same one
+        left = collections.Counter(came)
+        still = []
+        for ep in gone:
+            if left[ep] > 0:
+                left[ep] -= 1
+                kept.append(ep)
+            else:
+                still.append(ep)
+        gone, came = still, list(left.elements())
+    return gone, came, kept
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delta:
+    """What changes in etcd between two builds of one owner: keys to put (with their values),
+    keys to delete, the change in the number of keys, and the problems of what was added."""
+
+    puts: dict[str, str]
+    deletes: tuple[str, ...]
+    count: int
+    problems: tuple[str, ...] = ()
+
+
+def headless_delta(old: tuple[objects.Service, Sequence[objects.EndpointSlice]],
+                   new: tuple[objects.Service, Sequence[objects.EndpointSlice]],
+                   settings: settings_mod.Settings) -> Delta | None:
+    """The difference between build_service(*old) and build_service(*new) of a headless
+    service whose change is only in endpoints, built from the changed endpoints alone (rule 5);
+    None when it cannot be worked out that way (then both builds are needed).
+
+    Local when: the service is the same (equal) published headless service; the slices are
+    the same ones in the same order, and a changed slice keeps its address type (not FQDN)
+    and ports; no endpoint left unchanged shares an address or a name label with a changed one
+    (their records could share keys); an unchanged endpoint still has an address (the legacy
+    alias stays); and neither side can reach --max-records-per-service (no truncation).
+    """
+    svc, old_slices = old
+    new_svc, new_slices = new
+    if new_svc is not svc and new_svc != svc:
+        return None
+    if (svc.type == objects.EXTERNAL_NAME or not svc.headless or not settings.publishes(svc.ns)
+            or not _LABEL.match(svc.ns) or not _LABEL.match(svc.name) or len(old_slices) != len(new_slices)):
+        return None
+    removed: collections.Counter = collections.Counter()
+    added: collections.Counter = collections.Counter()
+    changed: list[objects.EndpointSlice] = []
+    # (slice, its unchanged endpoints, whether they are counted in ``bound`` already)
+    unchanged: list[tuple[objects.EndpointSlice, Iterable[objects.Endpoint], bool]] = []
+    bound = 1  # records, at most (the alias + every address's A, PTR and SRV records)
+    for o, n in zip(old_slices, new_slices):
+        if (o.ns, o.service) != (svc.ns, svc.name) or (n.ns, n.service) != (svc.ns, svc.name):
+            return None
+        if o is n:
+            if o.address_type != "FQDN":
+                unchanged.append((o, o.endpoints, False))
+            continue
+        if o.name != n.name or o.address_type != n.address_type or o.ports != n.ports:
+            return None
+        if o.address_type == "FQDN":
+            continue  # contributes nothing either way
+        gone, came, kept = _split([ep for ep in o.endpoints if ep.ready or svc.publish_not_ready],
+                                  [ep for ep in n.endpoints if ep.ready or svc.publish_not_ready])
+        removed.update((n.name, ep) for ep in gone)
+        added.update((n.name, ep) for ep in came)
+        unchanged.append((n, kept, True))
+        changed.append(n)
+        for ep in itertools.chain(o.endpoints, n.endpoints):
+            bound += len(ep.addresses) * (2 + len(n.ports if ep.ports is None else ep.ports))
+    if not removed and not added:
+        return Delta({}, (), 0)
+    # the addresses and labels of the changed endpoints; an unchanged one sharing any is a
+    # possible shared key (one record from two endpoints): not local
+    ips: set[str] = set()
+    labels: set[str] = set()
+    for _, ep in itertools.chain(removed, added):
+        for text in ep.addresses:
+            ip = _canonical_ip(text)
+            if ip is not None:
+                ips.add(ip)
+                labels.add(endpoint_label(ep.hostname, ip))
+    alias = False
+    for eps, endpoints, counted in unchanged:
+        for ep in endpoints:
+            if not (ep.ready or svc.publish_not_ready):
+                continue
+            if not counted:
+                bound += len(ep.addresses) * (2 + len(eps.ports if ep.ports is None else ep.ports))
+            for text in ep.addresses:
+                ip = _canonical_ip(text)
+                if ip is None:
+                    continue
+                if ip in ips or endpoint_label(ep.hostname, ip) in labels:
+                    return None
+                alias = True
+    if not alias or bound > settings.max_records_per_service:
+        return None
+    name = service_name(svc.ns, svc.name, settings)
+    by_name = {eps.name: eps for eps in changed}
+    sides = []
+    for endpoints in (removed, added):
+        b = _Builder(f"Service {svc.ns}/{svc.name}", settings)
+        base = b.key_of(name)
+        ports: dict[tuple, list[tuple[str, int]]] = {}
+        for slice_name, ep in endpoints:
+            eps = by_name[slice_name]
+            where = (slice_name, ep.ports)
+            if where not in ports:
+                if ep.ports is None:
+                    ports[where] = _srv_keys(b, b.named_ports(eps.ports, f"EndpointSlice {eps.name} port"), name)
+                else:
+                    ports[where] = _srv_keys(b, b.named_ports(ep.ports, f"Endpoints {eps.name} port"), name)
+            _endpoint(b, ep, ports[where], name, base, f"EndpointSlice {eps.name} address")
+        sides.append(b.result())
+    before_values, after_values = sides[0].values, sides[1].values
+    puts = {k: v for k, v in after_values.items() if before_values.get(k) != v}
+    deletes = tuple(k for k in before_values if k not in after_values)
+    return Delta(puts, deletes, len(after_values) - len(before_values), sides[1].problems)
 
 
 def _srv_keys(b: _Builder, ports: Iterable[objects.Port], base: str) -> list[tuple[str, int]]:

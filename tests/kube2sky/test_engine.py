@@ -372,7 +372,7 @@ def _slice(service: str, part: int, eps: list[tuple[int, str, bool]], port: str 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_kept_leaf_labels_write_what_the_plain_build_writes(monkeypatch, seed):
-    """The engine's kept leaf labels (_labels) and build memo against the plain path: after
+    """The engine's kept leaf labels (_labels), build memo and endpoint deltas against the plain path: after
     every step of a random history of big headless services (endpoints added, removed, made
     unready, renamed; ports, slices and services changed or deleted; failed commits), etcd
     holds exactly records.desired() of the objects, and every kept label list is the labels of
@@ -384,6 +384,9 @@ def test_kept_leaf_labels_write_what_the_plain_build_writes(monkeypatch, seed):
     rng = random.Random(seed)
     if seed % 2:
         monkeypatch.setattr(app, "_RECENT_OWNERS", 0)  # every build goes through the labels
+    deltas = []  # the changes written from the changed endpoints alone (records rule 5)
+    plain_delta = records.headless_delta
+    monkeypatch.setattr(records, "headless_delta", lambda *a: deltas.append(plain_delta(*a)) or deltas[-1])
     store = Store()
     settings = settings_mod.Settings(backoff=(0.0,))
     e = app.Engine(settings, store, kinds=(k8swatch.SERVICES, k8swatch.ENDPOINT_SLICES))
@@ -448,3 +451,4 @@ def test_kept_leaf_labels_write_what_the_plain_build_writes(monkeypatch, seed):
             check()
 
     run(go())
+    assert any(d is not None for d in deltas) and None in deltas

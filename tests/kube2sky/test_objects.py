@@ -199,4 +199,11 @@ def test_plain_endpoint_reading_equals_the_checked_one(seed) -> None:
             answered += 1
             assert fast == checked, eps
         assert objects.parse_endpoint_slice(raw).endpoints == checked
+        # read again after the held version: equal endpoints are its very objects
+        held = objects.parse_endpoint_slice({**raw, "endpoints": eps[::-1] if isinstance(eps, list) else eps})
+        again = objects.parse_endpoint_slice(raw, held)
+        assert again.endpoints == checked
+        if fast is not None:
+            by_value = {ep: ep for ep in held.endpoints if ep.ports is None}
+            assert all(ep is by_value.get(ep, ep) for ep in again.endpoints), eps
     assert answered >= 40  # the plain reading is the common case, not a bystander

@@ -854,3 +854,113 @@ def test_remembered_labels_equal_msg_leaf_label(seed) -> None:
         values = [pool[(start + rng.randrange(size * 2)) % len(pool)] for _ in range(size)]
         assert records._remembered_labels(values) == [msg.leaf_label(v) for v in values]
         assert len(records._LABELS) <= records._CACHE_SIZE
+
+
+# ---- headless_delta against two full builds (rule 5)
+
+def _random_endpoint(rng, ports: tuple[objects.Port, ...] | None = None) -> objects.Endpoint:
+    """Addresses and names from small pools, so that endpoints often share them."""
+    pool = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "fd00::1", "fd00::2", "bad-ip",
+            "10.0.0.06"]
+    addresses = tuple(dict.fromkeys(rng.choice(pool) for _ in range(rng.choice([1, 1, 1, 2]))))
+    hostname = rng.choice(["", "", "", "web-0", "web-1", "Bad_Host", "10-0-0-1", "x" * 70])
+    ready = rng.random() < 0.8
+    return objects.Endpoint(addresses, hostname, ready, ready or rng.random() < 0.5, rng.random() < 0.1, ports)
+
+
+def _random_ports(rng) -> tuple[objects.Port, ...]:
+    return tuple(rng.sample([objects.Port("http", "TCP", 80), objects.Port("grpc", "TCP", 9000),
+                             objects.Port("", "TCP", 81), objects.Port("dns", "UDP", 53),
+                             objects.Port("Bad Name", "TCP", 82), objects.Port("http", "TCP", 8080)],
+                            rng.randint(0, 3)))
+
+
+def _random_slice(rng, name: str, n: int) -> objects.EndpointSlice:
+    ports = _random_ports(rng)
+    subset = rng.random() < 0.1  # a converted Endpoints object: ports per endpoint
+    endpoints = tuple(_random_endpoint(rng, _random_ports(rng) if subset else None) for _ in range(n))
+    return objects.EndpointSlice("ns", name, "hl", rng.choice(["IPv4", "IPv4", "IPv6", "FQDN", ""]),
+                                 endpoints, ports, "1")
+
+
+def _changed_slice(rng, eps: objects.EndpointSlice) -> objects.EndpointSlice:
+    endpoints = list(eps.endpoints)
+    for _ in range(rng.choice([1, 1, 2, 4])):
+        what = rng.random()
+        if what < 0.35 or not endpoints:
+            endpoints.insert(rng.randint(0, len(endpoints)), _random_endpoint(rng))
+        elif what < 0.7:
+            endpoints.pop(rng.randrange(len(endpoints)))
+        else:
+            i = rng.randrange(len(endpoints))
+            ep = endpoints[i]
+            endpoints[i] = dataclasses.replace(ep, ready=not ep.ready, serving=not ep.serving)
+    if rng.random() < 0.2:  # read again without the held version: equal objects, not the same ones
+        endpoints = [dataclasses.replace(ep) for ep in endpoints]
+    ports, address_type = eps.ports, eps.address_type
+    if rng.random() < 0.08:
+        ports = _random_ports(rng)
+    if rng.random() < 0.05:
+        address_type = rng.choice(["IPv4", "FQDN"])
+    return dataclasses.replace(eps, endpoints=tuple(endpoints), ports=ports, address_type=address_type,
+                               resource_version="2")
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_headless_delta_equals_the_difference_of_two_builds(seed) -> None:
+    """headless_delta(old, new), when it answers, applied to the full build of old gives the
+    full build of new exactly (puts, deletes and the key count), for random big headless
+    services whose endpoints share addresses and names, with bad addresses, not-ready and
+    converted endpoints, several slices, port and address-type changes, tight record limits;
+    and it answers for most plain endpoint changes."""
+    import random
+
+    rng = random.Random(seed)
+    local = plain = 0
+    for _ in range(300):
+        conf = dataclasses.replace(S, legacy_names=rng.random() < 0.8,
+                                   max_records_per_service=rng.choice([10_000, 10_000, 40]))
+        svc = objects.Service("ns", "hl", "ClusterIP", (), (), "", rng.random() < 0.2, True, "1")
+        old_slices = tuple(_random_slice(rng, f"hl-{i}", rng.randint(0, 12)) for i in range(rng.choice([1, 1, 2, 3])))
+        new_slices = list(old_slices)
+        for i in rng.sample(range(len(new_slices)), min(len(new_slices), rng.choice([1, 1, 1, 2]))):
+            new_slices[i] = _changed_slice(rng, new_slices[i])
+        new_svc = svc
+        what = rng.random()
+        if what < 0.05:
+            new_svc = dataclasses.replace(svc, publish_not_ready=not svc.publish_not_ready)
+        elif what < 0.1:
+            new_slices.append(_random_slice(rng, "hl-9", 3))
+        new_slices = tuple(new_slices)
+        old_values = records.build_service(svc, old_slices, conf).values
+        new_build = records.build_service(new_svc, new_slices, conf)
+        delta = records.headless_delta((svc, old_slices), (new_svc, new_slices), conf)
+        if (new_svc is svc and len(new_slices) == len(old_slices)
+                and all(o.ports == n.ports and o.address_type == n.address_type != "FQDN"
+                        for o, n in zip(old_slices, new_slices))):
+            plain += 1
+        if delta is None:
+            continue
+        local += 1
+        applied = dict(old_values)
+        for key in delta.deletes:
+            del applied[key]
+        assert not set(delta.puts) & set(delta.deletes)
+        applied.update(delta.puts)
+        assert applied == new_build.values
+        assert delta.count == len(new_build.values) - len(old_values)
+        assert set(delta.problems) <= set(new_build.problems)
+    assert local >= plain // 3, (local, plain)  # small pools: many changes share an address
+
+
+def test_headless_delta_of_a_big_service_builds_only_the_change() -> None:
+    """One endpoint more in a 100-endpoint service: the delta holds its three records."""
+    eps = tuple(objects.Endpoint((f"10.1.0.{i}",)) for i in range(100))
+    port = (objects.Port("http", "TCP", 80),)
+    svc = objects.Service("ns", "hl", "ClusterIP", (), port, "", False, True, "1")
+    old = objects.EndpointSlice("ns", "hl-1", "hl", "IPv4", eps, port, "1")
+    new = dataclasses.replace(old, endpoints=eps + (objects.Endpoint(("10.1.0.200",)),), resource_version="2")
+    delta = records.headless_delta((svc, (old,)), (svc, (new,)), S)
+    name = "10-1-0-200.hl.ns.svc.cluster.local."
+    assert delta == records.Delta(dict([at(name, v("10.1.0.200")), ptr("10.1.0.200", name),
+                                        at("_http._tcp.hl.ns.svc.cluster.local.", v(name, 80))]), (), 3)
