@@ -94,6 +94,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import itertools
 import logging
 import operator
 
@@ -175,6 +176,8 @@ _OWNER = operator.itemgetter(0)
 _TTL = operator.itemgetter(2)
 _RDATA = operator.itemgetter(3)
 _HOST = operator.attrgetter("host")
+_KEY = operator.attrgetter("key")
+_GROUP_OF = operator.attrgetter("group")
 _NAME_KIND = msg.HostType.NAME
 
 
@@ -893,13 +896,10 @@ def _target_glue(ctx: _Ctx, rec: msg.Service, kind: msg.HostType, target: str, t
         additional.add(target, ctx.qtext, rdtype, ttl, _ip(rec.host))
 
 
-def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
-             additional: Section) -> None:
-    """SRV or MX answers with SkyDNS weights and glue (rule 7)."""
-    settings = ctx.settings
-    prefix = ctx.view.prefix
-    default_priority = settings.default_priority
-    default_ttl = settings.ttl
+def _choose(records: list[msg.Service], qtype: int, prefix: str, default_priority: int,
+            default_ttl: int) -> tuple[list[tuple], dict[int, int], list[_RR]]:
+    """The SRV/MX targets of records (rule 7): ``(prio, weight, target, record, kind)`` per
+    distinct target record, the weight sums per priority, and the answer RRs."""
     seen: set[tuple[int, int, int, str]] = set()
     chosen: list[tuple[int, int, str, msg.Service, msg.HostType]] = []
     sums: dict[int, int] = {}
@@ -921,6 +921,71 @@ def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
         seen.add(ident)
         chosen.append((prio, weight, target, rec, kind))
         sums[prio] = sums.get(prio, 0) + weight
+    items: list[_RR] = []
+    for prio, weight, target, rec, kind in chosen:
+        ttl = rec.ttl or default_ttl  # rrs.ttl, inline
+        if qtype == _SRV:
+            items.append((None, _SRV, ttl, (prio, min(0xFFFF, max(1, 100 * weight // sums[prio])), rec.port, target)))
+        else:
+            items.append((None, _MX, ttl, (prio, target)))
+    return chosen, sums, items, _names(chosen), _groups(chosen)
+
+
+def _names(chosen: list[tuple]) -> list[str] | None:
+    """The targets of chosen when every one is a name and no two are equal, else None."""
+    names = [target for _, _, target, _, kind in chosen if kind is _NAME_KIND]
+    return names if len(names) == len(chosen) and len(set(names)) == len(names) else None
+
+
+def _groups(chosen: list[tuple]) -> dict[str, tuple[list[tuple[str, str]], list[str], list[str] | None]]:
+    """The name targets of chosen by the name they are children of: ``rest -> (members
+    (target, label), their targets, their labels when every label can be glued from the
+    parent's read (not ``_``, not a wildcard, written in lower case) else None)``."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for _, _, target, _, kind in chosen:
+        if kind is _NAME_KIND:
+            label, _, rest = target.partition(".")
+            held = groups.get(rest)
+            if held is None:
+                groups[rest] = [(target, label)]
+            else:
+                held.append((target, label))
+    out = {}
+    for rest, members in groups.items():
+        labels = [label for _, label in members]
+        plain = all(label[:1] != "_" and label not in _WILDCARDS and label == label.strip().lower()
+                    for label in labels)
+        out[rest] = (members, [target for target, _ in members], labels if plain else None)
+    return out
+
+
+# What _choose made of a list of records, by the identities of the records (the entry holds
+# them, so no other object can have their ids while it is kept): the SRV records of a name
+# come from the store's kept finds (store rule 14) as the same objects until one changes.
+# tests/skydns/test_answering_fast.py turns it off to compare.
+_MEMO_TARGETS = True
+_TARGETS_KEPT = 256
+_chosen: dict[tuple, tuple] = {}
+
+
+def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
+             additional: Section) -> None:
+    """SRV or MX answers with SkyDNS weights and glue (rule 7)."""
+    settings = ctx.settings
+    prefix = ctx.view.prefix
+    default_ttl = settings.ttl
+    if _MEMO_TARGETS:
+        key = (qtype, prefix, settings.default_priority, default_ttl, tuple(map(id, records)))
+        got = _chosen.get(key)
+        if got is None:
+            if len(_chosen) >= _TARGETS_KEPT:
+                _chosen.clear()
+            got = _chosen[key] = (tuple(records),) + _choose(records, qtype, prefix, settings.default_priority,
+                                                              default_ttl)
+        _, chosen, sums, items, names, groups = got
+    else:
+        chosen, sums, items, names, groups = _choose(records, qtype, prefix, settings.default_priority,
+                                                     default_ttl)
     glued: set[str] = set()
     qtext = ctx.qtext
     if not (_BATCH_GLUE and len(chosen) >= _BATCH_MIN):
@@ -935,15 +1000,14 @@ def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
         return
     # Many targets: the answers first, then the glue in the same order (the sections are
     # independent), the glue of targets below one name read at once (_batched).
-    items = []
-    for prio, weight, target, rec, kind in chosen:
-        ttl = rec.ttl or default_ttl
-        if qtype == _SRV:
-            items.append((None, _SRV, ttl, (prio, min(0xFFFF, max(1, 100 * weight // sums[prio])), rec.port, target)))
-        else:
-            items.append((None, _MX, ttl, (prio, target)))
     answer.extend(items, qtext)
-    known = _batched(ctx, chosen)
+    known = _batched(ctx, chosen, groups)
+    if names is not None and _BULK:
+        batches = list(map(known.get, names))
+        if None not in batches and tuple not in map(type, batches):
+            # every target a distinct name glued from a batched read: the glue in target order
+            additional.extend(list(itertools.chain.from_iterable(batches)), qtext)
+            return
     pending: list[_RR] = []  # address glue of batched targets, added in one extend
     for prio, weight, target, rec, kind in chosen:
         if kind is msg.HostType.NAME:
@@ -970,7 +1034,7 @@ def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
         additional.extend(pending, qtext)
 
 
-def _batched(ctx: _Ctx, chosen: list[tuple]) -> dict[str, list[_RR] | tuple]:
+def _batched(ctx: _Ctx, chosen: list[tuple], groups: dict | None = None) -> dict[str, list[_RR] | tuple]:
     """The glue records of many name targets at once, for targets that are children of one
     name P at or above the query name and at least three labels below the zone (a headless
     service's endpoints ``<hash>.<svc>.<ns>.svc.<zone>``), read with one ``find(P)`` instead of
@@ -984,19 +1048,12 @@ def _batched(ctx: _Ctx, chosen: list[tuple]) -> dict[str, list[_RR] | tuple]:
     (``anscache`` rule 1a). Targets with nothing in P's read (nothing stored, a pod name, a
     hidden label) are left to ``_glue``.
     """
-    groups: dict[str, list[tuple[str, str]]] = {}
     name = msg.HostType.NAME
-    for _, _, target, _, kind in chosen:
-        if kind is name:
-            label, _, rest = target.partition(".")
-            held = groups.get(rest)
-            if held is None:
-                groups[rest] = [(target, label)]
-            else:
-                held.append((target, label))
+    if groups is None:
+        groups = _groups(chosen)
     known: dict[str, list[_RR] | tuple] = {}
     qpath = ctx.path
-    for rest, members in groups.items():
+    for rest, (members, targets, labels) in groups.items():
         if len(members) < _BATCH_MIN:
             continue
         parent = _text_path(rest)
@@ -1011,6 +1068,20 @@ def _batched(ctx: _Ctx, chosen: list[tuple]) -> dict[str, list[_RR] | tuple]:
         if len(found) >= cap:
             continue
         base = "/" + ctx.view.prefix + "/" + "/".join(parent) + "/"
+        zoned = {z.path[-1] for z in ctx.zones if len(z.path) == len(parent) + 1 and z.path[:-1] == parent}
+        default_ttl = ctx.settings.ttl
+        if labels is not None and not zoned and _GLUE_ADDRESSES and _BULK and found:
+            # the usual headless service: one IPv4 record per child, plain keys, no group
+            low = "\n".join(map(_KEY, found)).lower()
+            if (low.startswith(base) and low.count("\n" + base) == len(found) - 1 and "/" not in
+                    (rests := ("\n" + low).replace("\n" + base, "\n")[1:])
+                    and not any(map(_GROUP_OF, found))):
+                # no "/" in the rests: each record is a child's only one
+                records = list(map(dict(zip(rests.split("\n"), found)).get, labels))
+                if None not in records and set(map(_kind, map(_HOST, records))) == {msg.HostType.IPV4}:
+                    known.update(zip(targets, [[(target, _A, rec.ttl or default_ttl, _ip(rec.host))]
+                                               for target, rec in zip(targets, records)]))
+                    continue
         cut = len(base)
         by_label: dict[str, list[msg.Service]] = {}
         grouped = False
@@ -1030,8 +1101,6 @@ def _batched(ctx: _Ctx, chosen: list[tuple]) -> dict[str, list[_RR] | tuple]:
                     held.append(rec)
         if grouped:
             continue
-        zoned = {z.path[-1] for z in ctx.zones if len(z.path) == len(parent) + 1 and z.path[:-1] == parent}
-        default_ttl = ctx.settings.ttl
         for target, label in members:
             records = by_label.get(label)
             if (not records or label[:1] == "_" or label in _WILDCARDS or label in zoned

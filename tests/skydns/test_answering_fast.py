@@ -9,6 +9,7 @@ Seeded and reproducible; the seed is in the test id.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import json
@@ -30,6 +31,7 @@ def _plain_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(answering, "_GLUE_ADDRESSES", False)
     monkeypatch.setattr(answering, "_BATCH_GLUE", False)
     monkeypatch.setattr(answering, "_BULK", False)
+    monkeypatch.setattr(answering, "_MEMO_TARGETS", False)
     monkeypatch.setattr(answering, "_target", lambda host, key, strip, prefix: rrs.target(
         msg.Service(host=host, key=key, targetstrip=strip), prefix))
 
@@ -159,7 +161,7 @@ def test_batched_glue_equals_glue_per_target(seed, monkeypatch):
                         fast_reads = anscache.Reads(view)
                         calls = []
                         real = answering._batched
-                        patch.setattr(answering, "_batched", lambda ctx, chosen: calls.append(1) or real(ctx, chosen))
+                        patch.setattr(answering, "_batched", lambda ctx, chosen, groups=None: calls.append(1) or real(ctx, chosen, groups))
                         fast = answering.plan(path, qtype, 1, fast_reads, settings)
                         patch.setattr(answering, "_BATCH_GLUE", False)
                         plain_reads = anscache.Reads(view)
@@ -220,3 +222,86 @@ def test_section_extend_equals_add_one_by_one(seed):
         assert _section_state(fast) == _section_state(plain), (seed, limit, before, items)
         bulk += len(items) >= answering._BULK_MIN and len(items) + len(before) < limit
     assert bulk > 500
+
+
+def _headless_store(rng: random.Random) -> store.Store:
+    """kube2sky's headless service (one IPv4 address per endpoint leaf, an SRV record per
+    endpoint naming it), plain or with one kind of thing on one to three endpoints that makes
+    the batched glue fall back or differ: a label that cannot be glued from the service's read,
+    a second record, an only record that is not IPv4, a deeper record, a capital in a key, a
+    missing endpoint, a target twice, a record at the service name itself."""
+    view = store.Store()
+    view.replace([], 1)
+    base = "/skydns/local/cluster/svc/ns/hl"
+    revision = 2
+    n = rng.randint(4, 40)
+    odd = rng.choice([None, "weird", "second", "only", "deep", "capital", "missing", "twice", "top"])
+    marked = set(rng.sample(range(n), rng.randint(1, 3)))
+    ttl = rng.choice([0, 30])  # of the SRV records (0: the default TTL)
+    for k in range(n):
+        leaf = f"e{k}"
+        hit = k in marked
+        if hit and odd == "weird":
+            leaf = rng.choice(["_h", "E9", "any"])
+        records = [{"host": f"10.9.{k // 200}.{k % 200 + 1}", "ttl": rng.choice([0, 30])}]
+        if hit and odd == "only":
+            records = [rng.choice([{"host": "fd00::7"}, {"text": "t"}, {"host": "10.9.9.7", "group": "g2"},
+                                   {"host": "e1.hl.ns.svc.cluster.local."}])]
+        if hit and odd == "second":
+            records.append(rng.choice([{"host": "fd00::9"}, {"host": "10.9.9.9"}, {"text": "t"},
+                                       {"host": "10.9.9.8", "group": "g1"}, {"host": "x.cluster.local."}]))
+        for m, record in enumerate(records):
+            key = f"{base}/{leaf}" + (f"/r{m}" if m or (hit and odd == "deep") else "")
+            if hit and odd == "capital":
+                key = key.replace("/hl/", "/HL/")
+            if not (hit and odd == "missing"):
+                view.put(key, json.dumps(record).encode(), revision)
+                revision += 1
+        for m in range(2 if hit and odd == "twice" else 1):
+            view.put(f"{base}/_tcp/_pg/{leaf}{m}", json.dumps(
+                {"host": f"{leaf}.hl.ns.svc.cluster.local.", "port": 5432 + m, "ttl": ttl, "mail": True}).encode(),
+                revision)
+            revision += 1
+    if odd == "top":  # a record at the service name itself
+        view.put(base, json.dumps(rng.choice([{"host": "10.9.9.1"}, {"host": "10.9.9.1", "group": "g1"}])).encode(),
+                 revision)
+    view.put("/skydns/local/cluster/dns-version/v", b'{"text":"1.1.0","ttl":30}', revision)
+    return view
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_headless_srv_equals_plain_steps(seed, monkeypatch):
+    """SRV/MX of a headless service (targets memoised, the glue of every target read at once
+    and added as one batch) equals the plan of the plain steps, also after a change of one
+    endpoint's address, and reads what the plain steps read."""
+    rng = random.Random(1100 + seed)
+    compared = 0
+    for _ in range(40):
+        view = _headless_store(rng)
+        settings = settings_mod.Settings(domains=("cluster.local.",), max_answers=rng.choice([10, 1000]),
+                                         ttl=rng.choice([30, 3600]))
+        for step in range(3):
+            if step:
+                leaf = f"e{rng.randrange(40)}"
+                view.put(f"/skydns/local/cluster/svc/ns/hl/{leaf}",
+                         json.dumps({"host": f"10.8.0.{rng.randrange(250)}"}).encode(), 1000 + step)
+            for name in ("_pg._tcp.hl.ns.svc.cluster.local.", "hl.ns.svc.cluster.local."):
+                path = wire.path_of(gen.dns.message.make_query(name, "SRV").question[0].name.to_wire())
+                for qtype in (gen.dns.rdatatype.SRV, gen.dns.rdatatype.MX):
+                    fast_reads = anscache.Reads(view)
+                    fast = answering.plan(path, qtype, 1, fast_reads, settings)
+                    again = answering.plan(path, qtype, 1, view, settings)  # memoised now
+                    other = dataclasses.replace(settings, ttl=settings.ttl + 1)
+                    moved = answering.plan(path, qtype, 1, view, other)
+                    with monkeypatch.context() as patch:
+                        _plain_steps(patch)
+                        plain_reads = anscache.Reads(view)
+                        plain = answering.plan(path, qtype, 1, plain_reads, settings)
+                        assert moved == answering.plan(path, qtype, 1, view, other), (seed, name, qtype)
+                    assert fast == plain == again, (seed, name, qtype)
+                    for dep in plain_reads.visible | plain_reads.below | plain_reads.exact:
+                        for key in (dep, dep + ("q",)):
+                            if _touches(plain_reads, key):
+                                assert _touches(fast_reads, key), (seed, name, key)
+                    compared += 1
+    assert compared == 480
