@@ -179,6 +179,8 @@ _HOST = operator.attrgetter("host")
 _KEY = operator.attrgetter("key")
 _GROUP_OF = operator.attrgetter("group")
 _NAME_KIND = msg.HostType.NAME
+_IPV4_KIND = msg.HostType.IPV4
+_NONE_TYPE = type(None)
 
 
 class Section:
@@ -1078,7 +1080,8 @@ def _batched(ctx: _Ctx, chosen: list[tuple], groups: dict | None = None) -> dict
                     and not any(map(_GROUP_OF, found))):
                 # no "/" in the rests: each record is a child's only one
                 records = list(map(dict(zip(rests.split("\n"), found)).get, labels))
-                if None not in records and set(map(_kind, map(_HOST, records))) == {msg.HostType.IPV4}:
+                if (_NONE_TYPE not in map(type, records)
+                        and list(map(_kind, map(_HOST, records))).count(_IPV4_KIND) == len(records)):
                     known.update(zip(targets, [[(target, _A, rec.ttl or default_ttl, _ip(rec.host))]
                                                for target, rec in zip(targets, records)]))
                     continue

@@ -33,6 +33,7 @@ from __future__ import annotations
 import bisect
 import functools
 import ipaddress
+import itertools
 import struct
 
 from skydns import wire
@@ -283,6 +284,12 @@ _QTAIL = struct.Struct("!HH")
 _POINTERS: dict[int, bytes] = {}
 
 
+@functools.lru_cache(maxsize=1024)
+def _rrhead(rdtype: int, ttl: int) -> bytes:
+    """Type, class IN, TTL and rdata length of an A/AAAA record."""
+    return _RRHEAD.pack(rdtype, _IN, ttl, _FIXED[rdtype])
+
+
 def _pointer(offset: int) -> bytes:
     got = _POINTERS.get(offset)
     if got is None:
@@ -353,11 +360,34 @@ def _render(query: wire.Query, result: object, turn: int) -> tuple | None:
                     # the owner by a pointer, the rdata position-free (an SRV target is never
                     # compressed): each record is two cached byte strings
                     head = _pointer(pointer) + _RRTYPE.pack(_SRV, _IN, ttl)
-                    for value in rdatas:
-                        out += head
-                        out += _srv_rdata(value)
-                        if index < 2:
-                            ends.append(len(out))
+                    records = [head + rdata for rdata in map(_srv_rdata, rdatas)]
+                    if index < 2:
+                        ends.extend(itertools.accumulate(map(len, records), initial=len(out)))
+                        del ends[-n - 1]
+                    out += b"".join(records)
+                elif pack is not None and n == 1 and parts:
+                    # one address of a name not written yet (the glue of a target): the name
+                    # as _Writer.name writes it, its first label known to be new
+                    key, chunk = parts[0]
+                    here = len(out)
+                    if here <= _MAX_POINTER:
+                        table[key] = here
+                    out += chunk
+                    for key, chunk in parts[1:]:
+                        pos = table.get(key)
+                        if pos is not None:
+                            out += _pointer(pos)
+                            break
+                        here = len(out)
+                        if here <= _MAX_POINTER:
+                            table[key] = here
+                        out += chunk
+                    else:
+                        out.append(0)
+                    out += _rrhead(rdtype, ttl)
+                    out += pack(rdatas[0])
+                    if index < 2:
+                        ends.append(len(out))
                 elif pack is not None:
                     if many:
                         rotating = _UNEVEN
