@@ -116,3 +116,56 @@ def test_encoder_truncates_like_dnspython(seed):
             assert together[turn] == want, f"{name} turn {turn} limit {limit}"
             truncated += bool(want[2] & 0x02)
     assert truncated > 10
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_glue_sections_written_at_once_like_dnspython(seed, monkeypatch):
+    """An additional section of many one-address RRsets (a headless service's SRV glue) is
+    written at once (``encode._glue_run``) exactly as record by record and as dnspython renders
+    it: owners below names already written or not, below each other, the query name itself,
+    repeated, both families, TTLs, limits that cut the additional section or the answer."""
+    rng = random.Random(1300 + seed)
+    settings = settings_mod.Settings(domains=("cluster.local.",))
+    at_once = 0
+    for _ in range(250):
+        qname = rng.choice(["_p._tcp.big.ns.svc.cluster.local.", "big.ns.svc.cluster.local."])
+        query_message = dns.message.make_query(qname, "SRV", use_edns=rng.choice([False, 0]), payload=4096)
+        data = query_message.to_wire()
+        query = wire.parse(data)
+        n = rng.randint(1, 60)
+        suffixes = ["big.ns.svc.cluster.local.", "other.ns.svc.cluster.local.", "cluster.local."]
+        mixed = rng.random() < 0.3  # some owners below names not written before
+        owners = [f"e{k}." + (rng.choice(suffixes) if mixed else suffixes[0]) for k in range(n)]
+        if rng.random() < 0.2:  # a name below another glue name, the query name, a top-level name
+            owners.append(rng.choice([f"x.{owners[0]}", qname, "local."]))
+        rng.shuffle(owners)
+        answer = [[None, qname, 33, 30, [(10, 10, 80, owner) for owner in owners]]]
+        additional = []
+        for owner in owners:
+            if rng.random() < 0.9:
+                value = (1, f"10.0.{rng.randrange(3)}.{rng.randrange(250)}")
+            else:
+                value = (28, "fd00::1")
+            additional.append([None if owner == qname else owner, owner, value[0], rng.choice([5, 30]), [value[1]]])
+        if rng.random() < 0.15:  # both families: a name twice in a row
+            at = rng.randrange(len(additional))
+            additional.insert(at + 1, additional[at][:2] + [28 if additional[at][2] == 1 else 1, 30,
+                                                          ["fd00::2" if additional[at][2] == 1 else "10.9.9.2"]])
+        if rng.random() < 0.1:
+            rrset = rng.choice(additional)  # two records: not at once
+            rrset[4].append("10.9.9.9" if rrset[2] == 1 else "fd00::9")
+        result = answering.Plan(answer=answer if rng.random() < 0.8 else [], additional=additional)
+        limit = rng.choice([512, 1232, 2000, 4096, 65535])
+        got = encode.render(query, result, False, settings.edns_payload, limit, 1)
+        calls = []
+        real = encode._glue_run
+        monkeypatch.setattr(encode, "_glue_run", lambda *a: calls.append(real(*a)) or calls[-1])
+        encode.render(query, result, False, settings.edns_payload, limit, 1)
+        monkeypatch.setattr(encode, "_GLUE_RUN", 10**9)
+        plain = encode.render(query, result, False, settings.edns_payload, limit, 1)
+        monkeypatch.undo()
+        message = answering.to_message(dns.message.from_wire(data), result, settings)
+        want = transport.render(message, limit)
+        assert got == plain and got[0] == [want], (seed, qname, limit)
+        at_once += any(calls)
+    assert at_once > 60
