@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from skydns import msg, store
 
@@ -501,3 +502,58 @@ def test_a_relist_keeps_the_blocks_that_did_not_change(monkeypatch, batch):
     assert all(len(store._unpack_keys(k)) <= store._MAX_BLOCK for k in view._t.keys)
     assert [r.host for r in view.lookup("svc7.ns0.svc.cluster.local.")] == ["10.0.0.7"]
     assert [r.port for r in view.lookup("_http._tcp.svc7.ns0.svc.cluster.local.")] == [80]
+
+
+# -- rule 12's fast value split: the same (hosts, rests) as one regular expression per value --
+
+def _reference_fast_values(values):
+    """What _fast_values gives, the slow way: _FAST_ONE over each value (the reference)."""
+    hosts, rests = [], []
+    for value in values:
+        match = None
+        try:
+            match = store._FAST_ONE.fullmatch(value.decode() if type(value) is bytes else value)
+        except (TypeError, UnicodeError):
+            pass
+        if match is None or store._bad_host_names(match.group(1)):
+            hosts.append("")
+            rests.append(None)
+        else:
+            hosts.append(match.group(1))
+            rests.append(match.group(2))
+    return hosts, rests
+
+
+_FAST_PIECES = ['{"host":"', '10.0.0.1', 'svc.ns.svc.cluster.local.', '"', ',"ttl":30', ',"port":80',
+                ',"priority":10', '}', '\n', 'a..b', '.', 'x' * 64, '"x"', ',"text":"t"', ',"ttl":-1',
+                ',"TTL":1', '\\"', 'caf\u00e9', '', '{"host":""}', ' ', ',"port":1e3', '*', '_srv']
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fast_values_split_like_one_regex_per_value(seed):
+    """Seeded differential test: batches of kube2sky-like values with random damage."""
+    import random
+
+    rng = random.Random(seed)
+    base = ['{"host":"10.64.%d.%d","priority":10,"weight":10,"ttl":30}' % (i // 250, i % 250) for i in range(300)]
+    base += ['{"host":"db%d.ns1.svc.cluster.local.","port":5432,"ttl":30}' % i for i in range(100)]
+    for _ in range(40):
+        values = rng.sample(base, rng.randint(1, 60))
+        for _ in range(rng.choice([0, 0, 1, 3])):
+            i = rng.randrange(len(values))
+            at = rng.randrange(len(values[i]) + 1)
+            values[i] = values[i][:at] + rng.choice(_FAST_PIECES) + values[i][at + rng.choice([0, 0, 1, 5]):]
+        if rng.random() < 0.5:
+            values = [v.encode() for v in values]
+        assert store._fast_values(values) == _reference_fast_values(values), values
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=40), st.text(max_size=40),
+                          st.lists(st.sampled_from(_FAST_PIECES), max_size=8).map("".join)),
+                min_size=1, max_size=12))
+def test_fast_values_takes_any_batch(values):
+    """Any values (bytes or text, one kind per batch as a page has): the reference result."""
+    for batch in ([v for v in values if isinstance(v, bytes)], [v for v in values if isinstance(v, str)]):
+        if batch:
+            assert store._fast_values(batch) == _reference_fast_values(batch)
