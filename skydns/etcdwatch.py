@@ -3,12 +3,15 @@
 Rules of this module:
 
 1. List, then watch. The prefix is read page by page at one fixed revision (a consistent
-   snapshot, even while etcd is being written); each page is decoded into a new snapshot
-   (``view.begin_replace()``) as it arrives, while the next one is already being read, and the
-   snapshot replaces the view whole (``view.finish_replace()``). After the first page
-   (``settings.etcd_page_size`` keys) the rest comes in about 16 pages, because etcd counts the
-   rest of the range on every request. The watch then starts at that revision + 1 and applies
-   each event with ``view.put()`` / ``view.delete()`` at the event's revision.
+   snapshot, even while etcd is being written): the first page at the current revision, the
+   others at its revision. Each page is decoded into a new snapshot (``view.begin_replace()``,
+   ``Load.add_columns``) as it arrives, the request for the next one already sent (etcd reads
+   it while skydns decodes), and the snapshot replaces the view whole
+   (``view.finish_replace()``). After the first page (``settings.etcd_page_size`` keys) the rest
+   comes in about 16 pages, because etcd counts the rest of the range on every request. If
+   etcd compacts that revision half-way, the list starts over at once. The watch then starts
+   at the list's revision + 1 and applies each event with ``view.put()`` / ``view.delete()`` at
+   the event's revision.
 2. The view only ever changes by a complete snapshot or by a watch event. An error never
    empties it: while etcd is unreachable the view keeps serving its last good data, and it
    stays ``loaded`` once the first full snapshot is in.
@@ -32,17 +35,21 @@ Rules of this module:
 6. ``run()`` returns only when ``stop`` is set (or it is cancelled); transient errors never
    leave it. Only a broken TLS configuration raises (``ConfigError``), at once.
 7. Memory of a load: at most two pages are alive at once (the one being decoded and the next
-   one being read), about 1/16 of the prefix each. gRPC's threads receive them; with glibc's
-   default of one malloc arena per thread the freed pages stay in those arenas' RSS, so
-   ``run()`` first limits glibc to one arena (``mallopt(M_ARENA_MAX, 1)``, before its first
-   channel; nothing on other C libraries).
-8. The list goes through aetcd (grpcio); the watch is etcd's gRPC Watch call on a connection
-   of its own to the same endpoint, spoken by ``skydns.grpcwire`` (HTTP/2 without TLS, or TLS
-   with ALPN "h2" and the same -ca-cert / -tls-pem / -tls-key: the client certificate is the
-   same etcd user). Each response is decoded and applied inside the connection's read
-   callback, in order; the watch coroutine wakes only for rule 4's probes and for the end of
-   the call (trailers, reset, GOAWAY, a lost connection, a protocol error: rule 3's "anything
-   else"). grpcio's asyncio stream cost about 3x the CPU per event (bench/README.md).
+   one being read), about 1/16 of the prefix each. ``run()`` limits glibc to one malloc arena
+   (``mallopt(M_ARENA_MAX, 1)``; nothing on other C libraries), so that memory a thread
+   freed is not kept in an arena of its own.
+8. skydns speaks etcd's gRPC itself, with ``skydns.grpcwire``, on the event loop: no grpcio,
+   no threads, and neither grpcio nor aetcd is imported on skydns's start-up path (only
+   ``make_client``, for ``skydns doctor``, imports them). The messages are upb classes of
+   the etcd fields the mirror uses (``pb``). A load's Range calls go one after another on a
+   connection of their own (a new one per load); the watch is the Watch call on another
+   connection to the same endpoint. Both are HTTP/2 without TLS, or TLS with ALPN "h2" and the
+   same -ca-cert / -tls-pem / -tls-key (the client certificate is the etcd user). Each watch
+   response is decoded and applied inside the connection's read callback, in order; the
+   watch coroutine wakes only for rule 4's probes and for the end of the call (trailers,
+   reset, GOAWAY, a lost connection, a protocol error: rule 3's "anything else"). grpcio's
+   asyncio stream cost about 3x the CPU per event, and its Range calls a third more start-up
+   time (bench/README.md).
 """
 
 from __future__ import annotations
@@ -51,25 +58,26 @@ import asyncio
 import ctypes
 import dataclasses
 import enum
+import functools
 import logging
 import operator
 import random
 import ssl
 import time
+import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
 
-import aetcd
-import aetcd.utils
-import grpc
-from aetcd import rpc
-
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf import message as protobuf_message
 
 from skydns import grpcwire
 from skydns import settings as settings_mod
 
 if typing.TYPE_CHECKING:
+    import aetcd
+    import grpc
+
     from skydns import store
 
 try:  # the SERVER helper's module; the mirror works (without metrics) before it exists
@@ -95,7 +103,6 @@ _DEFAULT_PAGE_SIZE = 2000
 # (fewer: more memory per page; more: etcd counts the rest of the range once more per page).
 _PAGES = 16
 _MAX_PAGE = 100_000
-_KEY_VALUE = operator.attrgetter("key", "value")
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 _JITTER = 0.2
 # A watch that ran this long was a healthy connection: the next failure restarts the
@@ -103,7 +110,70 @@ _JITTER = 0.2
 _STABLE = 10.0
 # Most "bad value" log lines one relist writes; the rest are summed up in one line (rule 5).
 _BAD_LOG_LINES = 20
-_DELETE = rpc.Event.DELETE
+
+
+def _etcd_messages() -> types.SimpleNamespace:
+    """The etcd v3 messages the mirror sends and reads (field names and numbers of etcd's
+    rpc.proto / kv.proto; enums as int32, the same on the wire), as upb classes of a private
+    descriptor pool: no grpcio or aetcd import on skydns's start-up path (rule 8)."""
+    u64, i64, i32, boolean, text, raw, sub = (descriptor_pb2.FieldDescriptorProto.TYPE_UINT64,
+                                              descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
+                                              descriptor_pb2.FieldDescriptorProto.TYPE_INT32,
+                                              descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
+                                              descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+                                              descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
+                                              descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE)
+    many, one = "repeated", "oneof"
+    messages = {  # name: (field, number, type or message name, [many | one]) ...
+        "ResponseHeader": (("cluster_id", 1, u64), ("member_id", 2, u64), ("revision", 3, i64),
+                           ("raft_term", 4, u64)),
+        "KeyValue": (("key", 1, raw), ("create_revision", 2, i64), ("mod_revision", 3, i64),
+                     ("version", 4, i64), ("value", 5, raw), ("lease", 6, i64)),
+        "RangeRequest": (("key", 1, raw), ("range_end", 2, raw), ("limit", 3, i64), ("revision", 4, i64),
+                         ("sort_order", 5, i32), ("sort_target", 6, i32), ("serializable", 7, boolean),
+                         ("keys_only", 8, boolean), ("count_only", 9, boolean)),
+        "RangeResponse": (("header", 1, "ResponseHeader"), ("kvs", 2, "KeyValue", many), ("more", 3, boolean),
+                          ("count", 4, i64)),
+        "Event": (("type", 1, i32), ("kv", 2, "KeyValue"), ("prev_kv", 3, "KeyValue")),
+        "WatchCreateRequest": (("key", 1, raw), ("range_end", 2, raw), ("start_revision", 3, i64),
+                               ("progress_notify", 4, boolean), ("filters", 5, i32, many),
+                               ("prev_kv", 6, boolean), ("watch_id", 7, i64), ("fragment", 8, boolean)),
+        "WatchCancelRequest": (("watch_id", 1, i64),),
+        "WatchProgressRequest": (),
+        "WatchRequest": (("create_request", 1, "WatchCreateRequest", one),
+                         ("cancel_request", 2, "WatchCancelRequest", one),
+                         ("progress_request", 3, "WatchProgressRequest", one)),
+        "WatchResponse": (("header", 1, "ResponseHeader"), ("watch_id", 2, i64), ("created", 3, boolean),
+                          ("canceled", 4, boolean), ("compact_revision", 5, i64), ("cancel_reason", 6, text),
+                          ("fragment", 7, boolean), ("events", 11, "Event", many)),
+    }
+    package = "skydns.etcdwatch"
+    proto = descriptor_pb2.FileDescriptorProto(name="skydns/etcdwatch.proto", package=package, syntax="proto3")
+    for name, fields in messages.items():
+        message = proto.message_type.add(name=name)
+        for field, number, kind, *how in fields:
+            add = message.field.add(name=field, number=number, json_name=field)
+            add.label = add.LABEL_REPEATED if how == [many] else add.LABEL_OPTIONAL
+            if isinstance(kind, str):
+                add.type, add.type_name = sub, f".{package}.{kind}"
+            else:
+                add.type = kind
+            if how == [one]:  # WatchRequest's request_union, its only oneof
+                add.oneof_index = 0
+                if not message.oneof_decl:
+                    message.oneof_decl.add(name="request_union")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return types.SimpleNamespace(**{name: message_factory.GetMessageClass(
+        pool.FindMessageTypeByName(f"{package}.{name}")) for name in messages})
+
+
+pb = _etcd_messages()
+_DELETE = 1  # mvccpb.Event.EventType.DELETE
+_RANGE_PATH = "/etcdserverpb.KV/Range"
+_KEY = operator.attrgetter("key")
+_VALUE = operator.attrgetter("value")
+_COMPACTED = "required revision has been compacted"
 
 
 class Error(Exception):
@@ -120,6 +190,14 @@ class WatchLost(Error):
 
 class StreamEnded(WatchLost):
     """The watch call or its connection ended (the text says how)."""
+
+
+class CallFailed(Error):
+    """A unary call (Range) ended with a grpc-status other than 0, or without its answer."""
+
+    def __init__(self, text: str, status: str = "") -> None:
+        super().__init__(text)
+        self.status = status
 
 
 class Compacted(Error):
@@ -220,7 +298,8 @@ def _read(path: str, what: str) -> bytes:
 
 
 def credentials(settings: settings_mod.Settings, tls: bool = False) -> grpc.ChannelCredentials | None:
-    """TLS credentials from -ca-cert / -tls-pem / -tls-key, or None for plain text.
+    """grpcio TLS credentials from -ca-cert / -tls-pem / -tls-key, or None for plain text (for
+    ``make_client``; the mirror itself uses ``tls_context``).
 
     TLS is on when any of the files is given or ``tls`` (an https:// endpoint) is set;
     without -ca-cert the system roots are used.
@@ -233,6 +312,8 @@ def credentials(settings: settings_mod.Settings, tls: bool = False) -> grpc.Chan
         return None
     if bool(pem) != bool(key):
         raise ConfigError("etcd TLS: give both -tls-pem (client certificate) and -tls-key (its key)")
+    import grpc  # noqa: PLC0415 - only skydns doctor's client needs grpcio (rule 8)
+
     return grpc.ssl_channel_credentials(
         root_certificates=_read(ca, "-ca-cert file") if ca else None,
         private_key=_read(key, "-tls-key file") if key else None,
@@ -272,33 +353,9 @@ def tls_context(settings: settings_mod.Settings, tls: bool = False) -> ssl.SSLCo
     return context
 
 
-class _Client(aetcd.Client):
-    """aetcd.Client on a channel we build: TLS when configured, our channel options."""
-
-    def __init__(self, endpoint: Endpoint, creds: grpc.ChannelCredentials | None, timeout: float) -> None:
-        super().__init__(host=endpoint.host, port=endpoint.port, timeout=timeout, options=_CHANNEL_OPTIONS)
-        self.endpoint = endpoint
-        self._creds = creds
-
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        target = str(self.endpoint)
-        options = list(self._options.items())
-        if self._creds is None:
-            self.channel = rpc.insecure_channel(target, options=options)
-        else:
-            self.channel = rpc.secure_channel(target, self._creds, options=options)
-        self.kvstub = rpc.KVStub(self.channel)
-        self.clusterstub = rpc.ClusterStub(self.channel)
-        self.leasestub = rpc.LeaseStub(self.channel)
-        self.maintenancestub = rpc.MaintenanceStub(self.channel)
-        self._watcher = aetcd.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
-        self._connected.set()
-
-
 def make_client(settings: settings_mod.Settings, endpoint: Endpoint | str | None = None) -> aetcd.Client:
-    """An aetcd client for ``endpoint`` (default: the first configured one), TLS as configured.
+    """An aetcd client for ``endpoint`` (default: the first configured one), TLS as configured
+    (``skydns doctor`` reads etcd with it; the mirror speaks gRPC itself, rule 8).
 
     The connection is opened lazily by the first request.
 
@@ -310,7 +367,48 @@ def make_client(settings: settings_mod.Settings, endpoint: Endpoint | str | None
     elif isinstance(endpoint, str):
         endpoint = parse_endpoint(endpoint)
     timeout = getattr(settings, "etcd_timeout", _DEFAULT_TIMEOUT)
-    return _Client(endpoint, credentials(settings, endpoint.tls), timeout)
+    return _client_class()(endpoint, credentials(settings, endpoint.tls), timeout)
+
+
+@functools.cache
+def _client_class() -> type:
+    import aetcd  # noqa: PLC0415 - not on skydns's start-up path (rule 8)
+    from aetcd import rpc  # noqa: PLC0415
+
+    class Client(aetcd.Client):
+        """aetcd.Client on a channel we build: TLS when configured, our channel options."""
+
+        def __init__(self, endpoint: Endpoint, creds: grpc.ChannelCredentials | None, timeout: float) -> None:
+            super().__init__(host=endpoint.host, port=endpoint.port, timeout=timeout, options=_CHANNEL_OPTIONS)
+            self.endpoint = endpoint
+            self._creds = creds
+
+        async def connect(self) -> None:
+            if self._connected.is_set():
+                return
+            target = str(self.endpoint)
+            options = list(self._options.items())
+            if self._creds is None:
+                self.channel = rpc.insecure_channel(target, options=options)
+            else:
+                self.channel = rpc.secure_channel(target, self._creds, options=options)
+            self.kvstub = rpc.KVStub(self.channel)
+            self.clusterstub = rpc.ClusterStub(self.channel)
+            self.leasestub = rpc.LeaseStub(self.channel)
+            self.maintenancestub = rpc.MaintenanceStub(self.channel)
+            self._watcher = aetcd.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout,
+                                          metadata=self.metadata)
+            self._connected.set()
+
+    return Client
+
+
+def prefix_range_end(prefix: bytes) -> bytes:
+    """The end of etcd's range of every key starting with prefix (clientv3.GetPrefixRangeEnd)."""
+    for i in range(len(prefix) - 1, -1, -1):
+        if prefix[i] < 0xFF:
+            return prefix[:i] + bytes((prefix[i] + 1,))
+    return b"\0"
 
 
 class _Meters:
@@ -390,12 +488,9 @@ class _Meters:
 
 def _describe(exc: BaseException) -> str:
     """A short text for a log line."""
-    if isinstance(exc, grpc.aio.AioRpcError):
-        details = (exc.details() or "").strip()
-        return f"{exc.code().name}: {details}" if details else exc.code().name
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
-    if isinstance(exc, StreamEnded):
+    if isinstance(exc, (StreamEnded, CallFailed)):
         return str(exc)
     if isinstance(exc, grpcwire.ProtocolError):
         return f"bad HTTP/2 from etcd: {exc}"
@@ -415,14 +510,13 @@ class _Mirror:
         self.meters = meters
         self.rng = rng
         self.prefix = f"/{settings.prefix.strip('/')}/".encode()
-        self.range_end = aetcd.utils.prefix_range_end(self.prefix)
+        self.range_end = prefix_range_end(self.prefix)
         self.timeout = float(getattr(settings, "etcd_timeout", _DEFAULT_TIMEOUT))
         self.watch_check = float(getattr(settings, "etcd_watch_check", _DEFAULT_WATCH_CHECK))
         self.page_size = int(getattr(settings, "etcd_page_size", _DEFAULT_PAGE_SIZE))
         self.endpoints = endpoints(settings)
-        credentials(settings, any(ep.tls for ep in self.endpoints))  # fail now on bad TLS files
-        # The watch connection's TLS context per endpoint kind (plain / https://), made now:
-        # a bad TLS file is a start-up error (rule 6).
+        # The connections' TLS context per endpoint kind (plain / https://), made now: a bad
+        # TLS file is a start-up error (rule 6).
         self.tls = {tls: tls_context(settings, tls) for tls in {ep.tls for ep in self.endpoints}}
         # Fragments of one revision waiting for the last one (WatchResponse.fragment).
         self.pending: list = []
@@ -446,24 +540,20 @@ class _Mirror:
         watching_since = 0.0
         while True:
             endpoint = self.endpoints[index]
-            client: _Client | None = None
-            phase = "connect to"
+            phase = "list"
             try:
-                client = make_client(self.settings, endpoint)  # type: ignore[assignment]
-                await client.connect()
-                phase = "list"
-                revision = await self._load(client)
+                revision = await self._load(endpoint)
                 watching_since = asyncio.get_running_loop().time()
                 phase = "watch"
                 while True:
                     try:
-                        await self._watch(client, revision + 1)
+                        await self._watch(endpoint, revision + 1)
                     except Compacted as exc:
                         self.meters.reconnect()
                         logger.info("etcd: watch at revision %d compacted, relisting (history starts at %d)",
                                     max(revision, self.reached) + 1, exc.compact_revision)
                         phase = "list"
-                        revision = await self._load(client)
+                        revision = await self._load(endpoint)
                         phase = "watch"
             except asyncio.CancelledError:
                 raise
@@ -483,46 +573,49 @@ class _Mirror:
                 else:
                     logger.warning("etcd: cannot %s %s (%s), retry #%d in %.2fs",
                                    phase, endpoint, _describe(exc), attempt, delay)
-                if not isinstance(exc, (grpc.RpcError, aetcd.ClientError, Error, OSError,
-                                        asyncio.TimeoutError, grpcwire.ProtocolError)):
+                if not isinstance(exc, (Error, OSError, asyncio.TimeoutError, grpcwire.ProtocolError)):
                     logger.error("etcd: unexpected error", exc_info=exc)
                 index = (index + 1) % len(self.endpoints)
-            finally:
-                if client is not None:
-                    await _close(client)
             await asyncio.sleep(delay)
 
-    async def _load(self, client: _Client) -> int:
+    async def _load(self, endpoint: Endpoint) -> int:
         """Read the whole prefix at one revision, replace the view; return the revision.
 
-        Each page is decoded into the new snapshot as it arrives and then dropped (never all
-        pages' bytes at once); the view answers from its last snapshot until the swap.
+        Read again from the start, at once, when etcd compacts the revision half-way (rule 3).
         """
+        while True:
+            calls = await self._open_calls(endpoint)
+            try:
+                return await self._read(calls, endpoint)
+            except CallFailed as exc:
+                if _COMPACTED not in str(exc):
+                    raise
+                logger.info("etcd: the revision of the list was compacted half-way, listing again")
+            finally:
+                calls.close()
+
+    async def _read(self, calls: _Calls, endpoint: Endpoint) -> int:
+        """Rule 1 on one connection: each page is decoded into the new snapshot as it arrives
+        and then dropped (never all pages' bytes at once); the view answers from its last
+        snapshot until the swap."""
         load = self.view.begin_replace()
-        response = await self._range(client, self.prefix, 0, self.page_size)
+        response = await self._range(calls, self.prefix, 0, self.page_size)
         revision = response.header.revision
         # etcd counts every key from a page's start to the end of the prefix on each request,
         # so many small pages cost O(keys^2) in etcd (60 s for 341k keys in 2000-key pages):
         # after the first page, read the rest in about _PAGES pages.
         limit = max(self.page_size, min(-(-response.count // _PAGES), _MAX_PAGE))
-        following: asyncio.Future | None = None
-        try:
-            while True:
-                if response.more and response.kvs:
-                    # Ask for the next page before decoding this one: etcd reads it meanwhile.
-                    following = asyncio.ensure_future(
-                        self._range(client, response.kvs[-1].key + b"\0", revision, limit))
-                    await asyncio.sleep(0)
-                load.add(map(_KEY_VALUE, response.kvs))  # bad values: view.bad
-                if following is None:
-                    break
-                response = await following
-                following = None
-        finally:
-            if following is not None:  # cancelled or failed half-way: no stray request
-                following.cancel()
-                if following.done() and not following.cancelled():
-                    following.exception()  # retrieved: no "never retrieved" warning
+        while True:
+            following = None
+            if response.more and response.kvs:
+                # Ask for the next page before decoding this one: etcd reads it meanwhile.
+                following = self._range(calls, response.kvs[-1].key + b"\0", revision, limit)
+            kvs = response.kvs
+            load.add_columns(list(map(_KEY, kvs)), list(map(_VALUE, kvs)))  # bad values: view.bad
+            del kvs, response
+            if following is None:
+                break
+            response = await following
         self.view.finish_replace(load, revision)
         self.reached = revision
         bad = self.view.bad
@@ -531,33 +624,39 @@ class _Mirror:
         self.meters.loaded(self.view)
         self.meters.connected(True)
         logger.info("etcd: loaded %d records at revision %d from %s%s", load.read, revision,
-                    client.endpoint, f" ({len(bad)} bad values skipped)" if bad else "")
+                    endpoint, f" ({len(bad)} bad values skipped)" if bad else "")
         self._notify(Update(Change.REPLACE, "", revision))
         return revision
 
-    async def _range(self, client: _Client, key: bytes, revision: int, limit: int):
-        """One page of the prefix from key on, at revision (0: the current one).
+    def _range(self, calls: _Calls, key: bytes, revision: int, limit: int) -> typing.Awaitable:
+        """Send the request for one page of the prefix from key on, at revision (0: the current
+        one); await the result for the decoded RangeResponse.
 
         Pages after the first are serializable reads: the revision pins what they see, and the
         member that served the first page holds it, so no quorum round trip is needed.
         """
-        request = rpc.RangeRequest(key=key, range_end=self.range_end, limit=limit, revision=revision,
-                                   serializable=bool(revision))
-        return await client.kvstub.Range(request, timeout=self.timeout, metadata=client.metadata)
+        request = pb.RangeRequest(key=key, range_end=self.range_end, limit=limit, revision=revision,
+                                  serializable=bool(revision))
+        reply = calls.call(_RANGE_PATH, request.SerializeToString())
+        return _range_response(reply, self.timeout)
 
-    async def _watch(self, client: _Client, start_revision: int) -> None:
+    async def _open_calls(self, endpoint: Endpoint) -> _Calls:
+        """A new connection for the Range calls of one load (a seam for tests)."""
+        return await open_calls(endpoint, self.tls[endpoint.tls], self.timeout)
+
+    async def _watch(self, endpoint: Endpoint, start_revision: int) -> None:
         """Apply watch events from start_revision on; return never (raises on any end).
 
         The responses are applied by ``_on_response`` as the connection reads them; this
         coroutine only wakes up for the progress probes of rule 4 and for the end.
         """
-        create = rpc.WatchCreateRequest(key=self.prefix, range_end=self.range_end,
+        create = pb.WatchCreateRequest(key=self.prefix, range_end=self.range_end,
                                         start_revision=start_revision, progress_notify=True,
                                         fragment=True)
         self.pending = []
-        stream = await self._open_watch(client, self._on_response)
+        stream = await self._open_watch(endpoint, self._on_response)
         try:
-            stream.send(rpc.WatchRequest(create_request=create))
+            stream.send(pb.WatchRequest(create_request=create))
             loop = asyncio.get_running_loop()
             probe_sent: float | None = None
             while True:
@@ -567,7 +666,7 @@ class _Mirror:
                 if probe_sent is None:
                     wait = stream.last_read + self.watch_check - now
                     if wait <= 0:
-                        stream.send(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+                        stream.send(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
                         probe_sent = now
                         wait = self.timeout
                 else:
@@ -581,7 +680,7 @@ class _Mirror:
         finally:
             stream.close()
 
-    def _on_response(self, response: rpc.WatchResponse) -> None:
+    def _on_response(self, response: pb.WatchResponse) -> None:
         """One WatchResponse, in order; raises Compacted or WatchLost when the watch is over."""
         if response.compact_revision:
             raise Compacted(response.compact_revision)
@@ -602,10 +701,10 @@ class _Mirror:
         else:
             self._apply(response.events)
 
-    async def _open_watch(self, client: _Client, on_response: Callable[[rpc.WatchResponse], None]) -> _Stream:
-        """A new connection to the client's endpoint with the Watch call open on it (a seam
-        for scripted streams in unit tests)."""
-        return await open_stream(client.endpoint, self.tls[client.endpoint.tls], on_response, self.timeout)
+    async def _open_watch(self, endpoint: Endpoint, on_response: Callable[[pb.WatchResponse], None]) -> _Stream:
+        """A new connection to endpoint with the Watch call open on it (a seam for scripted
+        streams in unit tests)."""
+        return await open_stream(endpoint, self.tls[endpoint.tls], on_response, self.timeout)
 
     def _apply(self, events: Iterable) -> None:
         view = self.view
@@ -674,7 +773,7 @@ class _Stream(asyncio.Protocol):
     Sends stay within etcd's flow-control windows (waiting for WINDOW_UPDATE when needed).
     """
 
-    def __init__(self, on_response: Callable[[rpc.WatchResponse], None], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, on_response: Callable[[pb.WatchResponse], None], loop: asyncio.AbstractEventLoop) -> None:
         self._on_response = on_response
         self._loop = loop
         self._decoder = grpcwire.Decoder()
@@ -698,7 +797,7 @@ class _Stream(asyncio.Protocol):
                 if kind == grpcwire.MESSAGE:
                     self.last_read = self._loop.time()
                     try:
-                        response = rpc.WatchResponse.FromString(value)
+                        response = pb.WatchResponse.FromString(value)
                     except protobuf_message.DecodeError as exc:
                         raise grpcwire.ProtocolError(f"not a WatchResponse: {exc}") from exc
                     self._on_response(response)
@@ -734,7 +833,7 @@ class _Stream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._end(StreamEnded(f"connection to etcd lost{': ' + str(exc) if exc else ''}"))
 
-    def send(self, request: rpc.WatchRequest) -> None:
+    def send(self, request: pb.WatchRequest) -> None:
         """Write one request message (queued while etcd's windows are too small)."""
         self._blocked.append(grpcwire.message(request.SerializeToString()))
         self._flush()
@@ -761,37 +860,197 @@ class _Stream(asyncio.Protocol):
 
 
 async def open_stream(endpoint: Endpoint, context: ssl.SSLContext | None,
-                      on_response: Callable[[rpc.WatchResponse], None], timeout: float) -> _Stream:
+                      on_response: Callable[[pb.WatchResponse], None], timeout: float) -> _Stream:
     """Connect to endpoint (TLS when context is given, HTTP/2 agreed by ALPN) and open the
     Watch call; responses go to on_response. Raises OSError / TimeoutError / StreamEnded."""
     loop = asyncio.get_running_loop()
+    transport, stream = await _connect(endpoint, context, lambda: _Stream(on_response, loop), timeout)
+    transport.write(grpcwire.preface() + grpcwire.request_headers(
+        str(endpoint), _WATCH_PATH, "https" if context is not None else "http"))
+    return stream
+
+
+async def _connect(endpoint: Endpoint, context: ssl.SSLContext | None, factory: Callable[[], asyncio.Protocol],
+                   timeout: float) -> tuple[asyncio.Transport, typing.Any]:
+    """A connection to endpoint, TLS when context is given with HTTP/2 agreed by ALPN."""
+    loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
-        transport, stream = await loop.create_connection(
-            lambda: _Stream(on_response, loop), endpoint.host, endpoint.port, ssl=context,
+        transport, protocol = await loop.create_connection(
+            factory, endpoint.host, endpoint.port, ssl=context,
             server_hostname=endpoint.host if context is not None else None)
     if context is not None:
         tls = transport.get_extra_info("ssl_object")
         if tls is None or tls.selected_alpn_protocol() != "h2":
             transport.close()
             raise StreamEnded(f"{endpoint} did not agree to HTTP/2 over TLS (ALPN)")
-    transport.write(grpcwire.preface() + grpcwire.request_headers(
-        str(endpoint), _WATCH_PATH, "https" if context is not None else "http"))
-    return stream
+    return transport, protocol
+
+
+class _Calls(asyncio.Protocol):
+    """Unary gRPC calls (Range), one at a time, on an HTTP/2 connection of their own
+    (skydns.grpcwire): ``call()`` sends the request at once and returns the future of the
+    answer's message bytes; etcd's answer is collected by ``data_received`` meanwhile.
+
+    A call's future gets CallFailed (a grpc-status other than 0, no answer), StreamEnded (the
+    connection ended) or grpcwire.ProtocolError; after anything but CallFailed the connection
+    is closed and every later call fails the same way.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._decoder = grpcwire.Decoder()
+        self._transport: asyncio.Transport | None = None
+        self._authority = ""
+        self._scheme = "http"
+        self._window = grpcwire.DEFAULT_WINDOW  # what etcd lets us send on the connection
+        self._initial = grpcwire.DEFAULT_WINDOW  # ... on a new stream (SETTINGS_INITIAL_WINDOW_SIZE)
+        self._stream_window = grpcwire.DEFAULT_WINDOW
+        self._blocked: bytes | None = None  # the request message waiting for window
+        self._returned = 0  # bytes consumed that WINDOW_UPDATEs gave back
+        self._calls = 0
+        self._reply: asyncio.Future | None = None
+        self._answer: bytes | None = None
+        self._lost: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def start(self, endpoint: Endpoint, tls: bool) -> None:
+        """Write the connection preface (before the first call)."""
+        self._authority = str(endpoint)
+        self._scheme = "https" if tls else "http"
+        self._transport.write(grpcwire.preface())  # type: ignore[union-attr]
+
+    def call(self, path: str, payload: bytes) -> asyncio.Future:
+        """Start the unary call of path with one request message; the future of its answer."""
+        reply = self._loop.create_future()
+        if self._lost is not None:
+            reply.set_exception(self._lost)
+            return reply
+        if self._reply is not None and not self._reply.done():
+            raise RuntimeError("one call at a time on a connection")
+        try:
+            stream = self._decoder.next_call() if self._calls else grpcwire.STREAM
+        except grpcwire.ProtocolError as exc:
+            reply.set_exception(exc)
+            return reply
+        self._calls += 1
+        self._reply, self._answer = reply, None
+        self._stream_window = self._initial
+        self._transport.write(grpcwire.request_headers(  # type: ignore[union-attr]
+            self._authority, path, self._scheme, stream=stream))
+        self._blocked = grpcwire.message(payload, stream=stream, end_stream=True)
+        self._flush()
+        self._take(self._decoder.pending())
+        return reply
+
+    def data_received(self, data: bytes) -> None:
+        if self._lost is not None:
+            return
+        try:
+            self._take(self._decoder.feed(data))
+            taken = self._decoder.consumed - self._returned
+            if taken >= grpcwire.MAX_WINDOW // 2:  # the connection's window; each stream has the largest
+                self._returned += taken
+                self._transport.write(grpcwire.window_update(0, taken))  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - every end goes to the call
+            self._end(exc)
+
+    def _take(self, items: list) -> None:
+        for kind, value in items:
+            if kind == grpcwire.MESSAGE:
+                if self._answer is not None:
+                    raise grpcwire.ProtocolError("a second answer to a unary call")
+                self._answer = value  # type: ignore[assignment]
+            elif kind == grpcwire.SETTINGS:
+                initial = value.get(grpcwire.INITIAL_WINDOW_SIZE)  # type: ignore[union-attr]
+                if initial is not None:
+                    self._stream_window += initial - self._initial
+                    self._initial = initial
+                self._transport.write(grpcwire.settings_ack())  # type: ignore[union-attr]
+                self._flush()
+            elif kind == grpcwire.PING:
+                self._transport.write(grpcwire.ping_ack(value))  # type: ignore[union-attr,arg-type]
+            elif kind == grpcwire.WINDOW:
+                stream, increment = value  # type: ignore[misc]
+                if stream == 0:
+                    self._window += increment
+                elif stream == self._decoder.stream:
+                    self._stream_window += increment
+                self._flush()
+            elif not self._decoder.reusable:  # END: reset, GOAWAY, no trailers
+                raise StreamEnded(str(value))
+            else:  # END by trailers
+                reply, answer, self._answer = self._reply, self._answer, None
+                status = self._decoder.status
+                if reply is None or reply.done():
+                    continue
+                if status != "0":
+                    reply.set_exception(CallFailed(str(value), status or ""))
+                elif answer is None:
+                    reply.set_exception(CallFailed(f"{value}: no answer", "0"))
+                else:
+                    reply.set_result(answer)
+
+    def _flush(self) -> None:
+        request = self._blocked
+        if request is None or self._transport is None:
+            return
+        size = len(request) - 9  # the DATA payload is what flow control counts
+        if size > self._window or size > self._stream_window:
+            return
+        self._window -= size
+        self._stream_window -= size
+        self._blocked = None
+        self._transport.write(request)
+
+    def eof_received(self) -> bool | None:
+        return None  # close; connection_lost says so
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(StreamEnded(f"connection to etcd lost{': ' + str(exc) if exc else ''}"))
+
+    def _end(self, exc: BaseException) -> None:
+        if self._lost is None:
+            self._lost = exc
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_exception(exc)
+        if self._transport is not None:
+            self._transport.close()
+
+    def close(self) -> None:
+        """Close the connection (idempotent); a call still open fails."""
+        self._end(StreamEnded("connection closed by skydns"))
+        if self._reply is not None and self._reply.done() and not self._reply.cancelled():
+            self._reply.exception()  # retrieved: no "never retrieved" warning
+
+
+async def open_calls(endpoint: Endpoint, context: ssl.SSLContext | None, timeout: float) -> _Calls:
+    """Connect to endpoint for unary calls (TLS when context is given, HTTP/2 agreed by
+    ALPN). Raises OSError / TimeoutError / StreamEnded."""
+    loop = asyncio.get_running_loop()
+    _, calls = await _connect(endpoint, context, lambda: _Calls(loop), timeout)
+    calls.start(endpoint, context is not None)
+    return calls
+
+
+async def _range_response(reply: asyncio.Future, timeout: float) -> typing.Any:
+    """The RangeResponse of a Range call's answer (CallFailed when it is not one)."""
+    try:
+        async with asyncio.timeout(timeout):
+            data = await reply
+    finally:
+        if not reply.done():
+            reply.cancel()
+    try:
+        return pb.RangeResponse.FromString(data)
+    except protobuf_message.DecodeError as exc:
+        raise grpcwire.ProtocolError(f"not a RangeResponse: {exc}") from exc
 
 
 def _reason(key: str, reason: str) -> str:
     """A bad value's reason without the key the store put in front of it."""
     return reason[len(key) + 2:] if reason.startswith(key + ": ") else reason
-
-
-async def _close(client: aetcd.Client) -> None:
-    try:
-        async with asyncio.timeout(2.0):
-            await client.close()
-    except asyncio.CancelledError:
-        raise
-    except Exception:  # noqa: BLE001 - closing a dead connection may fail in many ways
-        logger.debug("etcd: closing the client failed", exc_info=True)
 
 
 def _one_malloc_arena() -> None:

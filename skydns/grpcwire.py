@@ -1,5 +1,6 @@
-"""The bytes of one gRPC call on its own HTTP/2 connection (RFC 9113, RFC 7541, gRPC over
-HTTP/2), client side: what the etcd watch writes and a decoder of what etcd sends back.
+"""The bytes of gRPC calls on an HTTP/2 connection of their own, one call at a time (RFC 9113,
+RFC 7541, gRPC over HTTP/2), client side: what the etcd mirror writes (the watch, and the
+Range calls of a load) and a decoder of what etcd sends back.
 
 PURE: values in, values out; the connection itself is ``etcdwatch``'s. grpcio costs about
 0.6 ms of CPU for each message it hands to asyncio (its poller threads and the aio call
@@ -9,27 +10,32 @@ microseconds per message, called from the event loop's ``data_received``.
 Rules of this module:
 
 1. The client side is written by ``preface()`` (connection preface, SETTINGS, connection
-   WINDOW_UPDATE), ``request_headers()`` (one HEADERS frame opening stream 1, no CONTINUATION)
-   and ``message()`` (one length-prefixed, uncompressed gRPC message in one DATA frame, never
-   END_STREAM: the call stays open for more requests). Flow-control frames are
-   ``window_update()``; ``settings_ack()`` and ``ping_ack()`` answer the peer's.
+   WINDOW_UPDATE), ``request_headers()`` (one HEADERS frame opening the call's stream, 1 by
+   default, no CONTINUATION) and ``message()`` (one length-prefixed, uncompressed gRPC message
+   in one DATA frame; END_STREAM only when asked, for a unary call: a streaming call stays
+   open for more requests). Flow-control frames are ``window_update()``; ``settings_ack()``
+   and ``ping_ack()`` answer the peer's. One call is open at a time: the first on stream 1,
+   each next one (``Decoder.next_call()``, after the last one ended by its trailers) on the
+   next odd stream id.
 2. The client announces the largest window there is (2**31 - 1) for the connection and the
    stream, and the default frame size (16,384 bytes): a bigger frame is a protocol error.
    The peer's windows and settings are reported to the caller, which keeps its own sends
    within them.
 3. ``Decoder.feed(data)`` takes any slicing of the peer's bytes and returns what they
    complete, in order, as ``(kind, value)`` pairs: ``MESSAGE`` (the bytes of one gRPC
-   message of stream 1), ``SETTINGS`` (a dict id -> value, to be acknowledged), ``PING``
+   message of the call's stream), ``SETTINGS`` (a dict id -> value, to be acknowledged), ``PING``
    (8 bytes, to be acknowledged), ``WINDOW`` ((stream id, increment)) and ``END`` (text: why
    the call is over). ``Decoder.consumed`` counts the flow-controlled bytes taken (DATA
    payloads, padding included) for the caller's WINDOW_UPDATEs.
 4. The call is over (``END``) on: trailers (HEADERS with END_STREAM; the text carries
-   grpc-status and grpc-message), a trailers-only answer, DATA with END_STREAM, RST_STREAM of
-   stream 1, GOAWAY (its error code and debug text). Nothing is decoded after END.
+   grpc-status and grpc-message, and ``Decoder.status`` the grpc-status, "" when there was
+   none), a trailers-only answer, DATA with END_STREAM, RST_STREAM of the call's stream, GOAWAY
+   (its error code and debug text). Nothing is decoded after END; only trailers leave the
+   connection usable for ``next_call()`` (``Decoder.reusable``).
 5. Anything malformed raises ``ProtocolError`` with what was wrong and nothing else is
    returned: a frame longer than the announced maximum, bad padding, a SETTINGS or PING or
    WINDOW_UPDATE of the wrong size or stream, a zero window increment, DATA or HEADERS for a
-   stream other than 1, a header block interrupted before CONTINUATION ends it, PUSH_PROMISE
+   stream other than the call's, a header block interrupted before CONTINUATION ends it, PUSH_PROMISE
    (push is disabled), an HPACK error, response headers that are not ``:status 200`` and
    ``application/grpc``, a compressed gRPC message (none was asked for), a message before
    the response headers. PRIORITY and unknown frame types are skipped (RFC 9113 5.5).
@@ -52,7 +58,7 @@ ACK = 0x1
 END_HEADERS = 0x4
 PADDED = 0x8
 PRIORITY_FLAG = 0x20
-STREAM = 1  # the one call of the connection
+STREAM = 1  # the stream of a connection's first call
 MAX_WINDOW = 2**31 - 1
 DEFAULT_WINDOW = 65_535
 MAX_FRAME = 16_384
@@ -91,22 +97,25 @@ def preface() -> bytes:
             + window_update(0, MAX_WINDOW - DEFAULT_WINDOW))
 
 
-def request_headers(authority: str, path: str, scheme: str, user_agent: str = "kube-skydns") -> bytes:
-    """The HEADERS frame opening stream 1 for a gRPC call of ``path``."""
+def request_headers(authority: str, path: str, scheme: str, user_agent: str = "kube-skydns",
+                    stream: int = STREAM) -> bytes:
+    """The HEADERS frame opening ``stream`` for a gRPC call of ``path``."""
     block = hpack.Encoder().encode([
         (":method", "POST"), (":scheme", scheme), (":path", path), (":authority", authority),
         ("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", user_agent),
     ])
     if len(block) > MAX_FRAME:
         raise ValueError("request headers longer than one frame")
-    return frame(HEADERS, END_HEADERS, STREAM, block)
+    return frame(HEADERS, END_HEADERS, stream, block)
 
 
-def message(payload: bytes) -> bytes:
-    """One gRPC message in one DATA frame of stream 1 (not compressed, stream kept open)."""
+def message(payload: bytes, stream: int = STREAM, end_stream: bool = False) -> bytes:
+    """One gRPC message in one DATA frame (not compressed; the stream kept open unless
+    ``end_stream``: the last request of a call)."""
     if len(payload) + 5 > MAX_FRAME:
         raise ValueError("request message longer than one frame")
-    return frame(DATA, 0, STREAM, b"\0" + len(payload).to_bytes(4, "big") + payload)
+    return frame(DATA, END_STREAM if end_stream else 0, stream,
+                 b"\0" + len(payload).to_bytes(4, "big") + payload)
 
 
 def window_update(stream: int, increment: int) -> bytes:
@@ -125,9 +134,12 @@ def ping_ack(payload: bytes) -> bytes:
 
 
 class Decoder:
-    """Frames and gRPC messages of stream 1 from the peer's bytes, in order (rule 3)."""
+    """Frames and gRPC messages of the call's stream from the peer's bytes, in order (rule 3)."""
 
     def __init__(self) -> None:
+        self.stream = STREAM  # the call's stream (rule 1)
+        self.status: str | None = None  # grpc-status of the call's trailers (rule 4)
+        self.reusable = False  # the call ended by its trailers: next_call() may follow
         self._buf = b""
         self._hpack = hpack.Decoder()
         self._hpack.max_header_list_size = MAX_HEADER_LIST
@@ -139,11 +151,31 @@ class Decoder:
         self.ended = False
         self.consumed = 0  # flow-controlled bytes taken (rule 3)
 
+    def next_call(self) -> int:
+        """Start the next call on this connection (rule 1); its stream id.
+
+        Raises:
+            ProtocolError: the last call did not end by its trailers.
+        """
+        if not self.reusable:
+            raise ProtocolError("the connection's last call is not over by its trailers")
+        self.stream += 2
+        self.status = None
+        self.reusable = False
+        self.ended = False
+        self._headers_seen = False
+        self._message = bytearray()
+        return self.stream
+
+    def pending(self) -> list[tuple[str, object]]:
+        """What the bytes kept since the last call's end complete for the current call."""
+        return self.feed(b"")
+
     def feed(self, data: bytes) -> list[tuple[str, object]]:
         """Decode data (any slice of the byte stream); ProtocolError when it is malformed."""
         if (self._headers_seen and not self._buf and not self._message and self._block is None
                 and len(data) >= 14 and data[3] == DATA and data[4] == 0 and data[9] == 0
-                and data[5:9] == b"\0\0\0\x01" and not self.ended):
+                and int.from_bytes(data[5:9], "big") == self.stream and not self.ended):
             # The usual case, one whole DATA frame of stream 1 holding one whole message: the
             # same result as the general path below, without its buffering.
             length = int.from_bytes(data[0:3], "big")
@@ -152,6 +184,8 @@ class Decoder:
                 return [(MESSAGE, data[14:])]
         out: list[tuple[str, object]] = []
         if self.ended:
+            if self.reusable:  # kept for the next call (rule 4)
+                self._buf += data
             return out
         buf = self._buf + data if self._buf else data
         size = len(buf)
@@ -173,7 +207,8 @@ class Decoder:
                 raise ProtocolError("a header block was interrupted before its end")
             self._frame(kind, flags, stream, payload, out)
             if self.ended:
-                at = size
+                if not self.reusable:
+                    at = size
                 break
         self._buf = buf[at:] if at < size else b""
         return out
@@ -241,7 +276,7 @@ class Decoder:
         elif kind == RST_STREAM:
             if len(payload) != 4 or stream == 0:
                 raise ProtocolError("RST_STREAM must be 4 bytes on a stream")
-            if stream == STREAM:
+            if stream == self.stream:
                 self._end(f"stream reset by etcd ({_error(payload)})", out)
         elif kind == GOAWAY:
             if len(payload) < 8 or stream != 0:
@@ -253,10 +288,9 @@ class Decoder:
             raise ProtocolError("PUSH_PROMISE, but push is disabled")
         # PRIORITY and unknown kinds: skipped (rule 5)
 
-    @staticmethod
-    def _stream_frame(stream: int, what: str) -> None:
-        if stream != STREAM:
-            raise ProtocolError(f"{what} on stream {stream}, not on the call's stream {STREAM}")
+    def _stream_frame(self, stream: int, what: str) -> None:
+        if stream != self.stream:
+            raise ProtocolError(f"{what} on stream {stream}, not on the call's stream {self.stream}")
 
     def _headers(self, block: bytes, end_stream: bool, out: list) -> None:
         try:
@@ -281,6 +315,8 @@ class Decoder:
         status = fields.get(b"grpc-status")
         text = f"grpc-status {_text(status)}" if status is not None else "no grpc-status"
         self._end(f"call ended by etcd ({text}{_grpc_detail(fields)})", out)
+        self.status = _text(status) if status is not None else ""
+        self.reusable = True
 
     def _data(self, payload: bytes, out: list) -> None:
         if self._message:  # a message began in an earlier frame: grow it in place

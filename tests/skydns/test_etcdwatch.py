@@ -13,13 +13,16 @@ import random
 import aetcd
 import grpc
 import pytest
-from aetcd import rpc
+from hypothesis import given, settings, strategies as st
 
 from skydns import etcdwatch
 from skydns import grpcwire
 from skydns import metrics
 from skydns import settings as settings_mod
 from skydns import store
+
+rpc = etcdwatch.pb  # the mirror's own etcd messages (rule 8)
+PUT, DELETE = 0, 1  # mvccpb.Event.EventType
 
 # -- endpoints ---------------------------------------------------------------------------------
 
@@ -153,11 +156,11 @@ def kv(key: str, value: str = "", revision: int = 0) -> rpc.KeyValue:
 
 
 def put(key: str, value: str, revision: int) -> rpc.Event:
-    return rpc.Event(type=rpc.Event.PUT, kv=kv(key, value, revision))
+    return rpc.Event(type=PUT, kv=kv(key, value, revision))
 
 
 def delete(key: str, revision: int) -> rpc.Event:
-    return rpc.Event(type=rpc.Event.DELETE, kv=kv(key, revision=revision))
+    return rpc.Event(type=DELETE, kv=kv(key, revision=revision))
 
 
 def response(*events: rpc.Event, **fields) -> rpc.WatchResponse:
@@ -532,3 +535,223 @@ def test_tls_context_rejects_a_file_without_certificates(tmp_path):
     assert etcdwatch.tls_context(settings_mod.Settings()) is None
     context = etcdwatch.tls_context(settings_mod.Settings(), tls=True)
     assert context is not None and context.verify_mode.name == "CERT_REQUIRED"
+
+
+# -- rule 8: the Range calls of a load on a connection of their own ------------------------------
+
+def _hpack_block(fields) -> bytes:
+    import hpack
+    return hpack.Encoder().encode(fields)
+
+
+def answer(stream: int, message: bytes | None, status: str = "0", text: str = "") -> bytes:
+    """etcd's side of one unary call: headers, the message, trailers."""
+    out = grpcwire.frame(grpcwire.HEADERS, grpcwire.END_HEADERS, stream,
+                         _hpack_block([(":status", "200"), ("content-type", "application/grpc")]))
+    if message is not None:
+        out += grpcwire.frame(grpcwire.DATA, 0, stream, b"\0" + len(message).to_bytes(4, "big") + message)
+    trailers = [("grpc-status", status)] + ([("grpc-message", text)] if text else [])
+    return out + grpcwire.frame(grpcwire.HEADERS, grpcwire.END_HEADERS | grpcwire.END_STREAM, stream,
+                                _hpack_block(trailers))
+
+
+def _two_answers() -> bytes:
+    one = grpcwire.frame(grpcwire.DATA, 0, 1, b"\0\0\0\0\x01a")
+    return answer(1, None).split(grpcwire.frame(grpcwire.HEADERS, grpcwire.END_HEADERS | grpcwire.END_STREAM, 1,
+                                                _hpack_block([("grpc-status", "0")])))[0] + one + one
+
+
+def connected_calls():
+    loop = asyncio.new_event_loop()
+    calls = etcdwatch._Calls(loop)
+    transport = Transport()
+    calls.connection_made(transport)
+    calls.start(etcdwatch.Endpoint("127.0.0.1", 2379), False)
+    return loop, calls, transport
+
+
+def test_calls_one_after_another_on_odd_streams():
+    loop, calls, transport = connected_calls()
+    try:
+        assert transport.out.startswith(grpcwire.PREFACE)
+        transport.out = b""
+        first = calls.call("/etcdserverpb.KV/Range", b"req1")
+        sent = frames(transport.out)
+        assert [(f[0], f[1] & grpcwire.END_STREAM, f[2]) for f in sent] == [
+            (grpcwire.HEADERS, 0, 1), (grpcwire.DATA, grpcwire.END_STREAM, 1)]
+        assert sent[1][3] == b"\0\0\0\0\x04req1"
+        with pytest.raises(RuntimeError, match="one call at a time"):
+            calls.call("/etcdserverpb.KV/Range", b"again")
+        wire = answer(1, b"page one")
+        for i in range(len(wire)):  # byte by byte
+            calls.data_received(wire[i:i + 1])
+        assert first.result() == b"page one"
+        transport.out = b""
+        second = calls.call("/etcdserverpb.KV/Range", b"req2")
+        assert [f[2] for f in frames(transport.out)] == [3, 3]
+        calls.data_received(answer(3, None, "11", "etcdserver: mvcc: required revision has been compacted"))
+        with pytest.raises(etcdwatch.CallFailed, match="compacted") as info:
+            second.result()
+        assert info.value.status == "11" and not transport.closed
+        third = calls.call("/etcdserverpb.KV/Range", b"req3")
+        calls.data_received(answer(5, None))
+        with pytest.raises(etcdwatch.CallFailed, match="no answer"):
+            third.result()
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize(("wire", "error", "match"), [
+    (lambda: grpcwire.frame(grpcwire.GOAWAY, 0, 0, b"\0\0\0\0\0\0\0\x02"), etcdwatch.StreamEnded, "GOAWAY INTERNAL"),
+    (lambda: grpcwire.frame(grpcwire.RST_STREAM, 0, 1, b"\0\0\0\x08"), etcdwatch.StreamEnded, "reset"),
+    (lambda: grpcwire.frame(grpcwire.DATA, 0, 1, b"\0\0\0\0\x01x"), grpcwire.ProtocolError, "before the response"),
+    (lambda: _two_answers(), grpcwire.ProtocolError, "second answer"),
+], ids=["goaway", "reset", "bad http2", "two answers"])
+def test_calls_fail_and_close_on_the_end_of_the_connection(wire, error, match):
+    loop, calls, transport = connected_calls()
+    try:
+        reply = calls.call("/etcdserverpb.KV/Range", b"req")
+        calls.data_received(wire())
+        with pytest.raises(error, match=match):
+            reply.result()
+        assert transport.closed
+        later = calls.call("/etcdserverpb.KV/Range", b"req")
+        with pytest.raises(error, match=match):
+            later.result()
+        calls.close()
+    finally:
+        loop.close()
+
+
+def test_calls_wait_for_etcd_window_and_acknowledge():
+    loop, calls, transport = connected_calls()
+    try:
+        calls.data_received(grpcwire.frame(grpcwire.SETTINGS_FRAME, 0, 0,
+                                           (4).to_bytes(2, "big") + (3).to_bytes(4, "big")))
+        transport.out = b""
+        calls.call("/etcdserverpb.KV/Range", b"0123456789")
+        assert [f[0] for f in frames(transport.out)] == [grpcwire.HEADERS]  # DATA waits for window
+        calls.data_received(grpcwire.window_update(1, 100) + grpcwire.frame(grpcwire.PING_FRAME, 0, 0, b"12345678"))
+        assert [f[0] for f in frames(transport.out)] == [grpcwire.HEADERS, grpcwire.DATA, grpcwire.PING_FRAME]
+    finally:
+        loop.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.booleans())
+def test_calls_take_any_bytes(junk, with_headers):
+    """Whatever etcd sends, the call gets an answer or one of the mirror's errors."""
+    loop, calls, transport = connected_calls()
+    try:
+        reply = calls.call("/etcdserverpb.KV/Range", b"req")
+        calls.data_received((answer(1, b"x")[:40] if with_headers else b"") + junk)
+        calls.connection_lost(None)
+        assert reply.done()
+        if reply.exception() is not None:
+            assert isinstance(reply.exception(), (etcdwatch.Error, grpcwire.ProtocolError))
+    finally:
+        loop.close()
+
+
+# -- the mirror's own etcd messages: the same bytes as etcd's (aetcd's generated classes) -------
+
+def _random_kv(rng, lib):
+    return lib.KeyValue(key=rng.randbytes(rng.randint(0, 20)), value=rng.randbytes(rng.randint(0, 40)),
+                        create_revision=rng.randint(0, 2**40), mod_revision=rng.randint(0, 2**62),
+                        version=rng.randint(0, 9), lease=rng.choice([0, rng.randint(-2**63, 2**63 - 1)]))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_messages_match_etcds(seed):
+    """Seeded differential test against aetcd's classes (generated from etcd's .proto)."""
+    from aetcd import rpc as etcd
+
+    rng = random.Random(seed)
+    header = dict(cluster_id=rng.randint(0, 2**64 - 1), member_id=rng.randint(0, 2**64 - 1),
+                  revision=rng.randint(0, 2**62), raft_term=rng.randint(0, 2**32))
+    kvs = [_random_kv(rng, etcd) for _ in range(rng.randint(0, 30))]
+    theirs = etcd.RangeResponse(header=etcd.ResponseHeader(**header), kvs=kvs, more=rng.random() < 0.5,
+                                count=rng.randint(0, 10**6))
+    ours = rpc.RangeResponse.FromString(theirs.SerializeToString())
+    assert (ours.header.revision, ours.more, ours.count) == (theirs.header.revision, theirs.more, theirs.count)
+    assert [(kv.key, kv.value, kv.mod_revision, kv.lease) for kv in ours.kvs] == [
+        (kv.key, kv.value, kv.mod_revision, kv.lease) for kv in theirs.kvs]
+    assert ours.SerializeToString() == theirs.SerializeToString()
+    events = [etcd.Event(type=rng.choice([0, 1]), kv=_random_kv(rng, etcd)) for _ in range(rng.randint(0, 5))]
+    watch = etcd.WatchResponse(header=etcd.ResponseHeader(**header), watch_id=rng.randint(0, 9),
+                               created=rng.random() < 0.3, canceled=rng.random() < 0.2,
+                               compact_revision=rng.randint(0, 99), cancel_reason=rng.choice(["", "gone", "caf\u00e9"]),
+                               fragment=rng.random() < 0.3, events=events)
+    assert rpc.WatchResponse.FromString(watch.SerializeToString()).SerializeToString() == watch.SerializeToString()
+    request = dict(key=rng.randbytes(5), range_end=rng.randbytes(5), limit=rng.randint(0, 10**5),
+                   revision=rng.randint(0, 10**9), serializable=rng.random() < 0.5)
+    assert rpc.RangeRequest(**request).SerializeToString() == etcd.RangeRequest(**request).SerializeToString()
+    create = dict(key=b"/skydns/", range_end=b"/skydns0", start_revision=rng.randint(1, 10**9),
+                  progress_notify=True, fragment=rng.random() < 0.5, filters=rng.choice([[], [1], [0, 1]]))
+    assert (rpc.WatchRequest(create_request=rpc.WatchCreateRequest(**create)).SerializeToString()
+            == etcd.WatchRequest(create_request=etcd.WatchCreateRequest(**create)).SerializeToString())
+    assert (rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()).SerializeToString()
+            == etcd.WatchRequest(progress_request=etcd.WatchProgressRequest()).SerializeToString())
+
+
+@pytest.mark.parametrize(("prefix", "end"), [(b"/skydns/", b"/skydns0"), (b"a\xff", b"b"), (b"\xff\xff", b"\0"),
+                                             (b"", b"\0")])
+def test_prefix_range_end(prefix, end):
+    assert etcdwatch.prefix_range_end(prefix) == end
+
+
+# -- rule 1: a load pages at one revision, over scripted Range calls ------------------------------
+
+class FakeCalls:
+    """A scripted etcd answering Range calls from a sorted dict; ``compact_after`` calls fail
+    with etcd's compaction error once."""
+
+    def __init__(self, data: dict[bytes, bytes], revision: int, log: list, compact_after: int | None = None):
+        self.data, self.revision, self.log, self.compact_after = data, revision, log, compact_after
+        self.closed = False
+
+    def call(self, path: str, payload: bytes) -> asyncio.Future:
+        request = rpc.RangeRequest.FromString(payload)
+        self.log.append((request.key, request.limit, request.revision, request.serializable))
+        reply = asyncio.get_running_loop().create_future()
+        if self.compact_after is not None and len(self.log) > self.compact_after:
+            self.compact_after = None
+            reply.set_exception(etcdwatch.CallFailed(
+                "call ended by etcd (grpc-status 11: etcdserver: mvcc: required revision has been compacted)", "11"))
+            return reply
+        keys = sorted(k for k in self.data if request.key <= k < request.range_end)
+        page = keys[:request.limit] if request.limit else keys
+        reply.set_result(rpc.RangeResponse(
+            header=rpc.ResponseHeader(revision=self.revision), count=len(keys), more=len(page) < len(keys),
+            kvs=[rpc.KeyValue(key=k, value=self.data[k], mod_revision=1) for k in page]).SerializeToString())
+        return reply
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(("size", "page", "compact_after"), [(0, 2000, None), (5, 2, None), (100, 3, None),
+                                                              (100, 3, 4), (40, 7, 0)])
+def test_load_pages_at_one_revision(size, page, compact_after):
+    data = {f"/skydns/local/x/k{i:04}".encode(): ('{"host":"10.0.%d.%d"}' % (i // 250, i % 250)).encode()
+            for i in range(size)}
+    data[b"/skydnsX"] = b'{"host":"10.9.9.9"}'  # outside the prefix
+    settings = settings_mod.Settings(etcd_page_size=page)
+    view = store.Store()
+    mirror = etcdwatch._Mirror(settings, view, None, etcdwatch._Meters(None), random.Random(1))
+    log: list = []
+    opened: list[FakeCalls] = []
+
+    async def open_calls(endpoint):
+        opened.append(FakeCalls(data, 42, log, compact_after if not opened else None))
+        return opened[-1]
+
+    mirror._open_calls = open_calls
+    assert asyncio.run(mirror._load(etcdwatch.Endpoint("127.0.0.1"))) == 42
+    assert len(view) == size and view.revision == 42 and view.loaded
+    assert all(calls.closed for calls in opened) and len(opened) == (1 if compact_after is None else 2)
+    last = log if compact_after is None else log[compact_after + 1:]  # the calls of the load that finished
+    assert last[0] == (b"/skydns/", page, 0, False)  # the first page: the current revision, quorum
+    assert all(rev == 42 and serializable for _, _, rev, serializable in last[1:])
+    limits = {limit for _, limit, _, _ in last[1:]}
+    assert all(limit >= page for limit in limits)

@@ -248,3 +248,68 @@ def test_corrupted_streams_give_items_or_a_protocol_error(case, where, garbage):
         w.Decoder().feed(corrupted)
     except w.ProtocolError:
         pass
+
+
+# -- one call after another on one connection (rules 1 and 4) ------------------------------------
+
+def test_a_unary_request_ends_its_stream_and_names_it():
+    assert w.message(b"abc", stream=3, end_stream=True) == (b"\x00\x00\x08\x00\x01\x00\x00\x00\x03"
+                                                            + b"\x00\x00\x00\x00\x03abc")
+    out = w.request_headers("etcd:2379", "/etcdserverpb.KV/Range", "https", stream=5)
+    assert out[3] == w.HEADERS and out[5:9] == b"\0\0\0\x05"
+
+
+def test_calls_follow_each_other_on_odd_streams():
+    decoder = w.Decoder()
+    first = START + data(grpc(b"one")) + TRAILERS_OK
+    second = headers(OK_HEADERS, stream=3) + data(grpc(b"two"), stream=3) + headers(
+        [("grpc-status", "11"), ("grpc-message", "compacted")], end_stream=True, stream=3)
+    # The second call's bytes arrive with the first's trailers: kept until next_call().
+    assert decoder.feed(first + second[:7]) == [(w.MESSAGE, b"one"), (w.END, "call ended by etcd (grpc-status 0)")]
+    assert (decoder.status, decoder.reusable) == ("0", True)
+    assert decoder.feed(second[7:]) == []  # still nothing for the ended call
+    assert decoder.next_call() == 3 and decoder.status is None
+    assert decoder.pending() == [(w.MESSAGE, b"two"), (w.END, "call ended by etcd (grpc-status 11: compacted)")]
+    assert decoder.status == "11" and decoder.next_call() == 5
+    with pytest.raises(w.ProtocolError, match="DATA on stream 3"):
+        decoder.feed(data(grpc(b"late"), stream=3))
+
+
+@pytest.mark.parametrize("end", [
+    START + w.frame(w.RST_STREAM, 0, 1, (8).to_bytes(4, "big")),
+    w.frame(w.GOAWAY, 0, 0, b"\0\0\0\x01\0\0\0\x00"),
+    START + data(grpc(b"a"), end_stream=True),
+    START,
+], ids=["reset", "goaway", "no trailers", "not over"])
+def test_only_trailers_let_the_next_call_start(end):
+    decoder = w.Decoder()
+    decoder.feed(end)
+    assert not decoder.reusable
+    with pytest.raises(w.ProtocolError, match="not over by its trailers"):
+        decoder.next_call()
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(messages, st.sampled_from(["0", "11", "14"])), min_size=1, max_size=4),
+       st.lists(st.integers(0, 10**6), max_size=20))
+def test_sequential_calls_survive_any_slicing(calls, points):
+    """Each call's messages and status, however the connection's bytes are cut."""
+    wire = b""
+    encoder = hpack.Encoder()
+    for n, (msgs, status) in enumerate(calls):
+        stream = 1 + 2 * n
+        wire += headers(OK_HEADERS, stream=stream, encoder=encoder)
+        wire += b"".join(data(grpc(m), stream=stream) for m in msgs)
+        wire += headers([("grpc-status", status)], end_stream=True, stream=stream, encoder=encoder)
+    decoder = w.Decoder()
+    got: list[tuple[list[bytes], str | None]] = []
+    items: list = []
+    for piece in cuts(wire, points):
+        items += decoder.feed(piece)
+        while decoder.ended and len(got) < len(calls):
+            got.append(([v for k, v in items if k == w.MESSAGE], decoder.status))
+            items = []
+            if len(got) < len(calls):
+                decoder.next_call()
+                items += decoder.pending()
+    assert got == [(msgs, status) for msgs, status in calls]
