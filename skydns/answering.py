@@ -97,6 +97,7 @@ import ipaddress
 import itertools
 import logging
 import operator
+import re
 
 import dns.exception
 import dns.flags
@@ -356,19 +357,17 @@ def _text_path(text: str) -> tuple[str, ...] | None:
         return None
 
 
+# An IPv4 address as ``ipaddress`` reads it: four decimal octets of ASCII digits, no leading
+# zero, none above 255 (encode.py has the same pattern).
+_IPV4_TEXT = re.compile(r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}")
+
+
 def _plain_ipv4(host: str) -> bool:
     """Whether host is an IPv4 address written as ``ipaddress`` writes it: four decimal octets
     without leading zeros, none above 255 (``ipaddress`` accepts exactly these, and its text of
     such an address is the host itself). A quick test: the first change of a pod address
     otherwise costs two ``ipaddress`` parses on the miss that follows it."""
-    octets = host.split(".")
-    if len(octets) != 4:
-        return False
-    for octet in octets:
-        if (not octet.isdigit() or not octet.isascii() or len(octet) > 3
-                or (octet[0] == "0" and len(octet) > 1) or int(octet) > 255):
-            return False
-    return True
+    return _IPV4_TEXT.fullmatch(host) is not None
 
 
 # Memoised helpers: records are immutable, so a miss reuses the checked forms of hosts seen

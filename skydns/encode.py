@@ -35,6 +35,7 @@ import functools
 import ipaddress
 import itertools
 import operator
+import re
 import struct
 
 from skydns import wire
@@ -92,18 +93,17 @@ def _whole_name(text: str) -> bytes:
     return b"".join([chunk for _, chunk in _name_parts(text)]) + b"\0"
 
 
+# An IPv4 address as ``ipaddress`` reads it (answering.py has the same pattern).
+_IPV4_TEXT = re.compile(r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}")
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _packed4(address: str) -> bytes:
     """The 4 bytes of an IPv4 address text, read as strictly as ``ipaddress`` reads it (four
     decimal octets, no leading zero, none above 255); Unsupported otherwise."""
-    octets = address.split(".")
-    if len(octets) != 4:
+    if _IPV4_TEXT.fullmatch(address) is None:
         raise Unsupported(address)
-    for octet in octets:
-        if (not octet.isdigit() or not octet.isascii() or len(octet) > 3
-                or (octet[0] == "0" and len(octet) > 1) or int(octet) > 255):
-            raise Unsupported(address)
-    return bytes(map(int, octets))
+    return bytes(map(int, address.split(".")))
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -293,18 +293,31 @@ class Handler:
                         self.generation = generation
                 # rule 3a: the very same bytes after the ID were answered before -> no parsing
                 hit = self.exact[proto].get(data[2:])
-                if hit is not None and hit[1].alive:
-                    return self._cached(data, hit, proto, family, start)
-            query = wire.parse(data)
+                if hit is not None:
+                    if hit[1].alive:
+                        return self._cached(data, hit, proto, family, start)
+                    known = hit[4]
+                else:
+                    known = None
+            else:
+                known = None
+            if known is not None:
+                # dropped by a change, but these bytes were parsed before: only the ID differs
+                old, limit, key = known
+                query = wire.Query((data[0] << 8) | data[1], old.flags, old.qname, old.qtype, old.qclass,
+                                   old.edns, old.payload, old.do, old.size)
+            else:
+                query = wire.parse(data)
+                if query is not None:
+                    limit = wire.udp_limit(query, self.payload) if proto == "udp" else wire.TCP_MAX
+                    key = wire.cache_key(query, limit) if self.cache_size else None
             if query is not None:
-                limit = wire.udp_limit(query, self.payload) if proto == "udp" else wire.TCP_MAX
                 if self.cache_size:
-                    key = wire.cache_key(query, limit)
                     entry = self.cache.get(key)
                     if entry is not None:
                         variants = entry.fresh(self._revision())
                         tails = [wire.patch(v, query)[2:] for v in variants]
-                        hit = self._remember(proto, data, tails, entry)
+                        hit = self._remember(proto, data, tails, entry, (query, limit, key))
                         return self._cached(data, hit, proto, family, start)
                     if self._encoded_reply is not None:
                         # a forwarded answer still fresh in the forward cache, as bytes
@@ -331,9 +344,9 @@ class Handler:
         """data's ID + one of the cached answer tails of hit, an exact-cache entry (the next
         rotation when several), counted as a cache hit and an answer.
 
-        hit is ``[tails, entry, revision, counters]``; counters, once known, are the metric
-        counters this exact query updates (request and answer sizes never change for it)."""
-        tails, entry, revision, counters = hit
+        hit is ``[tails, entry, revision, counters, parsed]``; counters, once known, are the
+        metric counters this exact query updates (request and answer sizes never change for it)."""
+        tails, entry, revision, counters, _ = hit
         if entry.serials and revision != self._revision():
             # rule 3: the SOA serial of the current mirror (the tails are offset by the ID)
             revision = hit[2] = self._revision()
@@ -358,12 +371,14 @@ class Handler:
             hit[3] = (family, stats.epoch, counts, hist)
         return out
 
-    def _remember(self, proto: str, data: bytes, tails: list[bytes], entry: anscache.Entry) -> list:
-        """Keep the answer tails for data's exact bytes (rule 3a); returns the new entry."""
+    def _remember(self, proto: str, data: bytes, tails: list[bytes], entry: anscache.Entry,
+                  parsed: tuple | None) -> list:
+        """Keep the answer tails for data's exact bytes (rule 3a), with what the bytes parse to
+        (``(query, limit, key)``: a miss after a change parses nothing); returns the new entry."""
         exact = self.exact[proto]
         if len(exact) >= self.cache_size:
             del exact[next(iter(exact))]
-        hit = exact[data[2:]] = [tails, entry, entry.revision, None]
+        hit = exact[data[2:]] = [tails, entry, entry.revision, None, parsed]
         return hit
 
     def _fast(self, data: bytes, query: wire.Query, key: tuple, limit: int, proto: str, family: str,
@@ -389,7 +404,7 @@ class Handler:
         entry = anscache.Entry(variants, zone, query.qtype, serials, self._revision())
         self.cache.put(key, entry, reads)
         self.stats.cache_entries[_CACHE] = len(self.cache)
-        self._remember(proto, data, [v[2:] for v in variants], entry)
+        self._remember(proto, data, [v[2:] for v in variants], entry, (query, limit, key))
         if count > 1:
             self.turn += 1
             out = variants[self.turn % count]
@@ -490,7 +505,7 @@ class Handler:
                 self.cache.put(key, entry, reads if self._scoped else anscache.Reads(None))  # type: ignore[arg-type]
                 self.stats.cache_entries[_CACHE] = len(self.cache)
                 # rendered for this very query: the tails after the ID are its exact answers
-                self._remember(proto, data, [v[2:] for v in variants], entry)
+                self._remember(proto, data, [v[2:] for v in variants], entry, (parsed, limit, key))
             self._count(zone, proto, family, qtype, len(data), out, start)
             return out
         if isinstance(result, answering.Forward):
