@@ -722,6 +722,8 @@ class Engine:
                         n_puts += len(pending)
                         for plans in _calls(pending, outer, inner):
                             inflight.append(asyncio.ensure_future(self._commit_all(plans)))
+                            # sent now, not after the next chunk is built: etcd never waits
+                            await asyncio.sleep(0)
                             while len(inflight) >= _PIPELINE_CALLS:
                                 await inflight.pop(0)
                         pending, pending_bytes = {}, 0

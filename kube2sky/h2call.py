@@ -1,0 +1,517 @@
+"""Unary gRPC calls over one HTTP/2 connection of our own: kube2sky's etcd transactions.
+
+grpcio costs about 1.6 ms of CPU for one small call on this machine (its C core, its poller
+threads and the asyncio call machinery; bench/README.md "kube2sky's commits"), more than
+kube2sky's own work for a changed endpoint. This client writes the frames itself (RFC 9113,
+RFC 7541, gRPC over HTTP/2) and costs a few hundred microseconds per call.
+
+Rules of this module:
+
+1. One connection per ``Channel`` (TCP, or TLS offering ALPN "h2" with the caller's context:
+   the client certificate is the etcd user), opened by the first call and shared by
+   concurrent calls: stream 1, 3, 5, ... one per call, at most the peer's
+   SETTINGS_MAX_CONCURRENT_STREAMS open at once (more wait their turn).
+2. A request is one HEADERS frame (a fixed block of literal fields that are never indexed:
+   it depends on no HPACK state, so the same bytes serve every call) and the gRPC message in
+   DATA frames of at most the peer's SETTINGS_MAX_FRAME_SIZE, sent only within the peer's
+   connection and stream windows; what does not fit waits for its WINDOW_UPDATE.
+3. Our receive windows are the largest there are (2**31 - 1): the connection's is topped up
+   after each GiB received, a stream lives for one answer.
+4. An answer is response headers (``:status 200``, ``application/grpc``), one message and
+   trailers with ``grpc-status 0``. A grpc-status other than 0 (trailers, or a trailers-only
+   answer) raises ``CallError`` with the status and grpc-message; so does a stream reset by
+   the peer or an answer without a message.
+5. Bytes the parser cannot take (``ProtocolError``: a frame over our maximum, bad padding,
+   a bad SETTINGS/PING/WINDOW_UPDATE, a header block cut short, PUSH_PROMISE, an HPACK
+   error), GOAWAY, end of file or a socket error end the connection: every open call raises
+   ``ConnectionLost`` saying why, and the next call connects again.
+6. A call's timeout or cancellation resets its stream (RST_STREAM CANCEL); the connection
+   stays up for the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import struct
+
+import hpack
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+END_STREAM = 0x1
+ACK = 0x1
+END_HEADERS = 0x4
+PADDED = 0x8
+PRIORITY_FLAG = 0x20
+# SETTINGS identifiers (RFC 9113 6.5.2)
+HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 1, 2, 3, 4, 5
+MAX_WINDOW = 2**31 - 1
+DEFAULT_WINDOW = 65_535
+DEFAULT_FRAME = 16_384
+MAX_HEADER_LIST = 65_536
+_TOP_UP = 1 << 30  # received bytes after which the connection window is topped up (rule 3)
+_LAST_STREAM = 2**31 - 1
+CANCEL = 8
+_HEAD = struct.Struct(">I")  # length (24 bits) and type of a frame header
+
+
+class ProtocolError(Exception):
+    """The peer's bytes are not HTTP/2 as this client speaks it (rule 5)."""
+
+
+class ConnectionLost(Exception):
+    """The connection ended under a call (rule 5)."""
+
+
+class CallError(Exception):
+    """The peer answered the call with a gRPC error (rule 4)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(f"grpc-status {status}: {message}" if message else f"grpc-status {status}")
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    """One frame: 9-byte header + payload."""
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
+
+
+def preface() -> bytes:
+    """Preface, SETTINGS (no push, largest stream window) and the connection window raised to
+    the largest (rule 3)."""
+    settings = struct.pack(">HIHI", ENABLE_PUSH, 0, INITIAL_WINDOW_SIZE, MAX_WINDOW)
+    return PREFACE + frame(SETTINGS, 0, 0, settings) + frame(
+        WINDOW_UPDATE, 0, 0, (MAX_WINDOW - DEFAULT_WINDOW).to_bytes(4, "big"))
+
+
+def header_block(authority: str, path: str, scheme: str, user_agent: str = "kube2sky") -> bytes:
+    """The request's header block, every field a never-indexed literal (rule 2)."""
+    return hpack.Encoder().encode([hpack.NeverIndexedHeaderTuple(name, value) for name, value in (
+        (":method", "POST"), (":scheme", scheme), (":path", path), (":authority", authority),
+        ("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", user_agent))])
+
+
+# -- reading the peer's bytes (pure) -----------------------------------------------------------
+
+class Parser:
+    """The peer's frames as events, from any slicing of its bytes (PURE).
+
+    ``feed(data)`` returns, in order: ("settings", {id: value}) to be acknowledged,
+    ("ping", 8 bytes) to be acknowledged, ("window", (stream, increment)),
+    ("headers", (stream, {name: value}, end_stream)), ("data", (stream, payload, end_stream)),
+    ("reset", (stream, error text)), ("goaway", (last stream, text)). Raises ProtocolError
+    (rule 5); nothing is returned after it.
+    """
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._hpack = hpack.Decoder()
+        self._hpack.max_header_list_size = MAX_HEADER_LIST
+        self._block: bytearray | None = None
+        self._block_stream = 0
+        self._block_end = False
+        self.consumed = 0  # flow-controlled bytes received (DATA payloads, padding included)
+
+    def feed(self, data: bytes) -> list[tuple[str, object]]:
+        out: list[tuple[str, object]] = []
+        buf = self._buf + data if self._buf else data
+        size = len(buf)
+        at = 0
+        while size - at >= 9:
+            word, = _HEAD.unpack_from(buf, at)
+            length = word >> 8
+            if length > DEFAULT_FRAME:
+                raise ProtocolError(f"frame of {length} bytes, more than the {DEFAULT_FRAME} allowed")
+            end = at + 9 + length
+            if end > size:
+                break
+            kind = word & 0xFF
+            flags = buf[at + 4]
+            stream = int.from_bytes(buf[at + 5:at + 9], "big") & 0x7FFFFFFF
+            payload = bytes(buf[at + 9:end])
+            at = end
+            if self._block is not None and kind != CONTINUATION:
+                raise ProtocolError("a header block was interrupted before its end")
+            self._frame(kind, flags, stream, payload, out)
+        self._buf = buf[at:] if at < size else b""
+        return out
+
+    def _frame(self, kind: int, flags: int, stream: int, payload: bytes, out: list) -> None:
+        if kind == DATA:
+            if stream == 0:
+                raise ProtocolError("DATA on stream 0")
+            self.consumed += len(payload)
+            if flags & PADDED:
+                payload = _unpad(payload)
+            out.append(("data", (stream, payload, bool(flags & END_STREAM))))
+        elif kind == HEADERS:
+            if stream == 0:
+                raise ProtocolError("HEADERS on stream 0")
+            if flags & PADDED:
+                payload = _unpad(payload)
+            if flags & PRIORITY_FLAG:
+                if len(payload) < 5:
+                    raise ProtocolError("HEADERS too short for its priority fields")
+                payload = payload[5:]
+            self._block_end = bool(flags & END_STREAM)
+            if flags & END_HEADERS:
+                out.append(("headers", (stream, self._decode(payload), self._block_end)))
+            else:
+                self._block, self._block_stream = bytearray(payload), stream
+        elif kind == CONTINUATION:
+            if self._block is None or stream != self._block_stream:
+                raise ProtocolError("CONTINUATION without a header block to continue")
+            self._block += payload
+            if len(self._block) > MAX_HEADER_LIST:
+                raise ProtocolError(f"header block longer than {MAX_HEADER_LIST} bytes")
+            if flags & END_HEADERS:
+                block, self._block = bytes(self._block), None
+                out.append(("headers", (stream, self._decode(block), self._block_end)))
+        elif kind == SETTINGS:
+            if stream != 0:
+                raise ProtocolError("SETTINGS on a stream")
+            if flags & ACK:
+                if payload:
+                    raise ProtocolError("SETTINGS acknowledgement with a payload")
+                return
+            if len(payload) % 6:
+                raise ProtocolError(f"SETTINGS of {len(payload)} bytes, not a multiple of 6")
+            values = dict(struct.iter_unpack(">HI", payload))
+            if values.get(INITIAL_WINDOW_SIZE, 0) > MAX_WINDOW:
+                raise ProtocolError("SETTINGS_INITIAL_WINDOW_SIZE above 2**31-1")
+            if not DEFAULT_FRAME <= values.get(MAX_FRAME_SIZE, DEFAULT_FRAME) <= 2**24 - 1:
+                raise ProtocolError(f"SETTINGS_MAX_FRAME_SIZE {values[MAX_FRAME_SIZE]} out of range")
+            out.append(("settings", values))
+        elif kind == PING:
+            if stream != 0 or len(payload) != 8:
+                raise ProtocolError("PING must be 8 bytes on stream 0")
+            if not flags & ACK:
+                out.append(("ping", payload))
+        elif kind == WINDOW_UPDATE:
+            if len(payload) != 4:
+                raise ProtocolError(f"WINDOW_UPDATE of {len(payload)} bytes")
+            increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+            if increment == 0:
+                raise ProtocolError("WINDOW_UPDATE of 0")
+            out.append(("window", (stream, increment)))
+        elif kind == RST_STREAM:
+            if len(payload) != 4 or stream == 0:
+                raise ProtocolError("RST_STREAM must be 4 bytes on a stream")
+            out.append(("reset", (stream, _error(payload))))
+        elif kind == GOAWAY:
+            if len(payload) < 8 or stream != 0:
+                raise ProtocolError("GOAWAY must be 8 bytes or more on stream 0")
+            debug = payload[8:].decode("utf-8", "replace").strip()
+            last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            out.append(("goaway", (last, f"GOAWAY {_error(payload[4:8])}{': ' + debug if debug else ''}")))
+        elif kind == PUSH_PROMISE:
+            raise ProtocolError("PUSH_PROMISE, but push is disabled")
+        # PRIORITY and unknown kinds: skipped (RFC 9113 5.5)
+
+    def _decode(self, block: bytes) -> dict[bytes, bytes]:
+        try:
+            return dict(self._hpack.decode(block, raw=True))
+        except hpack.HPACKError as exc:
+            raise ProtocolError(f"HPACK: {exc}") from exc
+        except (ValueError, IndexError, UnicodeError, TypeError) as exc:
+            raise ProtocolError(f"HPACK: {exc!r}") from exc
+
+
+def _unpad(payload: bytes) -> bytes:
+    if not payload:
+        raise ProtocolError("PADDED frame without a pad length")
+    pad = payload[0]
+    if pad >= len(payload):
+        raise ProtocolError(f"padding of {pad} bytes in a {len(payload)}-byte payload")
+    return payload[1:len(payload) - pad]
+
+
+_ERRORS = {0: "NO_ERROR", 1: "PROTOCOL_ERROR", 2: "INTERNAL_ERROR", 3: "FLOW_CONTROL_ERROR",
+           4: "SETTINGS_TIMEOUT", 5: "STREAM_CLOSED", 6: "FRAME_SIZE_ERROR", 7: "REFUSED_STREAM",
+           8: "CANCEL", 9: "COMPRESSION_ERROR", 10: "CONNECT_ERROR", 11: "ENHANCE_YOUR_CALM",
+           12: "INADEQUATE_SECURITY", 13: "HTTP_1_1_REQUIRED"}
+
+
+def _error(code: bytes) -> str:
+    number = int.from_bytes(code, "big")
+    return _ERRORS.get(number, f"error {number}")
+
+
+def _text(value: bytes | None) -> str:
+    return "" if value is None else value.decode("utf-8", "replace")
+
+
+# -- the connection ------------------------------------------------------------------------------
+
+class _Call:
+    __slots__ = ("id", "out", "sent", "window", "future", "headers", "message", "chunks")
+
+    def __init__(self, stream: int, body: bytes, window: int, future: asyncio.Future) -> None:
+        self.id = stream
+        self.out = memoryview(body)
+        self.sent = 0
+        self.window = window  # the peer's window for this stream
+        self.future = future
+        self.headers: dict[bytes, bytes] | None = None
+        self.chunks: list[bytes] = []
+        self.message: bytes | None = None
+
+
+class Channel(asyncio.Protocol):
+    """Unary calls to one server (rules 1-6). ``await call(path, request, timeout)`` returns
+    the answer's message bytes."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext | None = None, user_agent: str = "kube2sky") -> None:
+        self.host, self.port, self.context = host, port, context
+        self.authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.user_agent = user_agent
+        self._blocks: dict[str, bytes] = {}
+        self._transport: asyncio.Transport | None = None
+        self._connecting: asyncio.Future | None = None
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._parser = Parser()
+        self._calls: dict[int, _Call] = {}
+        self._next = 1
+        self._window = DEFAULT_WINDOW  # the peer's connection window
+        self._stream_window = DEFAULT_WINDOW  # the peer's SETTINGS_INITIAL_WINDOW_SIZE
+        self._max_frame = DEFAULT_FRAME
+        self._max_streams = 2**31
+        self._slot: asyncio.Future | None = None  # wakes callers waiting for a free stream
+        self._topped = 0
+
+    # ---- asyncio.Protocol
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self._parser.feed(data)
+        except ProtocolError as exc:
+            self._lost(f"bad HTTP/2 from the server: {exc}")
+            return
+        for kind, value in events:
+            getattr(self, "_on_" + kind)(value)
+            if self._transport is None:
+                return
+        if self._parser.consumed - self._topped >= _TOP_UP:
+            grown = self._parser.consumed - self._topped
+            self._topped = self._parser.consumed
+            self._write(frame(WINDOW_UPDATE, 0, 0, grown.to_bytes(4, "big")))
+
+    def eof_received(self) -> bool:
+        self._lost("the server closed the connection")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost(f"connection lost: {exc}" if exc else "the server closed the connection")
+
+    # ---- events (rule 4)
+    def _on_settings(self, values: dict[int, int]) -> None:
+        if INITIAL_WINDOW_SIZE in values:
+            delta = values[INITIAL_WINDOW_SIZE] - self._stream_window
+            self._stream_window = values[INITIAL_WINDOW_SIZE]
+            for call in self._calls.values():
+                call.window += delta
+        self._max_frame = values.get(MAX_FRAME_SIZE, self._max_frame)
+        self._max_streams = values.get(MAX_CONCURRENT_STREAMS, self._max_streams)
+        self._write(frame(SETTINGS, ACK, 0))
+        self._pump()
+
+    def _on_ping(self, payload: bytes) -> None:
+        self._write(frame(PING, ACK, 0, payload))
+
+    def _on_window(self, value: tuple[int, int]) -> None:
+        stream, increment = value
+        if stream == 0:
+            self._window += increment
+        elif stream in self._calls:
+            self._calls[stream].window += increment
+        self._pump()
+
+    def _on_headers(self, value: tuple[int, dict, bool]) -> None:
+        stream, fields, end = value
+        call = self._calls.get(stream)
+        if call is None:
+            return  # a call given up (timeout): its answer is dropped
+        if call.headers is None:
+            status, kind = fields.get(b":status"), fields.get(b"content-type", b"")
+            if status != b"200" or not kind.startswith(b"application/grpc"):
+                self._finish(call, CallError(2, f"HTTP status {_text(status) or 'missing'}, content-type "
+                                                f"{_text(kind)!r}{_detail(fields)}"))
+                return
+            call.headers = fields
+            if not end:
+                return
+        elif not end:
+            self._finish(call, CallError(2, "a second header block that does not end the call"))
+            return
+        status = fields.get(b"grpc-status")
+        if status is None or not status.isdigit():
+            self._finish(call, CallError(2, f"no grpc-status in the trailers{_detail(fields)}"))
+        elif status != b"0":
+            self._finish(call, CallError(int(status), _text(fields.get(b"grpc-message"))))
+        else:
+            message = self._message(call)
+            self._finish(call, message if isinstance(message, Exception) else None, message)
+
+    def _on_data(self, value: tuple[int, bytes, bool]) -> None:
+        stream, payload, end = value
+        call = self._calls.get(stream)
+        if call is None:
+            return
+        if call.headers is None:
+            self._finish(call, CallError(2, "DATA before the response headers"))
+            return
+        call.chunks.append(payload)
+        if end:
+            self._finish(call, CallError(2, "the answer ended without trailers"))
+
+    def _on_reset(self, value: tuple[int, str]) -> None:
+        stream, why = value
+        call = self._calls.get(stream)
+        if call is not None:
+            self._finish(call, CallError(14 if why == "REFUSED_STREAM" else 2, f"stream reset by the server ({why})"))
+
+    def _on_goaway(self, value: tuple[int, str]) -> None:
+        self._lost(f"connection closed by the server ({value[1]})")
+
+    @staticmethod
+    def _message(call: _Call) -> bytes | Exception:
+        data = b"".join(call.chunks)
+        if len(data) < 5:
+            return CallError(2, "an answer without a message")
+        if data[0]:
+            return CallError(2, f"gRPC message flag {data[0]}: compressed, which was not asked for")
+        length = int.from_bytes(data[1:5], "big")
+        if length + 5 != len(data):
+            return CallError(2, f"an answer of {len(data) - 5} bytes for a message of {length}")
+        return data[5:]
+
+    def _finish(self, call: _Call, error: Exception | None, result: object = None) -> None:
+        self._calls.pop(call.id, None)
+        if not call.future.done():
+            if error is not None:
+                call.future.set_exception(error)
+            else:
+                call.future.set_result(result)
+        self._free_slot()
+
+    def _free_slot(self) -> None:
+        if self._slot is not None and not self._slot.done():
+            self._slot.set_result(None)
+        self._slot = None
+
+    def _lost(self, why: str) -> None:
+        transport, self._transport = self._transport, None
+        calls = list(self._calls.values())
+        self._free_slot()  # callers waiting for a stream go and connect again
+        self._reset_state()
+        for call in calls:
+            if not call.future.done():
+                call.future.set_exception(ConnectionLost(why))
+        if transport is not None:
+            transport.abort()
+
+    # ---- sending (rule 2)
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and data:
+            self._transport.write(data)
+
+    def _pump(self, first: bytes = b"") -> None:
+        """Send ``first`` and what the windows allow of every call's request, in stream order,
+        in one write."""
+        out = [first]
+        for call in self._calls.values():
+            total = len(call.out)
+            while call.sent < total:
+                room = min(self._window, call.window, self._max_frame, total - call.sent)
+                if room <= 0:
+                    break
+                last = call.sent + room == total
+                out.append(frame(DATA, END_STREAM if last else 0, call.id, bytes(call.out[call.sent:call.sent + room])))
+                call.sent += room
+                self._window -= room
+                call.window -= room
+            if self._window <= 0:
+                break
+        self._write(b"".join(out))
+
+    async def _connect(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self._connecting is None:
+            async def connect() -> None:
+                transport, _ = await loop.create_connection(
+                    lambda: self, self.host, self.port, ssl=self.context,
+                    server_hostname=self.host if self.context is not None else None)
+                if self.context is not None:
+                    ssl_object = transport.get_extra_info("ssl_object")
+                    if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+                        transport.abort()
+                        raise ConnectionLost("the server did not agree to HTTP/2 (ALPN h2)")
+                self._write(preface())
+            self._connecting = asyncio.ensure_future(connect())
+        connecting = self._connecting
+        try:
+            await asyncio.wait_for(asyncio.shield(connecting), timeout)
+        finally:
+            if connecting.done():
+                self._connecting = None
+                if not connecting.cancelled():
+                    connecting.exception()  # retrieved: the caller gets it from the await above
+
+    async def call(self, path: str, request: bytes, timeout: float) -> bytes:
+        """One unary call: the answer's message (rules 4-6).
+
+        Raises:
+            CallError, ConnectionLost, OSError (cannot connect), asyncio.TimeoutError.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._transport is None or self._next > _LAST_STREAM - 2 or len(self._calls) >= self._max_streams:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise asyncio.TimeoutError()
+            if self._transport is not None and self._next > _LAST_STREAM - 2:
+                self._lost("stream ids used up")  # a new connection starts over at 1
+            if self._transport is None:
+                await self._connect(left)
+            else:
+                if self._slot is None:
+                    self._slot = loop.create_future()
+                await asyncio.wait_for(asyncio.shield(self._slot), left)
+        block = self._blocks.get(path)
+        if block is None:
+            block = self._blocks[path] = header_block(
+                self.authority, path, "https" if self.context is not None else "http", self.user_agent)
+        stream = self._next
+        self._next += 2
+        future = loop.create_future()
+        call = _Call(stream, b"\0" + len(request).to_bytes(4, "big") + request, self._stream_window, future)
+        self._calls[stream] = call
+        self._pump(frame(HEADERS, END_HEADERS, stream, block))  # with its first DATA, in one write
+        try:
+            return await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            if self._calls.pop(stream, None) is not None:  # given up: rule 6
+                self._write(frame(RST_STREAM, 0, stream, CANCEL.to_bytes(4, "big")))
+                self._free_slot()
+            raise
+
+    def close(self) -> None:
+        """Close the connection; open calls raise ConnectionLost."""
+        self._lost("the channel was closed")
+
+
+def _detail(fields: dict[bytes, bytes]) -> str:
+    message = fields.get(b"grpc-message")
+    status = fields.get(b"grpc-status")
+    parts = []
+    if status is not None:
+        parts.append(f"grpc-status {_text(status)}")
+    if message:
+        parts.append(_text(message))
+    return f" ({': '.join(parts)})" if parts else ""
