@@ -75,7 +75,12 @@ Rules of this module:
     it: a change of a key drops the kept results of its own path and of every path above it
     (the only finds it can change), a replace drops them all. At most ``_FOUND`` records are
     held (the lists are dropped together when full), so the glue of an SRV answer with many
-    targets is read once and then only for the targets that changed.
+    targets is read once and then only for the targets that changed. A new value for a key
+    already stored (what a watch event mostly is) changes which records those finds hold in
+    nothing when no key has an odd spelling or host and no record has a group afterwards (at
+    most one had before: no group rule filtered anything): the new record then takes the old
+    one's place in the kept lists that hold it, instead of dropping them (a 100-address name
+    is not read again after one address changed).
 """
 
 from __future__ import annotations
@@ -120,6 +125,7 @@ _KNOWN = _FIELDS == ("host", "port", "priority", "weight", "text", "mail", "ttl"
 _FAST_KEYS = frozenset({"host", "port", "priority", "weight", "ttl"})
 _GROUP = _SHAPE_FIELDS.index("group")
 _scan = json.JSONDecoder().scan_once
+_KEY_OF = operator.attrgetter("key")
 # msg.decode's host rule (an IP address or a host name), for the fast decoder: IPv4 addresses
 # and host names both match msg's name pattern; anything else (IPv6, odd) goes to msg.decode.
 _HOST = getattr(msg, "_HOST_NAME", None)
@@ -1046,8 +1052,19 @@ class Store:
                 logger.debug("skipping bad record at %s: %s", key, exc)
             else:
                 self.bad.pop(key, None)
-                self._t.put(path, host, shape, spelling)
+                table = self._t
+                # rule 14: a new value for a stored path of a plain table without groups
+                # changes no kept find's records but this one (see _changed); with at most
+                # one grouped record before and none after, no group rule filtered anything
+                same = (bool(self._found) and spelling is None and not table.spelling and not table.odd
+                        and table.get(path) is not None)
+                table.put(path, host, shape, spelling)
                 ok = True
+                if same and not table.odd and table.grouped == 0:
+                    self.revision = max(self.revision, revision)
+                    self.generation += 1
+                    self._changed(tuple(path.split(_SEP)), _service(host, shape, key))
+                    return ok
         self.revision = max(self.revision, revision)
         self.generation += 1
         if path is not None:
@@ -1071,13 +1088,27 @@ class Store:
         if self._t.get(path) is not None and self._t.key_of(path, self._head) == key:
             self._t.remove(path)
 
-    def _changed(self, segments: tuple[str, ...] | None) -> None:
+    def _changed(self, segments: tuple[str, ...] | None, record: msg.Service | None = None) -> None:
+        """Tell the hooks; drop the kept finds the change can alter (rule 14), or, for a new
+        ``record`` at a stored path (nothing else changed), put it in their place."""
         found = self._found
         if found:
             # rule 14: what find() returned for the key's path and every path above it
             if segments is None:
                 found.clear()
                 self._found_records = 0
+            elif record is not None:
+                key = record.key
+                path = ""
+                for depth in range(len(segments) + 1):
+                    if depth:
+                        path = path + _SEP + segments[depth - 1] if depth > 1 else segments[0]
+                    kept = found.get(path)
+                    if kept:
+                        for records in kept.values():
+                            keys = list(map(_KEY_OF, records))
+                            if key in keys:
+                                records[keys.index(key)] = record
             else:
                 found.pop("", None)
                 path = ""

@@ -297,13 +297,16 @@ def test_random_history_matches_the_model():
 
 
 
+@pytest.mark.parametrize("groups", [False, True])
 @pytest.mark.parametrize("seed", range(3))
-def test_reads_between_writes_match_the_model(seed):
-    """The read side's caches (split blocks kept across changes) proved by difference: after
-    every put or delete, reads at and around the changed key answer like the model."""
+def test_reads_between_writes_match_the_model(seed, groups):
+    """The read side's caches (split blocks kept across changes, kept finds patched by a new
+    value of a stored key) proved by difference: after every put or delete, reads at and
+    around the changed key answer like the model; with ``groups`` some records carry one."""
     import random
 
     rng = random.Random(300 + seed)
+    grouping = random.Random(400 + seed)
     # seed 0 spells some keys in capitals (records are then built on every read, rule 13)
     labels = ["a", "a-b", "a0", "b", "_tcp", "zed"] + (["Zed"] if seed == 0 else [])
     view = store.Store()
@@ -323,7 +326,8 @@ def test_reads_between_writes_match_the_model(seed):
                 keys.append(key)
             # same host, another shape; another host; a host of one character
             rec = msg.Service(host=rng.choice([f"10.0.{step // 256}.{step % 256}", "10.0.0.1", "x", ""]),
-                              port=rng.choice([0, 80]), text=rng.choice(["", "t"]), key=key)
+                              port=rng.choice([0, 80]), text=rng.choice(["", "t"]), key=key,
+                              group=grouping.choice(["g1", "g2"] + [""] * 20) if groups else "")
             if not rec.host and not rec.text:
                 rec = dataclasses.replace(rec, text="t")
             assert view.put(key, msg.encode(rec).encode(), step)
