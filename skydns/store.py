@@ -80,7 +80,10 @@ Rules of this module:
     nothing when no key has an odd spelling or host and no record has a group afterwards (at
     most one had before: no group rule filtered anything): the new record then takes the old
     one's place in the kept lists that hold it, instead of dropping them (a 100-address name
-    is not read again after one address changed).
+    is not read again after one address changed). exists_path() of a path without wildcards is
+    kept the same way (dropped for the changed key's path and the paths above it, kept when
+    only a stored key's value changed), so the kube2sky mark and the NXDOMAIN/NODATA test cost
+    a dict lookup.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ import array
 import bisect
 import collections
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -992,6 +996,7 @@ class Store:
         # rule 14: find() results of plain paths, path -> {(exact, limit): records}
         self._found: dict[str, dict[tuple[bool, int | None], list[msg.Service]]] = {}
         self._found_records = 0
+        self._exists: dict[str, bool] = {}  # rule 14: exists_path() of plain paths
 
     # -- building -------------------------------------------------------------------------
 
@@ -1092,6 +1097,17 @@ class Store:
         """Tell the hooks; drop the kept finds the change can alter (rule 14), or, for a new
         ``record`` at a stored path (nothing else changed), put it in their place."""
         found = self._found
+        exists = self._exists
+        if exists and record is None:
+            # rule 14: whether anything is at or below the key's path and every path above it
+            if segments is None:
+                exists.clear()
+            else:
+                exists.pop("", None)
+                path = ""
+                for seg in segments:
+                    path = path + _SEP + seg if path else seg
+                    exists.pop(path, None)
         if found:
             # rule 14: what find() returned for the key's path and every path above it
             if segments is None:
@@ -1248,7 +1264,12 @@ class Store:
         """exists() by path segments; with wildcards, any matching name counts."""
         path = _plain(segments)
         if path is not None:
-            return self._t.exists(path)
+            got = self._exists.get(path)
+            if got is None:
+                if len(self._exists) >= _FOUND:
+                    self._exists.clear()
+                got = self._exists[path] = self._t.exists(path)
+            return got
         for _ in self._matches(segments, check=True):
             return True
         return False
@@ -1291,6 +1312,7 @@ class Store:
         return level
 
 
+@functools.lru_cache(maxsize=1 << 12)
 def _plain(segments: tuple[str, ...]) -> str | None:
     """The table path of segments without a wildcard, None when there is a wildcard or a
     segment holds a character no key can hold (NUL, newline)."""
