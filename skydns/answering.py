@@ -965,8 +965,9 @@ def _groups(chosen: list[tuple]) -> dict[str, tuple[list[tuple[str, str]], list[
 # come from the store's kept finds (store rule 14) as the same objects until one changes.
 # tests/skydns/test_answering_fast.py turns it off to compare.
 _MEMO_TARGETS = True
-_TARGETS_KEPT = 256
+_TARGETS_KEPT = 8192  # records held by the entries at most (they are emptied together when full)
 _chosen: dict[tuple, tuple] = {}
+_chosen_records = 0
 
 
 def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
@@ -976,13 +977,16 @@ def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
     prefix = ctx.view.prefix
     default_ttl = settings.ttl
     if _MEMO_TARGETS:
+        global _chosen_records
         key = (qtype, prefix, settings.default_priority, default_ttl, tuple(map(id, records)))
         got = _chosen.get(key)
         if got is None:
-            if len(_chosen) >= _TARGETS_KEPT:
+            if _chosen_records + len(records) > _TARGETS_KEPT:
                 _chosen.clear()
+                _chosen_records = 0
             got = _chosen[key] = (tuple(records),) + _choose(records, qtype, prefix, settings.default_priority,
                                                               default_ttl)
+            _chosen_records += len(records) + 1
         _, chosen, sums, items, names, groups = got
     else:
         chosen, sums, items, names, groups = _choose(records, qtype, prefix, settings.default_priority,

@@ -16,7 +16,8 @@ Rules:
    3a. In front of it, an exact cache keyed by the query's bytes after the ID (so the same name
    spelling, flags and EDNS bytes) holds the already patched answer: a repeated query costs a
    dict lookup and one concatenation of its ID with the stored answer. Filled only from
-   queries ``wire.parse`` accepted; an exact hit whose entry was dropped is a miss.
+   queries ``wire.parse`` accepted; an exact hit whose entry was dropped is a miss, which
+   reuses what the same bytes parsed to (only the ID is read again).
    3c. A miss with a plain query is answered without dnspython: ``answering.plan`` (the same
    semantics as ``answering.answer``) rendered by ``encode``; whatever that renderer does not
    write (other types, truncation, forwarded names, errors) takes the dnspython path.
