@@ -177,6 +177,7 @@ _OWNER = operator.itemgetter(0)
 _TTL = operator.itemgetter(2)
 _RDATA = operator.itemgetter(3)
 _HOST = operator.attrgetter("host")
+_TTL_OF = operator.attrgetter("ttl")
 _KEY = operator.attrgetter("key")
 _GROUP_OF = operator.attrgetter("group")
 _NAME_KIND = msg.HostType.NAME
@@ -800,9 +801,16 @@ def _chase(ctx: _Ctx, owner: str | None, owner_text: str, records: list[msg.Serv
     txt = qtype == _TXT
     default_ttl = settings.ttl  # rrs.ttl, inline: a record's TTL or the default
     if want is not None and _BULK:
-        kinds = list(map(_kind, map(_HOST, records)))
+        hosts = list(map(_HOST, records))
+        kinds = list(map(_kind, hosts))
+        if kinds.count(want) == len(kinds):
+            # addresses of the family asked only (the usual name), in order
+            ttls = list(map(_TTL_OF, records))
+            if 0 in ttls:
+                ttls = [ttl or default_ttl for ttl in ttls]
+            return list(zip(itertools.repeat(owner), itertools.repeat(qtype), ttls, map(_ip, hosts))), None
         if _NAME_KIND not in kinds:
-            # addresses only (the usual name): the records of the family asked, in order
+            # addresses only: the records of the family asked, in order
             return [(owner, qtype, rec.ttl or default_ttl, _ip(rec.host))
                     for rec, kind in zip(records, kinds) if kind is want], None
     out: list[_RR] = []

@@ -352,7 +352,8 @@ def _render(query: wire.Query, result: object, turn: int) -> tuple | None:
                             ends.append(len(out))
                     else:
                         start = len(out)
-                        out += b"".join([head + pack(value) for value in rdatas])
+                        out += head
+                        out += head.join(map(pack, rdatas))
                         step = len(head) + _FIXED[rdtype]
                         if index < 2:
                             ends.extend(range(start + step, len(out) + 1, step))
