@@ -174,6 +174,7 @@ _BULK = True
 _BULK_MIN = 8
 _HEAD = operator.itemgetter(0, 1)
 _OWNER = operator.itemgetter(0)
+_TYPE_AT = operator.itemgetter(1)
 _TTL = operator.itemgetter(2)
 _RDATA = operator.itemgetter(3)
 _HOST = operator.attrgetter("host")
@@ -244,10 +245,12 @@ class Section:
                     return
             elif (len(distinct) == len(heads) and None not in map(_OWNER, heads)
                   and sets.keys().isdisjoint(heads)):
-                # one record per new RRset (the glue of many targets), none owned by the query name
-                sets.update(zip(heads, [[owner, owner, rdtype, ttl, [rdata]]
-                                        for owner, rdtype, ttl, rdata in items]))
-                seen_sets.update(zip(heads, [{rdata} for rdata in map(_RDATA, items)]))
+                # one record per new RRset (the glue of many targets), none owned by the query name:
+                # [owner, owner, rdtype, ttl, [rdata]] and {rdata} per item
+                owners = list(map(_OWNER, items))
+                sets.update(zip(heads, map(list, zip(owners, owners, map(_TYPE_AT, items), map(_TTL, items),
+                                                     map(list, zip(map(_RDATA, items)))))))
+                seen_sets.update(zip(heads, map(set, zip(map(_RDATA, items)))))
                 self.count = count + len(items)
                 return
         for owner, rdtype, ttl, rdata in items:
@@ -1091,11 +1094,16 @@ def _batched(ctx: _Ctx, chosen: list[tuple], groups: dict | None = None) -> dict
                     and not any(map(_GROUP_OF, found))):
                 # no "/" in the rests: each record is a child's only one
                 records = list(map(dict(zip(rests.split("\n"), found)).get, labels))
-                if (_NONE_TYPE not in map(type, records)
-                        and list(map(_kind, map(_HOST, records))).count(_IPV4_KIND) == len(records)):
-                    known.update(zip(targets, [[(target, _A, rec.ttl or default_ttl, _ip(rec.host))]
-                                               for target, rec in zip(targets, records)]))
-                    continue
+                if _NONE_TYPE not in map(type, records):
+                    hosts = list(map(_HOST, records))
+                    if list(map(_kind, hosts)).count(_IPV4_KIND) == len(records):
+                        ttls = list(map(_TTL_OF, records))
+                        if 0 in ttls:
+                            ttls = [ttl or default_ttl for ttl in ttls]
+                        # target -> [(target, A, ttl, address)]
+                        known.update(zip(targets, map(list, zip(zip(targets, itertools.repeat(_A), ttls,
+                                                                    map(_ip, hosts))))))
+                        continue
         cut = len(base)
         by_label: dict[str, list[msg.Service]] = {}
         grouped = False

@@ -434,9 +434,14 @@ def _render(query: wire.Query, result: object, turn: int) -> tuple | None:
 _GLUE_RUN = 8
 _DISPLAY = operator.itemgetter(0)
 _TYPE = operator.itemgetter(2)
+_TTL = operator.itemgetter(3)
 _RDATAS = operator.itemgetter(4)
 _FIRST = operator.itemgetter(0)
 _SECOND = operator.itemgetter(1)
+
+
+def _pack_any(rdtype: int, value: str) -> bytes:
+    return _PACK[rdtype](value)
 
 
 def _glue_run(out: bytearray, table: dict[bytes, int], section: list, extra_ends: list) -> bool:
@@ -461,8 +466,14 @@ def _glue_run(out: bytearray, table: dict[bytes, int], section: list, extra_ends
     if None in pointers or len(new) != len(keys) or not table.keys().isdisjoint(new):
         return False
     links = {pointer: _pointer(pointer) for pointer in set(pointers)}  # usually one suffix
-    records = [chunk + links[pointer] + _rrhead(rdtype, ttl) + _PACK[rdtype](rdatas[0])
-               for (_, chunk), pointer, (_, _, rdtype, ttl, rdatas) in zip(firsts, pointers, section)]
+    types = list(map(_TYPE, section))
+    values = map(_FIRST, map(_RDATAS, section))
+    if types.count(_A) == len(types):
+        packed = map(_packed4, values)
+    else:
+        packed = map(_pack_any, types, values)
+    records = list(map(b"".join, zip(map(_SECOND, firsts), map(links.__getitem__, pointers),
+                                     map(_rrhead, types, map(_TTL, section)), packed)))
     starts = list(itertools.accumulate(map(len, records), initial=len(out)))
     table.update(zip(keys, starts[:bisect.bisect_right(starts, _MAX_POINTER, 0, len(records))]))
     extra_ends.extend(zip(starts[1:], itertools.repeat(1)))
