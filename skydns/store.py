@@ -80,7 +80,8 @@ Rules of this module:
     nothing when no key has an odd spelling or host and no record has a group afterwards (at
     most one had before: no group rule filtered anything): the new record then takes the old
     one's place in the kept lists that hold it, instead of dropping them (a 100-address name
-    is not read again after one address changed). exists_path() of a path without wildcards is
+    is not read again after one address changed), when they were read since the last change
+    (else they are dropped: a name nobody asks for costs one patch, not one per change). exists_path() of a path without wildcards is
     kept the same way (dropped for the changed key's path and the paths above it, kept when
     only a stored key's value changed), so the kube2sky mark and the NXDOMAIN/NODATA test cost
     a dict lookup.
@@ -995,6 +996,7 @@ class Store:
         self._t = _Table()
         # rule 14: find() results of plain paths, path -> {(exact, limit): records}
         self._found: dict[str, dict[tuple[bool, int | None], list[msg.Service]]] = {}
+        self._found_used: set[str] = set()  # paths whose kept finds were read since their last patch
         self._found_records = 0
         self._exists: dict[str, bool] = {}  # rule 14: exists_path() of plain paths
 
@@ -1112,19 +1114,28 @@ class Store:
             # rule 14: what find() returned for the key's path and every path above it
             if segments is None:
                 found.clear()
+                self._found_used.clear()
                 self._found_records = 0
             elif record is not None:
+                # patched where read since the last change, else dropped: a name nobody asks
+                # for costs one patch, not one per change
                 key = record.key
+                used = self._found_used
                 path = ""
                 for depth in range(len(segments) + 1):
                     if depth:
                         path = path + _SEP + segments[depth - 1] if depth > 1 else segments[0]
                     kept = found.get(path)
-                    if kept:
-                        for records in kept.values():
-                            keys = list(map(_KEY_OF, records))
-                            if key in keys:
-                                records[keys.index(key)] = record
+                    if not kept:
+                        continue
+                    if path not in used:
+                        del found[path]
+                        continue
+                    used.discard(path)
+                    for records in kept.values():
+                        keys = list(map(_KEY_OF, records))
+                        if key in keys:
+                            records[keys.index(key)] = record
             else:
                 found.pop("", None)
                 path = ""
@@ -1221,6 +1232,7 @@ class Store:
             if kept is not None:
                 got = kept.get((exact, limit))
                 if got is not None:
+                    self._found_used.add(plain)
                     return list(got)
         # With no grouped records, stopping early cannot change which records survive.
         stop = limit if (limit is not None and table.grouped == 0) else None
@@ -1247,8 +1259,10 @@ class Store:
         if plain is not None:
             if self._found_records + len(found) > _FOUND:
                 self._found.clear()
+                self._found_used.clear()
                 self._found_records = 0
             self._found.setdefault(plain, {})[(exact, limit)] = list(found)
+            self._found_used.add(plain)
             self._found_records += len(found) + 1
         return found
 
