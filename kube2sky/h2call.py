@@ -259,209 +259,264 @@ class _Call:
         self.message: bytes | None = None
 
 
-class Channel(asyncio.Protocol):
-    """Unary calls to one server (rules 1-6). ``await call(path, request, timeout)`` returns
-    the answer's message bytes."""
+class _Connection(asyncio.Protocol):
+    """One HTTP/2 connection and the calls open on it (rules 2-6). A lost connection is never
+    reused: the channel makes a new one (its callbacks cannot touch the new one's state)."""
 
-    def __init__(self, host: str, port: int, context: ssl.SSLContext | None = None, user_agent: str = "kube2sky") -> None:
-        self.host, self.port, self.context = host, port, context
-        self.authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.user_agent = user_agent
-        self._blocks: dict[str, bytes] = {}
-        self._transport: asyncio.Transport | None = None
-        self._connecting: asyncio.Future | None = None
-        self._reset_state()
-
-    def _reset_state(self) -> None:
-        self._parser = Parser()
-        self._calls: dict[int, _Call] = {}
-        self._next = 1
-        self._window = DEFAULT_WINDOW  # the peer's connection window
-        self._stream_window = DEFAULT_WINDOW  # the peer's SETTINGS_INITIAL_WINDOW_SIZE
-        self._max_frame = DEFAULT_FRAME
-        self._max_streams = 2**31
-        self._slot: asyncio.Future | None = None  # wakes callers waiting for a free stream
-        self._topped = 0
+    def __init__(self, context: ssl.SSLContext | None) -> None:
+        self.context = context
+        self.transport: asyncio.Transport | None = None
+        self.closed: str | None = None  # why it ended (no call may start on it any more)
+        self.parser = Parser()
+        self.calls: dict[int, _Call] = {}
+        self.next = 1
+        self.window = DEFAULT_WINDOW  # the peer's connection window
+        self.stream_window = DEFAULT_WINDOW  # the peer's SETTINGS_INITIAL_WINDOW_SIZE
+        self.max_frame = DEFAULT_FRAME
+        self.max_streams = 2**31
+        self.slot: asyncio.Future | None = None  # wakes callers waiting for a free stream
+        self.topped = 0
 
     # ---- asyncio.Protocol
     def connection_made(self, transport) -> None:  # type: ignore[override]
-        self._transport = transport
+        if self.context is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+                self.closed = "the server did not agree to HTTP/2 (ALPN h2)"
+                transport.abort()
+                return
+        self.transport = transport
+        transport.write(preface())  # before anything else can be written (rule 1)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed is not None:
+            return
         try:
-            events = self._parser.feed(data)
+            events = self.parser.feed(data)
         except ProtocolError as exc:
-            self._lost(f"bad HTTP/2 from the server: {exc}")
+            self.lost(f"bad HTTP/2 from the server: {exc}")
             return
         for kind, value in events:
             getattr(self, "_on_" + kind)(value)
-            if self._transport is None:
+            if self.closed is not None:
                 return
-        if self._parser.consumed - self._topped >= _TOP_UP:
-            grown = self._parser.consumed - self._topped
-            self._topped = self._parser.consumed
-            self._write(frame(WINDOW_UPDATE, 0, 0, grown.to_bytes(4, "big")))
+        if self.parser.consumed - self.topped >= _TOP_UP:
+            grown = self.parser.consumed - self.topped
+            self.topped = self.parser.consumed
+            self.write(frame(WINDOW_UPDATE, 0, 0, grown.to_bytes(4, "big")))
 
     def eof_received(self) -> bool:
-        self._lost("the server closed the connection")
+        self.lost("the server closed the connection")
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost(f"connection lost: {exc}" if exc else "the server closed the connection")
+        self.lost(f"connection lost: {exc}" if exc else "the server closed the connection")
 
     # ---- events (rule 4)
     def _on_settings(self, values: dict[int, int]) -> None:
         if INITIAL_WINDOW_SIZE in values:
-            delta = values[INITIAL_WINDOW_SIZE] - self._stream_window
-            self._stream_window = values[INITIAL_WINDOW_SIZE]
-            for call in self._calls.values():
+            delta = values[INITIAL_WINDOW_SIZE] - self.stream_window
+            self.stream_window = values[INITIAL_WINDOW_SIZE]
+            for call in self.calls.values():
                 call.window += delta
-        self._max_frame = values.get(MAX_FRAME_SIZE, self._max_frame)
-        self._max_streams = values.get(MAX_CONCURRENT_STREAMS, self._max_streams)
-        self._write(frame(SETTINGS, ACK, 0))
-        self._pump()
+        self.max_frame = values.get(MAX_FRAME_SIZE, self.max_frame)
+        self.max_streams = values.get(MAX_CONCURRENT_STREAMS, self.max_streams)
+        self.write(frame(SETTINGS, ACK, 0))
+        self.pump()
+        self.free_slot()  # a higher stream limit lets waiting calls start
 
     def _on_ping(self, payload: bytes) -> None:
-        self._write(frame(PING, ACK, 0, payload))
+        self.write(frame(PING, ACK, 0, payload))
 
     def _on_window(self, value: tuple[int, int]) -> None:
         stream, increment = value
         if stream == 0:
-            self._window += increment
-        elif stream in self._calls:
-            self._calls[stream].window += increment
-        self._pump()
+            self.window += increment
+        elif stream in self.calls:
+            self.calls[stream].window += increment
+        self.pump()
 
     def _on_headers(self, value: tuple[int, dict, bool]) -> None:
         stream, fields, end = value
-        call = self._calls.get(stream)
+        call = self.calls.get(stream)
         if call is None:
             return  # a call given up (timeout): its answer is dropped
         if call.headers is None:
             status, kind = fields.get(b":status"), fields.get(b"content-type", b"")
             if status != b"200" or not kind.startswith(b"application/grpc"):
-                self._finish(call, CallError(2, f"HTTP status {_text(status) or 'missing'}, content-type "
-                                                f"{_text(kind)!r}{_detail(fields)}"))
+                self.finish(call, CallError(2, f"HTTP status {_text(status) or 'missing'}, content-type "
+                                               f"{_text(kind)!r}{_detail(fields)}"))
                 return
             call.headers = fields
             if not end:
                 return
         elif not end:
-            self._finish(call, CallError(2, "a second header block that does not end the call"))
+            self.finish(call, CallError(2, "a second header block that does not end the call"))
             return
         status = fields.get(b"grpc-status")
         if status is None or not status.isdigit():
-            self._finish(call, CallError(2, f"no grpc-status in the trailers{_detail(fields)}"))
+            self.finish(call, CallError(2, f"no grpc-status in the trailers{_detail(fields)}"))
         elif status != b"0":
-            self._finish(call, CallError(int(status), _text(fields.get(b"grpc-message"))))
+            self.finish(call, CallError(int(status), _text(fields.get(b"grpc-message"))))
         else:
-            message = self._message(call)
-            self._finish(call, message if isinstance(message, Exception) else None, message)
+            message = _message(call)
+            self.finish(call, message if isinstance(message, Exception) else None, message)
 
     def _on_data(self, value: tuple[int, bytes, bool]) -> None:
         stream, payload, end = value
-        call = self._calls.get(stream)
+        call = self.calls.get(stream)
         if call is None:
             return
         if call.headers is None:
-            self._finish(call, CallError(2, "DATA before the response headers"))
+            self.finish(call, CallError(2, "DATA before the response headers"))
             return
         call.chunks.append(payload)
         if end:
-            self._finish(call, CallError(2, "the answer ended without trailers"))
+            self.finish(call, CallError(2, "the answer ended without trailers"))
 
     def _on_reset(self, value: tuple[int, str]) -> None:
         stream, why = value
-        call = self._calls.get(stream)
+        call = self.calls.get(stream)
         if call is not None:
-            self._finish(call, CallError(14 if why == "REFUSED_STREAM" else 2, f"stream reset by the server ({why})"))
+            self.finish(call, CallError(14 if why == "REFUSED_STREAM" else 2, f"stream reset by the server ({why})"))
 
     def _on_goaway(self, value: tuple[int, str]) -> None:
-        self._lost(f"connection closed by the server ({value[1]})")
+        self.lost(f"connection closed by the server ({value[1]})")
 
-    @staticmethod
-    def _message(call: _Call) -> bytes | Exception:
-        data = b"".join(call.chunks)
-        if len(data) < 5:
-            return CallError(2, "an answer without a message")
-        if data[0]:
-            return CallError(2, f"gRPC message flag {data[0]}: compressed, which was not asked for")
-        length = int.from_bytes(data[1:5], "big")
-        if length + 5 != len(data):
-            return CallError(2, f"an answer of {len(data) - 5} bytes for a message of {length}")
-        return data[5:]
-
-    def _finish(self, call: _Call, error: Exception | None, result: object = None) -> None:
-        self._calls.pop(call.id, None)
+    # ---- calls
+    def finish(self, call: _Call, error: Exception | None, result: object = None) -> None:
+        self.calls.pop(call.id, None)
         if not call.future.done():
             if error is not None:
                 call.future.set_exception(error)
             else:
                 call.future.set_result(result)
-        self._free_slot()
+        self.free_slot()
 
-    def _free_slot(self) -> None:
-        if self._slot is not None and not self._slot.done():
-            self._slot.set_result(None)
-        self._slot = None
+    def free_slot(self) -> None:
+        if self.slot is not None and not self.slot.done():
+            self.slot.set_result(None)
+        self.slot = None
 
-    def _lost(self, why: str) -> None:
-        transport, self._transport = self._transport, None
-        calls = list(self._calls.values())
-        self._free_slot()  # callers waiting for a stream go and connect again
-        self._reset_state()
+    def lost(self, why: str) -> None:
+        if self.closed is None:
+            self.closed = why
+        transport, self.transport = self.transport, None
+        calls, self.calls = list(self.calls.values()), {}
+        self.free_slot()  # callers waiting for a stream go to a new connection
         for call in calls:
             if not call.future.done():
-                call.future.set_exception(ConnectionLost(why))
+                call.future.set_exception(ConnectionLost(self.closed))
         if transport is not None:
             transport.abort()
 
-    # ---- sending (rule 2)
-    def _write(self, data: bytes) -> None:
-        if self._transport is not None and data:
-            self._transport.write(data)
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and data:
+            self.transport.write(data)
 
-    def _pump(self, first: bytes = b"") -> None:
+    def pump(self, first: bytes = b"") -> None:
         """Send ``first`` and what the windows allow of every call's request, in stream order,
-        in one write."""
+        in one write (rule 2)."""
         out = [first]
-        for call in self._calls.values():
+        for call in self.calls.values():
             total = len(call.out)
             while call.sent < total:
-                room = min(self._window, call.window, self._max_frame, total - call.sent)
+                room = min(self.window, call.window, self.max_frame, total - call.sent)
                 if room <= 0:
                     break
                 last = call.sent + room == total
                 out.append(frame(DATA, END_STREAM if last else 0, call.id, bytes(call.out[call.sent:call.sent + room])))
                 call.sent += room
-                self._window -= room
+                self.window -= room
                 call.window -= room
-            if self._window <= 0:
+            if self.window <= 0:
                 break
-        self._write(b"".join(out))
+        self.write(b"".join(out))
 
-    async def _connect(self, timeout: float) -> None:
+    def start(self, block: bytes, request: bytes, future: asyncio.Future) -> int:
+        """Open a stream for a call: its HEADERS and what the windows allow of its DATA."""
+        stream = self.next
+        self.next += 2
+        self.calls[stream] = _Call(stream, b"\0" + len(request).to_bytes(4, "big") + request,
+                                   self.stream_window, future)
+        self.pump(frame(HEADERS, END_HEADERS, stream, block))  # with its first DATA, in one write
+        return stream
+
+    def give_up(self, stream: int) -> None:
+        """A call that will not wait for its answer (rule 6)."""
+        if self.calls.pop(stream, None) is not None:
+            self.write(frame(RST_STREAM, 0, stream, CANCEL.to_bytes(4, "big")))
+            self.free_slot()
+
+    @property
+    def usable(self) -> bool:
+        return self.closed is None and self.transport is not None and self.next <= _LAST_STREAM - 2
+
+
+def _message(call: _Call) -> bytes | Exception:
+    data = b"".join(call.chunks)
+    if len(data) < 5:
+        return CallError(2, "an answer without a message")
+    if data[0]:
+        return CallError(2, f"gRPC message flag {data[0]}: compressed, which was not asked for")
+    length = int.from_bytes(data[1:5], "big")
+    if length + 5 != len(data):
+        return CallError(2, f"an answer of {len(data) - 5} bytes for a message of {length}")
+    return data[5:]
+
+
+class Channel:
+    """Unary calls to one server (rules 1-6): ``await call(path, request, timeout)`` returns
+    the answer's message bytes."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext | None = None,
+                 user_agent: str = "kube2sky") -> None:
+        self.host, self.port, self.context = host, port, context
+        self.authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.user_agent = user_agent
+        self._blocks: dict[str, bytes] = {}
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Future | None = None
+        self._closed = False
+
+    async def _connection(self, deadline: float) -> _Connection:
+        """A usable connection, made when there is none (one attempt at a time)."""
         loop = asyncio.get_running_loop()
-        if self._connecting is None:
-            async def connect() -> None:
-                transport, _ = await loop.create_connection(
-                    lambda: self, self.host, self.port, ssl=self.context,
-                    server_hostname=self.host if self.context is not None else None)
-                if self.context is not None:
-                    ssl_object = transport.get_extra_info("ssl_object")
-                    if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
-                        transport.abort()
-                        raise ConnectionLost("the server did not agree to HTTP/2 (ALPN h2)")
-                self._write(preface())
-            self._connecting = asyncio.ensure_future(connect())
-        connecting = self._connecting
-        try:
-            await asyncio.wait_for(asyncio.shield(connecting), timeout)
-        finally:
-            if connecting.done():
-                self._connecting = None
-                if not connecting.cancelled():
-                    connecting.exception()  # retrieved: the caller gets it from the await above
+        while True:
+            if self._closed:
+                raise ConnectionLost("the channel was closed")
+            conn = self._conn
+            if conn is not None and conn.usable:
+                if len(conn.calls) < conn.max_streams:
+                    return conn
+                if conn.slot is None:
+                    conn.slot = loop.create_future()
+                await asyncio.wait_for(asyncio.shield(conn.slot), max(0.0, deadline - loop.time()))
+                continue
+            if conn is not None:
+                conn.lost(conn.closed or "stream ids used up")  # a new connection starts over at 1
+                self._conn = None
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect())
+            connecting = self._connecting
+            try:
+                await asyncio.wait_for(asyncio.shield(connecting), max(0.0, deadline - loop.time()))
+            finally:
+                if connecting.done() and self._connecting is connecting:
+                    self._connecting = None
+
+    async def _connect(self) -> None:
+        conn = _Connection(self.context)
+        await asyncio.get_running_loop().create_connection(
+            lambda: conn, self.host, self.port, ssl=self.context,
+            server_hostname=self.host if self.context is not None else None)
+        if not conn.usable:
+            conn.lost(conn.closed or "the server closed the connection")
+            raise ConnectionLost(conn.closed or "the server closed the connection")
+        if self._closed:
+            conn.lost("the channel was closed")
+            raise ConnectionLost("the channel was closed")
+        self._conn = conn
 
     async def call(self, path: str, request: bytes, timeout: float) -> bytes:
         """One unary call: the answer's message (rules 4-6).
@@ -471,39 +526,28 @@ class Channel(asyncio.Protocol):
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._transport is None or self._next > _LAST_STREAM - 2 or len(self._calls) >= self._max_streams:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise asyncio.TimeoutError()
-            if self._transport is not None and self._next > _LAST_STREAM - 2:
-                self._lost("stream ids used up")  # a new connection starts over at 1
-            if self._transport is None:
-                await self._connect(left)
-            else:
-                if self._slot is None:
-                    self._slot = loop.create_future()
-                await asyncio.wait_for(asyncio.shield(self._slot), left)
+        conn = await self._connection(deadline)
         block = self._blocks.get(path)
         if block is None:
             block = self._blocks[path] = header_block(
                 self.authority, path, "https" if self.context is not None else "http", self.user_agent)
-        stream = self._next
-        self._next += 2
         future = loop.create_future()
-        call = _Call(stream, b"\0" + len(request).to_bytes(4, "big") + request, self._stream_window, future)
-        self._calls[stream] = call
-        self._pump(frame(HEADERS, END_HEADERS, stream, block))  # with its first DATA, in one write
+        stream = conn.start(block, request, future)
         try:
             return await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
         except (asyncio.TimeoutError, asyncio.CancelledError):
-            if self._calls.pop(stream, None) is not None:  # given up: rule 6
-                self._write(frame(RST_STREAM, 0, stream, CANCEL.to_bytes(4, "big")))
-                self._free_slot()
+            conn.give_up(stream)
             raise
 
     def close(self) -> None:
         """Close the connection; open calls raise ConnectionLost."""
-        self._lost("the channel was closed")
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.lost("the channel was closed")
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
 
 
 def _detail(fields: dict[bytes, bytes]) -> str:

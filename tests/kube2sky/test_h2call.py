@@ -137,7 +137,10 @@ def test_a_call_returns_the_answers_message_and_sends_grpc_headers():
     assert server.connections == 1
 
 
-def test_concurrent_calls_share_the_connection_and_get_their_own_answers():
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_concurrent_calls_share_the_connection_and_get_their_own_answers(loop):
+    """Calls made at once on a new channel: the preface goes first whatever the event loop
+    runs between connecting and the calls (uvloop ran a call before it once)."""
     async def handle(writer, answer, stream, body):
         await asyncio.sleep(0.05 if body == b"slow" else 0)
         writer.write(answer.headers(stream) + answer.message(stream, body * 2, pieces=3) + answer.trailers(stream))
@@ -148,7 +151,23 @@ def test_concurrent_calls_share_the_connection_and_get_their_own_answers():
             got = await asyncio.gather(*(channel.call("/x", body, 5) for body in (b"slow", b"a", b"b", b"c")))
             channel.close()
             return got, server.connections
-    assert run(go()) == ([b"slowslow", b"aa", b"bb", b"cc"], 1)
+    async def staggered():
+        """Calls that start at every step of the connecting (the server checks that the
+        preface comes first on each connection)."""
+        async def later(channel, steps):
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            return await channel.call("/x", bytes([steps]), 5)
+
+        async with Server(echo) as server:
+            channel = h2call.Channel("127.0.0.1", server.port)
+            got = await asyncio.gather(*(later(channel, steps) for steps in range(30)))
+            channel.close()
+            return got, server.connections
+
+    runner = __import__("uvloop").run if loop == "uvloop" else run
+    assert runner(go()) == ([b"slowslow", b"aa", b"bb", b"cc"], 1)
+    assert runner(staggered()) == ([b"re:" + bytes([i]) for i in range(30)], 1)
 
 
 @pytest.mark.parametrize("size", [0, 100, 16_379, 16_380, 70_000, 300_000])
