@@ -37,27 +37,25 @@ import struct
 
 import hpack
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-END_STREAM = 0x1
-ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY_FLAG = 0x20
-# SETTINGS identifiers (RFC 9113 6.5.2)
-HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE = 1, 2, 3, 4, 5
-MAX_WINDOW = 2**31 - 1
-DEFAULT_WINDOW = 65_535
-DEFAULT_FRAME = 16_384
-MAX_HEADER_LIST = 65_536
+# The framing shared with skydns's watch client: constants, frame(), preface() (no push, the
+# largest windows: rule 3), the error names and ProtocolError are skydns.grpcwire's.
+from skydns.grpcwire import (ACK, CONTINUATION, DATA, DEFAULT_WINDOW, END_HEADERS, END_STREAM, ENABLE_PUSH,
+                             GOAWAY, HEADERS, INITIAL_WINDOW_SIZE, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE,
+                             MAX_HEADER_LIST, MAX_WINDOW, PADDED, PREFACE, PRIORITY_FLAG, PUSH_PROMISE,
+                             RST_STREAM, WINDOW_UPDATE, ProtocolError, frame, preface)
+from skydns.grpcwire import MAX_FRAME as DEFAULT_FRAME
+from skydns.grpcwire import PING_FRAME as PING
+from skydns.grpcwire import SETTINGS_FRAME as SETTINGS
+from skydns.grpcwire import _error, _HEAD, _text, _unpad
+
+__all__ = ["ACK", "CONTINUATION", "DATA", "DEFAULT_WINDOW", "END_HEADERS", "END_STREAM", "ENABLE_PUSH", "GOAWAY",
+           "HEADERS", "INITIAL_WINDOW_SIZE", "MAX_CONCURRENT_STREAMS", "MAX_FRAME_SIZE", "MAX_WINDOW", "PADDED",
+           "PING", "PREFACE", "PUSH_PROMISE", "RST_STREAM", "SETTINGS", "WINDOW_UPDATE", "CallError", "Channel",
+           "ConnectionLost", "Parser", "ProtocolError", "frame", "header_block", "preface"]
+
 _TOP_UP = 1 << 30  # received bytes after which the connection window is topped up (rule 3)
 _LAST_STREAM = 2**31 - 1
 CANCEL = 8
-_HEAD = struct.Struct(">I")  # length (24 bits) and type of a frame header
-
-
-class ProtocolError(Exception):
-    """The peer's bytes are not HTTP/2 as this client speaks it (rule 5)."""
 
 
 class ConnectionLost(Exception):
@@ -71,19 +69,6 @@ class CallError(Exception):
         self.status = status
         self.message = message
         super().__init__(f"grpc-status {status}: {message}" if message else f"grpc-status {status}")
-
-
-def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    """One frame: 9-byte header + payload."""
-    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
-
-
-def preface() -> bytes:
-    """Preface, SETTINGS (no push, largest stream window) and the connection window raised to
-    the largest (rule 3)."""
-    settings = struct.pack(">HIHI", ENABLE_PUSH, 0, INITIAL_WINDOW_SIZE, MAX_WINDOW)
-    return PREFACE + frame(SETTINGS, 0, 0, settings) + frame(
-        WINDOW_UPDATE, 0, 0, (MAX_WINDOW - DEFAULT_WINDOW).to_bytes(4, "big"))
 
 
 def header_block(authority: str, path: str, scheme: str, user_agent: str = "kube2sky") -> bytes:
@@ -219,30 +204,6 @@ class Parser:
             raise ProtocolError(f"HPACK: {exc!r}") from exc
 
 
-def _unpad(payload: bytes) -> bytes:
-    if not payload:
-        raise ProtocolError("PADDED frame without a pad length")
-    pad = payload[0]
-    if pad >= len(payload):
-        raise ProtocolError(f"padding of {pad} bytes in a {len(payload)}-byte payload")
-    return payload[1:len(payload) - pad]
-
-
-_ERRORS = {0: "NO_ERROR", 1: "PROTOCOL_ERROR", 2: "INTERNAL_ERROR", 3: "FLOW_CONTROL_ERROR",
-           4: "SETTINGS_TIMEOUT", 5: "STREAM_CLOSED", 6: "FRAME_SIZE_ERROR", 7: "REFUSED_STREAM",
-           8: "CANCEL", 9: "COMPRESSION_ERROR", 10: "CONNECT_ERROR", 11: "ENHANCE_YOUR_CALM",
-           12: "INADEQUATE_SECURITY", 13: "HTTP_1_1_REQUIRED"}
-
-
-def _error(code: bytes) -> str:
-    number = int.from_bytes(code, "big")
-    return _ERRORS.get(number, f"error {number}")
-
-
-def _text(value: bytes | None) -> str:
-    return "" if value is None else value.decode("utf-8", "replace")
-
-
 # -- the connection ------------------------------------------------------------------------------
 
 class _Call:
@@ -344,7 +305,7 @@ class _Connection(asyncio.Protocol):
         if call.headers is None:
             status, kind = fields.get(b":status"), fields.get(b"content-type", b"")
             if status != b"200" or not kind.startswith(b"application/grpc"):
-                self.finish(call, CallError(2, f"HTTP status {_text(status) or 'missing'}, content-type "
+                self.finish(call, CallError(2, f"HTTP status {_text(status or b'') or 'missing'}, content-type "
                                                f"{_text(kind)!r}{_detail(fields)}"))
                 return
             call.headers = fields
@@ -357,7 +318,7 @@ class _Connection(asyncio.Protocol):
         if status is None or not status.isdigit():
             self.finish(call, CallError(2, f"no grpc-status in the trailers{_detail(fields)}"))
         elif status != b"0":
-            self.finish(call, CallError(int(status), _text(fields.get(b"grpc-message"))))
+            self.finish(call, CallError(int(status), _text(fields.get(b"grpc-message", b""))))
         else:
             message = _message(call)
             self.finish(call, message if isinstance(message, Exception) else None, message)
