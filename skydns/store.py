@@ -939,8 +939,9 @@ def _fast_values(values: tuple | list) -> tuple[list[str], list[str | None]]:
         parts = list(map(str.partition, text[len(_FAST_HEAD):].split(_NL_HEAD), itertools.repeat('"')))
         hosts = list(map(_FIRST, parts))
         host_text = _NL.join(hosts)
-        if (_FAST_HOSTS.fullmatch(host_text) is not None and max(map(len, hosts)) <= _HOST_MAX
-                and not _bad_host_names(host_text)):
+        longest = max(map(len, hosts))
+        if (longest <= _HOST_MAX and _FAST_HOSTS.fullmatch(host_text) is not None
+                and not _bad_host_names(host_text, longest)):
             rests: list[str | None] = list(map(_THIRD, parts))
             odd = {rest for rest in set(rests) if _FAST_REST.fullmatch(rest) is None}  # type: ignore[arg-type]
             if odd:  # no closing quote, or not integer fields after it: not the fast form
@@ -965,12 +966,15 @@ def _fast_values(values: tuple | list) -> tuple[list[str], list[str | None]]:
     return hosts, rests
 
 
-def _bad_host_names(text: str) -> bool:
+def _bad_host_names(text: str, longest: int | None = None) -> bool:
     """Whether any of the newline-separated strings of letters, digits, ``_*.-`` (1-253 of
-    them) breaks msg's host name rule: an empty or over-long label (the name may end in a dot)."""
-    return (text[:1] == "." or ".." in text or "\n." in text
-            or (len(text) > 63 and max(map(len, text.split(_NL))) > 63
-                and _LONG_LABEL.search(text) is not None))
+    them) breaks msg's host name rule: an empty or over-long label (the name may end in a dot).
+    ``longest``: the length of the longest string, when the caller knows it."""
+    if text[:1] == "." or ".." in text or "\n." in text:
+        return True
+    if longest is None:
+        longest = max(map(len, text.split(_NL))) if len(text) > 63 else len(text)
+    return longest > 63 and _LONG_LABEL.search(text) is not None
 
 
 def _rest_shape(rest: str) -> Shape | None:
