@@ -5,8 +5,9 @@ Rules of this module:
 1. List, then watch. The prefix is read page by page at one fixed revision (a consistent
    snapshot, even while etcd is being written): the first page at the current revision, the
    others at its revision. Each page is decoded into a new snapshot (``view.begin_replace()``,
-   ``Load.add_columns``) as it arrives, the request for the next one already sent (etcd reads
-   it while skydns decodes), and the snapshot replaces the view whole
+   ``Load.add_columns``, ``_STEP`` keys at a time with a yield to the event loop in between:
+   the old snapshot answers meanwhile) as it arrives, the request for the next one already sent
+   (etcd reads it while skydns decodes), and the snapshot replaces the view whole
    (``view.finish_replace()``). After the first page (``settings.etcd_page_size`` keys) the rest
    comes in about 16 pages, because etcd counts the rest of the range on every request. If
    etcd compacts that revision half-way, the list starts over at once. The watch then starts
@@ -102,6 +103,9 @@ _DEFAULT_PAGE_SIZE = 2000
 # After the first page of a load: about this many more requests, of at most _MAX_PAGE keys
 # (fewer: more memory per page; more: etcd counts the rest of the range once more per page).
 _PAGES = 16
+# Keys decoded between two yields to the event loop (about 15 ms of CPU): a relist's pages do
+# not hold up the answers the old snapshot gives meanwhile.
+_STEP = 4096
 _MAX_PAGE = 100_000
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 _JITTER = 0.2
@@ -611,8 +615,12 @@ class _Mirror:
                 # Ask for the next page before decoding this one: etcd reads it meanwhile.
                 following = self._range(calls, response.kvs[-1].key + b"\0", revision, limit)
             kvs = response.kvs
-            load.add_columns(list(map(_KEY, kvs)), list(map(_VALUE, kvs)))  # bad values: view.bad
+            keys, values = list(map(_KEY, kvs)), list(map(_VALUE, kvs))
             del kvs, response
+            for start in range(0, len(keys), _STEP):  # bad values: view.bad
+                load.add_columns(keys[start:start + _STEP], values[start:start + _STEP])
+                await asyncio.sleep(0)  # the loop reads etcd's next page and answers meanwhile
+            del keys, values
             if following is None:
                 break
             response = await following

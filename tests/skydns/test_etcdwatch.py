@@ -755,3 +755,33 @@ def test_load_pages_at_one_revision(size, page, compact_after):
     assert all(rev == 42 and serializable for _, _, rev, serializable in last[1:])
     limits = {limit for _, limit, _, _ in last[1:]}
     assert all(limit >= page for limit in limits)
+
+
+def test_the_old_snapshot_answers_while_a_load_decodes(monkeypatch):
+    """Rule 1: a page is decoded _STEP keys at a time, the loop runs in between, and the view
+    shows the old snapshot until the new one is whole."""
+    monkeypatch.setattr(etcdwatch, "_STEP", 3)
+    data = {f"/skydns/local/x/k{i:02}".encode(): b'{"host":"10.0.0.1"}' for i in range(20)}
+    view = store.Store.from_records({"/skydns/local/old/a": '{"host":"10.9.0.1"}'}, revision=7)
+    mirror = etcdwatch._Mirror(settings_mod.Settings(etcd_page_size=8), view, None, etcdwatch._Meters(None),
+                               random.Random(1))
+    seen: list[tuple[int, int]] = []
+
+    async def open_calls(endpoint):
+        return FakeCalls(data, 42, [])
+
+    async def watch_the_view():
+        while True:
+            seen.append((len(view), view.revision))
+            await asyncio.sleep(0)
+
+    async def go():
+        watcher = asyncio.ensure_future(watch_the_view())
+        await asyncio.sleep(0)
+        await mirror._load(etcdwatch.Endpoint("127.0.0.1"))
+        watcher.cancel()
+
+    mirror._open_calls = open_calls
+    asyncio.run(go())
+    assert len(seen) >= 20 // 3 and set(seen) == {(1, 7)}
+    assert (len(view), view.revision) == (20, 42)
