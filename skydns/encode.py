@@ -275,6 +275,13 @@ def render(query: wire.Query, result: object, recursion: bool, payload: int, lim
     return variants, (kept,) * count
 
 
+# A negative answer's SOA record as written after a question, by (the question's name in lower
+# case, owner, TTL, MNAME and RNAME, the numbers after the serial): its bytes with the serial
+# zeroed and where the serial is. Compression makes the bytes depend on the question's name
+# only (nothing else is written before it, and nothing after it reads the names it wrote).
+_SOAS: dict[tuple, tuple[bytes, int]] = {}
+
+
 class _Uneven:
     """The marker of a plan whose rotations must be rendered one by one."""
 
@@ -331,6 +338,24 @@ def _render(query: wire.Query, result: object, turn: int) -> tuple | None:
             if index == 2 and len(section) >= _GLUE_RUN and _glue_run(out, table, section, extra_ends):
                 counts[2] += len(section)
                 continue
+            soa = None
+            if (index == 1 and len(section) == 1 and section[0][2] == _SOA and len(section[0][4]) == 1
+                    and not result.answer and not result.additional):  # type: ignore[attr-defined]
+                # a negative answer's lone SOA after the question: the same bytes for every query
+                # of that name spelled alike in letter case, but the serial (_SOAS)
+                display, owner, _, ttl, (value,) = section[0]
+                soa = (query.qname.lower(), owner if display is None else display, ttl, value[:2], value[3:])
+                got = _SOAS.get(soa)
+                if got is not None:
+                    record, at = got
+                    start = len(out)
+                    out += record
+                    out[start + at:start + at + 4] = value[2].to_bytes(4, "big")
+                    serials.append(start + at)
+                    ends.append(len(out))
+                    counts[1] += 1
+                    continue
+                soa_start = len(out)
             for display, owner, rdtype, ttl, rdatas in section:
                 n = len(rdatas)
                 counts[index] += n
@@ -423,6 +448,13 @@ def _render(query: wire.Query, result: object, turn: int) -> tuple | None:
                             ends.append(len(out))
                 if index == 2:
                     extra_ends.append((len(out), n))
+            if soa is not None:
+                if len(_SOAS) >= 4096:
+                    _SOAS.clear()
+                at = serials[-1] - soa_start
+                record = bytearray(out[soa_start:])
+                record[at:at + 4] = bytes(4)
+                _SOAS[soa] = (bytes(record), at)
     except Unsupported:
         return None
     return out, ends, extra_ends, serials, rotating, counts

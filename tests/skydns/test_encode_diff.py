@@ -190,3 +190,21 @@ def test_ipv4_packing_is_as_strict_as_ipaddress():
             got = None
         assert got == want, text
         assert answering._plain_ipv4(text) is (want is not None), text
+
+
+@pytest.mark.parametrize("qname", ["gone.ns.svc.cluster.local.", "GONE.ns.svc.cluster.local.", "x.cluster.local."])
+def test_negative_soa_written_again_like_dnspython(qname):
+    """A negative answer's SOA (kept as bytes after its first rendering, the serial written in)
+    is what dnspython renders, for other serials and TTLs, and with records after it that
+    compress against the names it wrote."""
+    settings = settings_mod.Settings(domains=("cluster.local.",))
+    data = dns.message.make_query(qname, "A", use_edns=0).to_wire()
+    query = wire.parse(data)
+    for serial, ttl, glue in [(7, 30, False), (8, 30, False), (2**32 - 1, 5, False), (9, 30, True), (10, 30, False)]:
+        soa = ("ns.dns.cluster.local.", "hostmaster.cluster.local.", serial, 7200, 1800, 86400, ttl)
+        result = answering.Plan(rcode=3, authority=[["cluster.local.", "cluster.local.", 6, ttl, [soa]]],
+                                additional=[["ns.dns.cluster.local.", "ns.dns.cluster.local.", 1, 30, ["10.0.0.53"]]]
+                                if glue else [])
+        got = encode.render(query, result, False, settings.edns_payload, 65535, 1)
+        want = transport.render(answering.to_message(dns.message.from_wire(data), result, settings), 65535)
+        assert got == ([want], (tuple(wire.soa_serial_offsets(want)),)), (qname, serial, glue)
