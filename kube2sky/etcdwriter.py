@@ -330,6 +330,8 @@ class Etcd:
         hint = ""
         if isinstance(err, aetcd.rpc.AioRpcError) and (self.tls or self.endpoints[self._index].tls):
             hint = _tls_hint(f"{err.details()} {err.debug_error_string()}")
+        elif isinstance(err, ssl.SSLError):  # the transactions' own TLS connection (h2call)
+            hint = _tls_hint(str(err))
         return EtcdError(f"etcd {self.endpoint} {what}: {text[:300]}{hint}")
 
     async def reset(self) -> None:
