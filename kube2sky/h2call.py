@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import struct
 
 import hpack
 
@@ -41,12 +40,12 @@ import hpack
 # largest windows: rule 3), the error names and ProtocolError are skydns.grpcwire's.
 from skydns.grpcwire import (ACK, CONTINUATION, DATA, DEFAULT_WINDOW, END_HEADERS, END_STREAM, ENABLE_PUSH,
                              GOAWAY, HEADERS, INITIAL_WINDOW_SIZE, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE,
-                             MAX_HEADER_LIST, MAX_WINDOW, PADDED, PREFACE, PRIORITY_FLAG, PUSH_PROMISE,
+                             MAX_HEADER_LIST, MAX_WINDOW, PADDED, PREFACE, PUSH_PROMISE,
                              RST_STREAM, WINDOW_UPDATE, ProtocolError, frame, preface)
 from skydns.grpcwire import MAX_FRAME as DEFAULT_FRAME
 from skydns.grpcwire import PING_FRAME as PING
 from skydns.grpcwire import SETTINGS_FRAME as SETTINGS
-from skydns.grpcwire import _error, _HEAD, _text, _unpad
+from skydns.grpcwire import _HEAD, _text, _unpad, control_frame, goaway, header_fragment, reset_error
 
 __all__ = ["ACK", "CONTINUATION", "DATA", "DEFAULT_WINDOW", "END_HEADERS", "END_STREAM", "ENABLE_PUSH", "GOAWAY",
            "HEADERS", "INITIAL_WINDOW_SIZE", "MAX_CONCURRENT_STREAMS", "MAX_FRAME_SIZE", "MAX_WINDOW", "PADDED",
@@ -134,12 +133,7 @@ class Parser:
         elif kind == HEADERS:
             if stream == 0:
                 raise ProtocolError("HEADERS on stream 0")
-            if flags & PADDED:
-                payload = _unpad(payload)
-            if flags & PRIORITY_FLAG:
-                if len(payload) < 5:
-                    raise ProtocolError("HEADERS too short for its priority fields")
-                payload = payload[5:]
+            payload = header_fragment(flags, payload)
             self._block_end = bool(flags & END_STREAM)
             if flags & END_HEADERS:
                 out.append(("headers", (stream, self._decode(payload), self._block_end)))
@@ -154,45 +148,12 @@ class Parser:
             if flags & END_HEADERS:
                 block, self._block = bytes(self._block), None
                 out.append(("headers", (stream, self._decode(block), self._block_end)))
-        elif kind == SETTINGS:
-            if stream != 0:
-                raise ProtocolError("SETTINGS on a stream")
-            if flags & ACK:
-                if payload:
-                    raise ProtocolError("SETTINGS acknowledgement with a payload")
-                return
-            if len(payload) % 6:
-                raise ProtocolError(f"SETTINGS of {len(payload)} bytes, not a multiple of 6")
-            values = dict(struct.iter_unpack(">HI", payload))
-            if values.get(INITIAL_WINDOW_SIZE, 0) > MAX_WINDOW:
-                raise ProtocolError("SETTINGS_INITIAL_WINDOW_SIZE above 2**31-1")
-            if not DEFAULT_FRAME <= values.get(MAX_FRAME_SIZE, DEFAULT_FRAME) <= 2**24 - 1:
-                raise ProtocolError(f"SETTINGS_MAX_FRAME_SIZE {values[MAX_FRAME_SIZE]} out of range")
-            out.append(("settings", values))
-        elif kind == PING:
-            if stream != 0 or len(payload) != 8:
-                raise ProtocolError("PING must be 8 bytes on stream 0")
-            if not flags & ACK:
-                out.append(("ping", payload))
-        elif kind == WINDOW_UPDATE:
-            if len(payload) != 4:
-                raise ProtocolError(f"WINDOW_UPDATE of {len(payload)} bytes")
-            increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
-            if increment == 0:
-                raise ProtocolError("WINDOW_UPDATE of 0")
-            out.append(("window", (stream, increment)))
+        elif control_frame(kind, flags, stream, payload, out):
+            pass
         elif kind == RST_STREAM:
-            if len(payload) != 4 or stream == 0:
-                raise ProtocolError("RST_STREAM must be 4 bytes on a stream")
-            out.append(("reset", (stream, _error(payload))))
+            out.append(("reset", (stream, reset_error(stream, payload))))
         elif kind == GOAWAY:
-            if len(payload) < 8 or stream != 0:
-                raise ProtocolError("GOAWAY must be 8 bytes or more on stream 0")
-            debug = payload[8:].decode("utf-8", "replace").strip()
-            last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
-            out.append(("goaway", (last, f"GOAWAY {_error(payload[4:8])}{': ' + debug if debug else ''}")))
-        elif kind == PUSH_PROMISE:
-            raise ProtocolError("PUSH_PROMISE, but push is disabled")
+            out.append(("goaway", goaway(stream, payload)))
         # PRIORITY and unknown kinds: skipped (RFC 9113 5.5)
 
     def _decode(self, block: bytes) -> dict[bytes, bytes]:

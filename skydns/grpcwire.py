@@ -34,11 +34,14 @@ Rules of this module:
    connection usable for ``next_call()`` (``Decoder.reusable``).
 5. Anything malformed raises ``ProtocolError`` with what was wrong and nothing else is
    returned: a frame longer than the announced maximum, bad padding, a SETTINGS or PING or
-   WINDOW_UPDATE of the wrong size or stream, a zero window increment, DATA or HEADERS for a
+   WINDOW_UPDATE of the wrong size or stream, a SETTINGS_MAX_FRAME_SIZE out of range, a zero
+   window increment, DATA or HEADERS for a
    stream other than the call's, a header block interrupted before CONTINUATION ends it, PUSH_PROMISE
    (push is disabled), an HPACK error, response headers that are not ``:status 200`` and
    ``application/grpc``, a compressed gRPC message (none was asked for), a message before
-   the response headers. PRIORITY and unknown frame types are skipped (RFC 9113 5.5).
+   the response headers. PRIORITY and unknown frame types are skipped (RFC 9113 5.5). The
+   checks that do not depend on the call (``header_fragment``, ``control_frame``,
+   ``reset_error``, ``goaway``) are shared with kube2sky's transactions (``kube2sky.h2call``).
 6. Header blocks go through one HPACK decoder for the whole connection (its dynamic table
    is connection state), capped at ``MAX_HEADER_LIST`` bytes.
 """
@@ -226,12 +229,7 @@ class Decoder:
                 self._end("stream ended without trailers", out)
         elif kind == HEADERS:
             self._stream_frame(stream, "HEADERS")
-            if flags & PADDED:
-                payload = _unpad(payload)
-            if flags & PRIORITY_FLAG:
-                if len(payload) < 5:
-                    raise ProtocolError("HEADERS too short for its priority fields")
-                payload = payload[5:]
+            payload = header_fragment(flags, payload)
             self._block_end = bool(flags & END_STREAM)
             if flags & END_HEADERS:
                 self._headers(bytes(payload), self._block_end, out)
@@ -246,46 +244,13 @@ class Decoder:
             if flags & END_HEADERS:
                 block, self._block = bytes(self._block), None
                 self._headers(block, self._block_end, out)
-        elif kind == SETTINGS_FRAME:
-            if stream != 0:
-                raise ProtocolError("SETTINGS on a stream")
-            if flags & ACK:
-                if payload:
-                    raise ProtocolError("SETTINGS acknowledgement with a payload")
-                return
-            if len(payload) % 6:
-                raise ProtocolError(f"SETTINGS of {len(payload)} bytes, not a multiple of 6")
-            values = dict(struct.iter_unpack(">HI", payload))
-            if values.get(INITIAL_WINDOW_SIZE, 0) > MAX_WINDOW:
-                raise ProtocolError("SETTINGS_INITIAL_WINDOW_SIZE above 2**31-1")
-            if HEADER_TABLE_SIZE in values:
-                pass  # the size of *our* encoder's table: it indexes nothing
-            out.append((SETTINGS, values))
-        elif kind == PING_FRAME:
-            if stream != 0 or len(payload) != 8:
-                raise ProtocolError("PING must be 8 bytes on stream 0")
-            if not flags & ACK:
-                out.append((PING, bytes(payload)))
-        elif kind == WINDOW_UPDATE:
-            if len(payload) != 4:
-                raise ProtocolError(f"WINDOW_UPDATE of {len(payload)} bytes")
-            increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
-            if increment == 0:
-                raise ProtocolError("WINDOW_UPDATE of 0")
-            out.append((WINDOW, (stream, increment)))
+        elif control_frame(kind, flags, stream, payload, out):
+            pass
         elif kind == RST_STREAM:
-            if len(payload) != 4 or stream == 0:
-                raise ProtocolError("RST_STREAM must be 4 bytes on a stream")
-            if stream == self.stream:
+            if reset_error(stream, payload) and stream == self.stream:
                 self._end(f"stream reset by etcd ({_error(payload)})", out)
         elif kind == GOAWAY:
-            if len(payload) < 8 or stream != 0:
-                raise ProtocolError("GOAWAY must be 8 bytes or more on stream 0")
-            debug = bytes(payload[8:]).decode("utf-8", "replace").strip()
-            self._end(f"connection closed by etcd (GOAWAY {_error(payload[4:8])}"
-                      f"{': ' + debug if debug else ''})", out)
-        elif kind == PUSH_PROMISE:
-            raise ProtocolError("PUSH_PROMISE, but push is disabled")
+            self._end(f"connection closed by etcd ({goaway(stream, payload)[1]})", out)
         # PRIORITY and unknown kinds: skipped (rule 5)
 
     def _stream_frame(self, stream: int, what: str) -> None:
@@ -342,6 +307,74 @@ class Decoder:
     def _end(self, why: str, out: list) -> None:
         self.ended = True
         out.append((END, why))
+
+
+# -- frame checks shared with kube2sky.h2call (any stream, any call) -------------------------------
+
+def header_fragment(flags: int, payload: bytes) -> bytes:
+    """A HEADERS frame's header block fragment: padding and priority fields taken off."""
+    if flags & PADDED:
+        payload = _unpad(payload)
+    if flags & PRIORITY_FLAG:
+        if len(payload) < 5:
+            raise ProtocolError("HEADERS too short for its priority fields")
+        payload = payload[5:]
+    return payload
+
+
+def control_frame(kind: int, flags: int, stream: int, payload: bytes, out: list) -> bool:
+    """SETTINGS, PING, WINDOW_UPDATE and PUSH_PROMISE, checked (rule 5); what the caller must
+    answer or apply is appended to ``out`` (SETTINGS, PING, WINDOW events). False for any
+    other kind of frame."""
+    if kind == SETTINGS_FRAME:
+        if stream != 0:
+            raise ProtocolError("SETTINGS on a stream")
+        if flags & ACK:
+            if payload:
+                raise ProtocolError("SETTINGS acknowledgement with a payload")
+            return True
+        if len(payload) % 6:
+            raise ProtocolError(f"SETTINGS of {len(payload)} bytes, not a multiple of 6")
+        values = dict(struct.iter_unpack(">HI", payload))
+        if values.get(INITIAL_WINDOW_SIZE, 0) > MAX_WINDOW:
+            raise ProtocolError("SETTINGS_INITIAL_WINDOW_SIZE above 2**31-1")
+        if not MAX_FRAME <= values.get(MAX_FRAME_SIZE, MAX_FRAME) <= 2**24 - 1:
+            raise ProtocolError(f"SETTINGS_MAX_FRAME_SIZE {values[MAX_FRAME_SIZE]} out of range")
+        # HEADER_TABLE_SIZE is the size of *our* encoder's table: it indexes nothing
+        out.append((SETTINGS, values))
+    elif kind == PING_FRAME:
+        if stream != 0 or len(payload) != 8:
+            raise ProtocolError("PING must be 8 bytes on stream 0")
+        if not flags & ACK:
+            out.append((PING, bytes(payload)))
+    elif kind == WINDOW_UPDATE:
+        if len(payload) != 4:
+            raise ProtocolError(f"WINDOW_UPDATE of {len(payload)} bytes")
+        increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+        if increment == 0:
+            raise ProtocolError("WINDOW_UPDATE of 0")
+        out.append((WINDOW, (stream, increment)))
+    elif kind == PUSH_PROMISE:
+        raise ProtocolError("PUSH_PROMISE, but push is disabled")
+    else:
+        return False
+    return True
+
+
+def reset_error(stream: int, payload: bytes) -> str:
+    """The error name of a RST_STREAM frame (checked)."""
+    if len(payload) != 4 or stream == 0:
+        raise ProtocolError("RST_STREAM must be 4 bytes on a stream")
+    return _error(payload)
+
+
+def goaway(stream: int, payload: bytes) -> tuple[int, str]:
+    """(last stream id, "GOAWAY <error>[: <debug text>]") of a GOAWAY frame (checked)."""
+    if len(payload) < 8 or stream != 0:
+        raise ProtocolError("GOAWAY must be 8 bytes or more on stream 0")
+    debug = bytes(payload[8:]).decode("utf-8", "replace").strip()
+    last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+    return last, f"GOAWAY {_error(payload[4:8])}{': ' + debug if debug else ''}"
 
 
 def _unpad(payload: bytes) -> bytes:
