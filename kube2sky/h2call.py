@@ -45,7 +45,7 @@ from skydns.grpcwire import (ACK, CONTINUATION, DATA, DEFAULT_WINDOW, END_HEADER
 from skydns.grpcwire import MAX_FRAME as DEFAULT_FRAME
 from skydns.grpcwire import PING_FRAME as PING
 from skydns.grpcwire import SETTINGS_FRAME as SETTINGS
-from skydns.grpcwire import _HEAD, _text, _unpad, control_frame, goaway, header_fragment, reset_error
+from skydns.grpcwire import _text, _unpad, control_frame, goaway, header_fragment, next_frame, reset_error
 
 __all__ = ["ACK", "CONTINUATION", "DATA", "DEFAULT_WINDOW", "END_HEADERS", "END_STREAM", "ENABLE_PUSH", "GOAWAY",
            "HEADERS", "INITIAL_WINDOW_SIZE", "MAX_CONCURRENT_STREAMS", "MAX_FRAME_SIZE", "MAX_WINDOW", "PADDED",
@@ -103,19 +103,9 @@ class Parser:
         buf = self._buf + data if self._buf else data
         size = len(buf)
         at = 0
-        while size - at >= 9:
-            word, = _HEAD.unpack_from(buf, at)
-            length = word >> 8
-            if length > DEFAULT_FRAME:
-                raise ProtocolError(f"frame of {length} bytes, more than the {DEFAULT_FRAME} allowed")
-            end = at + 9 + length
-            if end > size:
-                break
-            kind = word & 0xFF
-            flags = buf[at + 4]
-            stream = int.from_bytes(buf[at + 5:at + 9], "big") & 0x7FFFFFFF
-            payload = bytes(buf[at + 9:end])
-            at = end
+        while (found := next_frame(buf, at)) is not None:
+            kind, flags, stream, payload, at = found
+            payload = bytes(payload)
             if self._block is not None and kind != CONTINUATION:
                 raise ProtocolError("a header block was interrupted before its end")
             self._frame(kind, flags, stream, payload, out)

@@ -40,7 +40,7 @@ Rules of this module:
    (push is disabled), an HPACK error, response headers that are not ``:status 200`` and
    ``application/grpc``, a compressed gRPC message (none was asked for), a message before
    the response headers. PRIORITY and unknown frame types are skipped (RFC 9113 5.5). The
-   checks that do not depend on the call (``header_fragment``, ``control_frame``,
+   checks that do not depend on the call (``next_frame``, ``header_fragment``, ``control_frame``,
    ``reset_error``, ``goaway``) are shared with kube2sky's transactions (``kube2sky.h2call``).
 6. Header blocks go through one HPACK decoder for the whole connection (its dynamic table
    is connection state), capped at ``MAX_HEADER_LIST`` bytes.
@@ -193,19 +193,8 @@ class Decoder:
         buf = self._buf + data if self._buf else data
         size = len(buf)
         at = 0
-        while size - at >= 9:
-            word, = _HEAD.unpack_from(buf, at)
-            length = word >> 8
-            if length > MAX_FRAME:
-                raise ProtocolError(f"frame of {length} bytes, more than the {MAX_FRAME} announced")
-            end = at + 9 + length
-            if end > size:
-                break
-            kind = word & 0xFF
-            flags = buf[at + 4]
-            stream = int.from_bytes(buf[at + 5:at + 9], "big") & 0x7FFFFFFF
-            payload = buf[at + 9:end]
-            at = end
+        while (found := next_frame(buf, at)) is not None:
+            kind, flags, stream, payload, at = found
             if self._block is not None and kind != CONTINUATION:
                 raise ProtocolError("a header block was interrupted before its end")
             self._frame(kind, flags, stream, payload, out)
@@ -310,6 +299,21 @@ class Decoder:
 
 
 # -- frame checks shared with kube2sky.h2call (any stream, any call) -------------------------------
+
+def next_frame(buf: bytes, at: int) -> tuple[int, int, int, bytes, int] | None:
+    """The frame starting at ``at`` in buf as (type, flags, stream, payload, where the next one
+    starts); None while it is incomplete. ProtocolError for a frame over MAX_FRAME (rule 2)."""
+    if len(buf) - at < 9:
+        return None
+    word, = _HEAD.unpack_from(buf, at)
+    length = word >> 8
+    if length > MAX_FRAME:
+        raise ProtocolError(f"frame of {length} bytes, more than the {MAX_FRAME} announced")
+    end = at + 9 + length
+    if end > len(buf):
+        return None
+    return word & 0xFF, buf[at + 4], int.from_bytes(buf[at + 5:at + 9], "big") & 0x7FFFFFFF, buf[at + 9:end], end
+
 
 def header_fragment(flags: int, payload: bytes) -> bytes:
     """A HEADERS frame's header block fragment: padding and priority fields taken off."""
