@@ -772,7 +772,70 @@ class _Mirror:
 _WATCH_PATH = "/etcdserverpb.Watch/Watch"
 
 
-class _Stream(asyncio.Protocol):
+class _Connection(asyncio.Protocol):
+    """What the watch's and the load's HTTP/2 connections (skydns.grpcwire) share: etcd's
+    flow-control windows and settings, the acknowledgements, the connection window given back.
+    A subclass sends what waits for window in ``_flush`` and ends in ``_end``."""
+
+    def __init__(self) -> None:
+        self._decoder = grpcwire.Decoder()
+        self._transport: asyncio.Transport | None = None
+        self._window = grpcwire.DEFAULT_WINDOW  # what etcd lets us send on the connection
+        self._initial = grpcwire.DEFAULT_WINDOW  # ... on a new stream (SETTINGS_INITIAL_WINDOW_SIZE)
+        self._stream_window = grpcwire.DEFAULT_WINDOW  # ... on the call's stream
+        self._returned = 0  # bytes consumed that WINDOW_UPDATEs gave back
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def eof_received(self) -> bool | None:
+        return None  # close; connection_lost says so
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(StreamEnded(f"connection to etcd lost{': ' + str(exc) if exc else ''}"))
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+    def _end(self, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    def _connection_event(self, kind: str, value: object) -> bool:
+        """A SETTINGS, PING or WINDOW event applied and acknowledged (then whatever waited for
+        window is sent); False for the call's own events (MESSAGE, END)."""
+        if kind == grpcwire.SETTINGS:
+            initial = value.get(grpcwire.INITIAL_WINDOW_SIZE)  # type: ignore[attr-defined]
+            if initial is not None:
+                self._stream_window += initial - self._initial
+                self._initial = initial
+            self._transport.write(grpcwire.settings_ack())  # type: ignore[union-attr]
+            self._flush()
+        elif kind == grpcwire.PING:
+            self._transport.write(grpcwire.ping_ack(value))  # type: ignore[union-attr,arg-type]
+        elif kind == grpcwire.WINDOW:
+            stream, increment = value  # type: ignore[misc]
+            if stream == 0:
+                self._window += increment
+            elif stream == self._decoder.stream:
+                self._stream_window += increment
+            self._flush()
+        else:
+            return False
+        return True
+
+    def _give_back(self, also_stream: bool = False) -> None:
+        """Return what was read to the connection's window once half of it is used (and to the
+        call's stream's, ``also_stream``: a unary call's stream never uses up the largest)."""
+        taken = self._decoder.consumed - self._returned
+        if taken >= grpcwire.MAX_WINDOW // 2:
+            self._returned += taken
+            update = grpcwire.window_update(0, taken)
+            if also_stream:
+                update += grpcwire.window_update(self._decoder.stream, taken)
+            self._transport.write(update)  # type: ignore[union-attr]
+
+
+class _Stream(_Connection):
     """etcd's Watch call on its own HTTP/2 connection (skydns.grpcwire): each response is
     decoded and handed to ``on_response`` right in ``data_received``, in order.
 
@@ -782,20 +845,12 @@ class _Stream(asyncio.Protocol):
     """
 
     def __init__(self, on_response: Callable[[pb.WatchResponse], None], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
         self._on_response = on_response
         self._loop = loop
-        self._decoder = grpcwire.Decoder()
-        self._transport: asyncio.Transport | None = None
         self.ended: asyncio.Future = loop.create_future()
         self.last_read = loop.time()
-        self._window = grpcwire.DEFAULT_WINDOW  # what etcd lets us send on the connection
-        self._stream_window = grpcwire.DEFAULT_WINDOW  # ... and on the stream
-        self._initial = grpcwire.DEFAULT_WINDOW  # etcd's SETTINGS_INITIAL_WINDOW_SIZE
         self._blocked: list[bytes] = []
-        self._returned = 0  # bytes consumed that WINDOW_UPDATEs gave back
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self.ended.done():
@@ -809,37 +864,11 @@ class _Stream(asyncio.Protocol):
                     except protobuf_message.DecodeError as exc:
                         raise grpcwire.ProtocolError(f"not a WatchResponse: {exc}") from exc
                     self._on_response(response)
-                elif kind == grpcwire.SETTINGS:
-                    initial = value.get(grpcwire.INITIAL_WINDOW_SIZE)  # type: ignore[union-attr]
-                    if initial is not None:
-                        self._stream_window += initial - self._initial
-                        self._initial = initial
-                    self._transport.write(grpcwire.settings_ack())  # type: ignore[union-attr]
-                    self._flush()
-                elif kind == grpcwire.PING:
-                    self._transport.write(grpcwire.ping_ack(value))  # type: ignore[union-attr,arg-type]
-                elif kind == grpcwire.WINDOW:
-                    stream, increment = value  # type: ignore[misc]
-                    if stream == 0:
-                        self._window += increment
-                    elif stream == grpcwire.STREAM:
-                        self._stream_window += increment
-                    self._flush()
-                else:  # END
+                elif not self._connection_event(kind, value):  # END
                     raise StreamEnded(str(value))
-            taken = self._decoder.consumed - self._returned
-            if taken >= grpcwire.MAX_WINDOW // 2:
-                self._returned += taken
-                self._transport.write(grpcwire.window_update(0, taken)  # type: ignore[union-attr]
-                                      + grpcwire.window_update(grpcwire.STREAM, taken))
+            self._give_back(also_stream=True)  # the watch's stream lives as long as the connection
         except Exception as exc:  # noqa: BLE001 - every end of the call goes to ended
             self._end(exc)
-
-    def eof_received(self) -> bool | None:
-        return None  # close; connection_lost says so
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._end(StreamEnded(f"connection to etcd lost{': ' + str(exc) if exc else ''}"))
 
     def send(self, request: pb.WatchRequest) -> None:
         """Write one request message (queued while etcd's windows are too small)."""
@@ -894,7 +923,7 @@ async def _connect(endpoint: Endpoint, context: ssl.SSLContext | None, factory: 
     return transport, protocol
 
 
-class _Calls(asyncio.Protocol):
+class _Calls(_Connection):
     """Unary gRPC calls (Range), one at a time, on an HTTP/2 connection of their own
     (skydns.grpcwire): ``call()`` sends the request at once and returns the future of the
     answer's message bytes; etcd's answer is collected by ``data_received`` meanwhile.
@@ -905,23 +934,15 @@ class _Calls(asyncio.Protocol):
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
         self._loop = loop
-        self._decoder = grpcwire.Decoder()
-        self._transport: asyncio.Transport | None = None
         self._authority = ""
         self._scheme = "http"
-        self._window = grpcwire.DEFAULT_WINDOW  # what etcd lets us send on the connection
-        self._initial = grpcwire.DEFAULT_WINDOW  # ... on a new stream (SETTINGS_INITIAL_WINDOW_SIZE)
-        self._stream_window = grpcwire.DEFAULT_WINDOW
         self._blocked: bytes | None = None  # the request message waiting for window
-        self._returned = 0  # bytes consumed that WINDOW_UPDATEs gave back
         self._calls = 0
         self._reply: asyncio.Future | None = None
         self._answer: bytes | None = None
         self._lost: BaseException | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
 
     def start(self, endpoint: Endpoint, tls: bool) -> None:
         """Write the connection preface (before the first call)."""
@@ -957,10 +978,7 @@ class _Calls(asyncio.Protocol):
             return
         try:
             self._take(self._decoder.feed(data))
-            taken = self._decoder.consumed - self._returned
-            if taken >= grpcwire.MAX_WINDOW // 2:  # the connection's window; each stream has the largest
-                self._returned += taken
-                self._transport.write(grpcwire.window_update(0, taken))  # type: ignore[union-attr]
+            self._give_back()
         except Exception as exc:  # noqa: BLE001 - every end goes to the call
             self._end(exc)
 
@@ -970,22 +988,8 @@ class _Calls(asyncio.Protocol):
                 if self._answer is not None:
                     raise grpcwire.ProtocolError("a second answer to a unary call")
                 self._answer = value  # type: ignore[assignment]
-            elif kind == grpcwire.SETTINGS:
-                initial = value.get(grpcwire.INITIAL_WINDOW_SIZE)  # type: ignore[union-attr]
-                if initial is not None:
-                    self._stream_window += initial - self._initial
-                    self._initial = initial
-                self._transport.write(grpcwire.settings_ack())  # type: ignore[union-attr]
-                self._flush()
-            elif kind == grpcwire.PING:
-                self._transport.write(grpcwire.ping_ack(value))  # type: ignore[union-attr,arg-type]
-            elif kind == grpcwire.WINDOW:
-                stream, increment = value  # type: ignore[misc]
-                if stream == 0:
-                    self._window += increment
-                elif stream == self._decoder.stream:
-                    self._stream_window += increment
-                self._flush()
+            elif self._connection_event(kind, value):
+                pass
             elif not self._decoder.reusable:  # END: reset, GOAWAY, no trailers
                 raise StreamEnded(str(value))
             else:  # END by trailers
@@ -1011,12 +1015,6 @@ class _Calls(asyncio.Protocol):
         self._stream_window -= size
         self._blocked = None
         self._transport.write(request)
-
-    def eof_received(self) -> bool | None:
-        return None  # close; connection_lost says so
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._end(StreamEnded(f"connection to etcd lost{': ' + str(exc) if exc else ''}"))
 
     def _end(self, exc: BaseException) -> None:
         if self._lost is None:
