@@ -920,6 +920,15 @@ class Load:
         self._table.extend(entries)
 
 
+def _drop_path_and_above(kept: dict, segments: tuple[str, ...]) -> None:
+    """Forget what ``kept`` holds for the path of segments and every path above it (rule 14)."""
+    kept.pop("", None)
+    path = ""
+    for seg in segments:
+        path = path + _SEP + seg if path else seg
+        kept.pop(path, None)
+
+
 def _fast_values(values: tuple | list) -> tuple[list[str], list[str | None]]:
     """(hosts, rests) of a batch's values in kube2sky's form; rest None (host "") for a value
     that is not (rule 12).
@@ -949,8 +958,14 @@ def _fast_values(values: tuple | list) -> tuple[list[str], list[str | None]]:
                     hosts[i] = ""
                     rests[i] = None
             return hosts, rests
-    hosts = []
-    rests = []
+    return _values_one_by_one(values)
+
+
+def _values_one_by_one(values: tuple | list) -> tuple[list[str], list[str | None]]:
+    """:func:`_fast_values` the plain way, _FAST_ONE over each value: what a batch not all in
+    kube2sky's form goes through, and the reference its batched path is tested against."""
+    hosts: list[str] = []
+    rests: list[str | None] = []
     for value in values:
         match = None
         try:
@@ -1109,11 +1124,7 @@ class Store:
             if segments is None:
                 exists.clear()
             else:
-                exists.pop("", None)
-                path = ""
-                for seg in segments:
-                    path = path + _SEP + seg if path else seg
-                    exists.pop(path, None)
+                _drop_path_and_above(exists, segments)
         if found:
             # rule 14: what find() returned for the key's path and every path above it
             if segments is None:
@@ -1141,11 +1152,7 @@ class Store:
                         if key in keys:
                             records[keys.index(key)] = record
             else:
-                found.pop("", None)
-                path = ""
-                for seg in segments:
-                    path = path + _SEP + seg if path else seg
-                    found.pop(path, None)
+                _drop_path_and_above(found, segments)
         for hook in self.on_change:
             try:
                 hook(segments)
