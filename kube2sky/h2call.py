@@ -40,12 +40,12 @@ import hpack
 # largest windows: rule 3), the error names and ProtocolError are skydns.grpcwire's.
 from skydns.grpcwire import (ACK, CONTINUATION, DATA, DEFAULT_WINDOW, END_HEADERS, END_STREAM, ENABLE_PUSH,
                              GOAWAY, HEADERS, INITIAL_WINDOW_SIZE, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE,
-                             MAX_HEADER_LIST, MAX_WINDOW, PADDED, PREFACE, PUSH_PROMISE,
+                             MAX_WINDOW, PADDED, PREFACE, PUSH_PROMISE,
                              RST_STREAM, WINDOW_UPDATE, ProtocolError, frame, preface)
 from skydns.grpcwire import MAX_FRAME as DEFAULT_FRAME
 from skydns.grpcwire import PING_FRAME as PING
 from skydns.grpcwire import SETTINGS_FRAME as SETTINGS
-from skydns.grpcwire import _text, _unpad, control_frame, goaway, header_fragment, next_frame, reset_error
+from skydns.grpcwire import HeaderBlocks, _text, _unpad, control_frame, goaway, next_frame, reset_error
 
 __all__ = ["ACK", "CONTINUATION", "DATA", "DEFAULT_WINDOW", "END_HEADERS", "END_STREAM", "ENABLE_PUSH", "GOAWAY",
            "HEADERS", "INITIAL_WINDOW_SIZE", "MAX_CONCURRENT_STREAMS", "MAX_FRAME_SIZE", "MAX_WINDOW", "PADDED",
@@ -91,11 +91,7 @@ class Parser:
 
     def __init__(self) -> None:
         self._buf = b""
-        self._hpack = hpack.Decoder()
-        self._hpack.max_header_list_size = MAX_HEADER_LIST
-        self._block: bytearray | None = None
-        self._block_stream = 0
-        self._block_end = False
+        self._blocks = HeaderBlocks()
         self.consumed = 0  # flow-controlled bytes received (DATA payloads, padding included)
 
     def feed(self, data: bytes) -> list[tuple[str, object]]:
@@ -106,8 +102,7 @@ class Parser:
         while (found := next_frame(buf, at)) is not None:
             kind, flags, stream, payload, at = found
             payload = bytes(payload)
-            if self._block is not None and kind != CONTINUATION:
-                raise ProtocolError("a header block was interrupted before its end")
+            self._blocks.check(kind)
             self._frame(kind, flags, stream, payload, out)
         self._buf = buf[at:] if at < size else b""
         return out
@@ -120,24 +115,12 @@ class Parser:
             if flags & PADDED:
                 payload = _unpad(payload)
             out.append(("data", (stream, payload, bool(flags & END_STREAM))))
-        elif kind == HEADERS:
-            if stream == 0:
+        elif kind == HEADERS or kind == CONTINUATION:
+            if kind == HEADERS and stream == 0:
                 raise ProtocolError("HEADERS on stream 0")
-            payload = header_fragment(flags, payload)
-            self._block_end = bool(flags & END_STREAM)
-            if flags & END_HEADERS:
-                out.append(("headers", (stream, self._decode(payload), self._block_end)))
-            else:
-                self._block, self._block_stream = bytearray(payload), stream
-        elif kind == CONTINUATION:
-            if self._block is None or stream != self._block_stream:
-                raise ProtocolError("CONTINUATION without a header block to continue")
-            self._block += payload
-            if len(self._block) > MAX_HEADER_LIST:
-                raise ProtocolError(f"header block longer than {MAX_HEADER_LIST} bytes")
-            if flags & END_HEADERS:
-                block, self._block = bytes(self._block), None
-                out.append(("headers", (stream, self._decode(block), self._block_end)))
+            block = self._blocks.frame(kind, flags, stream, payload)
+            if block is not None:
+                out.append(("headers", block))
         elif control_frame(kind, flags, stream, payload, out):
             pass
         elif kind == RST_STREAM:
@@ -145,14 +128,6 @@ class Parser:
         elif kind == GOAWAY:
             out.append(("goaway", goaway(stream, payload)))
         # PRIORITY and unknown kinds: skipped (RFC 9113 5.5)
-
-    def _decode(self, block: bytes) -> dict[bytes, bytes]:
-        try:
-            return dict(self._hpack.decode(block, raw=True))
-        except hpack.HPACKError as exc:
-            raise ProtocolError(f"HPACK: {exc}") from exc
-        except (ValueError, IndexError, UnicodeError, TypeError) as exc:
-            raise ProtocolError(f"HPACK: {exc!r}") from exc
 
 
 # -- the connection ------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ Rules of this module:
    (push is disabled), an HPACK error, response headers that are not ``:status 200`` and
    ``application/grpc``, a compressed gRPC message (none was asked for), a message before
    the response headers. PRIORITY and unknown frame types are skipped (RFC 9113 5.5). The
-   checks that do not depend on the call (``next_frame``, ``header_fragment``, ``control_frame``,
+   checks that do not depend on the call (``next_frame``, ``HeaderBlocks``, ``control_frame``,
    ``reset_error``, ``goaway``) are shared with kube2sky's transactions (``kube2sky.h2call``).
 6. Header blocks go through one HPACK decoder for the whole connection (its dynamic table
    is connection state), capped at ``MAX_HEADER_LIST`` bytes.
@@ -144,11 +144,7 @@ class Decoder:
         self.status: str | None = None  # grpc-status of the call's trailers (rule 4)
         self.reusable = False  # the call ended by its trailers: next_call() may follow
         self._buf = b""
-        self._hpack = hpack.Decoder()
-        self._hpack.max_header_list_size = MAX_HEADER_LIST
-        self._block: bytearray | None = None  # a header block waiting for CONTINUATION
-        self._block_stream = 0
-        self._block_end = False  # END_STREAM of the HEADERS that opened the block
+        self._blocks = HeaderBlocks()
         self._message = bytearray()  # gRPC bytes of stream 1 not yet a whole message
         self._headers_seen = False  # the response headers came
         self.ended = False
@@ -176,7 +172,7 @@ class Decoder:
 
     def feed(self, data: bytes) -> list[tuple[str, object]]:
         """Decode data (any slice of the byte stream); ProtocolError when it is malformed."""
-        if (self._headers_seen and not self._buf and not self._message and self._block is None
+        if (self._headers_seen and not self._buf and not self._message and self._blocks.open is None
                 and len(data) >= 14 and data[3] == DATA and data[4] == 0 and data[9] == 0
                 and int.from_bytes(data[5:9], "big") == self.stream and not self.ended):
             # The usual case, one whole DATA frame of stream 1 holding one whole message: the
@@ -195,8 +191,7 @@ class Decoder:
         at = 0
         while (found := next_frame(buf, at)) is not None:
             kind, flags, stream, payload, at = found
-            if self._block is not None and kind != CONTINUATION:
-                raise ProtocolError("a header block was interrupted before its end")
+            self._blocks.check(kind)
             self._frame(kind, flags, stream, payload, out)
             if self.ended:
                 if not self.reusable:
@@ -216,23 +211,12 @@ class Decoder:
             self._data(payload, out)
             if flags & END_STREAM:
                 self._end("stream ended without trailers", out)
-        elif kind == HEADERS:
-            self._stream_frame(stream, "HEADERS")
-            payload = header_fragment(flags, payload)
-            self._block_end = bool(flags & END_STREAM)
-            if flags & END_HEADERS:
-                self._headers(bytes(payload), self._block_end, out)
-            else:
-                self._block, self._block_stream = bytearray(payload), stream
-        elif kind == CONTINUATION:
-            if self._block is None or stream != self._block_stream:
-                raise ProtocolError("CONTINUATION without a header block to continue")
-            self._block += payload
-            if len(self._block) > MAX_HEADER_LIST:
-                raise ProtocolError(f"header block longer than {MAX_HEADER_LIST} bytes")
-            if flags & END_HEADERS:
-                block, self._block = bytes(self._block), None
-                self._headers(block, self._block_end, out)
+        elif kind == HEADERS or kind == CONTINUATION:
+            if kind == HEADERS:
+                self._stream_frame(stream, "HEADERS")
+            block = self._blocks.frame(kind, flags, stream, payload)
+            if block is not None:
+                self._headers(block[1], block[2], out)
         elif control_frame(kind, flags, stream, payload, out):
             pass
         elif kind == RST_STREAM:
@@ -246,13 +230,7 @@ class Decoder:
         if stream != self.stream:
             raise ProtocolError(f"{what} on stream {stream}, not on the call's stream {self.stream}")
 
-    def _headers(self, block: bytes, end_stream: bool, out: list) -> None:
-        try:
-            fields = dict(self._hpack.decode(block, raw=True))
-        except hpack.HPACKError as exc:
-            raise ProtocolError(f"HPACK: {exc}") from exc
-        except (ValueError, IndexError, UnicodeError) as exc:  # defensive: not an HPACKError in some versions
-            raise ProtocolError(f"HPACK: {exc!r}") from exc
+    def _headers(self, fields: dict[bytes, bytes], end_stream: bool, out: list) -> None:
         if not self._headers_seen:
             status = fields.get(b":status")
             if status != b"200":
@@ -313,6 +291,50 @@ def next_frame(buf: bytes, at: int) -> tuple[int, int, int, bytes, int] | None:
     if end > len(buf):
         return None
     return word & 0xFF, buf[at + 4], int.from_bytes(buf[at + 5:at + 9], "big") & 0x7FFFFFFF, buf[at + 9:end], end
+
+
+class HeaderBlocks:
+    """A connection's header blocks: a HEADERS frame and its CONTINUATION frames assembled
+    (RFC 9113 6.10), capped at MAX_HEADER_LIST bytes, and decoded by one HPACK decoder (its
+    dynamic table is connection state; rule 6)."""
+
+    def __init__(self) -> None:
+        self.open: bytearray | None = None  # a block waiting for CONTINUATION
+        self._stream = 0
+        self._end_stream = False  # END_STREAM of the HEADERS that opened the block
+        self._hpack = hpack.Decoder()
+        self._hpack.max_header_list_size = MAX_HEADER_LIST
+
+    def check(self, kind: int) -> None:
+        """A frame may come next: only CONTINUATION while a block is open."""
+        if self.open is not None and kind != CONTINUATION:
+            raise ProtocolError("a header block was interrupted before its end")
+
+    def frame(self, kind: int, flags: int, stream: int, payload: bytes) -> tuple[int, dict[bytes, bytes], bool] | None:
+        """Take a HEADERS or CONTINUATION frame: (stream, fields, END_STREAM) when it completes
+        a block, else None."""
+        if kind == HEADERS:
+            payload = header_fragment(flags, payload)
+            self._end_stream = bool(flags & END_STREAM)
+            if not flags & END_HEADERS:
+                self.open, self._stream = bytearray(payload), stream
+                return None
+            block = bytes(payload)
+        else:
+            if self.open is None or stream != self._stream:
+                raise ProtocolError("CONTINUATION without a header block to continue")
+            self.open += payload
+            if len(self.open) > MAX_HEADER_LIST:
+                raise ProtocolError(f"header block longer than {MAX_HEADER_LIST} bytes")
+            if not flags & END_HEADERS:
+                return None
+            block, self.open = bytes(self.open), None
+        try:
+            return stream, dict(self._hpack.decode(block, raw=True)), self._end_stream
+        except hpack.HPACKError as exc:
+            raise ProtocolError(f"HPACK: {exc}") from exc
+        except (ValueError, IndexError, UnicodeError, TypeError) as exc:  # not an HPACKError in some versions
+            raise ProtocolError(f"HPACK: {exc!r}") from exc
 
 
 def header_fragment(flags: int, payload: bytes) -> bytes:
