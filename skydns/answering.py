@@ -87,6 +87,17 @@ Rules (DESIGN section 3; SkyDNS semantics where DESIGN is silent):
 14. CNAME queries answer the alias stored at exactly the name first, whatever its target
     (the CoreDNS etcd plugin's exact lookup: the target may lie below the name); without one,
     the first alias of the subtree that does not point into the name itself (rule 6).
+15. Kept work for big SRV/MX answers (speed only: the plan is the one the plain steps make).
+    What ``_choose`` makes of a list of records is kept by the records' identities (the store
+    hands out the same objects until a record changes, store rules 13-14), with the answer
+    RRset ``Section.extend`` would build of its items. The address glue of a headless
+    service's targets (``_address_glue``: one IPv4 record per child of the service name) is
+    kept per targets and service name with the read it came from; when a later read holds the
+    same records but a few (new values at the same keys), only the targets of those are built
+    again. ``Section.adopt`` takes such kept RRsets whole (a later ``add``/``extend`` works on
+    copies), so plans share them, and no list of a plan is ever changed once ``plan`` returns
+    it: encode keeps what it wrote of them by identity (encode rule 7).
+    tests/skydns/test_answering_fast.py and test_headless_diff.py compare with nothing kept.
 """
 
 from __future__ import annotations
@@ -196,18 +207,37 @@ class Section:
     equal whatever their letter case, as in DNS.
     """
 
-    __slots__ = ("sets", "count", "limit", "_seen")
+    __slots__ = ("sets", "count", "limit", "_seen", "_kept")
 
     def __init__(self, limit: int) -> None:
         self.sets: dict[tuple[str, int], list] = {}
         self._seen: dict[tuple[str, int], set] = {}
         self.count = 0
         self.limit = limit
+        self._kept: list[list] | None = None  # RRsets adopted whole (``adopt``), shared
+
+    def adopt(self, rrsets: list[list], count: int) -> None:
+        """Take ``rrsets`` (``count`` records in all) as the whole section, as ``extend`` would
+        have built them from their records (rule 15): kept RRsets are shared, never changed; a
+        later ``add`` or ``extend`` works on copies."""
+        if self.sets or self._kept is not None:
+            raise ValueError("adopt() needs an empty section")
+        self._kept = rrsets
+        self.count = count
+
+    def _unshare(self) -> None:
+        """Copies of the adopted RRsets as the section's own (before a change)."""
+        kept, self._kept = self._kept, None
+        for owner, key, rdtype, ttl, rdatas in kept:  # type: ignore[union-attr]
+            self.sets[(key, rdtype)] = [owner, key, rdtype, ttl, list(rdatas)]
+            self._seen[(key, rdtype)] = set(rdatas)
 
     def add(self, owner: str | None, qtext: str, rdtype: int, ttl: int, rdata: object) -> None:
         """Add one record; ``owner`` None is the query name, whose lower-case text is ``qtext``."""
         if self.count >= self.limit:
             return
+        if self._kept is not None:
+            self._unshare()
         key = (qtext if owner is None else owner, rdtype)
         rrset = self.sets.get(key)
         if rrset is None:
@@ -228,6 +258,8 @@ class Section:
 
         Many items for new RRsets that stay under the cap (a big address answer, the glue of
         many targets) are added a whole RRset at a time: the same RRsets, TTLs and order."""
+        if self._kept is not None:
+            self._unshare()
         count, limit = self.count, self.limit
         sets, seen_sets = self.sets, self._seen
         if _BULK and len(items) >= _BULK_MIN and count + len(items) <= limit:
@@ -273,6 +305,8 @@ class Section:
         self.count = count
 
     def rrsets(self) -> list[list]:
+        if self._kept is not None:
+            return list(self._kept)
         return list(self.sets.values())
 
 
@@ -940,7 +974,9 @@ def _choose(records: list[msg.Service], qtype: int, prefix: str, default_priorit
             items.append((None, _SRV, ttl, (prio, min(0xFFFF, max(1, 100 * weight // sums[prio])), rec.port, target)))
         else:
             items.append((None, _MX, ttl, (prio, target)))
-    return chosen, sums, items, _names(chosen), _groups(chosen)
+    # what Section.extend makes of the items when they are one new RRset: (ttl, distinct rdatas)
+    run = (min(map(_TTL, items)), list(dict.fromkeys(map(_RDATA, items)))) if items else None
+    return chosen, sums, items, _names(chosen), _groups(chosen), run
 
 
 def _names(chosen: list[tuple]) -> list[str] | None:
@@ -998,10 +1034,11 @@ def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
             got = _chosen[key] = (tuple(records),) + _choose(records, qtype, prefix, settings.default_priority,
                                                               default_ttl)
             _chosen_records += len(records) + 1
-        _, chosen, sums, items, names, groups = got
+        _, chosen, sums, items, names, groups, run = got
     else:
-        chosen, sums, items, names, groups = _choose(records, qtype, prefix, settings.default_priority,
-                                                     default_ttl)
+        chosen, sums, items, names, groups, run = _choose(records, qtype, prefix, settings.default_priority,
+                                                          default_ttl)
+        run = None
     glued: set[str] = set()
     qtext = ctx.qtext
     if not (_BATCH_GLUE and len(chosen) >= _BATCH_MIN):
@@ -1016,8 +1053,22 @@ def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
         return
     # Many targets: the answers first, then the glue in the same order (the sections are
     # independent), the glue of targets below one name read at once (_batched).
-    answer.extend(items, qtext)
-    known = _batched(ctx, chosen, groups)
+    if run is not None and _BULK and _BULK_MIN <= len(items) <= answer.limit and not answer.count:
+        # what extend makes of them: one RRset, kept with the targets (rule 15)
+        answer.adopt([[None, qtext, qtype, run[0], run[1]]], len(run[1]))
+    else:
+        answer.extend(items, qtext)
+    runs: list[tuple] = []
+    known = _batched(ctx, chosen, groups, runs)
+    if names is not None and _BULK:
+        if (len(groups) == 1 and len(runs) == 1 and len(runs[0][2]) == len(names)
+                and _BULK_MIN <= len(names) <= additional.limit and not additional.count):
+            # one name above every target (a headless service), each glued by one address:
+            # the RRsets extend would make of the batches below, kept per found (rule 15)
+            additional.adopt(runs[0][2], len(names))
+            return
+    for targets, glue, _ in runs:
+        known.update(zip(targets, glue))
     if names is not None and _BULK:
         batches = list(map(known.get, names))
         if None not in batches and tuple not in map(type, batches):
@@ -1050,7 +1101,8 @@ def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
         additional.extend(pending, qtext)
 
 
-def _batched(ctx: _Ctx, chosen: list[tuple], groups: dict | None = None) -> dict[str, list[_RR] | tuple]:
+def _batched(ctx: _Ctx, chosen: list[tuple], groups: dict | None = None,
+             runs: list | None = None) -> dict[str, list[_RR] | tuple]:
     """The glue records of many name targets at once, for targets that are children of one
     name P at or above the query name and at least three labels below the zone (a headless
     service's endpoints ``<hash>.<svc>.<ns>.svc.<zone>``), read with one ``find(P)`` instead of
@@ -1088,22 +1140,13 @@ def _batched(ctx: _Ctx, chosen: list[tuple], groups: dict | None = None) -> dict
         default_ttl = ctx.settings.ttl
         if labels is not None and not zoned and _GLUE_ADDRESSES and _BULK and found:
             # the usual headless service: one IPv4 record per child, plain keys, no group
-            low = "\n".join(map(_KEY, found)).lower()
-            if (low.startswith(base) and low.count("\n" + base) == len(found) - 1 and "/" not in
-                    (rests := ("\n" + low).replace("\n" + base, "\n")[1:])
-                    and not any(map(_GROUP_OF, found))):
-                # no "/" in the rests: each record is a child's only one
-                records = list(map(dict(zip(rests.split("\n"), found)).get, labels))
-                if _NONE_TYPE not in map(type, records):
-                    hosts = list(map(_HOST, records))
-                    if list(map(_kind, hosts)).count(_IPV4_KIND) == len(records):
-                        ttls = list(map(_TTL_OF, records))
-                        if 0 in ttls:
-                            ttls = [ttl or default_ttl for ttl in ttls]
-                        # target -> [(target, A, ttl, address)]
-                        known.update(zip(targets, map(list, zip(zip(targets, itertools.repeat(_A), ttls,
-                                                                    map(_ip, hosts))))))
-                        continue
+            glue = _address_glue(found, base, labels, targets, default_ttl)
+            if glue is not None:
+                if runs is not None:
+                    runs.append((targets, glue[4], glue[5]))  # the caller fills known
+                else:
+                    known.update(zip(targets, glue[4]))
+                continue
         cut = len(base)
         by_label: dict[str, list[msg.Service]] = {}
         grouped = False
@@ -1146,6 +1189,90 @@ def _batched(ctx: _Ctx, chosen: list[tuple], groups: dict | None = None) -> dict
                     continue
             known[target] = (parent + (label,), zone, records)
     return known
+
+
+# The address glue of a headless service's targets (_address_glue), by (base, default TTL,
+# the targets' labels): [labels, found, position -> label, label -> target index, the glue RRs
+# per target, the RRsets]. tests/skydns/test_answering_fast.py turns it off to compare.
+_MEMO_GLUE = True
+_GLUE_KEPT = 256  # entries at most (emptied together when full)
+_PATCH_MOST = 8   # changed records patched into an entry; more are read again
+_glued: dict[tuple, list] = {}
+
+
+def _address_glue(found: list[msg.Service], base: str, labels: list[str], targets: list[str],
+                  default_ttl: int) -> list | None:
+    """The glue of children ``labels`` (names ``targets``) of the name whose records (its read,
+    ``found``) sit at the keys ``base + label``, one IPv4 address each, no group: per target
+    ``[(target, A, ttl, address)]`` and the RRset ``[target, target, A, ttl, [address]]``;
+    None when the records are not of that shape.
+
+    Kept per labels and base (rule 15): when ``found`` holds the records of the last call but
+    a few (same keys, in the same places), only the targets of those are built again."""
+    if _MEMO_GLUE:
+        key = (base, default_ttl, id(labels))
+        kept = _glued.get(key)
+        if kept is not None and kept[0] is labels:
+            old = kept[1]
+            if len(old) == len(found):
+                changed = list(itertools.compress(range(len(found)), map(operator.is_not, found, old)))
+                if not changed:
+                    return kept
+                if len(changed) <= _PATCH_MOST:
+                    patched = _patch_glue(kept, found, changed, default_ttl)
+                    if patched is not None:
+                        _glued[key] = patched
+                        return patched
+    low = "\n".join(map(_KEY, found)).lower()
+    if not (low.startswith(base) and low.count("\n" + base) == len(found) - 1 and "/" not in
+            (rests := ("\n" + low).replace("\n" + base, "\n")[1:])
+            and not any(map(_GROUP_OF, found))):
+        return None
+    # no "/" in the rests: each record is a child's only one
+    rests_list = rests.split("\n")
+    records = list(map(dict(zip(rests_list, found)).get, labels))
+    if _NONE_TYPE in map(type, records):
+        return None
+    hosts = list(map(_HOST, records))
+    if list(map(_kind, hosts)).count(_IPV4_KIND) != len(records):
+        return None
+    ttls = list(map(_TTL_OF, records))
+    if 0 in ttls:
+        ttls = [ttl or default_ttl for ttl in ttls]
+    addresses = list(map(_ip, hosts))
+    a = itertools.repeat(_A)
+    # target -> [(target, A, ttl, address)]; the RRsets Section.extend makes of them
+    glue = list(map(list, zip(zip(targets, a, ttls, addresses))))
+    rrsets = list(map(list, zip(targets, targets, a, ttls, map(list, zip(addresses)))))
+    got = [labels, found, rests_list, {label: i for i, label in enumerate(labels)}, glue, rrsets]
+    if _MEMO_GLUE:
+        if len(_glued) >= _GLUE_KEPT:
+            _glued.clear()
+        _glued[key] = got
+    return got
+
+
+def _patch_glue(kept: list, found: list[msg.Service], changed: list[int], default_ttl: int) -> list | None:
+    """``kept`` with the records at positions ``changed`` of ``found`` read again, or None when
+    one of them is not a new value at the same key (then everything is read again)."""
+    labels, old, rests, index, glue, rrsets = kept
+    glue = list(glue)
+    rrsets = list(rrsets)
+    for at in changed:
+        rec = found[at]
+        if rec.key != old[at].key or rec.group:
+            return None
+        i = index.get(rests[at])
+        if i is None:
+            continue  # a child no target names: in no glue
+        if _kind(rec.host) is not _IPV4_KIND:
+            return None
+        target = rrsets[i][0]
+        ttl = rec.ttl or default_ttl
+        address = _ip(rec.host)
+        glue[i] = [(target, _A, ttl, address)]
+        rrsets[i] = [target, target, _A, ttl, [address]]
+    return [labels, found, rests, index, glue, rrsets]
 
 
 def _ns(ctx: _Ctx, zone: _Zone) -> Plan:

@@ -26,6 +26,17 @@ Rules:
    rendered in full (not cut), every turn is two slices per rotated RRset of it, and the cut of
    rule 5 is the same for all. Otherwise each turn is rendered on its own. ``render`` also
    says where the SOA serials are (``wire.soa_serial_offsets`` without walking the message).
+7. Kept by identity, because a plan's lists are never changed once ``answering.plan`` returns
+   it (answering rule 15): the bytes of an SRV RRset of many records (by its list of rdatas,
+   with the head and offset they were written at), and per RRset of a glue run (rule 2's
+   many one-address owners of the additional section) what it writes but its suffix's pointer.
+   The glue run written last for a question name is kept with the compression table it was
+   written against: when the same table comes back with a section holding the same RRsets but
+   a few, each with the owner of the RRset it replaces, only those records are written again
+   and the run is one join of kept bytes. The run is the last thing written, so its owners'
+   suffixes are not remembered (nothing after it could point at them). Each table holds its
+   objects (so no other object can have their ids) and is emptied when full (``_RUNS_MOST``,
+   ``_GLUE_MOST``). tests/skydns/test_headless_diff.py compares with dnspython.
 """
 
 from __future__ import annotations
@@ -335,7 +346,8 @@ def _render(query: wire.Query, result: object, turn: int) -> tuple | None:
             if table is None:
                 table = dict(_question_keys(query.qname))
                 writer = _Writer(out, table)
-            if index == 2 and len(section) >= _GLUE_RUN and _glue_run(out, table, section, extra_ends):
+            if index == 2 and len(section) >= _GLUE_RUN and _glue_run(out, table, section, extra_ends,
+                                                                        query.qname):
                 counts[2] += len(section)
                 continue
             soa = None
@@ -390,11 +402,21 @@ def _render(query: wire.Query, result: object, turn: int) -> tuple | None:
                     # the owner by a pointer, the rdata position-free (an SRV target is never
                     # compressed): each record is two cached byte strings
                     head = _pointer(pointer) + _RRTYPE.pack(_SRV, _IN, ttl)
-                    records = [head + rdata for rdata in map(_srv_rdata, rdatas)]
+                    start = len(out)
+                    kept = _SRVS.get(id(rdatas)) if n >= _GLUE_RUN else None
+                    if kept is None or kept[1] != head or kept[2] != start:
+                        records = [head + rdata for rdata in map(_srv_rdata, rdatas)]
+                        written = list(itertools.accumulate(map(len, records), initial=start))
+                        del written[0]
+                        kept = (rdatas, head, start, b"".join(records), written)
+                        if n >= _GLUE_RUN:
+                            if len(_SRVS) >= _RUNS_MOST:
+                                _SRVS.clear()
+                            _SRVS[id(rdatas)] = kept
+                    # (else rule 7: this very list of rdatas was written here before)
+                    out += kept[3]
                     if index < 2:
-                        ends.extend(itertools.accumulate(map(len, records), initial=len(out)))
-                        del ends[-n - 1]
-                    out += b"".join(records)
+                        ends.extend(kept[4])
                 elif pack is not None and n == 1 and parts:
                     # one address of a name not written yet (the glue of a target): the name
                     # as _Writer.name writes it, its first label known to be new
@@ -464,52 +486,125 @@ def _render(query: wire.Query, result: object, turn: int) -> tuple | None:
 # targets) is written at once when it can be (_glue_run); tests/skydns/test_encode_diff.py
 # compares both ways with dnspython.
 _GLUE_RUN = 8
-_DISPLAY = operator.itemgetter(0)
-_TYPE = operator.itemgetter(2)
-_TTL = operator.itemgetter(3)
-_RDATAS = operator.itemgetter(4)
-_FIRST = operator.itemgetter(0)
-_SECOND = operator.itemgetter(1)
 
 
-def _pack_any(rdtype: int, value: str) -> bytes:
-    return _PACK[rdtype](value)
+# What a glue RRset of a run writes but its suffix's pointer, by the RRset's identity (rule 7):
+# id -> (the RRset, its owner's key, the key of the owner's suffix, the owner's first label as
+# written, type, class, TTL, rdata length and address, the record's length with the pointer).
+_GLUE: dict[int, tuple] = {}
+_GLUE_MOST = 8192
+# The SRV RRsets of many records written (rule 7): id of the rdatas -> (the rdatas, the records'
+# head, where they started, their bytes, where each ended).
+_SRVS: dict[int, tuple] = {}
+_KEY1 = operator.itemgetter(1)
+_KEY2 = operator.itemgetter(2)
+_CHUNK = operator.itemgetter(3)
+_TAIL = operator.itemgetter(4)
+_SIZE = operator.itemgetter(5)
 
 
-def _glue_run(out: bytearray, table: dict[bytes, int], section: list, extra_ends: list) -> bool:
+def _glue_piece(rrset: list) -> tuple | None:
+    """The ``_GLUE`` entry of one RRset, or None when it is not one address of an owner with a
+    first label in front of a suffix (Unsupported for what the renderer does not write)."""
+    display, _, rdtype, ttl, rdatas = rrset
+    if display is None or len(rdatas) != 1 or (rdtype != _A and rdtype != _AAAA):
+        return None
+    parts = _name_parts(display)
+    if len(parts) < 2:
+        return None
+    chunk = parts[0][1]
+    tail = _rrhead(rdtype, ttl) + _PACK[rdtype](rdatas[0])
+    return rrset, parts[0][0], parts[1][0], chunk, tail, len(chunk) + 2 + len(tail)
+
+
+# The glue runs written, by (the question's name, records): [the compression table before the
+# run, the section (its RRsets), their _GLUE entries, each record's bytes, the run's bytes,
+# where it started, (end, 1) per record] (rule 7).
+_RUNS: dict[tuple, list] = {}
+_RUNS_MOST = 256
+_PATCH_MOST = 16
+
+
+def _glue_run(out: bytearray, table: dict[bytes, int], section: list, extra_ends: list,
+              qname: bytes) -> bool:
     """Write an additional section of one-address RRsets whose owners are new names, each a
     first label in front of a name already written (``<endpoint>.<service>``), as the record
-    loop would: the owner as its label and a pointer, the first label's suffix remembered at
-    its offset (rule 2). False (nothing written) when the section is not of that shape."""
-    if not {_A, _AAAA}.issuperset(map(_TYPE, section)) or set(map(len, map(_RDATAS, section))) != {1}:
-        return False
-    owners = list(map(_DISPLAY, section))
-    if None in owners:
-        return False
-    parts = list(map(_name_parts, owners))
-    if min(map(len, parts)) < 2:
-        return False
-    firsts = list(map(_FIRST, parts))
-    keys = list(map(_FIRST, firsts))
-    seconds = list(map(_FIRST, map(_SECOND, parts)))
-    pointers = list(map(table.get, seconds))
-    new = set(keys)
+    loop would: the owner as its label and a pointer (rule 2). False (nothing written) when
+    the section is not of that shape.
+
+    The section is the last thing written, so no suffix of it is remembered. The run written
+    last for the same question name is kept: when the compression table is the same and the
+    section holds the same RRsets but a few, each of those with the same owner, only their
+    records are written again (rule 7)."""
+    n = len(section)
+    run_key = (qname.lower(), n)
+    kept = _RUNS.get(run_key)
+    if kept is not None and kept[0] == table:
+        changed = list(itertools.compress(range(n), map(operator.is_not, section, kept[1])))
+        if len(changed) <= _PATCH_MOST:
+            pieces, records = kept[2], kept[3]
+            if changed:
+                pieces, records = list(pieces), list(records)
+            same_sizes = True
+            for i in changed:
+                rrset = section[i]
+                piece = _GLUE.get(id(rrset))
+                if piece is None:
+                    piece = _glue_piece(rrset)
+                    if piece is None:
+                        break
+                    _GLUE[id(rrset)] = piece
+                old = pieces[i]
+                if piece[1] != old[1] or piece[2] != old[2]:
+                    break  # another owner: written in full below
+                pieces[i] = piece
+                record = piece[3] + _pointer(table[piece[2]]) + piece[4]
+                same_sizes = same_sizes and len(record) == len(records[i])
+                records[i] = record
+            else:
+                start = len(out)
+                joined = b"".join(records) if changed else kept[4]
+                if same_sizes and start == kept[5]:
+                    ends = kept[6]
+                else:
+                    ends = list(zip(itertools.accumulate(map(len, records), initial=start), itertools.repeat(1)))
+                    del ends[0]
+                out += joined
+                extra_ends.extend(ends)
+                if changed:
+                    _RUNS[run_key] = [kept[0], section, pieces, records, joined, start, ends]
+                return True
+    pieces = list(map(_GLUE.get, map(id, section)))
+    if None in pieces:
+        if len(_GLUE) + len(section) > _GLUE_MOST:
+            _GLUE.clear()
+        for i, piece in enumerate(pieces):
+            if piece is None:
+                rrset = section[i]
+                piece = _glue_piece(rrset)
+                if piece is None:
+                    return False
+                pieces[i] = _GLUE[id(rrset)] = piece
+    pointers = list(map(table.get, map(_KEY2, pieces)))
+    keys = set(map(_KEY1, pieces))
     # (the suffixes point into what was written before, so no owner of the run is one of them)
-    if None in pointers or len(new) != len(keys) or not table.keys().isdisjoint(new):
+    if None in pointers or len(keys) != len(pieces) or not table.keys().isdisjoint(keys):
         return False
-    links = {pointer: _pointer(pointer) for pointer in set(pointers)}  # usually one suffix
-    types = list(map(_TYPE, section))
-    values = map(_FIRST, map(_RDATAS, section))
-    if types.count(_A) == len(types):
-        packed = map(_packed4, values)
+    first = pointers[0]
+    if pointers.count(first) == len(pointers):  # one suffix (usually)
+        links = itertools.repeat(_pointer(first))
     else:
-        packed = map(_pack_any, types, values)
-    records = list(map(b"".join, zip(map(_SECOND, firsts), map(links.__getitem__, pointers),
-                                     map(_rrhead, types, map(_TTL, section)), packed)))
-    starts = list(itertools.accumulate(map(len, records), initial=len(out)))
-    table.update(zip(keys, starts[:bisect.bisect_right(starts, _MAX_POINTER, 0, len(records))]))
-    extra_ends.extend(zip(starts[1:], itertools.repeat(1)))
-    out += b"".join(records)
+        links = map(_pointer, pointers)
+    start = len(out)
+    records = list(map(b"".join, zip(map(_CHUNK, pieces), links, map(_TAIL, pieces))))
+    joined = b"".join(records)
+    ends = list(zip(itertools.accumulate(map(_SIZE, pieces), initial=start), itertools.repeat(1)))
+    del ends[0]
+    out += joined
+    extra_ends.extend(ends)
+    if len(_RUNS) >= _RUNS_MOST:
+        _RUNS.clear()
+    _RUNS[run_key] = [dict(table), section, pieces, records, joined, start, ends]
     return True
 
 

@@ -32,6 +32,7 @@ def _plain_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(answering, "_BATCH_GLUE", False)
     monkeypatch.setattr(answering, "_BULK", False)
     monkeypatch.setattr(answering, "_MEMO_TARGETS", False)
+    monkeypatch.setattr(answering, "_MEMO_GLUE", False)
     monkeypatch.setattr(answering, "_target", lambda host, key, strip, prefix: rrs.target(
         msg.Service(host=host, key=key, targetstrip=strip), prefix))
 
@@ -161,7 +162,7 @@ def test_batched_glue_equals_glue_per_target(seed, monkeypatch):
                         fast_reads = anscache.Reads(view)
                         calls = []
                         real = answering._batched
-                        patch.setattr(answering, "_batched", lambda ctx, chosen, groups=None: calls.append(1) or real(ctx, chosen, groups))
+                        patch.setattr(answering, "_batched", lambda ctx, chosen, groups=None, runs=None: calls.append(1) or real(ctx, chosen, groups, runs))
                         fast = answering.plan(path, qtype, 1, fast_reads, settings)
                         patch.setattr(answering, "_BATCH_GLUE", False)
                         plain_reads = anscache.Reads(view)
