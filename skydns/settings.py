@@ -132,8 +132,10 @@ class Settings:
     # A quiet watch is probed (etcd progress request) this often; no answer within
     # etcd_timeout means the connection is dead (a frozen or partitioned etcd), seconds.
     etcd_watch_check: float = 5.0
-    # Keys per range request when listing the prefix (one consistent revision for all pages).
-    etcd_page_size: int = 2000
+    # Keys of the first range request when listing the prefix (one consistent revision for all
+    # pages; the rest comes in pages of at least this many keys): big enough that decoding it
+    # takes about as long as etcd takes to serve the next page.
+    etcd_page_size: int = 16384
 
     # ---- serving edge (SERVER helper) ----
     # Encoded answers of local names kept for the hot path (0 turns the cache off: every query

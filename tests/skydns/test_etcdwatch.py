@@ -7,6 +7,7 @@ mirror's watch loop through a fake gRPC call; the real store.Store receives the 
 from __future__ import annotations
 
 import asyncio
+import gc
 import dataclasses
 import random
 
@@ -755,6 +756,40 @@ def test_load_pages_at_one_revision(size, page, compact_after):
     assert all(rev == 42 and serializable for _, _, rev, serializable in last[1:])
     limits = {limit for _, limit, _, _ in last[1:]}
     assert all(limit >= page for limit in limits)
+
+
+@pytest.mark.parametrize(("enabled", "fails"), [(True, False), (True, True), (False, False), (False, True)])
+def test_the_garbage_collector_waits_during_a_load(enabled, fails):
+    """Rule 7: no cyclic collection while a load decodes; the collector is as it was after,
+    whether the load finished or failed."""
+    data = {f"/skydns/local/x/k{i:02}".encode(): b'{"host":"10.0.0.1"}' for i in range(20)}
+    mirror = etcdwatch._Mirror(settings_mod.Settings(etcd_page_size=8), store.Store(), None,
+                               etcdwatch._Meters(None), random.Random(1))
+    during: list[bool] = []
+
+    class Calls(FakeCalls):
+        def call(self, path, payload):
+            during.append(gc.isenabled())
+            if fails and len(during) == 2:
+                raise OSError("connection lost")
+            return super().call(path, payload)
+
+    async def open_calls(endpoint):
+        return Calls(data, 42, [])
+
+    mirror._open_calls = open_calls
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        if fails:
+            with pytest.raises(OSError):
+                asyncio.run(mirror._load(etcdwatch.Endpoint("127.0.0.1")))
+        else:
+            asyncio.run(mirror._load(etcdwatch.Endpoint("127.0.0.1")))
+        assert during and not any(during)
+        assert gc.isenabled() == enabled
+    finally:
+        (gc.enable if was else gc.disable)()
 
 
 def test_the_old_snapshot_answers_while_a_load_decodes(monkeypatch):
