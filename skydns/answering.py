@@ -306,7 +306,7 @@ class Section:
 
     def rrsets(self) -> list[list]:
         if self._kept is not None:
-            return list(self._kept)
+            return self._kept  # never changed (rule 15)
         return list(self.sets.values())
 
 
@@ -1061,14 +1061,14 @@ def _targets(ctx: _Ctx, records: list[msg.Service], qtype: int, answer: Section,
     runs: list[tuple] = []
     known = _batched(ctx, chosen, groups, runs)
     if names is not None and _BULK:
-        if (len(groups) == 1 and len(runs) == 1 and len(runs[0][2]) == len(names)
+        if (len(groups) == 1 and len(runs) == 1 and len(runs[0][1]) == len(names)
                 and _BULK_MIN <= len(names) <= additional.limit and not additional.count):
             # one name above every target (a headless service), each glued by one address:
             # the RRsets extend would make of the batches below, kept per found (rule 15)
-            additional.adopt(runs[0][2], len(names))
+            additional.adopt(runs[0][1], len(names))
             return
-    for targets, glue, _ in runs:
-        known.update(zip(targets, glue))
+    for targets, rrsets in runs:
+        known.update(zip(targets, _glue_items(rrsets)))
     if names is not None and _BULK:
         batches = list(map(known.get, names))
         if None not in batches and tuple not in map(type, batches):
@@ -1143,9 +1143,9 @@ def _batched(ctx: _Ctx, chosen: list[tuple], groups: dict | None = None,
             glue = _address_glue(found, base, labels, targets, default_ttl)
             if glue is not None:
                 if runs is not None:
-                    runs.append((targets, glue[4], glue[5]))  # the caller fills known
+                    runs.append((targets, glue[4]))  # the caller fills known
                 else:
-                    known.update(zip(targets, glue[4]))
+                    known.update(zip(targets, _glue_items(glue[4])))
                 continue
         cut = len(base)
         by_label: dict[str, list[msg.Service]] = {}
@@ -1192,8 +1192,8 @@ def _batched(ctx: _Ctx, chosen: list[tuple], groups: dict | None = None,
 
 
 # The address glue of a headless service's targets (_address_glue), by (base, default TTL,
-# the targets' labels): [labels, found, position -> label, label -> target index, the glue RRs
-# per target, the RRsets]. tests/skydns/test_answering_fast.py turns it off to compare.
+# the targets' labels): [labels, found, position -> label, label -> target index, the RRsets].
+# tests/skydns/test_answering_fast.py turns it off to compare.
 _MEMO_GLUE = True
 _GLUE_KEPT = 256  # entries at most (emptied together when full)
 _PATCH_MOST = 8   # changed records patched into an entry; more are read again
@@ -1203,9 +1203,9 @@ _glued: dict[tuple, list] = {}
 def _address_glue(found: list[msg.Service], base: str, labels: list[str], targets: list[str],
                   default_ttl: int) -> list | None:
     """The glue of children ``labels`` (names ``targets``) of the name whose records (its read,
-    ``found``) sit at the keys ``base + label``, one IPv4 address each, no group: per target
-    ``[(target, A, ttl, address)]`` and the RRset ``[target, target, A, ttl, [address]]``;
-    None when the records are not of that shape.
+    ``found``) sit at the keys ``base + label``, one IPv4 address each, no group: the RRset
+    ``[target, target, A, ttl, [address]]`` per target (at [4] of what it returns; never
+    changed once returned); None when the records are not of that shape.
 
     Kept per labels and base (rule 15): when ``found`` holds the records of the last call but
     a few (same keys, in the same places), only the targets of those are built again."""
@@ -1239,12 +1239,9 @@ def _address_glue(found: list[msg.Service], base: str, labels: list[str], target
     ttls = list(map(_TTL_OF, records))
     if 0 in ttls:
         ttls = [ttl or default_ttl for ttl in ttls]
-    addresses = list(map(_ip, hosts))
-    a = itertools.repeat(_A)
-    # target -> [(target, A, ttl, address)]; the RRsets Section.extend makes of them
-    glue = list(map(list, zip(zip(targets, a, ttls, addresses))))
-    rrsets = list(map(list, zip(targets, targets, a, ttls, map(list, zip(addresses)))))
-    got = [labels, found, rests_list, {label: i for i, label in enumerate(labels)}, glue, rrsets]
+    # the RRsets Section.extend makes of [(target, A, ttl, address)] per target
+    rrsets = list(map(list, zip(targets, targets, itertools.repeat(_A), ttls, map(list, zip(map(_ip, hosts))))))
+    got = [labels, found, rests_list, {label: i for i, label in enumerate(labels)}, rrsets]
     if _MEMO_GLUE:
         if len(_glued) >= _GLUE_KEPT:
             _glued.clear()
@@ -1255,8 +1252,7 @@ def _address_glue(found: list[msg.Service], base: str, labels: list[str], target
 def _patch_glue(kept: list, found: list[msg.Service], changed: list[int], default_ttl: int) -> list | None:
     """``kept`` with the records at positions ``changed`` of ``found`` read again, or None when
     one of them is not a new value at the same key (then everything is read again)."""
-    labels, old, rests, index, glue, rrsets = kept
-    glue = list(glue)
+    labels, old, rests, index, rrsets = kept
     rrsets = list(rrsets)
     for at in changed:
         rec = found[at]
@@ -1269,10 +1265,13 @@ def _patch_glue(kept: list, found: list[msg.Service], changed: list[int], defaul
             return None
         target = rrsets[i][0]
         ttl = rec.ttl or default_ttl
-        address = _ip(rec.host)
-        glue[i] = [(target, _A, ttl, address)]
-        rrsets[i] = [target, target, _A, ttl, [address]]
-    return [labels, found, rests, index, glue, rrsets]
+        rrsets[i] = [target, target, _A, ttl, [_ip(rec.host)]]
+    return [labels, found, rests, index, rrsets]
+
+
+def _glue_items(rrsets: list[list]) -> list[list[_RR]]:
+    """Per glue RRset ``[owner, owner, rdtype, ttl, [rdata]]`` its ``[(owner, rdtype, ttl, rdata)]``."""
+    return [[(owner, rdtype, ttl, rdatas[0])] for owner, _, rdtype, ttl, rdatas in rrsets]
 
 
 def _ns(ctx: _Ctx, zone: _Zone) -> Plan:

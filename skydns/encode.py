@@ -518,8 +518,8 @@ def _glue_piece(rrset: list) -> tuple | None:
 
 
 # The glue runs written, by (the question's name, records): [the compression table before the
-# run, the section (its RRsets), their _GLUE entries, each record's bytes, the run's bytes,
-# where it started, (end, 1) per record] (rule 7).
+# run, the section (its RRsets), their _GLUE entries, the run's bytes, where it was written
+# last, (end, 1) per record there, where each record ends in the run] (rule 7).
 _RUNS: dict[tuple, list] = {}
 _RUNS_MOST = 256
 _PATCH_MOST = 16
@@ -542,10 +542,10 @@ def _glue_run(out: bytearray, table: dict[bytes, int], section: list, extra_ends
     if kept is not None and kept[0] == table:
         changed = list(itertools.compress(range(n), map(operator.is_not, section, kept[1])))
         if len(changed) <= _PATCH_MOST:
-            pieces, records = kept[2], kept[3]
-            if changed:
-                pieces, records = list(pieces), list(records)
-            same_sizes = True
+            if not changed:
+                return _kept_run(out, kept, extra_ends)
+            pieces, joined, bounds = kept[2], kept[3], kept[6]
+            new = []
             for i in changed:
                 rrset = section[i]
                 piece = _GLUE.get(id(rrset))
@@ -555,25 +555,23 @@ def _glue_run(out: bytearray, table: dict[bytes, int], section: list, extra_ends
                         break
                     _GLUE[id(rrset)] = piece
                 old = pieces[i]
-                if piece[1] != old[1] or piece[2] != old[2]:
-                    break  # another owner: written in full below
-                pieces[i] = piece
-                record = piece[3] + _pointer(table[piece[2]]) + piece[4]
-                same_sizes = same_sizes and len(record) == len(records[i])
-                records[i] = record
+                if piece[1] != old[1] or piece[2] != old[2] or piece[5] != old[5]:
+                    break  # another owner or size: written in full below
+                new.append(piece)
             else:
-                start = len(out)
-                joined = b"".join(records) if changed else kept[4]
-                if same_sizes and start == kept[5]:
-                    ends = kept[6]
-                else:
-                    ends = list(zip(itertools.accumulate(map(len, records), initial=start), itertools.repeat(1)))
-                    del ends[0]
-                out += joined
-                extra_ends.extend(ends)
-                if changed:
-                    _RUNS[run_key] = [kept[0], section, pieces, records, joined, start, ends]
-                return True
+                # the same owners and sizes: the new records spliced into the kept run
+                parts = []
+                pos = 0
+                for i, piece in zip(changed, new):
+                    pieces[i] = piece  # (the kept entry is the only holder of pieces)
+                    at = bounds[i - 1] if i else 0
+                    parts.append(joined[pos:at])
+                    parts.append(piece[3] + _pointer(table[piece[2]]) + piece[4])
+                    pos = bounds[i]
+                parts.append(joined[pos:])
+                kept[1] = section
+                kept[3] = b"".join(parts)
+                return _kept_run(out, kept, extra_ends)
     pieces = list(map(_GLUE.get, map(id, section)))
     if None in pieces:
         if len(_GLUE) + len(section) > _GLUE_MOST:
@@ -595,16 +593,22 @@ def _glue_run(out: bytearray, table: dict[bytes, int], section: list, extra_ends
         links = itertools.repeat(_pointer(first))
     else:
         links = map(_pointer, pointers)
-    start = len(out)
-    records = list(map(b"".join, zip(map(_CHUNK, pieces), links, map(_TAIL, pieces))))
-    joined = b"".join(records)
-    ends = list(zip(itertools.accumulate(map(_SIZE, pieces), initial=start), itertools.repeat(1)))
-    del ends[0]
-    out += joined
-    extra_ends.extend(ends)
+    joined = b"".join(itertools.chain.from_iterable(zip(map(_CHUNK, pieces), links, map(_TAIL, pieces))))
+    bounds = list(itertools.accumulate(map(_SIZE, pieces)))
     if len(_RUNS) >= _RUNS_MOST:
         _RUNS.clear()
-    _RUNS[run_key] = [dict(table), section, pieces, records, joined, start, ends]
+    kept = _RUNS[run_key] = [dict(table), section, pieces, joined, -1, None, bounds]
+    return _kept_run(out, kept, extra_ends)
+
+
+def _kept_run(out: bytearray, kept: list, extra_ends: list) -> bool:
+    """Write a kept glue run's bytes and where each of its records ends (rule 7)."""
+    start = len(out)
+    if kept[4] != start:
+        ends = list(zip(map(start.__add__, kept[6]), itertools.repeat(1)))
+        kept[4], kept[5] = start, ends
+    out += kept[3]
+    extra_ends.extend(kept[5])
     return True
 
 
