@@ -145,7 +145,8 @@ _HOST_MAX = getattr(msg, "_MAX_NAME_TEXT", 0)
 _FAST_TEXT = r'\{"host":"([A-Za-z0-9_*.-]{1,%d})"((?:,"[a-z]+":-?[0-9]+)*\})' % _HOST_MAX
 _FAST_HEAD = '{"host":"'
 _NL_HEAD = _NL + _FAST_HEAD
-_FAST_HOSTS = re.compile(r"[A-Za-z0-9_*.-]+(?:\n[A-Za-z0-9_*.-]+)*")  # a batch's hosts, one a line
+_HOST_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_*.-"  # _FAST_TEXT's host
+_NL_BYTES = b"\n"
 _FAST_REST = re.compile(r'(?:,"[a-z]+":-?[0-9]+)*\}')  # what follows the host's closing quote
 _FIRST = operator.itemgetter(0)
 _THIRD = operator.itemgetter(2)
@@ -935,8 +936,9 @@ def _fast_values(values: tuple | list) -> tuple[list[str], list[str | None]]:
 
     The batch is one text, a value per line. When every line starts with ``{"host":"`` the
     lines are cut at their first ``"`` after it (C string methods, no regular expression per
-    value): the hosts are checked together (one match over all of them, one length check,
-    _bad_host_names) and each distinct rest once (_FAST_REST), as _FAST_ONE checks one value.
+    value): the hosts are checked together (their characters deleted at once, one length
+    check, _bad_host_names) and each distinct rest once (_FAST_REST), as _FAST_ONE checks one
+    value.
     """
     n = len(values)
     try:
@@ -948,8 +950,12 @@ def _fast_values(values: tuple | list) -> tuple[list[str], list[str | None]]:
         parts = list(map(str.partition, text[len(_FAST_HEAD):].split(_NL_HEAD), itertools.repeat('"')))
         hosts = list(map(_FIRST, parts))
         host_text = _NL.join(hosts)
-        longest = max(map(len, hosts))
-        if (longest <= _HOST_MAX and _FAST_HOSTS.fullmatch(host_text) is not None
+        lengths = list(map(len, hosts))
+        longest = max(lengths)
+        # Only _HOST_BYTES and a newline between two hosts (none empty): deleting the host
+        # characters leaves the newlines alone.
+        if (longest <= _HOST_MAX and min(lengths) and host_text.isascii()
+                and host_text.encode().translate(None, _HOST_BYTES) == _NL_BYTES * (n - 1)
                 and not _bad_host_names(host_text, longest)):
             rests: list[str | None] = list(map(_THIRD, parts))
             odd = {rest for rest in set(rests) if _FAST_REST.fullmatch(rest) is None}  # type: ignore[arg-type]
@@ -1189,21 +1195,25 @@ class Store:
             return None
         if not text.isascii() or text.count(_NL) != n - 1 or _SEP in text:
             return None
-        lead = _NL + self._head
         text = _NL + text
-        if text.count(lead) != n:
+        if text.count(_NL + self._head) != n:  # every line starts with the head
             return None
-        rests = text.replace(lead, _NL)
-        if ("//" in rests or "\n/" in rests or "/\n" in rests or "\n\n" in rests
-                or rests.endswith(("/", _NL))):
+        low = text.lower()
+        # The lines with "/" as NUL: an empty segment (two slashes, a slash after the head or at
+        # the end, nothing after the head) is a NUL before a NUL or a newline, or the last NUL.
+        joined = low.replace("/", _SEP)
+        if "\0\0" in joined or "\0\n" in joined or joined[-1] == _SEP:
             return None
-        low = rests.lower()
         spellings: list[str | None] | None = None
-        if low != rests:
-            raw = rests[1:].split(_NL)
-            spellings = [None if same else self._head + key
-                         for same, key in zip(map(operator.eq, low[1:].split(_NL), raw), raw)]
-        return low[1:].replace("/", _SEP).split(_NL), spellings
+        if low != text:  # a key spelled in capitals (or a prefix that is): compare what follows the head
+            raw = text[1:].split(_NL)
+            skip = len(self._head)
+            spellings = [None if low_key[skip:] == key[skip:] else key
+                         for low_key, key in zip(low[1:].split(_NL), raw)]
+            if not any(spellings):
+                spellings = None
+        lead = (_NL + self._head).lower().replace("/", _SEP)
+        return joined[len(lead):].split(lead), spellings
 
     # -- reading --------------------------------------------------------------------------
 

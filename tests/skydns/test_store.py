@@ -541,6 +541,31 @@ def test_fast_values_split_like_one_regex_per_value(seed):
         assert store._fast_values(values) == _reference_fast_values(values), values
 
 
+_GOOD = '{"host":"10.0.0.1","ttl":30}'
+# batches one value spoils for the batched split (the reference decides what each value is)
+_EDGE_BATCHES = [
+    [_GOOD, '{"host":"caf\u00e9.example.","ttl":30}'],   # a host not in ASCII
+    [_GOOD, '{"host":"\u0130stanbul.example."}'],        # ... that lower() would lengthen
+    [_GOOD, '{"host":"","ttl":30}'],                      # an empty host
+    ['{"host":""}'],
+    [_GOOD, '{"host":"a\nb","ttl":30}'],                 # a newline in a host
+    ['{"host":"a"}\n{"host":"b"}', 'zzz'],                # a newline and a head inside one value
+    [_GOOD, '{"host":"a"}\n'],
+    [_GOOD, '{"host":"a b","ttl":30}'],                   # a character no host has
+    [_GOOD, '{"host":"a\tb"}', '{"host":"a/b"}', '{"host":"a\u0000b"}'],
+    [_GOOD, '{"host":".a"}'], [_GOOD, '{"host":"a..b"}'], [_GOOD, '{"host":"' + "a" * 64 + '"}'],
+    [_GOOD, '{"host":"' + ".".join(["a" * 63] * 4) + '"}'],  # 255 characters
+    [_GOOD, '{"host":"10.0.0.1"', '{"host":"10.0.0.1","ttl":"30"}'],
+]
+
+
+@pytest.mark.parametrize("values", _EDGE_BATCHES, ids=[repr(b[-1])[:30] for b in _EDGE_BATCHES])
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_fast_values_edge_batches(values, as_bytes):
+    batch = [v.encode() for v in values] if as_bytes else values
+    assert store._fast_values(batch) == _reference_fast_values(batch)
+
+
 @hsettings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(st.binary(max_size=40), st.text(max_size=40),
                           st.lists(st.sampled_from(_FAST_PIECES), max_size=8).map("".join)),
@@ -569,3 +594,64 @@ def test_kept_finds_follow_new_values_read_or_not():
     assert view.exists_path(("a", "b")) and not view.exists_path(("a", "c"))
     view.delete("/skydns/a/b/h1", 9)
     assert [r.host for r in view.find(("a",))] == ["10.0.0.2"] and not view.exists_path(("a", "b", "h1"))
+
+
+# -- rule 12's batched key split: the same paths and spellings as _path key by key --------------
+
+_KEY_PIECES = ["/skydns/", "/SkyDNS/", "/skydnsX/", "/other/", "/", "//", "local", "Cluster", "svc", "_tcp",
+               "a-b", "x.y", "\n", "\0", "caf\u00e9", "", "0a1b2c3d", "skydns", "/skydns", "\n/skydns/"]
+
+
+def _paths_one_by_one(view: store.Store, keys: list) -> tuple[list, list] | None:
+    """The reference: Store._path of each key; None when one of them cannot be stored."""
+    found = [view._path(store._text(key)) for key in keys]
+    if any(path is None for path, _, _ in found):
+        return None
+    return [path for path, _, _ in found], [spelling for _, spelling, _ in found]
+
+
+def _check_paths(prefix: str, keys: list) -> None:
+    view = store.Store(prefix)
+    got = view._paths(keys)
+    want = _paths_one_by_one(view, keys)
+    if got is None:  # refused: the batch goes key by key (no key is lost, only speed)
+        return
+    assert want is not None, keys
+    paths, spellings = got
+    assert paths == want[0], keys
+    assert (spellings or [None] * len(keys)) == want[1], keys
+
+
+@pytest.mark.parametrize("prefix", ["skydns", "SkyDNS", "sky/dns"])
+@pytest.mark.parametrize("seed", range(10))
+def test_batched_key_split_like_one_key_at_a_time(prefix, seed):
+    """Seeded differential test: batches of kube2sky-like keys with random damage; a clean batch
+    is always taken whole."""
+    import random
+
+    rng = random.Random(seed)
+    head = f"/{prefix}/"
+    base = [f"{head}local/cluster/svc/ns{i % 7}/svc{i}/{i:08x}" for i in range(200)]
+    base += [f"{head}arpa/in-addr/10/96/{i // 250}/{i % 250}/{i:08x}" for i in range(100)]
+    clean = sorted(rng.sample(base, 50))
+    view = store.Store(prefix)
+    assert view._paths(clean) == _paths_one_by_one(view, clean)[:1] + (None,)
+    for _ in range(60):
+        keys = rng.sample(base, rng.randint(1, 40))
+        for _ in range(rng.choice([0, 1, 1, 3])):
+            i = rng.randrange(len(keys))
+            at = rng.randrange(len(keys[i]) + 1)
+            keys[i] = keys[i][:at] + rng.choice(_KEY_PIECES) + keys[i][at + rng.choice([0, 0, 1, 5]):]
+        if rng.random() < 0.3:
+            keys = [key.upper() if rng.random() < 0.2 else key for key in keys]
+        _check_paths(prefix, [key.encode() for key in keys] if rng.random() < 0.5 else keys)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.sampled_from(["skydns", "SkyDNS", "sky/dns"]),
+       st.lists(st.lists(st.sampled_from(_KEY_PIECES), min_size=1, max_size=6).map("".join), min_size=1, max_size=10),
+       st.booleans())
+def test_batched_key_split_takes_any_batch(prefix, keys, as_bytes):
+    """Any keys (text or UTF-8 bytes, one kind per batch as a page has): the reference result,
+    or refused."""
+    _check_paths(prefix, [key.encode() for key in keys] if as_bytes else keys)
