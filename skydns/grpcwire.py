@@ -145,7 +145,12 @@ class Decoder:
         self.reusable = False  # the call ended by its trailers: next_call() may follow
         self._buf = b""
         self._blocks = HeaderBlocks()
-        self._message = bytearray()  # gRPC bytes of stream 1 not yet a whole message
+        # A message of the call's stream begun in an earlier frame: its 5-byte prefix while that
+        # is not whole, then the pieces of its body, how many bytes they hold, and its length.
+        self._head = b""
+        self._parts: list[bytes] = []
+        self._have = 0
+        self._need = 0
         self._headers_seen = False  # the response headers came
         self.ended = False
         self.consumed = 0  # flow-controlled bytes taken (rule 3)
@@ -163,7 +168,7 @@ class Decoder:
         self.reusable = False
         self.ended = False
         self._headers_seen = False
-        self._message = bytearray()
+        self._head, self._parts, self._have, self._need = b"", [], 0, 0
         return self.stream
 
     def pending(self) -> list[tuple[str, object]]:
@@ -172,7 +177,7 @@ class Decoder:
 
     def feed(self, data: bytes) -> list[tuple[str, object]]:
         """Decode data (any slice of the byte stream); ProtocolError when it is malformed."""
-        if (self._headers_seen and not self._buf and not self._message and self._blocks.open is None
+        if (self._headers_seen and not self._buf and not self._need and not self._head and self._blocks.open is None
                 and len(data) >= 14 and data[3] == DATA and data[4] == 0 and data[9] == 0
                 and int.from_bytes(data[5:9], "big") == self.stream and not self.ended):
             # The usual case, one whole DATA frame of stream 1 holding one whole message: the
@@ -251,25 +256,34 @@ class Decoder:
         self.reusable = True
 
     def _data(self, payload: bytes, out: list) -> None:
-        if self._message:  # a message began in an earlier frame: grow it in place
-            self._message += payload
-            buf = self._message
-        else:
-            buf = payload
-        size = len(buf)
+        if self._need:  # the body of a message begun in an earlier frame: joined once, when whole
+            self._parts.append(payload)
+            self._have += len(payload)
+            if self._have < self._need:
+                return
+            body, need = b"".join(self._parts), self._need
+            self._parts, self._have, self._need = [], 0, 0
+            if len(body) == need:
+                out.append((MESSAGE, body))
+                return
+            out.append((MESSAGE, body[:need]))
+            payload = body[need:]
+        elif self._head:
+            payload, self._head = self._head + payload, b""
+        size = len(payload)
         at = 0
         while size - at >= 5:
-            if buf[at]:
-                raise ProtocolError(f"gRPC message flag {buf[at]}: compressed, which was not asked for")
-            end = at + 5 + int.from_bytes(buf[at + 1:at + 5], "big")
-            if end > size:
-                break
-            out.append((MESSAGE, bytes(buf[at + 5:end])))
+            if payload[at]:
+                raise ProtocolError(f"gRPC message flag {payload[at]}: compressed, which was not asked for")
+            length = int.from_bytes(payload[at + 1:at + 5], "big")
+            end = at + 5 + length
+            if end > size:  # the rest of the body comes in later frames
+                self._parts, self._have, self._need = [payload[at + 5:]], size - at - 5, length
+                return
+            out.append((MESSAGE, payload[at + 5:end]))
             at = end
-        if at == size:
-            self._message = bytearray()
-        elif at or buf is not self._message:  # keep only the rest (a big message is copied once)
-            self._message = bytearray(buf[at:])
+        if at < size:
+            self._head = payload[at:]
 
     def _end(self, why: str, out: list) -> None:
         self.ended = True
