@@ -682,12 +682,15 @@ class _Table:
                 if spellings[i] is not None:
                     self.spelling[paths[i]] = spellings[i]  # type: ignore[assignment]
         first, keys_col, hosts_col, shapes_col = self.first, self.keys, self.hosts, self.shapes
+        joined = _NL.join(itertools.islice(hosts, cut, end))
+        plain = _ODD not in joined and joined.count(_NL) == end - cut - 1  # no host to keep aside
         for start, stop in zip(starts, [*starts[1:], end]):
             block_keys = _pack_keys(paths[start:stop])
             some = hosts[start:stop]
-            joined = _NL.join(some)
-            if _ODD in joined or joined.count(_NL) != stop - start - 1:
-                some = [self._host(paths[i], hosts[i]) for i in range(start, stop)]
+            if not plain:
+                joined = _NL.join(some)
+                if _ODD in joined or joined.count(_NL) != stop - start - 1:
+                    some = [self._host(paths[i], hosts[i]) for i in range(start, stop)]
             block_hosts = _pack_hosts(some)
             old = reuse.get(block_keys) if reuse else None
             if old is None:
