@@ -16,6 +16,12 @@ Rules (DESIGN section 4, STYLE 5.7):
 3. Foreground full sync at start and after a leader change: read the prefix page by page
    keeping only 64-bit digests of (key, value), rebuild everything, put what etcd lacks,
    delete kube2sky's orphans (reconcile ownership rule), log progress.
+3a. A first start into an empty prefix (one Range of a single key says so, before the
+   listings end) needs no comparison: the sync is skipped and each page of the first
+   listings is applied as it arrives (k8swatch rule 1), its owners written at once as in 2.
+   etcd writes while the API is still read. An owner written from part of its slices is
+   written again as a diff when the rest come; the Listed that ends a listing decides (an
+   object a retried listing no longer holds is deleted like any other). Ready as in 7.
 4. Relists (410, watch error, manifests changed), etcd errors and --resync-period: the
    difference between the new objects and what was written is committed first (a Service
    created during an API-server restart is in etcd right after the relist), then etcd is
@@ -25,8 +31,8 @@ Rules (DESIGN section 4, STYLE 5.7):
 5. etcd errors are never fatal: the changed owners are kept, the attempt is logged with the
    retry it will make (#n in Xs), and a background verify follows.
 6. With --leader-elect only the holder of the leader key writes (each write is guarded).
-7. Ready (GET /readiness 200 "ok") after the first full sync (a standby replica: after its
-   first listings, while its election reaches etcd). SIGTERM/SIGINT set one stop event; everything ends within grace_period.
+7. Ready (GET /readiness 200 "ok") after the first full sync (3a: once every kind is listed
+   and written; a standby replica: after its first listings, while its election reaches etcd). SIGTERM/SIGINT set one stop event; everything ends within grace_period.
 8. Bad objects are logged with their namespace/name and counted; they never stop the engine.
    A value under the prefix that is not a record (bad JSON, 1e400, NaN...) is never fatal:
    kube2sky overwrites it when it wants that key, else leaves it as not its own; the first
@@ -109,9 +115,7 @@ _VERIFY_CHUNK = 16
 # Owners built together in a foreground sync (nothing else runs): their leaf labels are hashed
 # in one batch, which pays from a few thousand values on (about 30 records per owner).
 _SYNC_CHUNK = 256
-# Transactions in flight at once when a sync writes many keys (etcd batches them).
-_PIPELINE = 8
-# Requests in flight at once in a foreground sync (each up to 4,096 puts or _CALL_BYTES), and
+# Requests in flight at once when many keys are written (each up to 4,096 puts or _CALL_BYTES), and
 # the size of one: etcd refuses requests over --max-request-bytes (1.5 MiB by default). Eight
 # keep about half a second of etcd's work queued while the next chunk of owners is built: at
 # 10k services + 100k endpoints the sync took 5.3-5.6 s instead of 6.4-6.9 s with four
@@ -242,6 +246,8 @@ class Engine:
         self.dirty: dict[tuple, float] = {}  # owner -> when its first unwritten change arrived
         self.force: set[tuple] = set()  # owners whose every record is put (etcd may lack some)
         self.full: str | None = "start"  # a foreground sync is due: start, leader change
+        self.early: bool | None = None  # a first start into an empty prefix (None: not known yet)
+        self.early_started = 0.0
         self.verify_due: str | None = None  # a background verify is due (its cause)
         self.full_received: float | None = None
         self.verifying: set[tuple] | None = None  # owners changed while a verify runs
@@ -361,6 +367,16 @@ class Engine:
             INVALID.labels(kind).inc()
             return None
 
+    @staticmethod
+    def _parse_quietly(kind: str, raw):
+        """The object, or None when invalid (the Listed that follows logs and counts it)."""
+        if not isinstance(raw, dict):
+            return raw
+        try:
+            return objects.parse(kind, raw)
+        except objects.Invalid:
+            return None
+
     def _put_slice(self, key: tuple[str, str, str], eps: objects.EndpointSlice | None) -> set[tuple[str, str]]:
         """Store or remove a slice; return the services it touched."""
         touched = set()
@@ -403,7 +419,13 @@ class Engine:
     def apply(self, event: k8swatch.Event) -> None:
         """Take one event from a source into the state; mark the owners it touched."""
         kind = event.resource.kind
-        if isinstance(event, k8swatch.Listed):
+        if isinstance(event, k8swatch.Page):
+            if kind not in self.listed:  # the first listing's pages, as they come (rule 3a)
+                for raw in event.items:
+                    obj = self._parse_quietly(kind, raw)
+                    if obj is not None:
+                        self._apply_one(kind, obj.ns, obj.name, obj, event.received)
+        elif isinstance(event, k8swatch.Listed):
             RELISTS.labels(kind, event.cause).inc()
             self._replace(kind, event.items, event.received)
             first = kind not in self.listed
@@ -582,51 +604,92 @@ class Engine:
             deletes = [k for k in deletes if not self._pod_ip_wanted(owner[1], _host_of(old[k]), owner[2])]
         return inputs, reconcile.Plan(tuple(sorted(puts)), tuple(sorted(deletes))), len(new) - len(old)
 
+    def _dirty_plans(self):
+        """(owner, received, inputs, plan, change in key count) of every dirty owner. Owners
+        never written (nothing of theirs in etcd: a first start into an empty prefix, new
+        services) put all their records, built _SYNC_CHUNK at a time (services hashed in one
+        batch); the others commit the diff from what was written (_owner_plan)."""
+        owners = list(self.dirty)
+        fresh = [o for o in owners if o not in self.written and o not in self.force]
+        for start in range(0, len(fresh), _SYNC_CHUNK):
+            for owner, inputs, result in self.build_all(fresh[start:start + _SYNC_CHUNK], remember=True):
+                for problem in result.problems:
+                    logger.warning("%s", problem)
+                    PROBLEMS.inc()
+                values = result.values
+                yield owner, self.dirty[owner], inputs, reconcile.Plan(tuple(sorted(values.items()))), len(values)
+        fresh_set = set(fresh)
+        for owner in owners:
+            if owner not in fresh_set:
+                inputs, plan, delta = self._owner_plan(owner)
+                yield owner, self.dirty[owner], inputs, plan, delta
+
     async def sync_dirty(self) -> None:
-        """Write every dirty owner: its diff from what was written, owners packed into
-        transactions of at most --max-txn-ops (one owner's changes are never split unless
-        it alone is bigger), a few transactions in flight."""
+        """Write every dirty owner (_dirty_plans), owners packed into requests of nested
+        transactions (etcdwriter.nesting: an owner's changes are in one request, all or
+        nothing, unless it alone is bigger than a request, then its parts go in order, puts
+        first), a few requests in flight."""
         limit = max(1, self.settings.max_txn_ops)
-        batch: list[tuple[tuple, float, object, int]] = []
-        puts: list[tuple[str, str]] = []
-        deletes: list[str] = []
-        inflight: list[asyncio.Task] = []
+        outer, inner = etcdwriter.nesting(limit)
+        prefix = self.settings.prefix
+        plans: list[reconcile.Plan] = []
+        done: list[tuple[tuple, float, object, int]] = []
+        size = 0
+        inflight: list[asyncio.Future] = []
 
         async def drain(keep: int) -> None:
             while len(inflight) > keep:
-                task = inflight.pop(0)
-                await task
+                await inflight.pop(0)
 
-        async def flush() -> None:
-            if not (puts or deletes):
-                return
-            done = list(batch)
-            plan = reconcile.Plan(tuple(puts), tuple(deletes))
-            batch.clear()
-            puts.clear()
-            deletes.clear()
-
+        async def send(call: list[reconcile.Plan], owners: list[tuple[tuple, float, object, int]]) -> None:
             async def commit() -> None:
-                for part in reconcile.chunk(plan, limit, self.settings.prefix):
-                    await self._commit(part)
-                self._written(done)
+                await self._commit_all(call)
+                self._written(owners)
 
             inflight.append(asyncio.ensure_future(commit()))
-            await drain(_PIPELINE - 1)
+            await asyncio.sleep(0)  # sent now: etcd works while the next plans are built
+            await drain(_PIPELINE_CALLS - 1)
+
+        async def flush() -> None:
+            nonlocal plans, done, size
+            if plans:
+                call, owners = plans, done
+                plans, done, size = [], [], 0
+                await send(call, owners)
 
         try:
-            for owner in list(self.dirty):
-                received = self.dirty[owner]
-                inputs, plan, delta = self._owner_plan(owner)
+            for owner, received, inputs, plan, delta in self._dirty_plans():
+                entry = (owner, received, inputs, delta)
                 if not plan:
-                    self._written([(owner, received, inputs, delta)])
+                    # an owner never written that has no records stays unwritten (nothing of
+                    # its is in etcd): a headless service listed before its slices is then
+                    # written in the batch of new owners once they come
+                    self._written([entry], keep=owner in self.written)
                     continue
-                if len(puts) + len(deletes) + len(plan) > limit:
+                n = len(plan)
+                n_bytes = sum(len(k) + len(v) for k, v in plan.puts) + sum(map(len, plan.deletes))
+                if n <= inner:
+                    parts = [plan]
+                elif n <= limit:
+                    await flush()  # one flat transaction, alone in its request
+                    await send([plan], [entry])
+                    continue
+                else:  # one request holds it: any split will do (puts first)
+                    parts = _split_plan(plan, inner)
+                if len(parts) > outer or n_bytes > _CALL_BYTES:
+                    # bigger than a request: its transactions one after the other, puts first
                     await flush()
-                batch.append((owner, received, inputs, delta))
-                puts.extend(plan.puts)
-                deletes.extend(plan.deletes)
-                if plan.puts and len(plan) <= 16:
+                    await drain(0)
+                    for part in reconcile.chunk(plan, limit, prefix):
+                        await self._commit(part)
+                    self._written([entry])
+                    continue
+                if plans and (len(plans) + len(parts) > outer or size + n_bytes > _CALL_BYTES):
+                    await flush()
+                plans += parts
+                done.append(entry)
+                size += n_bytes
+                if n <= 16 and plan.puts:
                     logger.debug("%s: %d puts, %d deletes", "/".join(owner[1:]) or owner[0],
                                  len(plan.puts), len(plan.deletes))
             await flush()
@@ -637,10 +700,10 @@ class Engine:
             if inflight:
                 await asyncio.gather(*inflight, return_exceptions=True)
 
-    def _written(self, done: list[tuple[tuple, float, object, int]]) -> None:
+    def _written(self, done: list[tuple[tuple, float, object, int]], keep: bool = True) -> None:
         now = self.clock()
         for owner, received, inputs, delta in done:
-            if inputs is None:
+            if inputs is None or not keep:
                 self.written.pop(owner, None)
                 self._labels.pop(owner, None)
             else:
@@ -649,7 +712,8 @@ class Engine:
             self.force.discard(owner)
             if self.dirty.get(owner) == received and self.inputs(owner) == inputs:
                 del self.dirty[owner]
-            LATENCY.observe(max(0.0, now - received))
+            if self.synced:  # the first sync's owners would only say how long the start took
+                LATENCY.observe(max(0.0, now - received))
         KEYS.set(max(0, self.n_keys))
 
     async def verify(self, cause: str, background: bool) -> None:
@@ -831,11 +895,37 @@ class Engine:
             self.full = None
         if self.dirty:
             await self.sync_dirty()
-        if not self.synced and not self.dirty:
+        if not self.synced and not self.dirty and self.full is None and self.all_listed:
+            if self.early:
+                SYNC_DURATION.observe(max(0.0, self.clock() - self.early_started))
+                logger.info("first sync (start, etcd held nothing) in %.2fs: %d keys put while listing",
+                            self.clock() - self.early_started, self.n_keys)
             self.synced = True
             self.synced_event.set()
             READY.set(1)
             self.next_resync = self.clock() + self.settings.resync_period
+
+    async def _check_empty(self) -> None:
+        """At a first start, before the listings end: with nothing under the prefix, there is
+        nothing to compare, so the foreground sync is not needed and the owners are written
+        as their pages come (rule 3a)."""
+        pages = self.store.scan(self.prefix, page_size=1)
+        try:
+            try:
+                self.early = not await anext(pages)
+            except StopAsyncIteration:
+                self.early = True
+            finally:
+                await pages.aclose()
+        except etcdwriter.EtcdError as err:
+            logger.info("cannot tell whether etcd holds records yet (%s): full sync after the listings", err)
+            self.early = False
+            return
+        if self.early:
+            self.full = None
+            self.early_started = self.clock()
+            logger.info("etcd holds nothing under %s: writing the records while the objects are listed",
+                        self.prefix)
 
     def _start_verify(self) -> None:
         cause, self.verify_due = self.verify_due, None
@@ -863,10 +953,14 @@ class Engine:
             if (self.synced and period > 0 and self.verify_due is None and not self.verify_running
                     and self.clock() >= self.next_resync):
                 self.verify_due = "periodic resync"
+            if self.early is None and self.full == "start" and self.may_write and not self.all_listed:
+                await self._check_empty()
             ready = self.all_listed and self.may_write
             if ready and self.synced and not self.dirty and self.verify_due and not self.verify_running:
                 self._start_verify()
-            work = ready and (self.full is not None or self.dirty)
+            early = self.early and self.full is None and self.may_write and not self.synced
+            # (ready and not synced: a first start whose owners were all written while listing)
+            work = (ready and (self.full is not None or self.dirty or not self.synced)) or bool(early and self.dirty)
             if not work:
                 get = asyncio.ensure_future(queue.get())
                 waiters = [get, asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
@@ -907,6 +1001,18 @@ class Engine:
         if is_leader:
             self.full = self.full or "became leader"
         self.wake.set()
+
+
+def _split_plan(plan: reconcile.Plan, size: int) -> list[reconcile.Plan]:
+    """A plan as plans of at most ``size`` operations, its puts first (in order)."""
+    puts, deletes = plan.puts, plan.deletes
+    out = [reconcile.Plan(puts[i:i + size]) for i in range(0, len(puts), size)]
+    if out and deletes and len(out[-1]) < size:  # the last puts' room takes the first deletes
+        room = size - len(out[-1])
+        out[-1] = reconcile.Plan(out[-1].puts, deletes[:room])
+        deletes = deletes[room:]
+    out += [reconcile.Plan((), deletes[i:i + size]) for i in range(0, len(deletes), size)]
+    return out
 
 
 def _calls(puts: dict[str, str], outer: int, inner: int) -> list[list[reconcile.Plan]]:

@@ -2,7 +2,10 @@
 
 Rules (STYLE 5.7, kopf's continuous watch, client-go's reflector):
 1. List first, emit Listed(items, cause), then watch from the list's resourceVersion with
-   allowWatchBookmarks. A BOOKMARK only moves the resourceVersion forward.
+   allowWatchBookmarks. A BOOKMARK only moves the resourceVersion forward. During the first
+   listing (cause "start") each page is also emitted as it arrives (Page), so the sink can
+   start its work before a big listing ends; the Listed that follows is the authority (a
+   listing that failed halfway and was retried may have paged objects it no longer holds).
 2. 410 Gone (an ERROR event with a Status of code 410, or an HTTP 410 on list/watch) means the
    history we hold is gone: list again (cause "410 Gone"); the sink replaces the whole kind and the
    writer reconciles the whole prefix, deleting orphans.
@@ -98,11 +101,21 @@ class Changed:
     received: float  # time.monotonic() when the event was read
 
 
-Event = Listed | Changed
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a first listing, as it arrives (rule 1): a hint, Listed decides."""
+
+    resource: Resource
+    items: tuple
+    received: float
+
+
+Event = Listed | Changed | Page
 
 
 class Transport(Protocol):
-    def list(self, resource: Resource) -> tuple[list[dict], str]: ...
+    def list(self, resource: Resource,
+             on_page: Callable[[list], None] | None = None) -> tuple[list[dict], str]: ...
     def watch(self, resource: Resource, resource_version: str) -> Iterator[dict]: ...
     def stop(self) -> None: ...
 
@@ -146,7 +159,13 @@ def follow(
     while not stop.is_set():
         # ---- list
         try:
-            items, rv = transport.list(resource)
+            if cause == "start":
+                def on_page(items: list) -> None:
+                    emit(Page(resource, tuple(items), clock()))
+
+                items, rv = transport.list(resource, on_page=on_page)
+            else:
+                items, rv = transport.list(resource)
         except WatchError as err:
             if stop.is_set():
                 return
@@ -401,7 +420,8 @@ class ApiTransport:
             return False
         return any(r.get("name") == resource.plural for r in doc.get("resources") or ())
 
-    def list(self, resource: Resource) -> tuple[list[dict], str]:
+    def list(self, resource: Resource,
+             on_page: Callable[[list], None] | None = None) -> tuple[list[dict], str]:
         items: list[dict] = []
         token = ""
         while True:
@@ -414,7 +434,11 @@ class ApiTransport:
             del doc
             for item in page:
                 item.setdefault("kind", resource.kind)  # list items carry no kind; the sink wants it
-            items.extend(map(functools.partial(self.trim, resource), page) if self.trim else page)
+            if self.trim:
+                page = list(map(functools.partial(self.trim, resource), page))
+            items.extend(page)
+            if on_page is not None and page:
+                on_page(page)
             del page
             token = meta.get("continue") or ""
             remaining = meta.get("remainingItemCount")

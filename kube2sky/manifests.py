@@ -229,7 +229,8 @@ class ManifestSource:
                 "addressType": family, "endpoints": endpoints, "ports": ports}
 
     # ---- k8swatch.Transport
-    def list(self, resource: k8swatch.Resource) -> tuple[list[dict], str]:
+    def list(self, resource: k8swatch.Resource, on_page=None) -> tuple[list[dict], str]:
+        """Everything of a kind (read at once: no pages, ``on_page`` is not called)."""
         if resource.kind not in KINDS:
             raise k8swatch.NotServed(f"manifests hold no {resource.plural}")
         self.load()

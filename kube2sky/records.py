@@ -5,7 +5,8 @@ Rules of this module:
 1. PURE and total: no I/O, no clock; never raises on any object ``objects`` produced. What
    cannot be published is skipped and reported in ``Result.problems`` (one line naming the
    object and why); the rest of the object is still published.
-2. Keys come only from ``msg.name_to_key`` / ``msg.ip_to_reverse_key``; every leaf label is
+2. Keys are ``msg.name_to_key`` / ``msg.ip_to_reverse_key`` of the names (built from the
+   zone's key and the validated labels below it, which is the same); every leaf label is
    ``msg.leaf_label`` of a record's JSON (kube2sky's FNV-1a scheme), so the same input always
    gives the same keys and rewriting a record is a no-op. The one kube2sky exception is kept
    for compatibility: a ClusterIP service's SRV leaves are named after the hash of its first
@@ -278,6 +279,25 @@ def _canonical_ip(text: str) -> str | None:
 
 # ---- building --------------------------------------------------------------------------------
 
+class _LabelOf(str):
+    """A leaf given as "the label of this value" (a value of the same build, hashed with it):
+    kube2sky's SRV leaves of a ClusterIP service (rule 2)."""
+
+    __slots__ = ()
+
+
+@functools.lru_cache(maxsize=16)
+def _arpa4(prefix: str) -> str:
+    """The head of an IPv4 address's reverse key: ``/skydns/arpa/in-addr/``."""
+    return f"/{prefix.strip('/')}/arpa/in-addr/"
+
+
+@functools.lru_cache(maxsize=16)
+def _zone_key(zone: str, prefix: str) -> str:
+    """``msg.name_to_key`` of the zone: the head of every key of a service name."""
+    return msg.name_to_key(zone, prefix)
+
+
 class _Builder:
     """Collects one object's records and problems; leaf labels are hashed in one batch."""
 
@@ -289,6 +309,7 @@ class _Builder:
         self.entries: list[tuple[str, str, str]] = []
         self.problems: list[str] = []
         self._keys: dict[str, str] = {}
+        self._label_of = False  # some leaf is a _LabelOf
 
     def problem(self, why: str) -> None:
         self.problems.append(f"{self.what}: {why}")
@@ -308,13 +329,23 @@ class _Builder:
         """Add a record (JSON value) under ``name``, leaf = hash of its JSON unless given."""
         self.entries.append((self.key_of(name), value, leaf))
 
+    def name_keys(self, name: str, key: str) -> None:
+        """Tell the key of a name (made of validated labels) instead of computing it."""
+        self._keys[name] = key
+
+    def put_labelled_like(self, key: str, value: str, like: str) -> None:
+        """Add a record under the name whose key is ``key``, its leaf label that of the value
+        ``like`` of this build."""
+        self._label_of = True
+        self.entries.append((key, value, _LabelOf(like)))
+
     def put_key(self, key: str, value: str) -> None:
         """Add a record under the name whose key is ``key``."""
         self.entries.append((key, value, ""))
 
     def put_ptr(self, ip: str, target: str) -> None:
         if ":" not in ip:  # canonical IPv4: msg.ip_to_reverse_key without parsing it again
-            key = f"/{self.settings.prefix.strip('/')}/arpa/in-addr/{ip.replace('.', '/')}"
+            key = f"{_arpa4(self.settings.prefix)}{ip.replace('.', '/')}"
         else:
             key = msg.ip_to_reverse_key(ip, self.settings.prefix)
         self.entries.append((key, self.value(target), ""))
@@ -368,8 +399,13 @@ class _Builder:
         if hashes is None:
             todo = self.unhashed()
             hashes = _remembered_labels(todo) if len(todo) >= _MIN_BATCH else list(map(_leaf_label, todo))
-        hashes = hashes[::-1]
-        labels = [leaf or hashes.pop() for _, _, leaf in entries]
+        if self._label_of:
+            known = dict(zip(self.unhashed(), hashes))
+            hashes = hashes[::-1]
+            labels = [(known[leaf] if type(leaf) is _LabelOf else leaf) or hashes.pop() for _, _, leaf in entries]
+        else:
+            hashes = hashes[::-1]
+            labels = [leaf or hashes.pop() for _, _, leaf in entries]
         values = {f"{key}/{label}": value for (key, value, _), label in zip(entries, labels)}
         limit = self.settings.max_records_per_service
         if len(values) > limit:
@@ -447,6 +483,10 @@ def _service_builder(svc: objects.Service, slices: Iterable[objects.EndpointSlic
         return b
     name = service_name(svc.ns, svc.name, settings)
     legacy = legacy_name(svc.ns, svc.name, settings) if settings.legacy_names else None
+    zone_key = _zone_key(settings.zone, settings.prefix)  # the labels are valid: no name_to_key
+    b.name_keys(name, f"{zone_key}/svc/{svc.ns}/{svc.name}")
+    if legacy:
+        b.name_keys(legacy, f"{zone_key}/{svc.ns}/{svc.name}")
     if svc.type == objects.EXTERNAL_NAME:
         _external_name(b, svc, name, legacy)
     elif svc.headless:
@@ -472,9 +512,9 @@ def _cluster_ip(b: _Builder, svc: objects.Service, name: str, legacy: str | None
         b.put(name, b.value(ip))
         b.put_ptr(ip, name)
     # kube2sky's SRV leaves: the label of the first A/AAAA record
-    leaf = _leaf_label(b.value(ips[0]))
-    for port in b.named_ports(svc.ports, "port"):
-        b.put(_srv_name(port, name), b.value(name, port.port), leaf=leaf)
+    first = b.value(ips[0])
+    for key, number in _srv_keys(b, b.named_ports(svc.ports, "port"), name):
+        b.put_labelled_like(key, b.value(name, number), first)
     if legacy:
         b.put(legacy, b.value(name))
 
@@ -509,6 +549,21 @@ def _headless(b: _Builder, svc: objects.Service, slices: Iterable[objects.Endpoi
 def _endpoint(b: _Builder, ep: objects.Endpoint, ports: list[tuple[str, int]], name: str, base: str,
               where: str) -> None:
     """One endpoint's records: A/AAAA and PTR per address, SRV per (SRV key, port number)."""
+    addresses = ep.addresses
+    if len(addresses) == 1 and b.template.plain and _IPV4.match(addresses[0]):
+        # the common case written out: one canonical IPv4 address (what ips() keeps as it
+        # is), a hostname that is already a label, values as _Template.value makes them
+        ip = addresses[0]
+        host = ep.hostname
+        label = host if _LABEL.match(host) else endpoint_label(host, ip)
+        target = f"{label}.{name}"
+        tail = b.template.tail
+        append = b.entries.append
+        append((f"{base}/{label}", f'{{"host":"{ip}"{tail}', ""))
+        append((f"{_arpa4(b.settings.prefix)}{ip.replace('.', '/')}", f'{{"host":"{target}"{tail}', ""))
+        for srv_key, number in ports:
+            append((srv_key, f'{{"host":"{target}","port":{number}{tail}', ""))
+        return
     for ip in b.ips(ep.addresses, where):
         label = endpoint_label(ep.hostname, ip)
         target = f"{label}.{name}"
@@ -655,7 +710,10 @@ def headless_delta(old: tuple[objects.Service, Sequence[objects.EndpointSlice]],
 
 
 def _srv_keys(b: _Builder, ports: Iterable[objects.Port], base: str) -> list[tuple[str, int]]:
-    return [(b.key_of(_srv_name(port, base)), port.port) for port in ports]
+    """(key, port number) of each named port's SRV name under ``base`` (ports come from
+    named_ports: lower-case valid labels, so the key is the base's plus two segments)."""
+    head = b.key_of(base)
+    return [(f"{head}/_{port.protocol}/_{port.name}", port.port) for port in ports]
 
 
 def _external_name(b: _Builder, svc: objects.Service, name: str, legacy: str | None) -> None:

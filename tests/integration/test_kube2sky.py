@@ -696,10 +696,12 @@ def test_list_pages_are_trimmed_and_consistent(api):
     client = k8swatch.make_api_client(k8swatch.Connection(master_url=api.url))
     transport = k8swatch.ApiTransport(client, page_size=2,
                                       trim=lambda resource, raw: objects.parse(resource.kind, raw))
-    items, rv = transport.list(k8swatch.SERVICES)
+    pages: list[list] = []
+    items, rv = transport.list(k8swatch.SERVICES, on_page=pages.append)
     assert all(isinstance(item, objects.Service) for item in items)
     assert {item.name for item in items} == {o["metadata"]["name"] for o in api.objects("Service")}
     assert int(rv) <= api.resource_version
+    assert [len(page) for page in pages] == [2, 2, 2, 1] and [o for page in pages for o in page] == items
 
     first = transport._get(k8swatch.SERVICES.path(), [("limit", "3")], stream=False)
     api.create(service("late", "10.0.1.99"))  # after the first page: not in this listing

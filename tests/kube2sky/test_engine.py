@@ -230,10 +230,18 @@ def test_relist_rebuilds_only_changed_services(monkeypatch, relisted, rebuilt):
         built.append(service.ref)
         return real_labelled(service, slices, settings, labels, memo)
 
+    real_all = e.build_all
+
+    def counting_all(owners, remember=False):  # new owners are built in batches; not a verify's
+        if e.verifying is None:
+            built.extend((o[1], o[2]) for o in owners if o[0] == "svc")
+        return real_all(owners, remember)
+
     async def go():
         await settle(e, listed(svc("a", "10.0.0.1"), svc("b", "10.0.0.2")))
         monkeypatch.setattr(app.records, "build_service", counting)
         monkeypatch.setattr(app.records, "build_service_labelled", counting_labelled)
+        monkeypatch.setattr(e, "build_all", counting_all)
         await settle(e, listed(*relisted, cause="410 Gone"))
 
     run(go())
@@ -452,3 +460,133 @@ def test_kept_leaf_labels_write_what_the_plain_build_writes(monkeypatch, seed):
 
     run(go())
     assert any(d is not None for d in deltas) and None in deltas
+
+
+# ---- a first start into an empty prefix writes while the objects are listed (app rule 3a)
+
+def _page(resource: k8swatch.Resource, *items: dict) -> k8swatch.Page:
+    return k8swatch.Page(resource, tuple(items), 0.0)
+
+
+def _listed(resource: k8swatch.Resource, *items: dict) -> k8swatch.Listed:
+    return k8swatch.Listed(resource, tuple(items), "1", "start", 0.0)
+
+
+async def _until(condition, what: str) -> None:
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _drive(e: app.Engine, *steps) -> None:
+    """Run the engine on a queue: each step is an event to enqueue or an async check to await."""
+    queue: asyncio.Queue = asyncio.Queue()
+    stop = asyncio.Event()
+    task = asyncio.create_task(e.run(queue, stop))
+    try:
+        for step in steps:
+            if isinstance(step, (k8swatch.Page, k8swatch.Listed, k8swatch.Changed)):
+                queue.put_nowait(step)
+            else:
+                await step()
+    finally:
+        stop.set()
+        await task
+
+
+def _kinds_engine(store: Store) -> app.Engine:
+    settings = settings_mod.Settings(backoff=(0.0,))
+    return app.Engine(settings, store, kinds=(k8swatch.SERVICES, k8swatch.ENDPOINT_SLICES))
+
+
+def _fresh_desired(*events) -> dict[str, str]:
+    e = _kinds_engine(Store())
+    for event in events:
+        e.apply(event)
+    return e.desired()
+
+
+def test_first_start_into_empty_prefix_writes_each_page_before_the_listings_end():
+    store = Store()
+    e = _kinds_engine(store)
+    S, E = k8swatch.SERVICES, k8swatch.ENDPOINT_SLICES
+    slices = [_slice("hl", 1, [(1, "a", True), (2, "b", True)]), _slice("hl", 2, [(1, "c", True)])]
+    final = [_listed(S, svc("web", "10.0.0.1"), _headless("hl"), svc("late", "10.0.0.3")), _listed(E, *slices)]
+    web_key = "/skydns/local/cluster/svc/default/web/"
+    hl_key = "/skydns/local/cluster/svc/default/hl/"
+
+    async def web_written():
+        await _until(lambda: any(k.startswith(web_key) for k in store.data), "web's records")
+        assert not e.synced and not e.verifying and store.calls.count("scan") == 1  # the one-key check only
+
+    async def first_slice_written():
+        await _until(lambda: any(k.startswith(hl_key + "a/") for k in store.data), "the first slice's records")
+        assert not any(k.startswith(hl_key + "c/") for k in store.data) and not e.synced
+
+    async def synced():
+        await _until(lambda: e.synced, "ready")
+
+    run(_drive(e, _page(S, svc("web", "10.0.0.1"), _headless("hl")), web_written,
+               _page(E, slices[0]), first_slice_written, _page(E, slices[1]), *final, synced))
+    assert store.data == e.desired() == _fresh_desired(*final)
+    assert store.calls.count("scan") == 1  # no full sync: nothing to compare with
+    assert e.n_keys == len(store.data)
+
+
+def test_first_start_paged_objects_a_retried_listing_no_longer_holds_are_deleted():
+    store = Store()
+    e = _kinds_engine(store)
+    S, E = k8swatch.SERVICES, k8swatch.ENDPOINT_SLICES
+    gone_key = "/skydns/local/cluster/svc/default/gone/"
+
+    async def gone_written():
+        await _until(lambda: any(k.startswith(gone_key) for k in store.data), "gone's records")
+
+    async def synced():
+        await _until(lambda: e.synced, "ready")
+
+    final = [_listed(S, svc("web", "10.0.0.1")), _listed(E)]
+    run(_drive(e, _page(S, svc("web", "10.0.0.1"), svc("gone", "10.0.0.2")), gone_written, *final, synced))
+    assert not any(k.startswith(gone_key) for k in store.data)
+    assert store.data == e.desired() == _fresh_desired(*final)
+
+
+def test_first_start_with_records_in_etcd_is_a_full_sync_after_the_listings():
+    store = Store()
+    orphan_value = msg.encode(msg.Service(host="10.9.9.9", priority=10, weight=10, ttl=30))
+    orphan = f"/skydns/local/cluster/svc/default/old/{msg.leaf_label(orphan_value)}"
+    store.data[orphan] = orphan_value
+    e = _kinds_engine(store)
+    S, E = k8swatch.SERVICES, k8swatch.ENDPOINT_SLICES
+
+    async def page_applied_nothing_written():
+        await _until(lambda: ("svc", "default", "web") in e.dirty, "the page applied")
+        await asyncio.sleep(0.05)
+        assert e.early is False and store.data == {orphan: orphan_value} and not e.synced
+
+    async def synced():
+        await _until(lambda: e.synced, "ready")
+
+    final = [_listed(S, svc("web", "10.0.0.1")), _listed(E)]
+    run(_drive(e, _page(S, svc("web", "10.0.0.1")), page_applied_nothing_written, *final, synced))
+    assert store.data == e.desired() == _fresh_desired(*final)  # the orphan is gone
+
+
+def test_first_start_ready_when_the_last_listing_brings_nothing_to_write():
+    """Every owner was written from the pages: the last Listed changes nothing, and the
+    engine still turns ready (nothing dirty is left to wake it)."""
+    store = Store()
+    e = _kinds_engine(store)
+    S, E = k8swatch.SERVICES, k8swatch.ENDPOINT_SLICES
+
+    async def written():
+        await _until(lambda: not e.dirty and any("/web/" in k for k in store.data), "web written")
+
+    async def synced():
+        await _until(lambda: e.synced, "ready")
+
+    run(_drive(e, _page(S, svc("web", "10.0.0.1")), _listed(S, svc("web", "10.0.0.1")), written,
+               _listed(E), synced))
+    assert store.data == e.desired()

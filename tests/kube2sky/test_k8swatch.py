@@ -106,7 +106,7 @@ class Scripted:
         self.stop_event = stop
         self.watched_from: list[str] = []
 
-    def list(self, resource):
+    def list(self, resource, on_page=None):
         if not self.lists:
             self.stop_event.set()
             raise k8swatch.ApiError("script over")
@@ -143,6 +143,29 @@ def test_follow(lists, watches, expect, watched_from):
     k8swatch.follow(k8swatch.SERVICES, transport, got.append, stop, backoff=(1, 2), rng=random.Random(1))
     assert [summarize(e) for e in got] == expect
     assert transport.watched_from == watched_from
+
+
+class Paged(Scripted):
+    """Scripted, its lists handed to on_page one object per page (as ApiTransport does)."""
+
+    def list(self, resource, on_page=None):
+        items, rv = super().list(resource)
+        for item in items if on_page is not None else ():
+            on_page([item])
+        return items, rv
+
+
+def test_first_listing_is_also_emitted_page_by_page_relists_are_not():
+    stop = Stop()
+    transport = Paged([([svc("a", "1"), svc("b", "1")], "1"), ([svc("a", "4")], "4")],
+                      [[error(410)], []], stop)
+    got: list[k8swatch.Event] = []
+    k8swatch.follow(k8swatch.SERVICES, transport, got.append, stop, backoff=(1,), rng=random.Random(1))
+    pages = [tuple(i["metadata"]["name"] for i in e.items) for e in got if isinstance(e, k8swatch.Page)]
+    assert pages == [("a",), ("b",)]
+    assert [summarize(e) for e in got if not isinstance(e, k8swatch.Page)] == [
+        ("listed", "start", ("a", "b")), ("listed", "410 Gone", ("a",))]
+    assert isinstance(got[2], k8swatch.Listed)  # the pages come before their listing
 
 
 def test_unknown_event_type_is_logged(caplog):
