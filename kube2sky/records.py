@@ -400,7 +400,7 @@ class _Builder:
             todo = self.unhashed()
             hashes = _remembered_labels(todo) if len(todo) >= _MIN_BATCH else list(map(_leaf_label, todo))
         if self._label_of:
-            known = dict(zip(self.unhashed(), hashes))
+            known = dict(zip([value for _, value, leaf in entries if not leaf], hashes))
             hashes = hashes[::-1]
             labels = [(known[leaf] if type(leaf) is _LabelOf else leaf) or hashes.pop() for _, _, leaf in entries]
         else:

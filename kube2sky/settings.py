@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import re
 
 
@@ -130,8 +131,7 @@ class Settings:
     @property
     def zone(self) -> str:
         """The cluster zone, lower-case and fully qualified (``cluster.local.``)."""
-        zone = self.domain.strip().lower().rstrip(".")
-        return zone + "." if zone else "."
+        return _zone(self.domain)
 
     @property
     def dns_service_ref(self) -> tuple[str, str] | None:
@@ -144,6 +144,12 @@ class Settings:
     def publishes(self, namespace: str) -> bool:
         """Whether objects of this namespace are published (``--namespaces``)."""
         return not self.namespaces or namespace in self.namespaces
+
+
+@functools.lru_cache(maxsize=16)
+def _zone(domain: str) -> str:
+    zone = domain.strip().lower().rstrip(".")
+    return zone + "." if zone else "."
 
 
 # ---- durations (flags) ----
