@@ -96,7 +96,10 @@ Rules (DESIGN section 3; SkyDNS semantics where DESIGN is silent):
     same records but a few (new values at the same keys), only the targets of those are built
     again. ``Section.adopt`` takes such kept RRsets whole (a later ``add``/``extend`` works on
     copies), so plans share them, and no list of a plan is ever changed once ``plan`` returns
-    it: encode keeps what it wrote of them by identity (encode rule 7).
+    it: encode keeps what it wrote of them by identity (encode rule 7). The same for the A/AAAA
+    answer of a name whose records are all addresses of the family asked (``_addresses``, a
+    headless service's name): kept per name with the records it came from, and after a change
+    only the records that changed are read again.
     tests/skydns/test_answering_fast.py and test_headless_diff.py compare with nothing kept.
 """
 
@@ -650,9 +653,16 @@ def _in_zone(ctx: _Ctx, qtype: int, path: tuple[str, ...], zone: _Zone) -> Plan 
     elif srv_name and qtype in _ADDRESS:
         answer.extend(_target_addresses(ctx, records, qtype), qtext)
     elif qtype in (_A, _AAAA, _TXT):
-        items, resolve = _chase(ctx, None, qtext, records, qtype, frozenset((qtext,)), 0,
-                                aliases=not srv_name)
-        answer.extend(items, qtext)
+        kept = (_addresses(qtext, qtype, records, settings.ttl)
+                if len(records) >= _BULK_MIN and qtype != _TXT and _MEMO_ADDRESSES and _BULK
+                and len(records) <= answer.limit else None)
+        if kept is not None:
+            # rule 15: the one RRset extend makes of _chase's addresses, kept per name
+            answer.adopt([[None, qtext, qtype, kept[3], kept[4]]], len(kept[4]))
+        else:
+            items, resolve = _chase(ctx, None, qtext, records, qtype, frozenset((qtext,)), 0,
+                                    aliases=not srv_name)
+            answer.extend(items, qtext)
     elif qtype in (_SRV, _MX):
         if kube:  # rule 13b: only SRV data (a port) makes SRV answers; mail makes MX answers
             records = [rec for rec in records if (rec.port if qtype == _SRV else rec.mail)]
@@ -884,6 +894,51 @@ def _chase(ctx: _Ctx, owner: str | None, owner_text: str, records: list[msg.Serv
             out.extend(sub)
             resolve, linked = sub_resolve, True
     return out, resolve
+
+
+# The addresses a name answers with when every record it read is an address of the family
+# asked (_addresses), by (name, type, default TTL): [records, TTLs, addresses, the RRset's TTL,
+# its distinct addresses]. tests/skydns/test_answering_fast.py turns it off to compare.
+_MEMO_ADDRESSES = True
+_ADDRESSES_KEPT = 256  # entries at most (emptied together when full)
+_addressed: dict[tuple, list] = {}
+
+
+def _addresses(qtext: str, qtype: int, records: list[msg.Service], default_ttl: int) -> list | None:
+    """What ``_chase`` and ``Section.extend`` make of ``records`` for an A/AAAA query of the
+    name ``qtext`` when every record is an address of that family: the RRset's TTL and its
+    distinct addresses in order (at [3] and [4]; never changed once returned); None otherwise.
+
+    Kept per name (rule 15): when ``records`` holds the records of the last call but a few (new
+    values in the same places), only those are read again."""
+    key = (qtext, qtype, default_ttl)
+    kept = _addressed.get(key)
+    want = _ADDRESS[qtype]
+    if kept is not None and len(kept[0]) == len(records):
+        changed = list(itertools.compress(range(len(records)), map(operator.is_not, records, kept[0])))
+        if not changed:
+            return kept
+        if len(changed) <= _PATCH_MOST:
+            ttls, addresses = list(kept[1]), list(kept[2])
+            for at in changed:
+                rec = records[at]
+                if _kind(rec.host) is not want:
+                    return None
+                ttls[at] = rec.ttl or default_ttl
+                addresses[at] = _ip(rec.host)
+            got = _addressed[key] = [records, ttls, addresses, min(ttls), list(dict.fromkeys(addresses))]
+            return got
+    hosts = list(map(_HOST, records))
+    if list(map(_kind, hosts)).count(want) != len(hosts):
+        return None
+    ttls = list(map(_TTL_OF, records))
+    if 0 in ttls:
+        ttls = [ttl or default_ttl for ttl in ttls]
+    addresses = list(map(_ip, hosts))
+    if len(_addressed) >= _ADDRESSES_KEPT:
+        _addressed.clear()
+    got = _addressed[key] = [records, ttls, addresses, min(ttls), list(dict.fromkeys(addresses))]
+    return got
 
 
 def _glue(ctx: _Ctx, target: str, additional: Section) -> None:

@@ -33,6 +33,7 @@ def _plain_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(answering, "_BULK", False)
     monkeypatch.setattr(answering, "_MEMO_TARGETS", False)
     monkeypatch.setattr(answering, "_MEMO_GLUE", False)
+    monkeypatch.setattr(answering, "_MEMO_ADDRESSES", False)
     monkeypatch.setattr(answering, "_target", lambda host, key, strip, prefix: rrs.target(
         msg.Service(host=host, key=key, targetstrip=strip), prefix))
 
