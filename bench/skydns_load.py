@@ -7,14 +7,15 @@ started against it ``--runs`` times and each run measures:
 
   start         skydns start -> first correct answer for a ClusterIP name (wall seconds and the
                 process's CPU seconds at that moment; the CPU includes the interpreter's start
-                and imports)
+                and imports), and the CPU seconds etcd spent meanwhile serving the Range pages
+                (etcd_cpu_s: etcd shares the cores with skydns, here as on a pod's node)
   load          the mirror's load alone: from the log line of the first Range request to the
                 "loaded" line (wall), as skydns logs it
   rss           VmRSS after the load settled, and VmHWM (the peak)
   relist        etcd restarted under the running skydns: it relists (rule 3 of
                 skydns/etcdwatch.py) and builds the new snapshot aside while the old one keeps
-                answering; the time to the second "loaded" line, and VmHWM after it (both
-                snapshots alive at once at the swap)
+                answering; the time to the second "loaded" line (skydns's and etcd's CPU
+                seconds meanwhile), and VmHWM after it (both snapshots alive at once at the swap)
 
     .venv/bin/python bench/skydns_load.py                     # 9k ClusterIP + 1k headless x 100 = 337,001 keys
     .venv/bin/python bench/skydns_load.py --services 900 --headless 100 --endpoints 10
@@ -90,6 +91,7 @@ def wait_loaded(server: skydnsproc.Skydns, count: int, timeout: float = 600) -> 
 
 def one_run(etcd: BenchEtcd, name: str, want: str, relist: bool) -> dict:
     out: dict = {"load_average": round(os.getloadavg()[0], 2)}
+    etcd_cpu = cpu_seconds(etcd.proc.pid)
     started = time.monotonic()
     server = skydnsproc.Skydns(etcd.url, "--max-answers=1000", timeout=1.0)
     try:
@@ -104,6 +106,7 @@ def one_run(etcd: BenchEtcd, name: str, want: str, relist: bool) -> dict:
             time.sleep(0.02)  # as bench/scale.py polls: SERVFAIL answers cost skydns CPU too
         out["start_s"] = round(time.monotonic() - started, 3)
         out["start_cpu_s"] = round(cpu_seconds(server.proc.pid), 3)
+        out["etcd_cpu_s"] = round(cpu_seconds(etcd.proc.pid) - etcd_cpu, 3)
         time.sleep(1.0)
         out["rss_mib"], out["peak_mib"] = rss(server.proc.pid)
         if relist:
@@ -111,9 +114,11 @@ def one_run(etcd: BenchEtcd, name: str, want: str, relist: bool) -> dict:
             etcd.stop()
             etcd.start()
             t = time.monotonic()
+            etcd_cpu = cpu_seconds(etcd.proc.pid)
             wait_loaded(server, 2)
             out["relist_s"] = round(time.monotonic() - t, 3)
             out["relist_cpu_s"] = round(cpu_seconds(server.proc.pid) - cpu, 3)
+            out["relist_etcd_cpu_s"] = round(cpu_seconds(etcd.proc.pid) - etcd_cpu, 3)
             time.sleep(1.0)
             out["rss_after_relist_mib"], out["peak_after_relist_mib"] = rss(server.proc.pid)
         lines = [line for line in server.log().splitlines() if "etcd: loaded" in line]
