@@ -99,7 +99,8 @@ Rules (DESIGN section 3; SkyDNS semantics where DESIGN is silent):
     it: encode keeps what it wrote of them by identity (encode rule 7). The same for the A/AAAA
     answer of a name whose records are all addresses of the family asked (``_addresses``, a
     headless service's name): kept per name with the records it came from, and after a change
-    only the records that changed are read again.
+    only the records that changed are read again. Each kept table holds at most 8,192 records
+    and is emptied when full.
     tests/skydns/test_answering_fast.py and test_headless_diff.py compare with nothing kept.
 """
 
@@ -900,8 +901,9 @@ def _chase(ctx: _Ctx, owner: str | None, owner_text: str, records: list[msg.Serv
 # asked (_addresses), by (name, type, default TTL): [records, TTLs, addresses, the RRset's TTL,
 # its distinct addresses]. tests/skydns/test_answering_fast.py turns it off to compare.
 _MEMO_ADDRESSES = True
-_ADDRESSES_KEPT = 256  # entries at most (emptied together when full)
+_ADDRESSES_KEPT = 8192  # records held by the entries at most (emptied together when full)
 _addressed: dict[tuple, list] = {}
+_addressed_records = 0
 
 
 def _addresses(qtext: str, qtype: int, records: list[msg.Service], default_ttl: int) -> list | None:
@@ -935,8 +937,11 @@ def _addresses(qtext: str, qtype: int, records: list[msg.Service], default_ttl: 
     if 0 in ttls:
         ttls = [ttl or default_ttl for ttl in ttls]
     addresses = list(map(_ip, hosts))
-    if len(_addressed) >= _ADDRESSES_KEPT:
+    global _addressed_records
+    if _addressed_records + len(records) > _ADDRESSES_KEPT:
         _addressed.clear()
+        _addressed_records = 0
+    _addressed_records += len(records)
     got = _addressed[key] = [records, ttls, addresses, min(ttls), list(dict.fromkeys(addresses))]
     return got
 
@@ -1250,9 +1255,10 @@ def _batched(ctx: _Ctx, chosen: list[tuple], groups: dict | None = None,
 # the targets' labels): [labels, found, position -> label, label -> target index, the RRsets].
 # tests/skydns/test_answering_fast.py turns it off to compare.
 _MEMO_GLUE = True
-_GLUE_KEPT = 256  # entries at most (emptied together when full)
+_GLUE_KEPT = 8192  # records held by the entries at most (emptied together when full)
 _PATCH_MOST = 8   # changed records patched into an entry; more are read again
 _glued: dict[tuple, list] = {}
+_glued_records = 0
 
 
 def _address_glue(found: list[msg.Service], base: str, labels: list[str], targets: list[str],
@@ -1298,8 +1304,11 @@ def _address_glue(found: list[msg.Service], base: str, labels: list[str], target
     rrsets = list(map(list, zip(targets, targets, itertools.repeat(_A), ttls, map(list, zip(map(_ip, hosts))))))
     got = [labels, found, rests_list, {label: i for i, label in enumerate(labels)}, rrsets]
     if _MEMO_GLUE:
-        if len(_glued) >= _GLUE_KEPT:
+        global _glued_records
+        if _glued_records + len(found) > _GLUE_KEPT:
             _glued.clear()
+            _glued_records = 0
+        _glued_records += len(found)
         _glued[key] = got
     return got
 

@@ -410,8 +410,11 @@ def _render(query: wire.Query, result: object, turn: int) -> tuple | None:
                         del written[0]
                         kept = (rdatas, head, start, b"".join(records), written)
                         if n >= _GLUE_RUN:
-                            if len(_SRVS) >= _RUNS_MOST:
+                            global _srvs_records
+                            if _srvs_records + n > _RUNS_MOST:
                                 _SRVS.clear()
+                                _srvs_records = 0
+                            _srvs_records += n
                             _SRVS[id(rdatas)] = kept
                     # (else rule 7: this very list of rdatas was written here before)
                     out += kept[3]
@@ -521,7 +524,9 @@ def _glue_piece(rrset: list) -> tuple | None:
 # run, the section (its RRsets), their _GLUE entries, the run's bytes, where it was written
 # last, (end, 1) per record there, where each record ends in the run] (rule 7).
 _RUNS: dict[tuple, list] = {}
-_RUNS_MOST = 256
+_RUNS_MOST = 8192  # records held by the runs (and by the SRV RRsets) at most
+_runs_records = 0
+_srvs_records = 0
 _PATCH_MOST = 16
 
 
@@ -595,8 +600,11 @@ def _glue_run(out: bytearray, table: dict[bytes, int], section: list, extra_ends
         links = map(_pointer, pointers)
     joined = b"".join(itertools.chain.from_iterable(zip(map(_CHUNK, pieces), links, map(_TAIL, pieces))))
     bounds = list(itertools.accumulate(map(_SIZE, pieces)))
-    if len(_RUNS) >= _RUNS_MOST:
+    global _runs_records
+    if _runs_records + n > _RUNS_MOST:
         _RUNS.clear()
+        _runs_records = 0
+    _runs_records += n
     kept = _RUNS[run_key] = [dict(table), section, pieces, joined, -1, None, bounds]
     return _kept_run(out, kept, extra_ends)
 
