@@ -555,10 +555,9 @@ def _glue_run(out: bytearray, table: dict[bytes, int], section: list, extra_ends
                 rrset = section[i]
                 piece = _GLUE.get(id(rrset))
                 if piece is None:
-                    piece = _glue_piece(rrset)
+                    piece = _glue_piece(rrset)  # (kept in the run only: it replaces one there)
                     if piece is None:
                         break
-                    _GLUE[id(rrset)] = piece
                 old = pieces[i]
                 if piece[1] != old[1] or piece[2] != old[2] or piece[5] != old[5]:
                     break  # another owner or size: written in full below
