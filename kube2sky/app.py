@@ -15,7 +15,9 @@ Rules (DESIGN section 4, STYLE 5.7):
    --max-txn-ops, an owner is never split unless it alone is bigger. Never delete-then-add.
 3. Foreground full sync at start and after a leader change: read the prefix page by page
    keeping only 64-bit digests of (key, value), rebuild everything, put what etcd lacks,
-   delete kube2sky's orphans (reconcile ownership rule), log progress.
+   delete kube2sky's orphans (reconcile ownership rule), log progress. At a start, etcd is
+   read while the objects are still listed (as etcd was then: what changes there meanwhile
+   is left to the next verify, as for any change during a read).
 3a. A first start into an empty prefix (one Range of a single key says so, before the
    listings end) needs no comparison: the sync is skipped and each page of the first
    listings is applied as it arrives (k8swatch rule 1), its owners written at once as in 2.
@@ -250,6 +252,7 @@ class Engine:
         self.full: str | None = "start"  # a foreground sync is due: start, leader change
         self.early: bool | None = None  # a first start into an empty prefix (None: not known yet)
         self.early_started = 0.0
+        self._prefetch: asyncio.Future | None = None  # etcd's digests, read while listing (rule 3)
         self.verify_due: str | None = None  # a background verify is due (its cause)
         self.full_received: float | None = None
         self.verifying: set[tuple] | None = None  # owners changed while a verify runs
@@ -735,12 +738,15 @@ class Engine:
         inflight: list[asyncio.Future] = []  # foreground writes (a failure ends the others)
         try:
             # 1. etcd's content as sorted 64-bit digests (8 bytes per key) and a found mark each
-            runs: list[array.array] = []  # each page's digests, sorted (8 bytes each)
-            async for page in self.store.scan(self.prefix):
-                runs.append(array.array("q", sorted(_digest(k, v) for k, v in page)))
-                del page
-            actual = array.array("q", heapq.merge(*runs))
-            del runs
+            actual = None
+            prefetch, self._prefetch = self._prefetch, None
+            if prefetch is not None and not background:
+                try:
+                    actual = await prefetch  # read while the objects were listed (rule 3)
+                except etcdwriter.EtcdError as err:
+                    logger.info("reading etcd while listing failed (%s): reading it again", err)
+            if actual is None:
+                actual = await self._read_digests()
             found = bytearray(len(actual))
             n_actual = len(actual)
             find = Digests(actual).find
@@ -868,6 +874,14 @@ class Engine:
             if inflight:
                 await asyncio.gather(*inflight, return_exceptions=True)
 
+    async def _read_digests(self) -> array.array:
+        """etcd's content under the prefix as sorted 64-bit digests of (key, value)."""
+        runs: list[array.array] = []  # each page's digests, sorted (8 bytes each)
+        async for page in self.store.scan(self.prefix):
+            runs.append(array.array("q", sorted(_digest(k, v) for k, v in page)))
+            del page
+        return array.array("q", heapq.merge(*runs))
+
     async def full_sync(self, cause: str) -> None:
         """The foreground sync: at start and after a leader change (what is in etcd is unknown)."""
         self.written.clear()
@@ -923,6 +937,8 @@ class Engine:
             logger.info("cannot tell whether etcd holds records yet (%s): full sync after the listings", err)
             self.early = False
             return
+        if not self.early:  # etcd is read while the objects are listed (rule 3)
+            self._prefetch = asyncio.ensure_future(self._read_digests())
         if self.early:
             self.full = None
             self.early_started = self.clock()
@@ -942,10 +958,11 @@ class Engine:
         try:
             await self._run(queue, stop)
         finally:
-            if self.verify_task is not None:
-                self.verify_task.cancel()
-                with contextlib.suppress(BaseException):
-                    await self.verify_task
+            for task in (self.verify_task, self._prefetch):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
 
     async def _run(self, queue: asyncio.Queue, stop: asyncio.Event) -> None:
         while not stop.is_set():

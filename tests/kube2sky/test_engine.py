@@ -565,6 +565,7 @@ def test_first_start_with_records_in_etcd_is_a_full_sync_after_the_listings():
         await _until(lambda: ("svc", "default", "web") in e.dirty, "the page applied")
         await asyncio.sleep(0.05)
         assert e.early is False and store.data == {orphan: orphan_value} and not e.synced
+        assert store.calls == ["scan", "scan"]  # the one-key check, then etcd read while listing
 
     async def synced():
         await _until(lambda: e.synced, "ready")
@@ -572,6 +573,7 @@ def test_first_start_with_records_in_etcd_is_a_full_sync_after_the_listings():
     final = [_listed(S, svc("web", "10.0.0.1")), _listed(E)]
     run(_drive(e, _page(S, svc("web", "10.0.0.1")), page_applied_nothing_written, *final, synced))
     assert store.data == e.desired() == _fresh_desired(*final)  # the orphan is gone
+    assert store.calls.count("scan") == 3  # not read again for the sync; once more for the orphan's key
 
 
 def test_first_start_ready_when_the_last_listing_brings_nothing_to_write():
