@@ -5,15 +5,15 @@ Rules of this module:
 1. List, then watch. The prefix is read page by page at one fixed revision (a consistent
    snapshot, even while etcd is being written): the first page at the current revision, the
    others at its revision. Each page is decoded into a new snapshot (``view.begin_replace()``,
-   ``Load.add_columns``, ``_STEP`` keys at a time with a yield to the event loop in between:
-   the old snapshot answers meanwhile) as it arrives, the request for the next one already sent
-   (etcd reads it while skydns decodes), and the snapshot replaces the view whole
-   (``view.finish_replace()``). After the first page (``settings.etcd_page_size`` keys, about
-   as many as etcd serves while skydns decodes them) the rest comes in about 8 pages, because
-   etcd counts the rest of the range on every request. If
-   etcd compacts that revision half-way, the list starts over at once. The watch then starts
-   at the list's revision + 1 and applies each event with ``view.put()`` / ``view.delete()`` at
-   the event's revision.
+   ``Load.add_columns``, ``_STEP`` keys at a time, taken out of the page a step at a time too,
+   with a yield to the event loop in between: the old snapshot answers meanwhile) as it
+   arrives, the request for the next one already sent (etcd reads it while skydns decodes),
+   and the snapshot replaces the view whole (``view.finish_replace()``). After the first page
+   (``settings.etcd_page_size`` keys, about as many as etcd serves while skydns decodes them)
+   the rest comes in about 8 pages, because etcd counts the rest of the range on every
+   request. If etcd compacts that revision half-way, the list starts over at once. The watch
+   then starts at the list's revision + 1 and applies each event with ``view.put()`` /
+   ``view.delete()`` at the event's revision.
 2. The view only ever changes by a complete snapshot or by a watch event. An error never
    empties it: while etcd is unreachable the view keeps serving its last good data, and it
    stays ``loaded`` once the first full snapshot is in.
@@ -626,12 +626,12 @@ class _Mirror:
                 # Ask for the next page before decoding this one: etcd reads it meanwhile.
                 following = self._range(calls, response.kvs[-1].key + b"\0", revision, limit)
             kvs = response.kvs
-            keys, values = list(map(_KEY, kvs)), list(map(_VALUE, kvs))
-            del kvs, response
-            for start in range(0, len(keys), _STEP):  # bad values: view.bad
-                load.add_columns(keys[start:start + _STEP], values[start:start + _STEP])
+            for start in range(0, len(kvs), _STEP):  # bad values: view.bad
+                some = kvs[start:start + _STEP]  # the page's keys and values taken a step at a time
+                load.add_columns(list(map(_KEY, some)), list(map(_VALUE, some)))
+                del some
                 await asyncio.sleep(0)  # the loop reads etcd's next page and answers meanwhile
-            del keys, values
+            del kvs, response
             if following is None:
                 break
             response = await following
