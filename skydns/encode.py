@@ -37,6 +37,11 @@ Rules:
    suffixes are not remembered (nothing after it could point at them). Each table holds its
    objects (so no other object can have their ids) and is emptied when full (``_RUNS_MOST``,
    ``_GLUE_MOST``). tests/skydns/test_headless_diff.py compares with dnspython.
+8. A plan whose only record is one A or AAAA of the query name (the usual first answer of a
+   name after its change) is written straight: header, the question, a pointer to it, the
+   record, the OPT record; no compression table, no record ends, no serials. The same bytes
+   as rules 1-5 write (tests/skydns/test_encode_diff.py compares with the shortcut off and
+   with dnspython).
 """
 
 from __future__ import annotations
@@ -243,6 +248,11 @@ def render(query: wire.Query, result: object, recursion: bool, payload: int, lim
     pointer (then a rotation moves bytes and no offset: the cut for the limit and the serial
     offsets are the same for every turn), else every turn is rendered in full (rule 6).
     """
+    answer = result.answer  # type: ignore[attr-defined]
+    if _LONE and len(answer) == 1 and not result.authority and not result.additional:  # type: ignore[attr-defined]
+        lone = _lone_address(query, result, answer[0], recursion, payload, limit)
+        if lone is not None:
+            return [lone], ((),)
     body = _render(query, result, 0)
     if body is None:
         return None
@@ -284,6 +294,37 @@ def render(query: wire.Query, result: object, recursion: bool, payload: int, lim
             rotated = rotated[:cut]
         variants.append(rotated + tail if tail else rotated)
     return variants, (kept,) * count
+
+
+# Rule 8's shortcut; tests/skydns/test_encode_diff.py turns it off to compare.
+_LONE = True
+_POINTER_TO_QUESTION = b"\xc0\x0c"
+
+
+def _lone_address(query: wire.Query, result: object, rrset: list, recursion: bool, payload: int,
+                  limit: int) -> bytes | None:
+    """The reply of a plan whose only record is one A/AAAA of the query name (rule 8), or None
+    when the plan is not that (``_render`` writes it then)."""
+    display, owner, rdtype, ttl, rdatas = rrset
+    pack = _PACK.get(rdtype)
+    qname = query.qname
+    if display is not None or pack is None or len(rdatas) != 1 or len(qname) < 2:
+        return None
+    if not owner.isascii() or "\\" in owner:
+        raise Unsupported(owner)  # as _name_parts: dnspython's job
+    _question_keys(qname)  # raises Unsupported for a dot inside a label, as _render does
+    flags = _QR | (query.flags & _RD) | (result.rcode & 0x0F)  # type: ignore[attr-defined]
+    if recursion:
+        flags |= _RA
+    if result.aa:  # type: ignore[attr-defined]
+        flags |= _AA
+    body = (qname + _QTAIL.pack(query.qtype, query.qclass) + _POINTER_TO_QUESTION
+            + _RRHEAD.pack(rdtype, _IN, ttl, _FIXED[rdtype]) + pack(rdatas[0]))
+    if wire.HEADER_SIZE + len(body) > (limit - 11 if query.edns else limit):
+        return None  # cut by _finish (rule 5)
+    if query.edns:
+        return _HEADER.pack(query.id, flags, 1, 1, 0, 1) + body + _opt(payload, query.do)
+    return _HEADER.pack(query.id, flags, 1, 1, 0, 0) + body
 
 
 # A negative answer's SOA record as written after a question, by (the question's name in lower

@@ -208,3 +208,40 @@ def test_negative_soa_written_again_like_dnspython(qname):
         got = encode.render(query, result, False, settings.edns_payload, 65535, 1)
         want = transport.render(answering.to_message(dns.message.from_wire(data), result, settings), 65535)
         assert got == ([want], (tuple(wire.soa_serial_offsets(want)),)), (qname, serial, glue)
+
+
+_LONE_CASES = [
+    # (query name, type, EDNS, DO, RD, RA, record TTL, address, limit)
+    ("web.bench.svc.cluster.local.", "A", False, False, True, False, 30, "10.96.0.20", 512),
+    ("WeB.Bench.svc.cluster.local.", "A", 0, False, True, True, 5, "10.96.0.21", 1232),
+    ("web.bench.svc.cluster.local.", "AAAA", 0, True, False, False, 0, "fd00::1", 65535),
+    ("cluster.local.", "A", False, False, False, True, 2**31 - 1, "192.0.2.1", 512),
+    ("x" * 63 + "." + "y" * 63 + "." + "z" * 63 + ".cluster.local.", "AAAA", 0, False, True, False, 30,
+     "2001:db8::ffff", 512),
+    ("a-b_c.cluster.local.", "A", 0, True, True, True, 1, "0.0.0.0", 4096),
+]
+
+
+@pytest.mark.parametrize("qname,rdtype,edns,do,rd,ra,ttl,address,limit", _LONE_CASES)
+def test_lone_address_written_like_dnspython(qname, rdtype, edns, do, rd, ra, ttl, address, limit, monkeypatch):
+    """Rule 8: a plan of one A/AAAA of the query name is written straight, byte for byte what
+    the general renderer and dnspython write (the ID, RD, RA, AA, TTL, OPT and DO included)."""
+    settings = settings_mod.Settings(domains=("cluster.local.",))
+    message = dns.message.make_query(qname, rdtype, use_edns=edns, want_dnssec=do, payload=1232)
+    message.id = 4242
+    if not rd:
+        message.flags &= ~dns.flags.RD
+    data = message.to_wire()
+    query = wire.parse(data)
+    qtype = query.qtype
+    result = answering.Plan(answer=[[None, qname.lower(), qtype, ttl, [address]]])
+    got = encode.render(query, result, ra, settings.edns_payload, limit, 1)
+    want = transport.render(answering.to_message(dns.message.from_wire(data), result, settings), limit)
+    if ra:
+        want = bytearray(want)
+        want[3] |= 0x80  # RA: to_message follows the settings (no forwarders), the encoder its argument
+        want = bytes(want)
+    assert encode._lone_address(query, result, result.answer[0], ra, settings.edns_payload, limit) is not None
+    monkeypatch.setattr(encode, "_LONE", False)
+    general = encode.render(query, result, ra, settings.edns_payload, limit, 1)
+    assert got == general == ([want], ((),)), qname
