@@ -58,13 +58,16 @@ def _base(segments: tuple[str, ...]) -> tuple[str, ...] | None:
 class Reads:
     """A store view that records what is read through it (rule 1); otherwise the store itself."""
 
-    __slots__ = ("view", "visible", "below", "exact")
+    __slots__ = ("view", "visible", "below", "exact", "log")
 
     def __init__(self, view: Any) -> None:
         self.view = view
         self.visible: set[tuple[str, ...]] = set()
         self.below: set[tuple[str, ...]] = set()
         self.exact: set[tuple[str, ...]] = set()
+        # (kind 0 find / 1 exists_path / 2 children, segments, exact, limit, result) per read,
+        # in order (answering rule 16)
+        self.log: list[tuple] = []
 
     @property
     def prefix(self) -> str:
@@ -83,15 +86,21 @@ class Reads:
             (self.exact if exact else self.visible).add(segments)
         else:
             self.below.add(_base(segments))  # type: ignore[arg-type]
-        return self.view.find(segments, exact, limit)
+        got = self.view.find(segments, exact, limit)
+        self.log.append((0, segments, exact, limit, got))
+        return got
 
     def exists_path(self, segments: tuple[str, ...]) -> bool:
         self.below.add(segments if _WILDCARDS.isdisjoint(segments) else _base(segments))  # type: ignore[arg-type]
-        return self.view.exists_path(segments)
+        got = self.view.exists_path(segments)
+        self.log.append((1, segments, None, None, got))
+        return got
 
     def children(self, segments: tuple[str, ...]) -> list[str]:
         self.below.add(segments)
-        return self.view.children(segments)
+        got = self.view.children(segments)
+        self.log.append((2, segments, None, None, got))
+        return got
 
 
 class Entry:
@@ -101,7 +110,7 @@ class Entry:
     per variant, the offsets of its SOA serial fields (rule 3).
     """
 
-    __slots__ = ("variants", "zone", "qtype", "serials", "revision", "alive", "deps")
+    __slots__ = ("variants", "zone", "qtype", "serials", "revision", "alive", "deps", "replay")
 
     def __init__(self, variants: list[bytes], zone: str, qtype: int,
                  serials: tuple[tuple[int, ...], ...] = (), revision: int = 0) -> None:
@@ -113,6 +122,8 @@ class Entry:
         self.alive = True
         # per index read: (the index, the paths read) (rule 1)
         self.deps: list[tuple[dict, tuple[tuple[str, ...], ...]]] | tuple = ()
+        # what the transport needs to redo the answer after a change (answering rule 16)
+        self.replay: tuple | None = None
 
     def fresh(self, revision: int) -> list[bytes]:
         """The variants with the SOA serial of ``revision`` written in (rule 3)."""

@@ -102,6 +102,17 @@ Rules (DESIGN section 3; SkyDNS semantics where DESIGN is silent):
     only the records that changed are read again. Each kept table holds at most 8,192 records
     and is emptied when full.
     tests/skydns/test_answering_fast.py and test_headless_diff.py compare with nothing kept.
+16. A plan is a function of what it read (anscache rule 1), of the question and of the
+    settings. So a plan of an A or AAAA question whose only record is one address record at
+    the query name can be redone from a log of its reads (``replay``): every read is made
+    again; when each returns what it returned before, the plan is the same; when the only
+    reads that differ are those of the name's records and they hold one record again, equal
+    to the old one but for ``host`` and ``ttl`` (the same key, an address of the same family),
+    the plan takes the same steps (the steps read a record's host only through its family,
+    rule 5, and its TTL only into the answer): a lone address of the family asked becomes the
+    new address with the new TTL, and an answer without records of the record's family
+    (NODATA) stays the same. Anything else is planned again. tests/skydns/test_answering_fast.py
+    compares replays with fresh plans.
 """
 
 from __future__ import annotations
@@ -580,6 +591,85 @@ def plan(path: tuple[str, ...], qtype: int, qclass: int, view: store.Store,
     if not view.loaded:
         return Plan(rcode=_SERVFAIL, aa=False, cacheable=False)
     return _in_zone(ctx, qtype, path, zone)
+
+
+# replay's outcomes (rule 16)
+SAME = "same"
+_SAME_BUT_ADDRESS = operator.attrgetter("port", "priority", "weight", "text", "mail", "targetstrip", "group", "key")
+_LOG_FIND, _LOG_EXISTS, _LOG_CHILDREN = 0, 1, 2
+
+
+def replayable(path: tuple[str, ...], qtype: int, result: object, log: list[tuple],
+               settings: settings_mod.Settings) -> tuple | None:
+    """What ``replay`` needs to redo ``result``, the plan of an A/AAAA question of ``path``
+    made with the reads of ``log`` (anscache ``Reads.log``), or None when rule 16 does not
+    apply: ``(log, qtype, the name's record, lone, path)`` with ``lone`` true when the plan's only
+    record is that record's address."""
+    if qtype not in _ADDRESS or not isinstance(result, Plan) or result.rcode != _NOERROR or result.additional:
+        return None
+    record = None
+    for kind, segments, exact, _, got in log:
+        if kind == _LOG_FIND and segments == path and not exact:
+            if len(got) != 1 or (record is not None and got[0] is not record):
+                return None
+            record = got[0]
+    if record is None:
+        return None
+    family = _kind(record.host)
+    if family is not _IPV4_KIND and family is not msg.HostType.IPV6:
+        return None
+    if not result.answer:
+        if family is _ADDRESS[qtype] or len(result.authority) != 1:
+            return None
+        return (log, qtype, record, False, path)
+    if family is not _ADDRESS[qtype] or result.authority or len(result.answer) != 1:
+        return None
+    display, _, rdtype, ttl, rdatas = result.answer[0]
+    if (display is not None or rdtype != qtype or rdatas != [_ip(record.host)]
+            or ttl != (record.ttl or settings.ttl)):
+        return None
+    return (log, qtype, record, True, path)
+
+
+def replay(recipe: tuple, view: store.Store, settings: settings_mod.Settings) -> tuple | None:
+    """The plan of ``recipe`` (``replayable``) for the store as it is now (rule 16), as
+    ``(SAME or (ttl, address), the new recipe)``; None when it must be planned again."""
+    log, qtype, record, lone, path = recipe
+    if not view.loaded:
+        return None
+    new_log = []
+    new = None
+    for item in log:
+        kind, segments, exact, limit, got = item
+        if kind == _LOG_FIND:
+            now = view.find(segments, exact, limit)
+            if len(now) == len(got) and all(map(operator.is_, now, got)):
+                new_log.append(item)
+                continue
+            if segments != path or exact or len(now) != 1:
+                return None  # (replayable: this read gave [record])
+            if new is None:
+                new = now[0]
+                if (_SAME_BUT_ADDRESS(new) != _SAME_BUT_ADDRESS(record)
+                        or _kind(new.host) is not _kind(record.host)):
+                    return None
+            elif now[0] is not new:
+                return None
+            new_log.append((kind, segments, exact, limit, now))
+        elif kind == _LOG_EXISTS:
+            if view.exists_path(segments) != got:
+                return None
+            new_log.append(item)
+        else:
+            if view.children(segments) != got:
+                return None
+            new_log.append(item)
+    if new is None:
+        return SAME, recipe
+    recipe = (new_log, qtype, new, lone, path)
+    if not lone:
+        return SAME, recipe
+    return (new.ttl or settings.ttl, _ip(new.host)), recipe
 
 
 def _chaos(query: dns.message.Message, qname: dns.name.Name, qtype: int,

@@ -296,6 +296,11 @@ def render(query: wire.Query, result: object, recursion: bool, payload: int, lim
     return variants, (kept,) * count
 
 
+def address(rdtype: int, text: str) -> bytes:
+    """The rdata of an A (``rdtype`` 1) or AAAA (28) record of the address ``text``."""
+    return _PACK[rdtype](text)
+
+
 # Rule 8's shortcut; tests/skydns/test_encode_diff.py turns it off to compare.
 _LONE = True
 _POINTER_TO_QUESTION = b"\xc0\x0c"

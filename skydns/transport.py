@@ -21,6 +21,11 @@ Rules:
    3c. A miss with a plain query is answered without dnspython: ``answering.plan`` (the same
    semantics as ``answering.answer``) rendered by ``encode``; whatever that renderer does not
    write (other types, truncation, forwarded names, errors) takes the dnspython path.
+   3d. A miss of an A/AAAA query whose dropped entry was one address record of the name, or
+   NODATA beside an address of the other family, is redone from the log of its reads
+   (answering rule 16): the reads are made again and, when only the name's record changed in
+   its address or TTL, the old message gets the new TTL and address written in (or is the same
+   message); anything else is planned again.
    3b. A store change under ``arpa`` tells the forwarder to forget what it cached for that
    reverse name (the name may have become local); nothing else in the store touches forwarded
    answers.
@@ -298,10 +303,11 @@ class Handler:
                     if hit[1].alive:
                         return self._cached(data, hit, proto, family, start)
                     known = hit[4]
+                    dropped = hit[1]
                 else:
-                    known = None
+                    known = dropped = None
             else:
-                known = None
+                known = dropped = None
             if known is not None:
                 # dropped by a change, but these bytes were parsed before: only the ID differs
                 old, limit, key = known
@@ -329,6 +335,10 @@ class Handler:
                             return out
                     self.stats.miss(_CACHE)
                     if self._scoped and query.qclass == 1:
+                        if dropped is not None and dropped.replay is not None:
+                            out = self._replayed(data, query, key, limit, proto, family, start, dropped)
+                            if out is not None:
+                                return out
                         out = self._fast(data, query, key, limit, proto, family, start)
                         if out is not None:
                             return out
@@ -390,8 +400,9 @@ class Handler:
         it (then the dnspython path answers, with the same semantics).
         """
         reads = anscache.Reads(self.view)
+        path = wire.path_of(query.qname)
         try:
-            result = answering.plan(wire.path_of(query.qname), query.qtype, query.qclass, reads, self.settings)
+            result = answering.plan(path, query.qtype, query.qclass, reads, self.settings)
             if not isinstance(result, answering.Plan) or not result.cacheable:
                 return None
             count = encode.rotations(result, ROTATIONS) if self.round_robin else 1
@@ -403,6 +414,8 @@ class Handler:
         variants, serials = rendered
         zone = _zone_label(self._zone_wires, query.qname.lower())
         entry = anscache.Entry(variants, zone, query.qtype, serials, self._revision())
+        if (query.qtype == 1 or query.qtype == 28) and count == 1:
+            entry.replay = _replay_of(query, path, result, reads, variants[0], self.settings)
         self.cache.put(key, entry, reads)
         self.stats.cache_entries[_CACHE] = len(self.cache)
         self._remember(proto, data, [v[2:] for v in variants], entry, (query, limit, key))
@@ -412,6 +425,35 @@ class Handler:
         else:
             out = variants[0]
         self.stats.answered(zone, proto, family, query.qtype, out[3] & 0x0F, len(data), len(out),
+                            time.perf_counter() - start)
+        return out
+
+    def _replayed(self, data: bytes, query: wire.Query, key: tuple, limit: int, proto: str, family: str,
+                  start: float, old: anscache.Entry) -> bytes | None:
+        """A miss whose dropped entry can be redone from its reads (rule 3d), or None."""
+        recipe, reads, at = old.replay  # type: ignore[misc]
+        try:
+            got = answering.replay(recipe, self.view, self.settings)
+            if got is None:
+                return None
+            outcome, recipe = got
+            variants = old.variants
+            if outcome is not answering.SAME:
+                ttl, address = outcome
+                message = bytearray(variants[0])
+                message[at:at + 4] = ttl.to_bytes(4, "big")
+                rdata = encode.address(query.qtype, address)
+                message[at + 6:at + 6 + len(rdata)] = rdata
+                variants = [bytes(message)]
+        except Exception:  # noqa: BLE001 - planned again, and the reference path reports it
+            return None
+        entry = anscache.Entry(variants, old.zone, old.qtype, old.serials, old.revision)
+        entry.replay = (recipe, reads, at)
+        out = wire.patch(entry.fresh(self._revision())[0], query)
+        self.cache.put(key, entry, reads)
+        self.stats.cache_entries[_CACHE] = len(self.cache)
+        self._remember(proto, data, [out[2:]], entry, (query, limit, key))
+        self.stats.answered(old.zone, proto, family, query.qtype, out[3] & 0x0F, len(data), len(out),
                             time.perf_counter() - start)
         return out
 
@@ -574,6 +616,23 @@ class Handler:
             return self._panic(data, "resolving")
         self._count(zone, proto, family, qtype, len(data), out, start)
         return out
+
+
+def _replay_of(query: wire.Query, path: tuple[str, ...], result: object, reads: anscache.Reads,
+               message: bytes, settings: settings_mod.Settings) -> tuple | None:
+    """What ``Handler._replayed`` needs to redo ``message``, the answer of an A/AAAA ``query``
+    planned as ``result``: ``(recipe, reads, where the lone record's TTL is)``; None when
+    answering rule 16 does not apply."""
+    recipe = answering.replayable(path, query.qtype, result, reads.log, settings)
+    if recipe is None:
+        return None
+    at = wire.HEADER_SIZE + len(query.qname) + 10  # question, pointer, type, class: the TTL
+    if recipe[3]:
+        _, _, _, ttl, (address,) = result.answer[0]  # type: ignore[attr-defined]
+        rdata = encode.address(query.qtype, address)
+        if message[at:at + 4] != ttl.to_bytes(4, "big") or message[at + 6:at + 6 + len(rdata)] != rdata:
+            return None  # not laid out as _replayed patches it
+    return (recipe, reads, at)
 
 
 @functools.lru_cache(maxsize=1 << 14)
