@@ -615,6 +615,8 @@ def replayable(path: tuple[str, ...], qtype: int, result: object, log: list[tupl
             record = got[0]
     if record is None:
         return None
+    # the name's records first: replay stops at once when they are gone or more
+    log = sorted(log, key=lambda item: not (item[0] == _LOG_FIND and item[1] == path and not item[2]))
     family = _kind(record.host)
     if family is not _IPV4_KIND and family is not msg.HostType.IPV6:
         return None
@@ -637,36 +639,33 @@ def replay(recipe: tuple, view: store.Store, settings: settings_mod.Settings) ->
     log, qtype, record, lone, path = recipe
     if not view.loaded:
         return None
-    new_log = []
     new = None
-    for item in log:
-        kind, segments, exact, limit, got = item
+    for kind, segments, exact, limit, got in log:  # the name's records first (replayable)
         if kind == _LOG_FIND:
             now = view.find(segments, exact, limit)
-            if len(now) == len(got) and all(map(operator.is_, now, got)):
-                new_log.append(item)
-                continue
-            if segments != path or exact or len(now) != 1:
-                return None  # (replayable: this read gave [record])
-            if new is None:
-                new = now[0]
-                if (_SAME_BUT_ADDRESS(new) != _SAME_BUT_ADDRESS(record)
-                        or _kind(new.host) is not _kind(record.host)):
+            if segments == path and not exact:  # it gave [record]
+                if len(now) != 1:
                     return None
-            elif now[0] is not new:
+                if now[0] is not record:
+                    if new is None:
+                        new = now[0]
+                        if (_SAME_BUT_ADDRESS(new) != _SAME_BUT_ADDRESS(record)
+                                or _kind(new.host) is not _kind(record.host)):
+                            return None
+                    elif now[0] is not new:
+                        return None
+            elif len(now) != len(got) or not all(map(operator.is_, now, got)):
                 return None
-            new_log.append((kind, segments, exact, limit, now))
         elif kind == _LOG_EXISTS:
             if view.exists_path(segments) != got:
                 return None
-            new_log.append(item)
-        else:
-            if view.children(segments) != got:
-                return None
-            new_log.append(item)
+        elif view.children(segments) != got:
+            return None
     if new is None:
         return SAME, recipe
-    recipe = (new_log, qtype, new, lone, path)
+    recipe = ([(kind, segments, exact, limit, [new]) if kind == _LOG_FIND and segments == path and not exact
+               else (kind, segments, exact, limit, got) for kind, segments, exact, limit, got in log],
+              qtype, new, lone, path)
     if not lone:
         return SAME, recipe
     return (new.ttl or settings.ttl, _ip(new.host)), recipe
