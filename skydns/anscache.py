@@ -58,16 +58,13 @@ def _base(segments: tuple[str, ...]) -> tuple[str, ...] | None:
 class Reads:
     """A store view that records what is read through it (rule 1); otherwise the store itself."""
 
-    __slots__ = ("view", "visible", "below", "exact", "log")
+    __slots__ = ("view", "visible", "below", "exact")
 
     def __init__(self, view: Any) -> None:
         self.view = view
         self.visible: set[tuple[str, ...]] = set()
         self.below: set[tuple[str, ...]] = set()
         self.exact: set[tuple[str, ...]] = set()
-        # (kind 0 find / 1 exists_path / 2 children, segments, exact, limit, result) per read,
-        # in order (answering rule 16)
-        self.log: list[tuple] = []
 
     @property
     def prefix(self) -> str:
@@ -81,6 +78,36 @@ class Reads:
     def loaded(self) -> bool:
         return self.view.loaded
 
+    def find(self, segments: tuple[str, ...], exact: bool = False, limit: int | None = None) -> list:
+        if _WILDCARDS.isdisjoint(segments):
+            (self.exact if exact else self.visible).add(segments)
+        else:
+            self.below.add(_base(segments))  # type: ignore[arg-type]
+        return self.view.find(segments, exact, limit)
+
+    def exists_path(self, segments: tuple[str, ...]) -> bool:
+        self.below.add(segments if _WILDCARDS.isdisjoint(segments) else _base(segments))  # type: ignore[arg-type]
+        return self.view.exists_path(segments)
+
+    def children(self, segments: tuple[str, ...]) -> list[str]:
+        self.below.add(segments)
+        return self.view.children(segments)
+
+
+class LoggedReads(Reads):
+    """Reads that also keeps every read with its result, in order (answering rule 16): ``log``
+    holds ``(kind 0 find / 1 exists_path / 2 children, segments, exact, limit, result)``."""
+
+    __slots__ = ("log",)
+
+    def __init__(self, view: Any) -> None:
+        self.view = view
+        self.visible: set[tuple[str, ...]] = set()
+        self.below: set[tuple[str, ...]] = set()
+        self.exact: set[tuple[str, ...]] = set()
+        self.log: list[tuple] = []
+
+    # Reads' methods, inline
     def find(self, segments: tuple[str, ...], exact: bool = False, limit: int | None = None) -> list:
         if _WILDCARDS.isdisjoint(segments):
             (self.exact if exact else self.visible).add(segments)

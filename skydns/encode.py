@@ -249,7 +249,7 @@ def render(query: wire.Query, result: object, recursion: bool, payload: int, lim
     offsets are the same for every turn), else every turn is rendered in full (rule 6).
     """
     answer = result.answer  # type: ignore[attr-defined]
-    if _LONE and len(answer) == 1 and not result.authority and not result.additional:  # type: ignore[attr-defined]
+    if count == 1 and len(answer) == 1 and _LONE and not result.additional and not result.authority:  # type: ignore[attr-defined]
         lone = _lone_address(query, result, answer[0], recursion, payload, limit)
         if lone is not None:
             return [lone], ((),)

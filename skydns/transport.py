@@ -399,7 +399,9 @@ class Handler:
         None when the plan is not a cacheable reply from our zones or the renderer cannot write
         it (then the dnspython path answers, with the same semantics).
         """
-        reads = anscache.Reads(self.view)
+        qtype = query.qtype
+        # A/AAAA answers may be redone from their reads (rule 3d)
+        reads = anscache.LoggedReads(self.view) if qtype == 1 or qtype == 28 else anscache.Reads(self.view)
         path = wire.path_of(query.qname)
         try:
             result = answering.plan(path, query.qtype, query.qclass, reads, self.settings)
@@ -414,7 +416,7 @@ class Handler:
         variants, serials = rendered
         zone = _zone_label(self._zone_wires, query.qname.lower())
         entry = anscache.Entry(variants, zone, query.qtype, serials, self._revision())
-        if (query.qtype == 1 or query.qtype == 28) and count == 1:
+        if count == 1 and (qtype == 1 or qtype == 28):
             entry.replay = _replay_of(query, path, result, reads, variants[0], self.settings)
         self.cache.put(key, entry, reads)
         self.stats.cache_entries[_CACHE] = len(self.cache)
@@ -618,7 +620,7 @@ class Handler:
         return out
 
 
-def _replay_of(query: wire.Query, path: tuple[str, ...], result: object, reads: anscache.Reads,
+def _replay_of(query: wire.Query, path: tuple[str, ...], result: object, reads: anscache.LoggedReads,
                message: bytes, settings: settings_mod.Settings) -> tuple | None:
     """What ``Handler._replayed`` needs to redo ``message``, the answer of an A/AAAA ``query``
     planned as ``result``: ``(recipe, reads, where the lone record's TTL is)``; None when
