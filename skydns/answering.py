@@ -136,7 +136,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from skydns import msg, rrs, settings as settings_mod, store
+from skydns import kept as kept_mod, msg, rrs, settings as settings_mod, store
 
 logger = logging.getLogger(__name__)
 
@@ -990,9 +990,7 @@ def _chase(ctx: _Ctx, owner: str | None, owner_text: str, records: list[msg.Serv
 # asked (_addresses), by (name, type, default TTL): [records, TTLs, addresses, the RRset's TTL,
 # its distinct addresses]. tests/skydns/test_answering_fast.py turns it off to compare.
 _MEMO_ADDRESSES = True
-_ADDRESSES_KEPT = 8192  # records held by the entries at most (emptied together when full)
-_addressed: dict[tuple, list] = {}
-_addressed_records = 0
+_addressed = kept_mod.Kept(8192)  # records held by the entries at most (emptied together when full)
 
 
 def _addresses(qtext: str, qtype: int, records: list[msg.Service], default_ttl: int) -> list | None:
@@ -1006,7 +1004,7 @@ def _addresses(qtext: str, qtype: int, records: list[msg.Service], default_ttl: 
     kept = _addressed.get(key)
     want = _ADDRESS[qtype]
     if kept is not None and len(kept[0]) == len(records):
-        changed = list(itertools.compress(range(len(records)), map(operator.is_not, records, kept[0])))
+        changed = _changed_at(records, kept[0])
         if not changed:
             return kept
         if len(changed) <= _PATCH_MOST:
@@ -1019,20 +1017,31 @@ def _addresses(qtext: str, qtype: int, records: list[msg.Service], default_ttl: 
                 addresses[at] = _ip(rec.host)
             got = _addressed[key] = [records, ttls, addresses, min(ttls), list(dict.fromkeys(addresses))]
             return got
+    read = _all_addresses(records, want, default_ttl)
+    if read is None:
+        return None
+    hosts, ttls = read
+    addresses = list(map(_ip, hosts))
+    got = [records, ttls, addresses, min(ttls), list(dict.fromkeys(addresses))]
+    _addressed.keep(key, got, len(records))
+    return got
+
+
+def _changed_at(new: list, old: list) -> list[int]:
+    """The positions where ``new`` holds another object than ``old`` (lists of equal length)."""
+    return list(itertools.compress(range(len(new)), map(operator.is_not, new, old)))
+
+
+def _all_addresses(records: list[msg.Service], kind, default_ttl: int) -> tuple[list, list[int]] | None:
+    """The hosts and TTLs (the default for 0) of ``records`` when each host is an address of
+    ``kind``; None otherwise."""
     hosts = list(map(_HOST, records))
-    if list(map(_kind, hosts)).count(want) != len(hosts):
+    if list(map(_kind, hosts)).count(kind) != len(hosts):
         return None
     ttls = list(map(_TTL_OF, records))
     if 0 in ttls:
         ttls = [ttl or default_ttl for ttl in ttls]
-    addresses = list(map(_ip, hosts))
-    global _addressed_records
-    if _addressed_records + len(records) > _ADDRESSES_KEPT:
-        _addressed.clear()
-        _addressed_records = 0
-    _addressed_records += len(records)
-    got = _addressed[key] = [records, ttls, addresses, min(ttls), list(dict.fromkeys(addresses))]
-    return got
+    return hosts, ttls
 
 
 def _glue(ctx: _Ctx, target: str, additional: Section) -> None:
@@ -1344,10 +1353,8 @@ def _batched(ctx: _Ctx, chosen: list[tuple], groups: dict | None = None,
 # the targets' labels): [labels, found, position -> label, label -> target index, the RRsets].
 # tests/skydns/test_answering_fast.py turns it off to compare.
 _MEMO_GLUE = True
-_GLUE_KEPT = 8192  # records held by the entries at most (emptied together when full)
 _PATCH_MOST = 8   # changed records patched into an entry; more are read again
-_glued: dict[tuple, list] = {}
-_glued_records = 0
+_glued = kept_mod.Kept(8192)  # records held by the entries at most (emptied together when full)
 
 
 def _address_glue(found: list[msg.Service], base: str, labels: list[str], targets: list[str],
@@ -1365,7 +1372,7 @@ def _address_glue(found: list[msg.Service], base: str, labels: list[str], target
         if kept is not None and kept[0] is labels:
             old = kept[1]
             if len(old) == len(found):
-                changed = list(itertools.compress(range(len(found)), map(operator.is_not, found, old)))
+                changed = _changed_at(found, old)
                 if not changed:
                     return kept
                 if len(changed) <= _PATCH_MOST:
@@ -1383,22 +1390,15 @@ def _address_glue(found: list[msg.Service], base: str, labels: list[str], target
     records = list(map(dict(zip(rests_list, found)).get, labels))
     if _NONE_TYPE in map(type, records):
         return None
-    hosts = list(map(_HOST, records))
-    if list(map(_kind, hosts)).count(_IPV4_KIND) != len(records):
+    read = _all_addresses(records, _IPV4_KIND, default_ttl)
+    if read is None:
         return None
-    ttls = list(map(_TTL_OF, records))
-    if 0 in ttls:
-        ttls = [ttl or default_ttl for ttl in ttls]
+    hosts, ttls = read
     # the RRsets Section.extend makes of [(target, A, ttl, address)] per target
     rrsets = list(map(list, zip(targets, targets, itertools.repeat(_A), ttls, map(list, zip(map(_ip, hosts))))))
     got = [labels, found, rests_list, {label: i for i, label in enumerate(labels)}, rrsets]
     if _MEMO_GLUE:
-        global _glued_records
-        if _glued_records + len(found) > _GLUE_KEPT:
-            _glued.clear()
-            _glued_records = 0
-        _glued_records += len(found)
-        _glued[key] = got
+        _glued.keep(key, got, len(found))
     return got
 
 

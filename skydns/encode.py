@@ -35,8 +35,9 @@ Rules:
    a few, each with the owner of the RRset it replaces, only those records are written again
    and the run is one join of kept bytes. The run is the last thing written, so its owners'
    suffixes are not remembered (nothing after it could point at them). Each table holds its
-   objects (so no other object can have their ids) and is emptied when full (``_RUNS_MOST``,
-   ``_GLUE_MOST``). tests/skydns/test_headless_diff.py compares with dnspython.
+   objects (so no other object can have their ids) and is emptied when full (``_RUNS`` and
+   ``_SRVS`` are skydns.kept memos of 8,192 records; ``_GLUE_MOST``).
+   tests/skydns/test_headless_diff.py compares with dnspython.
 8. A plan whose only record is one A or AAAA of the query name (the usual first answer of a
    name after its change) is written straight: header, the question, a pointer to it, the
    record, the OPT record; no compression table, no record ends, no serials. The same bytes
@@ -54,7 +55,7 @@ import operator
 import re
 import struct
 
-from skydns import wire
+from skydns import kept as kept_mod, wire
 
 _A, _NS, _CNAME, _SOA, _PTR, _HINFO, _MX, _TXT, _AAAA, _SRV = 1, 2, 5, 6, 12, 13, 15, 16, 28, 33
 _OPT = 41
@@ -456,12 +457,7 @@ def _render(query: wire.Query, result: object, turn: int) -> tuple | None:
                         del written[0]
                         kept = (rdatas, head, start, b"".join(records), written)
                         if n >= _GLUE_RUN:
-                            global _srvs_records
-                            if _srvs_records + n > _RUNS_MOST:
-                                _SRVS.clear()
-                                _srvs_records = 0
-                            _srvs_records += n
-                            _SRVS[id(rdatas)] = kept
+                            _SRVS.keep(id(rdatas), kept, n)
                     # (else rule 7: this very list of rdatas was written here before)
                     out += kept[3]
                     if index < 2:
@@ -544,7 +540,7 @@ _GLUE: dict[int, tuple] = {}
 _GLUE_MOST = 8192
 # The SRV RRsets of many records written (rule 7): id of the rdatas -> (the rdatas, the records'
 # head, where they started, their bytes, where each ended).
-_SRVS: dict[int, tuple] = {}
+_SRVS = kept_mod.Kept(8192)  # records held at most
 _KEY1 = operator.itemgetter(1)
 _KEY2 = operator.itemgetter(2)
 _CHUNK = operator.itemgetter(3)
@@ -569,10 +565,7 @@ def _glue_piece(rrset: list) -> tuple | None:
 # The glue runs written, by (the question's name, records): [the compression table before the
 # run, the section (its RRsets), their _GLUE entries, the run's bytes, where it was written
 # last, (end, 1) per record there, where each record ends in the run] (rule 7).
-_RUNS: dict[tuple, list] = {}
-_RUNS_MOST = 8192  # records held by the runs (and by the SRV RRsets) at most
-_runs_records = 0
-_srvs_records = 0
+_RUNS = kept_mod.Kept(8192)  # records held by the runs at most
 _PATCH_MOST = 16
 
 
@@ -645,13 +638,9 @@ def _glue_run(out: bytearray, table: dict[bytes, int], section: list, extra_ends
         links = map(_pointer, pointers)
     joined = b"".join(itertools.chain.from_iterable(zip(map(_CHUNK, pieces), links, map(_TAIL, pieces))))
     bounds = list(itertools.accumulate(map(_SIZE, pieces)))
-    global _runs_records
-    if _runs_records + n > _RUNS_MOST:
-        _RUNS.clear()
-        _runs_records = 0
-    _runs_records += n
-    kept = _RUNS[run_key] = [dict(table), section, pieces, joined, -1, None, bounds]
-    return _kept_run(out, kept, extra_ends)
+    entry = [dict(table), section, pieces, joined, -1, None, bounds]
+    _RUNS.keep(run_key, entry, n)
+    return _kept_run(out, entry, extra_ends)
 
 
 def _kept_run(out: bytearray, kept: list, extra_ends: list) -> bool:
