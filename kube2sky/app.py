@@ -590,9 +590,7 @@ class Engine:
                 delta = None
             if delta is not None:  # only the changed endpoints were built (records rule 5)
                 self._labels.pop(owner, None)  # kept for the written inputs, which are going
-                for problem in delta.problems:
-                    logger.warning("%s", problem)
-                    PROBLEMS.inc()
+                _report(delta.problems)
                 return inputs, reconcile.Plan(tuple(sorted(delta.puts.items())), tuple(sorted(delta.deletes))), \
                     delta.count
         memo = None
@@ -602,9 +600,7 @@ class Engine:
         else:
             old = {}
         result, _ = self._built(owner, inputs, memo)
-        for problem in result.problems:
-            logger.warning("%s", problem)
-            PROBLEMS.inc()
+        _report(result.problems)
         new = result.values
         force = owner in self.force
         puts = [(k, v) for k, v in new.items() if force or old.get(k) != v]
@@ -622,9 +618,7 @@ class Engine:
         fresh = [o for o in owners if o not in self.written and o not in self.force]
         for start in range(0, len(fresh), _DIRTY_CHUNK):
             for owner, inputs, result in self.build_all(fresh[start:start + _DIRTY_CHUNK], remember=True):
-                for problem in result.problems:
-                    logger.warning("%s", problem)
-                    PROBLEMS.inc()
+                _report(result.problems)
                 values = result.values
                 yield owner, self.dirty[owner], inputs, reconcile.Plan(tuple(sorted(values.items()))), len(values)
         fresh_set = set(fresh)
@@ -644,20 +638,14 @@ class Engine:
         plans: list[reconcile.Plan] = []
         done: list[tuple[tuple, float, object, int]] = []
         size = 0
-        inflight: list[asyncio.Future] = []
-
-        async def drain(keep: int) -> None:
-            while len(inflight) > keep:
-                await inflight.pop(0)
+        inflight = _InFlight()
 
         async def send(call: list[reconcile.Plan], owners: list[tuple[tuple, float, object, int]]) -> None:
             async def commit() -> None:
                 await self._commit_all(call)
                 self._written(owners)
 
-            inflight.append(asyncio.ensure_future(commit()))
-            await asyncio.sleep(0)  # sent now: etcd works while the next plans are built
-            await drain(_PIPELINE_CALLS - 1)
+            await inflight.send(commit())
 
         async def flush() -> None:
             nonlocal plans, done, size
@@ -688,7 +676,7 @@ class Engine:
                 if len(parts) > outer or n_bytes > _CALL_BYTES:
                     # bigger than a request: its transactions one after the other, puts first
                     await flush()
-                    await drain(0)
+                    await inflight.wait()
                     for part in reconcile.chunk(plan, limit, prefix):
                         await self._commit(part)
                     self._written([entry])
@@ -702,12 +690,9 @@ class Engine:
                     logger.debug("%s: %d puts, %d deletes", "/".join(owner[1:]) or owner[0],
                                  len(plan.puts), len(plan.deletes))
             await flush()
-            await drain(0)
+            await inflight.wait()
         finally:
-            for task in inflight:
-                task.cancel()
-            if inflight:
-                await asyncio.gather(*inflight, return_exceptions=True)
+            await inflight.cancel()
 
     def _written(self, done: list[tuple[tuple, float, object, int]], keep: bool = True) -> None:
         now = self.clock()
@@ -739,7 +724,7 @@ class Engine:
         """
         started = self.clock()
         self.verifying = set()
-        inflight: list[asyncio.Future] = []  # foreground writes (a failure ends the others)
+        inflight = _InFlight()  # foreground writes (a failure ends the others)
         try:
             # 1. etcd's content as sorted 64-bit digests (8 bytes per key) and a found mark each
             actual = None
@@ -773,9 +758,7 @@ class Engine:
                     if not background:
                         self.written[owner] = inputs
                         self.dirty.pop(owner, None)
-                        for problem in result.problems:
-                            logger.warning("%s", problem)
-                            PROBLEMS.inc()
+                        _report(result.problems)
                     values = result.values
                     n_desired += len(values)
                     if not n_actual:  # an empty prefix (a first start) lacks everything
@@ -800,11 +783,7 @@ class Engine:
                     if len(pending) >= per_call or pending_bytes >= _CALL_BYTES:
                         n_puts += len(pending)
                         for plans in _calls(pending, outer, inner):
-                            inflight.append(asyncio.ensure_future(self._commit_all(plans)))
-                            # sent now, not after the next chunk is built: etcd never waits
-                            await asyncio.sleep(0)
-                            while len(inflight) >= _PIPELINE_CALLS:
-                                await inflight.pop(0)
+                            await inflight.send(self._commit_all(plans))
                         pending, pending_bytes = {}, 0
                 if background:
                     await asyncio.sleep(0)
@@ -815,12 +794,10 @@ class Engine:
                                 len(owners), n_puts)
             if pending:
                 n_puts += len(pending)
-                inflight += [asyncio.ensure_future(self._commit_all(plans))
-                             for plans in _calls(pending, outer, inner)]
+                for plans in _calls(pending, outer, inner):
+                    await inflight.send(self._commit_all(plans))
             del pending
-            while inflight:
-                await inflight[0]
-                inflight.pop(0)
+            await inflight.wait()
             # 3. what etcd holds and nobody wants: kube2sky's orphans go, the rest is not ours
             deletes: list[str] = []
             unknown = {d for d, hit in zip(actual, found) if not hit} - self.not_ours
@@ -873,10 +850,7 @@ class Engine:
                 f", {len(missing_owners)} owners lacking records rewritten" if missing_owners else "")
         finally:
             self.verifying = None
-            for task in inflight:
-                task.cancel()
-            if inflight:
-                await asyncio.gather(*inflight, return_exceptions=True)
+            await inflight.cancel()
 
     async def _read_digests(self) -> array.array:
         """etcd's content under the prefix as sorted 64-bit digests of (key, value)."""
@@ -1024,6 +998,40 @@ class Engine:
         if is_leader:
             self.full = self.full or "became leader"
         self.wake.set()
+
+
+def _report(problems: tuple[str, ...]) -> None:
+    """Log and count what could not be published of an object (records' problems)."""
+    for problem in problems:
+        logger.warning("%s", problem)
+        PROBLEMS.inc()
+
+
+class _InFlight:
+    """Requests to etcd sent and not answered yet, at most _PIPELINE_CALLS at once."""
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Future] = []
+
+    async def send(self, request) -> None:
+        """Start a request (a coroutine) and let it leave now, so etcd works while the next one
+        is built; then wait for the oldest while too many are out (a failure is raised)."""
+        self.tasks.append(asyncio.ensure_future(request))
+        await asyncio.sleep(0)
+        while len(self.tasks) >= _PIPELINE_CALLS:
+            await self.tasks.pop(0)
+
+    async def wait(self) -> None:
+        """Wait for every request, oldest first (the first failure is raised)."""
+        while self.tasks:
+            await self.tasks.pop(0)
+
+    async def cancel(self) -> None:
+        """End the requests still out (after a failure, or when stopped)."""
+        for task in self.tasks:
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 def _split_plan(plan: reconcile.Plan, size: int) -> list[reconcile.Plan]:
