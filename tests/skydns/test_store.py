@@ -522,6 +522,15 @@ _FAST_PIECES = ['{"host":"', '10.0.0.1', 'svc.ns.svc.cluster.local.', '"', ',"tt
                 ',"TTL":1', '\\"', 'caf\u00e9', '', '{"host":""}', ' ', ',"port":1e3', '*', '_srv']
 
 
+def _damage(rng, items: list, pieces, times: int) -> None:
+    """Splice a random piece into a random item ``times`` times (at a random place, replacing
+    0, 1 or 5 characters)."""
+    for _ in range(times):
+        i = rng.randrange(len(items))
+        at = rng.randrange(len(items[i]) + 1)
+        items[i] = items[i][:at] + rng.choice(pieces) + items[i][at + rng.choice([0, 0, 1, 5]):]
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_fast_values_split_like_one_regex_per_value(seed):
     """Seeded differential test: batches of kube2sky-like values with random damage."""
@@ -532,10 +541,7 @@ def test_fast_values_split_like_one_regex_per_value(seed):
     base += ['{"host":"db%d.ns1.svc.cluster.local.","port":5432,"ttl":30}' % i for i in range(100)]
     for _ in range(40):
         values = rng.sample(base, rng.randint(1, 60))
-        for _ in range(rng.choice([0, 0, 1, 3])):
-            i = rng.randrange(len(values))
-            at = rng.randrange(len(values[i]) + 1)
-            values[i] = values[i][:at] + rng.choice(_FAST_PIECES) + values[i][at + rng.choice([0, 0, 1, 5]):]
+        _damage(rng, values, _FAST_PIECES, rng.choice([0, 0, 1, 3]))
         if rng.random() < 0.5:
             values = [v.encode() for v in values]
         assert store._fast_values(values) == _reference_fast_values(values), values
@@ -638,10 +644,7 @@ def test_batched_key_split_like_one_key_at_a_time(prefix, seed):
     assert view._paths(clean) == _paths_one_by_one(view, clean)[:1] + (None,)
     for _ in range(60):
         keys = rng.sample(base, rng.randint(1, 40))
-        for _ in range(rng.choice([0, 1, 1, 3])):
-            i = rng.randrange(len(keys))
-            at = rng.randrange(len(keys[i]) + 1)
-            keys[i] = keys[i][:at] + rng.choice(_KEY_PIECES) + keys[i][at + rng.choice([0, 0, 1, 5]):]
+        _damage(rng, keys, _KEY_PIECES, rng.choice([0, 1, 1, 3]))
         if rng.random() < 0.3:
             keys = [key.upper() if rng.random() < 0.2 else key for key in keys]
         _check_paths(prefix, [key.encode() for key in keys] if rng.random() < 0.5 else keys)
