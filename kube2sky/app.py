@@ -89,7 +89,8 @@ ETCD_TXNS = prometheus_client.Counter(
 ETCD_ERRORS = prometheus_client.Counter(
     "kube2sky_etcd_errors_total", "Failed etcd operations, by operation.", ["operation"], registry=REGISTRY)
 SYNC_DURATION = prometheus_client.Histogram(
-    "kube2sky_sync_duration_seconds", "Duration of full syncs (read etcd, reconcile, write).",
+    "kube2sky_sync_duration_seconds",
+    "Duration of full syncs and verifies (read etcd, reconcile, write), and of a first sync into an empty etcd.",
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300), registry=REGISTRY)
 LATENCY = prometheus_client.Histogram(
     "kube2sky_programming_latency_seconds", "API event received -> its records committed in etcd.",
