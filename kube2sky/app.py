@@ -1127,7 +1127,7 @@ def make_source(settings: settings_mod.Settings):
     """The transport: manifests folder, or the Kubernetes API. Raises k8swatch.ConfigError."""
     if settings.manifests:
         return manifests.ManifestSource(settings.manifests, settings.manifests_poll, settings.service_cidr)
-    api_client = k8swatch.make_api_client(k8swatch.Connection(
+    config = k8swatch.resolve(k8swatch.Connection(
         master_url=settings.kube_master_url, kubeconfig=settings.kubecfg_file,
         token_file=settings.kube_token_file, ca_file=settings.kube_ca_file, insecure=settings.kube_insecure))
 
@@ -1135,7 +1135,7 @@ def make_source(settings: settings_mod.Settings):
         if total is not None and total > done:
             logger.info("listed %d/%d %s", done, total, resource.plural)
 
-    return k8swatch.ApiTransport(api_client, watch_timeout=settings.watch_timeout, on_progress=progress,
+    return k8swatch.ApiTransport(config, watch_timeout=settings.watch_timeout, on_progress=progress,
                                  trim=Trim(), page_sizes={"EndpointSlice": 50, "Endpoints": 50, "Pod": 250})
 
 

@@ -14,8 +14,14 @@ Rules (STYLE 5.7, kopf's continuous watch, client-go's reflector):
    the last resourceVersion; a list error backs off and lists again. Attempts are logged "#n".
    An ERROR event that is not a 410 backs off and relists (cause "watch error").
 4. Unknown event types and events without an object are skipped with a warning, never fatal.
-5. Runs in a plain thread with the synchronous kubernetes client (streaming responses); stop()
-   on the transport unblocks a pending read. Nothing here raises out of follow() except the stop.
+5. Runs in a plain thread. ApiTransport speaks HTTP itself through one urllib3 pool (no
+   `kubernetes` import: that alone cost ~0.6 s of CPU before the first request); only a
+   kubeconfig is read with the kubernetes package's loader (exec plugins, auth providers), imported
+   then. A watch is read chunk by chunk and split into lines (iter_lines); stop() on the transport
+   unblocks a pending read. Nothing here raises out of follow() except the stop.
+6. The bearer token is asked for before every request: a token file (the service account's,
+   rotated by the kubelet) is re-read at most every 60 s, a kubeconfig's refresh hook runs as the
+   kubernetes ApiClient runs it.
 """
 
 from __future__ import annotations
@@ -28,8 +34,11 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
+
+import urllib3
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +265,10 @@ def _handle(resource: Resource, event: dict, rv: str, emit: Callable[[Event], No
     return new_rv
 
 
-# ---------------------------------------------------------------- the kubernetes client transport
+# ---------------------------------------------------------------- the HTTP transport (urllib3)
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Connection:
@@ -268,76 +280,187 @@ class Connection:
     ca_file: str = ""
     insecure: bool = False
     context: str = ""
+    service_account_dir: str = SERVICE_ACCOUNT_DIR  # the pod's token and ca.crt (tests point it elsewhere)
 
 
-def make_api_client(conn: Connection):
-    """A kubernetes.client.ApiClient: --kube-master-url (+token/CA), else kubeconfig, else in-cluster,
-    else $KUBERNETES_SERVICE_HOST/_PORT without credentials. Raises ConfigError."""
-    from kubernetes import client, config  # imported here: the pure tests never load it
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """The resolved connection: all ApiTransport needs to talk to one API server."""
 
-    configuration = client.Configuration()
+    host: str  # base URL, "https://10.96.0.1:443", no trailing slash
+    ca_file: str = ""  # PEM bundle to verify the server with ("" = the system roots)
+    verify: bool = True
+    cert_file: str = ""  # client certificate and key (kubeconfig)
+    key_file: str = ""
+    tls_server_name: str = ""  # SNI and the name to check in the certificate, when not the host's
+    proxy: str = ""  # http(s):// or socks5:// proxy URL ("" = direct)
+    # the current Authorization header value (None: none); called before every request, so a
+    # rotated token file, an exec plugin or an expiring token is picked up
+    authorization: Callable[[], str | None] | None = None
+
+
+def resolve(conn: Connection) -> ApiConfig:
+    """--kube-master-url (+token/CA), else kubeconfig, else in-cluster (the service account),
+    else ConfigError. Only the kubeconfig path imports the kubernetes package (its loader
+    handles exec plugins, auth providers and embedded certificates)."""
+    sa_token = os.path.join(conn.service_account_dir, "token")
+    sa_ca = os.path.join(conn.service_account_dir, "ca.crt")
     try:
         if conn.master_url:
-            configuration.host = os.path.expandvars(conn.master_url).rstrip("/")
-            token_file = conn.token_file
-            ca_file = conn.ca_file
-            if not token_file and os.path.exists(_SA_TOKEN) and configuration.host.startswith("https"):
-                token_file = _SA_TOKEN
-                ca_file = ca_file or (_SA_CA if os.path.exists(_SA_CA) else "")
+            host = os.path.expandvars(conn.master_url).rstrip("/")
+            token_file, ca_file = conn.token_file, conn.ca_file
+            if not token_file and os.path.exists(sa_token) and host.startswith("https"):
+                token_file = sa_token
+                ca_file = ca_file or (sa_ca if os.path.exists(sa_ca) else "")
+            authorization = None
             if token_file:
-                configuration.refresh_api_key_hook = _token_reader(token_file)
-                configuration.refresh_api_key_hook(configuration)
-                if "BearerToken" not in configuration.api_key:
+                authorization = TokenFile(token_file)
+                if authorization() is None:
                     raise ConfigError(f"cannot read the token file {token_file}")
-            if ca_file:
-                configuration.ssl_ca_cert = ca_file
+            config = ApiConfig(host, ca_file=ca_file, proxy=_env_proxy(host), authorization=authorization)
         elif conn.kubeconfig or os.environ.get("KUBECONFIG"):
-            config.load_kube_config(config_file=conn.kubeconfig or None, context=conn.context or None,
-                                    client_configuration=configuration)
-        elif os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(_SA_TOKEN):
-            config.load_incluster_config(client_configuration=configuration)
+            config = _from_kubeconfig(conn)
+        elif os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(sa_token):
+            config = _in_cluster(sa_token, sa_ca)
         else:
             raise ConfigError("no API to talk to: give --kube-master-url, --kubecfg-file (or KUBECONFIG), "
                               "or run in a pod with a service account; or use --manifests DIR")
     except ConfigError:
         raise
-    except Exception as err:  # noqa: BLE001 - the config loaders raise many kinds
+    except Exception as err:  # noqa: BLE001 - the kubeconfig loader raises many kinds
         raise ConfigError(f"cannot configure the Kubernetes client: {err}") from err
-    if conn.insecure or not configuration.verify_ssl:  # the flag, or the kubeconfig's insecure-skip-tls-verify
-        import urllib3
-
-        configuration.verify_ssl = False
+    if conn.insecure or not config.verify:  # the flag, or the kubeconfig's insecure-skip-tls-verify
+        config = dataclasses.replace(config, verify=False)
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         logger.warning("not verifying the API server certificate (--insecure-skip-tls-verify)")
     if conn.ca_file and not conn.master_url:
-        configuration.ssl_ca_cert = conn.ca_file
-    return client.ApiClient(configuration)
+        config = dataclasses.replace(config, ca_file=conn.ca_file)
+    return config
 
 
-def _token_reader(path: str, every: float = 60.0):
-    """A refresh_api_key_hook re-reading a token file at most every `every` seconds (service
-    account tokens are rotated by the kubelet)."""
-    last = [float("-inf")]
+def _in_cluster(token_file: str, ca_file: str) -> ApiConfig:
+    """The pod's service account, as client-go's rest.InClusterConfig: https to
+    KUBERNETES_SERVICE_HOST:PORT, the CA and the (rotated) token from the secret's folder."""
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST", ""), os.environ.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        raise ConfigError("in a pod: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must both be set")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    token = TokenFile(token_file)
+    if token() is None:
+        raise ConfigError(f"cannot read the service account token {token_file} (missing or empty)")
+    try:
+        with open(ca_file, "rb") as fh:
+            if not fh.read().strip():
+                raise ConfigError(f"the service account CA {ca_file} is empty")
+    except OSError as err:
+        raise ConfigError(f"cannot read the service account CA {ca_file}: {err.strerror}") from None
+    url = f"https://{host}:{port}"
+    return ApiConfig(url, ca_file=ca_file, proxy=_env_proxy(url), authorization=token)
 
-    def refresh(configuration) -> None:
-        now = time.monotonic()
-        if now - last[0] < every:
-            return
-        last[0] = now
-        try:
-            with open(path, encoding="utf-8") as fh:
-                token = fh.read().strip()
-        except OSError as err:
-            logger.warning("cannot read the token file %s: %s (keeping the previous token)", path, err)
-            return
-        if token:
-            configuration.api_key["BearerToken"] = "Bearer " + token
 
-    return refresh
+def _from_kubeconfig(conn: Connection) -> ApiConfig:
+    """kubernetes.config's loader into a Configuration, then what our transport needs from it."""
+    from kubernetes.client import Configuration  # the only place kube2sky imports kubernetes
+    from kubernetes.config import kube_config
+
+    configuration = Configuration()
+    kube_config.load_kube_config(config_file=conn.kubeconfig or None, context=conn.context or None,
+                                 client_configuration=configuration)
+    host = str(configuration.host).rstrip("/")
+    proxy = configuration.proxy or ""
+    if proxy and _no_proxy(host, configuration.no_proxy or ""):
+        proxy = ""
+
+    def authorization() -> str | None:
+        # as ApiClient does: auth_settings() runs refresh_api_key_hook (exec plugins, expiring tokens)
+        value = (configuration.auth_settings().get("BearerToken") or {}).get("value")
+        if value:
+            return str(value)
+        if configuration.username or configuration.password:
+            return configuration.get_basic_auth_token()
+        return None
+
+    return ApiConfig(host, ca_file=configuration.ssl_ca_cert or "", verify=bool(configuration.verify_ssl),
+                     cert_file=configuration.cert_file or "", key_file=configuration.key_file or "",
+                     tls_server_name=configuration.tls_server_name or "", proxy=proxy,
+                     authorization=authorization)
 
 
-_SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-_SA_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+class TokenFile:
+    """A bearer token file, re-read at most every `every` seconds (the kubelet rotates service
+    account tokens): calling it gives the Authorization header value, None before a first good read.
+    A failed re-read keeps the previous token (logged)."""
+
+    def __init__(self, path: str, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.every = every
+        self.clock = clock
+        self._value: str | None = None
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str | None:
+        now = self.clock()
+        if now - self._read_at < self.every:
+            return self._value
+        with self._lock:
+            if now - self._read_at < self.every:
+                return self._value
+            self._read_at = now
+            try:
+                with open(self.path, encoding="utf-8") as fh:
+                    token = fh.read().strip()
+            except OSError as err:
+                logger.warning("cannot read the token file %s: %s (keeping the previous token)", self.path, err)
+                return self._value
+            if token:
+                self._value = "Bearer " + token
+            return self._value
+
+
+def _env_proxy(url: str) -> str:
+    """The proxy $HTTPS_PROXY/$HTTP_PROXY/$ALL_PROXY give for url, unless $NO_PROXY covers it (as
+    the kubernetes client's Configuration and client-go's ProxyFromEnvironment)."""
+    import urllib.request
+
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.partition(":")[0].lower()) or proxies.get("all") or ""
+    if proxy and _no_proxy(url, proxies.get("no", "")):
+        return ""
+    return proxy
+
+
+def _no_proxy(url: str, rules: str) -> bool:
+    """Whether a comma-separated NO_PROXY list covers url: '*', a host or domain suffix (with or
+    without a leading dot), host:port, an IP address or a CIDR."""
+    import ipaddress
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if not host:
+        return True
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for rule in (r.strip().lower() for r in rules.split(",")):
+        if not rule:
+            continue
+        if rule == "*":
+            return True
+        if address is not None:
+            try:
+                if address in ipaddress.ip_network(rule, strict=False):
+                    return True
+            except ValueError:
+                pass
+        rule = rule.lstrip(".")
+        if host == rule or host.endswith("." + rule) or netloc == rule:
+            return True
+    return False
 
 
 def explain(err: BaseException, host: str) -> str:
@@ -359,15 +482,51 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-class ApiTransport:
-    """List and watch through the official client's ApiClient (raw JSON, streaming watches)."""
+def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines (without their b"\\n") of a byte stream read in chunks of any size: a line may
+    span chunks, a last line needs no newline, an empty line is yielded as b"". Linear in the
+    bytes however a long line is cut."""
+    pending: list[bytes] = []
+    for chunk in chunks:
+        if b"\n" not in chunk:
+            if chunk:
+                pending.append(chunk)
+            continue
+        lines = chunk.split(b"\n")
+        if pending:
+            pending.append(lines[0])
+            lines[0] = b"".join(pending)
+            pending = []
+        last = lines.pop()
+        yield from lines
+        if last:
+            pending.append(last)
+    if pending:
+        yield b"".join(pending)
 
-    def __init__(self, api_client, page_size: int = 500, watch_timeout: int = 300,
+
+def _chunks(resp, size: int = 65536) -> Iterator[bytes]:
+    """The body of a streaming urllib3 response as it arrives: each HTTP chunk of a chunked body
+    (how the API server sends a watch), else whatever read1 has."""
+    if resp.chunked and resp.supports_chunked_reads():
+        yield from resp.read_chunked(decode_content=True)
+        return
+    while True:
+        data = resp.read1(size)
+        if not data:
+            return
+        yield data
+
+
+class ApiTransport:
+    """List and watch over HTTP/1.1 with urllib3 (raw JSON, streaming watches)."""
+
+    def __init__(self, config: ApiConfig, page_size: int = 500, watch_timeout: int = 300,
                  connect_timeout: float = 10.0, read_timeout: float = 60.0,
                  on_progress: Callable[[Resource, int, int | None], None] | None = None,
                  trim: Callable[[Resource, dict], object] | None = None,
                  page_sizes: dict[str, int] | None = None) -> None:
-        self.api_client = api_client
+        self.config = config
         self.page_size = page_size
         # per kind (e.g. EndpointSlices, 100 endpoints each): a page of raw JSON is what a list
         # holds at its peak
@@ -379,38 +538,47 @@ class ApiTransport:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.on_progress = on_progress
+        self.pool = _pool(config)
         self._lock = threading.Lock()
         self._open: set = set()
         self._stopped = False
 
     @property
     def host(self) -> str:
-        return str(self.api_client.configuration.host)
+        return self.config.host
 
     def _get(self, path: str, query: list[tuple[str, str]], stream: bool):
-        from kubernetes.client import exceptions
-
         # a watch may legitimately be silent until the server ends it after watch_timeout
         read = self.watch_timeout + 30 if stream else self.read_timeout
-        timeout = (self.connect_timeout, read)
+        url = self.config.host + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         try:
-            params = self.api_client.param_serialize(
-                method="GET", resource_path=path, query_params=query,
-                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
-            resp = self.api_client.call_api(*params, _request_timeout=timeout)
-        except exceptions.ApiException as err:
-            raise _api_error(err.status, str(err.reason), path) from err
-        except Exception as err:  # noqa: BLE001 - urllib3/ssl/socket errors of every kind
+            if self.config.authorization is not None:
+                value = self.config.authorization()
+                if value:
+                    headers["Authorization"] = value
+            resp = self.pool.request("GET", url, headers=headers, preload_content=not stream,
+                                     timeout=urllib3.Timeout(connect=self.connect_timeout, read=read))
+        except WatchError:
+            raise
+        except Exception as err:  # noqa: BLE001 - urllib3/ssl/socket errors, an auth hook's error
             raise ApiError(explain(err, self.host)) from err
         if not 200 <= resp.status <= 299:
-            body = resp.read()
-            raise _api_error(resp.status, _status_message(body), path)
+            try:
+                body = resp.data if not stream else resp.read()
+            except Exception:  # noqa: BLE001 - the status says enough
+                body = b""
+            finally:
+                resp.release_conn()
+            raise _api_error(resp.status, _status_message(body) if body else str(resp.reason), path)
         if not stream:
             try:
-                return json.loads(resp.read())
-            except (ValueError, OSError, Exception) as err:  # noqa: BLE001
+                return json.loads(resp.data)
+            except Exception as err:  # noqa: BLE001 - bad JSON, a read cut short
                 raise ApiError(f"{path}: bad response: {err}") from err
-        return resp.response
+        return resp
 
     def served(self, resource: Resource) -> bool:
         """Whether API discovery lists resource (for EndpointSlices vs Endpoints)."""
@@ -448,8 +616,6 @@ class ApiTransport:
                 return items, str(meta.get("resourceVersion") or "")
 
     def watch(self, resource: Resource, resource_version: str) -> Iterator[dict]:
-        from kubernetes import watch as k8s_watch
-
         query = [("watch", "true"), ("allowWatchBookmarks", "true"),
                  ("timeoutSeconds", str(self.watch_timeout))]
         if resource_version:
@@ -461,20 +627,21 @@ class ApiTransport:
                 return
             self._open.add(raw)
         try:
-            for line in k8s_watch.watch.iter_resp_lines(raw):
-                if not line:
+            for line in iter_lines(_chunks(raw)):
+                if not line.strip():
                     continue
                 try:
                     event = json.loads(line)
                 except ValueError as err:
-                    raise ApiError(f"{resource.plural} watch: bad JSON line: {_short(line, 120)}") from err
+                    text = line.decode("utf-8", errors="replace")
+                    raise ApiError(f"{resource.plural} watch: bad JSON line: {_short(text, 120)}") from err
                 obj = event.get("object") if isinstance(event, dict) else None
                 if isinstance(obj, dict) and event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
                     obj.setdefault("kind", resource.kind)
                 yield event
         except WatchError:
             raise
-        except Exception as err:  # noqa: BLE001 - ProtocolError, ReadTimeout, socket errors
+        except Exception as err:  # noqa: BLE001 - ProtocolError, ReadTimeoutError, socket errors
             if self._stopped:
                 return
             raise ApiError(f"{resource.plural} watch stream broke: {_short(str(err))}") from err
@@ -495,6 +662,33 @@ class ApiTransport:
                 raw.shutdown()
             except Exception:  # noqa: BLE001 - best effort
                 pass
+
+
+USER_AGENT = "kube2sky (urllib3)"
+
+
+def _pool(config: ApiConfig):
+    """One urllib3 pool manager for config (through its proxy, if any)."""
+    import ssl
+
+    args: dict = {
+        "maxsize": len(ALL) + 3,  # a watch per kind, a list and discovery at the same time
+        "cert_reqs": ssl.CERT_REQUIRED if config.verify else ssl.CERT_NONE,
+    }
+    if config.ca_file:
+        args["ca_certs"] = config.ca_file
+    if config.cert_file:
+        args["cert_file"] = config.cert_file
+        args["key_file"] = config.key_file or None
+    if config.tls_server_name:
+        args["server_hostname"] = config.tls_server_name
+    if not config.proxy:
+        return urllib3.PoolManager(**args)
+    if config.proxy.partition(":")[0].lower().startswith("socks"):
+        from urllib3.contrib.socks import SOCKSProxyManager  # needs PySocks, as the kubernetes client did
+
+        return SOCKSProxyManager(config.proxy, **args)
+    return urllib3.ProxyManager(config.proxy, **args)
 
 
 def _status_message(body: bytes) -> str:

@@ -693,8 +693,7 @@ def test_list_pages_are_trimmed_and_consistent(api):
     before a 410 is refused with 410 Gone."""
     for i in range(5):
         api.create(service(f"s{i}", f"10.0.1.{i}"))
-    client = k8swatch.make_api_client(k8swatch.Connection(master_url=api.url))
-    transport = k8swatch.ApiTransport(client, page_size=2,
+    transport = k8swatch.ApiTransport(k8swatch.resolve(k8swatch.Connection(master_url=api.url)), page_size=2,
                                       trim=lambda resource, raw: objects.parse(resource.kind, raw))
     pages: list[list] = []
     items, rv = transport.list(k8swatch.SERVICES, on_page=pages.append)

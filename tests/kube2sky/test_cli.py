@@ -226,8 +226,9 @@ def test_kubeconfig_insecure_skip_tls_verify_silences_urllib3_once(tmp_path, cap
         "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:9', insecure-skip-tls-verify: true}}]\n"
         "contexts: [{name: c, context: {cluster: c, user: u}}]\nusers: [{name: u, user: {token: t}}]\n")
     with warnings.catch_warnings():
-        client = k8swatch.make_api_client(k8swatch.Connection(kubeconfig=str(kubeconfig)))
-        assert client.configuration.verify_ssl is False
+        config = k8swatch.resolve(k8swatch.Connection(kubeconfig=str(kubeconfig)))
+        assert config.verify is False and config.host == "https://127.0.0.1:9"
+        assert config.authorization is not None and config.authorization() == "Bearer t"
         with warnings.catch_warnings(record=True) as seen:
             warnings.warn("unverified", urllib3.exceptions.InsecureRequestWarning)
         assert seen == []
