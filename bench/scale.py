@@ -29,6 +29,11 @@ Not run by the tests; asserts nothing. Usage:
     .venv/bin/python bench/scale.py --services 1000 --endpoints 1000
     .venv/bin/python bench/scale.py --profile-memory                 # tracemalloc of kube2sky's state
     .venv/bin/python bench/scale.py --bytecode                       # kube2sky and skydns from .pyc
+    .venv/bin/python bench/scale.py --etcd-go-defaults               # etcd without the pod's GOGC/GOMEMLIMIT
+
+etcd runs with the pod's flags and the Go memory settings render.py gives it for the cluster
+size (deploy/sizing.py rule 4: GOGC=400, GOMEMLIMIT the memory request minus the database);
+``--etcd-go-defaults`` runs it with Go's defaults instead, as a reference.
 
 ``--bytecode``: the image compiles every module when it is built (Dockerfile: compileall), but a
 checkout run with PYTHONDONTWRITEBYTECODE=1 (as on the benchmark machine) compiles kube2sky's
@@ -59,6 +64,7 @@ import dns.message
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from deploy import sizing  # noqa: E402
 from tests import apiserver, procs, skydnsproc  # noqa: E402 - after the path tweak
 
 ZONE = "cluster.local"
@@ -133,7 +139,10 @@ ETCD_POD_FLAGS = ["--auto-compaction-mode=periodic", "--auto-compaction-retentio
 
 
 class BenchEtcd(procs.Etcd):
-    """tests/procs.py's etcd with the pod's flags."""
+    """tests/procs.py's etcd with the pod's flags and its Go memory settings (env) for the
+    cluster size."""
+
+    env: dict[str, str] = {}
 
     def start(self, timeout: float = 60.0) -> "BenchEtcd":
         member_dir = os.path.join(self.data_dir, "member-data")
@@ -143,14 +152,16 @@ class BenchEtcd(procs.Etcd):
                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
                 "--initial-cluster", f"bench=http://127.0.0.1:{self.peer_port}", *ETCD_POD_FLAGS]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         procs.wait_until(self.healthy, timeout=timeout, what=f"etcd on {self.url}")
         return self
 
 
 @contextlib.contextmanager
-def running_etcd():
-    etcd = BenchEtcd().start()
+def running_etcd(env: dict[str, str] | None = None):
+    etcd = BenchEtcd()
+    etcd.env = dict(env or {})
+    etcd.start()
     try:
         yield etcd
     finally:
@@ -348,7 +359,9 @@ def run(opts: argparse.Namespace) -> dict:
     logdir = tempfile.mkdtemp(prefix="kube-skydns-scale-")
     print(f"logs in {logdir}", flush=True)
     cwd = opts.kube2sky_tree or ROOT
-    with running_etcd() as etcd, apiserver.ApiServer(bookmark_interval=5) as api:
+    go_env = {} if getattr(opts, "etcd_go_defaults", False) else sizing.etcd_go_env(opts.services, out["endpoints"])
+    out["etcd_env"] = go_env
+    with running_etcd(go_env) as etcd, apiserver.ApiServer(bookmark_interval=5) as api:
         t = time.monotonic()
         cluster.load(api)
         print(f"API double loaded in {time.monotonic() - t:.1f}s", flush=True)
@@ -620,6 +633,8 @@ def main() -> None:
     parser.add_argument("--kube2sky-tree", default="", help="run kube2sky from another checkout (before/after)")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     parser.add_argument("--profile-memory", action="store_true")
+    parser.add_argument("--etcd-go-defaults", action="store_true",
+                        help="run etcd with Go's default GOGC and no GOMEMLIMIT (the pod sets both: deploy/sizing.py)")
     parser.add_argument("--bytecode", action="store_true",
                         help="run kube2sky and skydns from compiled bytecode, as the image does (see above)")
     opts = parser.parse_args()

@@ -428,6 +428,7 @@ def render(params: Params) -> dict[str, str]:
         pull_policy=params.pull_policy,
         etcd_image=params.etcd_image,
         etcd_quota=str(sizing.etcd_quota_bytes(params.services, params.endpoints)),
+        **{f"etcd_{name.lower()}": value for name, value in sizing.etcd_go_env(params.services, params.endpoints).items()},
         **memory,
         **{f"{name}_args": _yaml_list(values, 8) for name, values in args.items()},
     )

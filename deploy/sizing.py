@@ -17,6 +17,12 @@ Rules:
    to 16 MiB; never below the floors (an empty cluster still runs the interpreter and etcd).
 3. etcd's quota (--quota-backend-bytes) is 4x the measured database size for the cluster
    (room for the history kept between compactions and for a full rewrite), at least 256 MiB.
+4. etcd's Go garbage collector works against its memory request, not at every doubling of the
+   live heap: GOMEMLIMIT is the request minus the expected database (bbolt maps the database
+   file, and those pages count in the container's memory but not in Go's), at least 32 MiB,
+   and GOGC=400 lets the heap grow to five times what is live until that limit is near. A
+   first sync of 337,000 keys made etcd spend a quarter of its CPU collecting with the
+   default GOGC=100 (bench/README.md, "kube2sky: fifth pass"); the peak stays the request.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ DB_FORMULA = (1.0, 0.62, 0.60)
 HEADROOM = 1.25
 FLOORS = {"kube2sky": 96, "skydns": 64, "etcd": 64}
 QUOTA_FLOOR = 256
+ETCD_GOGC = 400
+GOMEMLIMIT_FLOOR = 32
 # The defaults: the large cluster of issue 12 (10,000 services, 100,000 endpoints).
 DEFAULT_SERVICES = 10000
 DEFAULT_ENDPOINTS = 100000
@@ -67,11 +75,21 @@ def memory(component: str, services: int, endpoints: int) -> Memory:
     return Memory(request=request, limit=_round_up(need * HEADROOM))
 
 
+def _database_mib(services: int, endpoints: int) -> float:
+    a, b, c = DB_FORMULA
+    return a + b * services / 1000 + c * endpoints / 1000
+
+
 def etcd_quota_bytes(services: int, endpoints: int) -> int:
     """--quota-backend-bytes for a cluster size (4x the database, at least 256 MiB)."""
-    a, b, c = DB_FORMULA
-    db = a + b * services / 1000 + c * endpoints / 1000
-    return max(QUOTA_FLOOR, _round_up(4 * db, 64)) * 2**20
+    return max(QUOTA_FLOOR, _round_up(4 * _database_mib(services, endpoints), 64)) * 2**20
+
+
+def etcd_go_env(services: int, endpoints: int) -> dict[str, str]:
+    """The Go runtime's memory settings for etcd (rule 4): GOGC and GOMEMLIMIT."""
+    request = memory("etcd", services, endpoints).request
+    heap = max(GOMEMLIMIT_FLOOR, int(request - _database_mib(services, endpoints)))
+    return {"GOGC": str(ETCD_GOGC), "GOMEMLIMIT": f"{heap}MiB"}
 
 
 def check(services: int, endpoints: int) -> None:

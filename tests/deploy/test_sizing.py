@@ -54,3 +54,17 @@ def test_bad_size_is_one_line_exit_2(argv, capsys):
         render.main(argv)
     assert exit_info.value.code == 2
     assert "render.py: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("services, endpoints", SIZES)
+def test_etcd_go_env_keeps_the_heap_below_the_request(services, endpoints):
+    env = sizing.etcd_go_env(services, endpoints)
+    assert env["GOGC"] == str(sizing.ETCD_GOGC)
+    heap = int(env["GOMEMLIMIT"].removesuffix("MiB"))
+    assert sizing.GOMEMLIMIT_FLOOR <= heap <= sizing.memory("etcd", services, endpoints).request
+
+
+def test_the_pod_gives_etcd_its_go_memory_settings():
+    text = render.render(render.Params(services=10000, endpoints=100000))["replicationcontroller"]
+    etcd = next(c for c in yaml.safe_load(text)["spec"]["template"]["spec"]["containers"] if c["name"] == "etcd")
+    assert {e["name"]: e["value"] for e in etcd["env"]} == {"GOGC": "400", "GOMEMLIMIT": "452MiB"}
