@@ -25,7 +25,9 @@ Rules:
    NODATA beside an address of the other family, is redone from the log of its reads
    (answering rule 16): the reads are made again and, when only the name's record changed in
    its address or TTL, the old message gets the new TTL and address written in (or is the same
-   message); anything else is planned again.
+   message); anything else is planned again. It starts from the exact-cache entry of the same
+   bytes, so nothing is parsed and that entry's answer (after the ID), cache key and metric
+   counters are reused.
    3b. A store change under ``arpa`` tells the forwarder to forget what it cached for that
    reverse name (the name may have become local); nothing else in the store touches forwarded
    answers.
@@ -304,6 +306,10 @@ class Handler:
                         return self._cached(data, hit, proto, family, start)
                     known = hit[4]
                     dropped = hit[1]
+                    if dropped.replay is not None and self._scoped:
+                        out = self._replayed(data, hit, proto, family, start)
+                        if out is not None:
+                            return out
                 else:
                     known = dropped = None
             else:
@@ -335,10 +341,6 @@ class Handler:
                             return out
                     self.stats.miss(_CACHE)
                     if self._scoped and query.qclass == 1:
-                        if dropped is not None and dropped.replay is not None:
-                            out = self._replayed(data, query, key, limit, proto, family, start, dropped)
-                            if out is not None:
-                                return out
                         out = self._fast(data, query, key, limit, proto, family, start)
                         if out is not None:
                             return out
@@ -430,33 +432,53 @@ class Handler:
                             time.perf_counter() - start)
         return out
 
-    def _replayed(self, data: bytes, query: wire.Query, key: tuple, limit: int, proto: str, family: str,
-                  start: float, old: anscache.Entry) -> bytes | None:
-        """A miss whose dropped entry can be redone from its reads (rule 3d), or None."""
-        recipe, reads, at = old.replay  # type: ignore[misc]
+    def _replayed(self, data: bytes, hit: list, proto: str, family: str, start: float) -> bytes | None:
+        """A miss of data whose exact-cache entry ``hit`` (see _cached) was dropped but can be
+        redone from the reads of its answer (rule 3d), or None. Nothing is parsed: the bytes
+        after the ID are the ones ``hit`` was filed under, so the answer after its ID, the
+        cache key and the metric counters of ``hit`` are still the right ones."""
+        old = hit[1]
+        recipe, reads, at = old.replay
         try:
             got = answering.replay(recipe, self.view, self.settings)
             if got is None:
                 return None
             outcome, recipe = got
-            variants = old.variants
+            variants, tails = old.variants, hit[0]
+            revision = hit[2]
             if outcome is not answering.SAME:
                 ttl, address = outcome
-                message = bytearray(variants[0])
-                message[at:at + 4] = ttl.to_bytes(4, "big")
-                rdata = encode.address(query.qtype, address)
-                message[at + 6:at + 6 + len(rdata)] = rdata
-                variants = [bytes(message)]
+                ttl_bytes, rdata = ttl.to_bytes(4, "big"), encode.address(old.qtype, address)
+                end = at + 6 + len(rdata)
+                message, tail = bytearray(variants[0]), bytearray(tails[0])  # a tail lacks the ID
+                message[at:at + 4], message[at + 6:end] = ttl_bytes, rdata
+                tail[at - 2:at + 2], tail[at + 4:end - 2] = ttl_bytes, rdata
+                variants, tails = [bytes(message)], [bytes(tail)]
+            elif old.serials and revision != self._revision():  # rule 3: the serial of now
+                revision = self._revision()
+                tails = [anscache.patch_serials(tail, [o - 2 for o in offsets], revision)
+                         for tail, offsets in zip(tails, old.serials)]
         except Exception:  # noqa: BLE001 - planned again, and the reference path reports it
             return None
         entry = anscache.Entry(variants, old.zone, old.qtype, old.serials, old.revision)
         entry.replay = (recipe, reads, at)
-        out = wire.patch(entry.fresh(self._revision())[0], query)
-        self.cache.put(key, entry, reads)
-        self.stats.cache_entries[_CACHE] = len(self.cache)
-        self._remember(proto, data, [out[2:]], entry, (query, limit, key))
-        self.stats.answered(old.zone, proto, family, query.qtype, out[3] & 0x0F, len(data), len(out),
-                            time.perf_counter() - start)
+        self.cache.put(hit[4][2], entry, reads)
+        stats = self.stats
+        stats.cache_entries[_CACHE] = len(self.cache)
+        stats.miss(_CACHE)
+        hit[0], hit[1], hit[2] = tails, entry, revision
+        out = data[:2] + tails[0]
+        counters = hit[3]
+        if counters is not None and counters[0] == family and counters[1] == stats.epoch:
+            counts = counters[2]  # same zone, type, rcode and sizes: the same counters
+            counts[0] += 1
+            counts[1] += len(data)
+            counts[2] += len(out)
+            counters[3].observe(time.perf_counter() - start)
+        else:
+            counts, hist = stats.answered(old.zone, proto, family, old.qtype, out[3] & 0x0F, len(data), len(out),
+                                          time.perf_counter() - start)
+            hit[3] = (family, stats.epoch, counts, hist)
         return out
 
     def _revision(self) -> int:
