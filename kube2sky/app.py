@@ -61,7 +61,7 @@ import time
 
 import prometheus_client
 
-from kube2sky import etcdwriter, k8swatch, leader, manifests, objects, reconcile, records
+from kube2sky import etcdwriter, k8swatch, leader, objects, reconcile, records
 from kube2sky import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -1126,6 +1126,8 @@ class Health:
 def make_source(settings: settings_mod.Settings):
     """The transport: manifests folder, or the Kubernetes API. Raises k8swatch.ConfigError."""
     if settings.manifests:
+        from kube2sky import manifests  # and yaml: only for --manifests
+
         return manifests.ManifestSource(settings.manifests, settings.manifests_poll, settings.service_cidr)
     config = k8swatch.resolve(k8swatch.Connection(
         master_url=settings.kube_master_url, kubeconfig=settings.kubecfg_file,
