@@ -268,6 +268,7 @@ def _handle(resource: Resource, event: dict, rv: str, emit: Callable[[Event], No
 # ---------------------------------------------------------------- the HTTP transport (urllib3)
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+USER_AGENT = "kube2sky (urllib3)"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -662,9 +663,6 @@ class ApiTransport:
                 raw.shutdown()
             except Exception:  # noqa: BLE001 - best effort
                 pass
-
-
-USER_AGENT = "kube2sky (urllib3)"
 
 
 def _pool(config: ApiConfig):
