@@ -19,7 +19,9 @@ Rules:
 6. Transactions go to etcd as bytes encoded here (:func:`txn_request`: protobuf wire format
    of etcdserverpb.TxnRequest, equal byte for byte to what the generated classes serialize;
    a test compares them on random plans). Building 337,000 puts through aetcd's per-op
-   objects cost about 10 us each, more than everything else of a first sync together.
+   objects cost about 10 us each, more than everything else of a first sync together. A
+   plan of ASCII keys and values (all of kube2sky's) is formatted as one Latin-1 string and
+   encoded once: 0.65 us per put instead of 1.1.
    They are sent on an HTTP/2 connection of our own (``kube2sky.h2call``, TLS from the same
    files with ALPN "h2"): grpcio cost about 1.6 ms of CPU per small transaction, h2call about
    a third of that. Reads, leases and the leader election stay on aetcd's channel; an error
@@ -73,11 +75,41 @@ def _field(tag: bytes, data: bytes) -> bytes:
     return tag + (_VARINTS[n] if n < 16384 else _varint(n)) + data
 
 
+# The same lengths as text: an ASCII key or value is its own bytes in Latin-1, so the ops of a
+# plain plan are formatted as one string and encoded once.
+_VARINT_TEXT = tuple(v.decode("latin-1") for v in _VARINTS)
+
+
+def _ascii_ops(plan: reconcile.Plan) -> bytes | None:
+    """The ops of txn_request for a plan of ASCII keys and values (none empty, each op below
+    16 KiB), else None."""
+    v = _VARINT_TEXT
+    parts = []
+    append = parts.append
+    for key, value in plan.puts:
+        lk, lv = len(key), len(value)
+        if not 0 < lv or lk + lv >= 16000 or not key.isascii() or not value.isascii():
+            return None
+        put = 2 + len(v[lk]) + lk + len(v[lv]) + lv
+        append(f"\x12{v[1 + len(v[put]) + put]}\x12{v[put]}\x0a{v[lk]}{key}\x12{v[lv]}{value}")
+    for key in plan.deletes:
+        lk = len(key)
+        if lk >= 16000 or not key.isascii():
+            return None
+        delete = 1 + len(v[lk]) + lk
+        append(f"\x12{v[1 + len(v[delete]) + delete]}\x1a{v[delete]}\x0a{v[lk]}{key}")
+    return "".join(parts).encode("latin-1")
+
+
 def txn_request(plan: reconcile.Plan, compare: bytes = b"") -> bytes:
     """The serialized etcdserverpb.TxnRequest applying plan's puts then its deletes (keys and
     values UTF-8) when the serialized Compare ``compare`` (if any) holds; no failure ops."""
+    head = _field(b"\x0a", compare) if compare else b""
+    ops = _ascii_ops(plan)
+    if ops is not None:
+        return head + ops
     v = _VARINTS
-    parts = [_field(b"\x0a", compare)] if compare else []
+    parts = [head]
     append = parts.append
     for key, value in plan.puts:
         k, val = key.encode(), value.encode()
