@@ -30,6 +30,7 @@ Not run by the tests; asserts nothing. Usage:
     .venv/bin/python bench/scale.py --profile-memory                 # tracemalloc of kube2sky's state
     .venv/bin/python bench/scale.py --bytecode                       # kube2sky and skydns from .pyc
     .venv/bin/python bench/scale.py --etcd-go-defaults               # etcd without the pod's GOGC/GOMEMLIMIT
+    .venv/bin/python bench/scale.py --ready-only [--etcd-go-defaults] # the first sync only (A/B runs)
 
 etcd runs with the pod's flags and the Go memory settings render.py gives it for the cluster
 size (deploy/sizing.py rule 4: GOGC=400, GOMEMLIMIT the memory request minus the database);
@@ -371,14 +372,19 @@ def run(opts: argparse.Namespace) -> dict:
         watcher = None
         try:
             started = time.monotonic()
+            etcd_cpu = cpu_seconds(etcd.proc.pid)
             procs.wait_until(k.ready, timeout=900, interval=0.05, what="kube2sky ready")
             out["ready_s"] = round(time.monotonic() - started, 2)
             out["ready_cpu_s"] = cpu_seconds(k.proc.pid)
+            out["ready_etcd_cpu_s"] = round(cpu_seconds(etcd.proc.pid) - etcd_cpu, 2)
             out["kube2sky_rss_mib"], out["kube2sky_peak_mib"] = rss(k.proc.pid)
             out["keys"] = count_keys(etcd)
             out["etcd_db_mib"], out["etcd_db_in_use_mib"] = db_size(etcd)
-            print(f"kube2sky ready in {out['ready_s']}s, {out['keys']} keys, rss {out['kube2sky_rss_mib']} MiB "
-                  f"(peak {out['kube2sky_peak_mib']})", flush=True)
+            print(f"kube2sky ready in {out['ready_s']}s ({out['ready_cpu_s']}s CPU, etcd {out['ready_etcd_cpu_s']}s), "
+                  f"{out['keys']} keys, rss {out['kube2sky_rss_mib']} MiB (peak {out['kube2sky_peak_mib']})", flush=True)
+            if getattr(opts, "ready_only", False):
+                out["etcd_rss_mib"], out["etcd_peak_mib"] = rss(etcd.proc.pid)
+                return out
 
             # restart against the full etcd
             k.stop()
@@ -633,6 +639,8 @@ def main() -> None:
     parser.add_argument("--kube2sky-tree", default="", help="run kube2sky from another checkout (before/after)")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     parser.add_argument("--profile-memory", action="store_true")
+    parser.add_argument("--ready-only", action="store_true",
+                        help="stop after the first sync (ready, its CPU and etcd's, keys, RSS)")
     parser.add_argument("--etcd-go-defaults", action="store_true",
                         help="run etcd with Go's default GOGC and no GOMEMLIMIT (the pod sets both: deploy/sizing.py)")
     parser.add_argument("--bytecode", action="store_true",

@@ -67,4 +67,4 @@ def test_etcd_go_env_keeps_the_heap_below_the_request(services, endpoints):
 def test_the_pod_gives_etcd_its_go_memory_settings():
     text = render.render(render.Params(services=10000, endpoints=100000))["replicationcontroller"]
     etcd = next(c for c in yaml.safe_load(text)["spec"]["template"]["spec"]["containers"] if c["name"] == "etcd")
-    assert {e["name"]: e["value"] for e in etcd["env"]} == {"GOGC": "400", "GOMEMLIMIT": "436MiB"}
+    assert {e["name"]: e["value"] for e in etcd["env"]} == {"GOGC": "off", "GOMEMLIMIT": "436MiB"}
