@@ -303,6 +303,7 @@ class Handler:
                 hit = self.exact[proto].get(data[2:])
                 if hit is not None:
                     if hit[1].alive:
+                        self.stats.cache_hits[_CACHE] += 1
                         return self._cached(data, hit, proto, family, start)
                     known = hit[4]
                     dropped = hit[1]
@@ -331,6 +332,7 @@ class Handler:
                         variants = entry.fresh(self._revision())
                         tails = [wire.patch(v, query)[2:] for v in variants]
                         hit = self._remember(proto, data, tails, entry, (query, limit, key))
+                        self.stats.cache_hits[_CACHE] += 1
                         return self._cached(data, hit, proto, family, start)
                     if self._encoded_reply is not None:
                         # a forwarded answer still fresh in the forward cache, as bytes
@@ -355,7 +357,7 @@ class Handler:
 
     def _cached(self, data: bytes, hit: list, proto: str, family: str, start: float) -> bytes:
         """data's ID + one of the cached answer tails of hit, an exact-cache entry (the next
-        rotation when several), counted as a cache hit and an answer.
+        rotation when several), counted as an answer (the caller counts the hit or miss).
 
         hit is ``[tails, entry, revision, counters, parsed]``; counters, once known, are the
         metric counters this exact query updates (request and answer sizes never change for it)."""
@@ -371,7 +373,6 @@ class Handler:
         else:
             out = data[:2] + tails[0]
         stats = self.stats
-        stats.cache_hits[_CACHE] += 1
         if counters is not None and counters[0] == family and counters[1] == stats.epoch:
             counts = counters[2]
             counts[0] += 1
@@ -445,7 +446,6 @@ class Handler:
                 return None
             outcome, recipe = got
             variants, tails = old.variants, hit[0]
-            revision = hit[2]
             if outcome is not answering.SAME:
                 ttl, address = outcome
                 ttl_bytes, rdata = ttl.to_bytes(4, "big"), encode.address(old.qtype, address)
@@ -454,32 +454,17 @@ class Handler:
                 message[at:at + 4], message[at + 6:end] = ttl_bytes, rdata
                 tail[at - 2:at + 2], tail[at + 4:end - 2] = ttl_bytes, rdata
                 variants, tails = [bytes(message)], [bytes(tail)]
-            elif old.serials and revision != self._revision():  # rule 3: the serial of now
-                revision = self._revision()
-                tails = [anscache.patch_serials(tail, [o - 2 for o in offsets], revision)
-                         for tail, offsets in zip(tails, old.serials)]
         except Exception:  # noqa: BLE001 - planned again, and the reference path reports it
             return None
         entry = anscache.Entry(variants, old.zone, old.qtype, old.serials, old.revision)
         entry.replay = (recipe, reads, at)
         self.cache.put(hit[4][2], entry, reads)
-        stats = self.stats
-        stats.cache_entries[_CACHE] = len(self.cache)
-        stats.miss(_CACHE)
-        hit[0], hit[1], hit[2] = tails, entry, revision
-        out = data[:2] + tails[0]
-        counters = hit[3]
-        if counters is not None and counters[0] == family and counters[1] == stats.epoch:
-            counts = counters[2]  # same zone, type, rcode and sizes: the same counters
-            counts[0] += 1
-            counts[1] += len(data)
-            counts[2] += len(out)
-            counters[3].observe(time.perf_counter() - start)
-        else:
-            counts, hist = stats.answered(old.zone, proto, family, old.qtype, out[3] & 0x0F, len(data), len(out),
-                                          time.perf_counter() - start)
-            hit[3] = (family, stats.epoch, counts, hist)
-        return out
+        self.stats.cache_entries[_CACHE] = len(self.cache)
+        self.stats.miss(_CACHE)
+        # the same zone, type, rcode and sizes: hit's counters still apply; _cached patches the
+        # serial of a NODATA to the mirror's revision
+        hit[0], hit[1] = tails, entry
+        return self._cached(data, hit, proto, family, start)
 
     def _revision(self) -> int:
         """The mirror's revision (the SOA serial); 0 for a stand-in view without one."""
