@@ -108,18 +108,12 @@ def txn_request(plan: reconcile.Plan, compare: bytes = b"") -> bytes:
     ops = _ascii_ops(plan)
     if ops is not None:
         return head + ops
-    v = _VARINTS
-    parts = [head]
+    parts = [head]  # anything else (non-ASCII, an empty value, a big op): field by field
     append = parts.append
     for key, value in plan.puts:
-        k, val = key.encode(), value.encode()
-        if 0 < len(val) and len(k) + len(val) < 16000:
-            put = b"\x0a" + v[len(k)] + k + b"\x12" + v[len(val)] + val
-            op = b"\x12" + v[len(put)] + put
-            append(b"\x12" + v[len(op)] + op)
-        else:
-            put = _field(b"\x0a", k) + (_field(b"\x12", val) if val else b"")
-            append(_field(b"\x12", _field(b"\x12", put)))
+        val = value.encode()
+        put = _field(b"\x0a", key.encode()) + (_field(b"\x12", val) if val else b"")
+        append(_field(b"\x12", _field(b"\x12", put)))
     for key in plan.deletes:
         append(_field(b"\x12", _field(b"\x1a", _field(b"\x0a", key.encode()))))
     return b"".join(parts)
