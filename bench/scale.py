@@ -33,7 +33,7 @@ Not run by the tests; asserts nothing. Usage:
     .venv/bin/python bench/scale.py --ready-only [--etcd-go-defaults] # the first sync only (A/B runs)
 
 etcd runs with the pod's flags and the Go memory settings render.py gives it for the cluster
-size (deploy/sizing.py rule 4: GOGC=400, GOMEMLIMIT the memory request minus the database);
+size (deploy/sizing.py rule 4: GOMEMLIMIT below the memory request, GOGC=off);
 ``--etcd-go-defaults`` runs it with Go's defaults instead, as a reference.
 
 ``--bytecode``: the image compiles every module when it is built (Dockerfile: compileall), but a
@@ -140,10 +140,12 @@ ETCD_POD_FLAGS = ["--auto-compaction-mode=periodic", "--auto-compaction-retentio
 
 
 class BenchEtcd(procs.Etcd):
-    """tests/procs.py's etcd with the pod's flags and its Go memory settings (env) for the
-    cluster size."""
+    """tests/procs.py's etcd with the pod's flags and, when given, its Go memory settings
+    (``env``, kept for every start)."""
 
-    env: dict[str, str] = {}
+    def __init__(self, data_dir: str | None = None, env: dict[str, str] | None = None) -> None:
+        super().__init__(data_dir)
+        self.env = dict(env or {})
 
     def start(self, timeout: float = 60.0) -> "BenchEtcd":
         member_dir = os.path.join(self.data_dir, "member-data")
@@ -160,9 +162,7 @@ class BenchEtcd(procs.Etcd):
 
 @contextlib.contextmanager
 def running_etcd(env: dict[str, str] | None = None):
-    etcd = BenchEtcd()
-    etcd.env = dict(env or {})
-    etcd.start()
+    etcd = BenchEtcd(env=env).start()
     try:
         yield etcd
     finally:
