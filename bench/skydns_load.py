@@ -12,6 +12,11 @@ started against it ``--runs`` times and each run measures:
   load          the mirror's load alone: from the log line of the first Range request to the
                 "loaded" line (wall), as skydns logs it
   rss           VmRSS after the load settled, and VmHWM (the peak)
+  scan          with --scan, every name asked once after the load, as a cluster's pods may:
+                A and AAAA of every ClusterIP service and the PTR of its address (UDP), A of
+                every headless service (UDP with EDNS 1232, and TCP) and its SRV (TCP): then
+                every cache of skydns is full (the answer cache's byte budget, the memos of
+                the miss path); the CPU per query and VmRSS/VmHWM after it
   relist        etcd restarted under the running skydns: it relists (rule 3 of
                 skydns/etcdwatch.py) and builds the new snapshot aside while the old one keeps
                 answering; the time to the second "loaded" line (skydns's and etcd's CPU
@@ -21,6 +26,7 @@ started against it ``--runs`` times and each run measures:
     .venv/bin/python bench/skydns_load.py --services 900 --headless 100 --endpoints 10
     .venv/bin/python bench/skydns_load.py --data-dir /tmp/skydns-load-etcd   # keep etcd's data between runs
     .venv/bin/python bench/skydns_load.py --bytecode    # imports from compiled bytecode, as in the image
+    .venv/bin/python bench/skydns_load.py --runs 1 --scan    # and the memory with every cache full
 
 ``--bytecode``: the image compiles every module at build time (Dockerfile: compileall), but a
 checkout run with PYTHONDONTWRITEBYTECODE=1 compiles skydns's modules from source at every start
@@ -39,11 +45,15 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+
+import dns.message
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -89,7 +99,48 @@ def wait_loaded(server: skydnsproc.Skydns, count: int, timeout: float = 600) -> 
     return time.monotonic()
 
 
-def one_run(etcd: BenchEtcd, name: str, want: str, relist: bool) -> dict:
+def scan_queries(services: int, headless: int, namespaces: int) -> list[tuple[bytes, str]]:
+    """(query bytes, "udp"/"tcp") asking every name of mirror_memory.generate's cluster once."""
+    out = []
+
+    def ask(name: str, rdtype: str, proto: str, edns: bool = False) -> None:
+        query = dns.message.make_query(name, rdtype, use_edns=0 if edns else False, payload=1232)
+        out.append((query.to_wire(), proto))
+
+    for n in range(services):
+        name = f"svc{n}.ns{n % namespaces}.svc.{ZONE}"
+        ask(name, "A", "udp")
+        ask(name, "AAAA", "udp")
+        ask(f"{n % 256}.{n // 256 % 256}.96.10.in-addr.arpa.", "PTR", "udp")
+    for h in range(headless):
+        name = f"db{h}.ns{h % namespaces}.svc.{ZONE}"
+        ask(name, "A", "udp", edns=True)
+        ask(name, "A", "tcp")
+        ask(f"_pg._tcp.{name}", "SRV", "tcp")
+    return out
+
+
+def scan(port: int, queries: list[tuple[bytes, str]]) -> int:
+    """Send every query and read its answer, one at a time; the number answered."""
+    answered = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+            socket.create_connection(("127.0.0.1", port), timeout=10) as tcp:
+        udp.settimeout(10)
+        udp.connect(("127.0.0.1", port))
+        stream = tcp.makefile("rb")
+        for data, proto in queries:
+            if proto == "udp":
+                udp.send(data)
+                answered += len(udp.recv(65535)) > 12
+            else:
+                tcp.sendall(struct.pack("!H", len(data)) + data)
+                size = struct.unpack("!H", stream.read(2))[0]
+                answered += len(stream.read(size)) > 12
+    return answered
+
+
+def one_run(etcd: BenchEtcd, name: str, want: str, relist: bool,
+            queries: list[tuple[bytes, str]] | None = None) -> dict:
     out: dict = {"load_average": round(os.getloadavg()[0], 2)}
     etcd_cpu = cpu_seconds(etcd.proc.pid)
     started = time.monotonic()
@@ -109,6 +160,13 @@ def one_run(etcd: BenchEtcd, name: str, want: str, relist: bool) -> dict:
         out["etcd_cpu_s"] = round(cpu_seconds(etcd.proc.pid) - etcd_cpu, 3)
         time.sleep(1.0)
         out["rss_mib"], out["peak_mib"] = rss(server.proc.pid)
+        if queries:
+            cpu, t = cpu_seconds(server.proc.pid), time.monotonic()
+            out["scan_answered"] = scan(server.port, queries)
+            out["scan_s"] = round(time.monotonic() - t, 2)
+            out["scan_cpu_us_per_query"] = round((cpu_seconds(server.proc.pid) - cpu) * 1e6 / len(queries), 1)
+            time.sleep(1.0)
+            out["rss_after_scan_mib"], out["peak_after_scan_mib"] = rss(server.proc.pid)
         if relist:
             cpu = cpu_seconds(server.proc.pid)
             etcd.stop()
@@ -136,6 +194,7 @@ def main() -> None:
     parser.add_argument("--namespaces", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-relist", action="store_true", help="skip the relist after an etcd restart")
+    parser.add_argument("--scan", action="store_true", help="ask every name once after the load (see above)")
     parser.add_argument("--data-dir", help="etcd's data directory, kept (and reused when it holds the same keys)")
     parser.add_argument("--json", help="write the runs to this file")
     parser.add_argument("--bytecode", action="store_true",
@@ -163,9 +222,10 @@ def main() -> None:
             print(f"wrote {len(items):,} keys in {time.monotonic() - t:.1f} s", flush=True)
         del items
         name = f"svc0.ns0.svc.{ZONE}"
+        queries = scan_queries(args.services, args.headless, args.namespaces) if args.scan else None
         runs = []
         for i in range(args.runs):
-            run = one_run(etcd, name, "10.96.0.0", relist=not args.no_relist)
+            run = one_run(etcd, name, "10.96.0.0", relist=not args.no_relist, queries=queries)
             run["keys"] = have if have else count_keys(etcd)
             print(json.dumps(run), flush=True)
             runs.append(run)

@@ -24,15 +24,22 @@ only the answers it can affect):
    and index), never against the cached answers: its cost does not grow with the cache.
 2. A key change drops every entry that read it (and only those); a full reload of the mirror
    (``replace``) drops everything. Dropped entries are marked dead, so the exact-bytes cache of
-   the transport, which points at entries, cannot serve them either.
+   the transport, which points at entries, cannot serve them either. A dropped entry keeps its
+   answer and the paths it read only when the transport can redo it from them (``replay``).
 3. The SOA serial is the mirror's revision, which moves with every write anywhere. It is not a
    dependency: an entry remembers the offsets of the serial fields of its encoded answers and
    ``fresh(revision)`` writes the current revision there before the answer is served (once per
    revision change, not per query). A negative answer (NXDOMAIN/NODATA with the zone's SOA) or
    an SOA answer therefore survives every write that does not touch what it read, and is
    byte-for-byte the answer the reference path would build for the current mirror.
-4. At most ``capacity`` entries; the oldest entry goes first when full, and its index
-   references go with it (the indexes never outgrow the cache).
+4. At most ``capacity`` entries and, when ``max_bytes`` is given, at most that many bytes by
+   the entries' sizes (or one entry bigger than that alone); the oldest entries go first
+   when a new one would pass either bound, and their index references go with them (the
+   indexes never outgrow the cache). An
+   entry's size is its answer bytes plus ``ENTRY_BYTES`` and ``PATH_BYTES`` per path it
+   read: what it costs the process (the entry, its index references, the transport's
+   exact-bytes entry, its query), measured with tracemalloc, so that a budget in bytes holds
+   whatever the answers are (10,000 answers of 100 SRV targets are 75 MB of answer bytes).
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ from typing import Any
 from skydns import msg
 
 _WILDCARDS = msg.WILDCARDS
+# What an entry costs besides its answer bytes (rule 4): the Entry, its Paths, its index
+# references, the exact-bytes entry and the parsed query the transport keeps beside it.
+ENTRY_BYTES = 1700
+PATH_BYTES = 150
 
 
 def _base(segments: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -130,14 +141,30 @@ class LoggedReads(Reads):
         return got
 
 
+class Paths:
+    """What an entry read, per index (rule 1), as tuples: a fraction of the size of ``Reads``'s
+    sets, and kept by a dropped entry so that its answer can be filed again (rule 2)."""
+
+    __slots__ = ("visible", "below", "exact")
+
+    def __init__(self, visible: tuple, below: tuple, exact: tuple) -> None:
+        self.visible = visible
+        self.below = below
+        self.exact = exact
+
+    def __len__(self) -> int:
+        return len(self.visible) + len(self.below) + len(self.exact)
+
+
 class Entry:
     """The encoded answer variants of one cache key (round-robin rotations) and what they read.
 
     ``variants`` are whole messages (ID of the query that filled the entry). ``serials`` holds,
-    per variant, the offsets of its SOA serial fields (rule 3).
+    per variant, the offsets of its SOA serial fields (rule 3). ``size`` is what the entry is
+    counted for in the cache's byte budget (rule 4).
     """
 
-    __slots__ = ("variants", "zone", "qtype", "serials", "revision", "alive", "deps", "replay")
+    __slots__ = ("variants", "zone", "qtype", "serials", "revision", "alive", "deps", "replay", "size")
 
     def __init__(self, variants: list[bytes], zone: str, qtype: int,
                  serials: tuple[tuple[int, ...], ...] = (), revision: int = 0) -> None:
@@ -147,10 +174,11 @@ class Entry:
         self.serials = serials if any(serials) else ()
         self.revision = revision
         self.alive = True
-        # per index read: (the index, the paths read) (rule 1)
-        self.deps: list[tuple[dict, tuple[tuple[str, ...], ...]]] | tuple = ()
+        # the paths read, per index (rule 1); kept when the entry is dropped (rule 2)
+        self.deps: Paths | None = None
         # what the transport needs to redo the answer after a change (answering rule 16)
         self.replay: tuple | None = None
+        self.size = 0
 
     def fresh(self, revision: int) -> list[bytes]:
         """The variants with the SOA serial of ``revision`` written in (rule 3)."""
@@ -173,13 +201,16 @@ def patch_serials(message: bytes, offsets: Iterable[int], revision: int) -> byte
 class AnswerCache:
     """Encoded answers by cache key, dropped when something they read changes (rules 1-4)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes = 0  # the sizes of the entries held (rule 4)
         self.entries: dict[Hashable, Entry] = {}
-        # rule 1: path -> the keys of the entries that read it, one index per kind of read
-        self._visible: dict[tuple[str, ...], set[Hashable]] = {}
-        self._below: dict[tuple[str, ...], set[Hashable]] = {}
-        self._exact: dict[tuple[str, ...], set[Hashable]] = {}
+        # rule 1: path -> the key of the one entry that read it, or a set of the keys of the
+        # entries that read it (most paths are read by one entry; a set costs 216 bytes)
+        self._visible: dict[tuple[str, ...], Any] = {}
+        self._below: dict[tuple[str, ...], Any] = {}
+        self._exact: dict[tuple[str, ...], Any] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -187,27 +218,34 @@ class AnswerCache:
     def get(self, key: Hashable) -> Entry | None:
         return self.entries.get(key)
 
-    def put(self, key: Hashable, entry: Entry, reads: Reads) -> None:
-        """File entry under key with the reads it was built from."""
+    def put(self, key: Hashable, entry: Entry, reads: Reads | Paths) -> None:
+        """File entry under key with the reads it was built from (or the paths a dropped entry
+        of the same answer read)."""
         old = self.entries.pop(key, None)
         if old is not None:
             self._unlink(key, old)
-        if len(self.entries) >= self.capacity:
-            oldest = next(iter(self.entries))
-            self._unlink(oldest, self.entries.pop(oldest))
-        deps = []
-        for index, paths in ((self._visible, reads.visible), (self._below, reads.below),
-                             (self._exact, reads.exact)):
-            if paths:
-                for path in paths:
-                    keys = index.get(path)
-                    if keys is None:
-                        index[path] = {key}
-                    else:
-                        keys.add(key)
-                deps.append((index, tuple(paths)))
-        entry.deps = deps
-        self.entries[key] = entry
+        paths = reads if isinstance(reads, Paths) else Paths(
+            tuple(reads.visible), tuple(reads.below), tuple(reads.exact))
+        entry.size = size = ENTRY_BYTES + PATH_BYTES * len(paths) + sum(map(len, entry.variants))
+        entries = self.entries
+        if len(entries) >= self.capacity or (self.max_bytes is not None and self.bytes + size > self.max_bytes):
+            limit = self.max_bytes if self.max_bytes is not None else float("inf")
+            while entries and (len(entries) >= self.capacity or self.bytes + size > limit):
+                oldest = next(iter(entries))
+                self._unlink(oldest, entries.pop(oldest))
+        for index, read in ((self._visible, paths.visible), (self._below, paths.below),
+                            (self._exact, paths.exact)):
+            for path in read:
+                keys = index.get(path)
+                if keys is None:
+                    index[path] = key
+                elif type(keys) is set:
+                    keys.add(key)
+                elif keys != key:
+                    index[path] = {keys, key}
+        entry.deps = paths
+        self.bytes += size
+        entries[key] = entry
 
     def changed(self, segments: tuple[str, ...] | None) -> int:
         """A key at ``segments`` was put or deleted (None: everything may have changed).
@@ -228,15 +266,24 @@ class AnswerCache:
         for depth in range(len(segments) + 1):
             path = segments[:depth]
             keys = below.get(path)
-            if keys:
-                doomed.update(keys)
+            if keys is not None:
+                if type(keys) is set:
+                    doomed.update(keys)
+                else:
+                    doomed.add(keys)
             if depth >= hidden:
                 keys = visible.get(path)
-                if keys:
-                    doomed.update(keys)
+                if keys is not None:
+                    if type(keys) is set:
+                        doomed.update(keys)
+                    else:
+                        doomed.add(keys)
         keys = self._exact.get(segments)
-        if keys:
-            doomed.update(keys)
+        if keys is not None:
+            if type(keys) is set:
+                doomed.update(keys)
+            else:
+                doomed.add(keys)
         for key in doomed:
             entry = self.entries.pop(key, None)
             if entry is not None:
@@ -250,14 +297,26 @@ class AnswerCache:
         self._visible.clear()
         self._below.clear()
         self._exact.clear()
+        self.bytes = 0
 
     def _unlink(self, key: Hashable, entry: Entry) -> None:
         entry.alive = False
-        for index, paths in entry.deps:
-            for path in paths:
+        self.bytes -= entry.size
+        paths = entry.deps
+        if paths is None:
+            return
+        if entry.replay is None:
+            # the transport's exact cache may still point at it, but only a replay reads a
+            # dropped entry's answer and paths (rule 2): they go now, not with the exact entry
+            entry.variants = []
+            entry.deps = None
+        for index, read in ((self._visible, paths.visible), (self._below, paths.below),
+                            (self._exact, paths.exact)):
+            for path in read:
                 keys = index.get(path)
-                if keys is not None:
+                if type(keys) is set:
                     keys.discard(key)
-                    if not keys:
-                        del index[path]
-        entry.deps = ()
+                    if len(keys) == 1:
+                        index[path] = next(iter(keys))
+                elif keys is not None and keys == key:
+                    del index[path]

@@ -181,7 +181,8 @@ async def main(settings: settings_mod.Settings, udp: socket.socket | None, tcp: 
     loop = asyncio.get_running_loop()
     view = store.Store(settings.prefix)
     state = State(view, forwarder)
-    handler = transport.Handler(settings, view, forwarder, cache_size=settings.answer_cache_size)
+    handler = transport.Handler(settings, view, forwarder, cache_size=settings.answer_cache_size,
+                                cache_bytes=settings.answer_cache_mib << 20)
     dns_servers = [] if udp is None or tcp is None else [_dns_server(settings, handler, udp, tcp)]
     http = httpserver.HttpServer(http_sock, state.not_ready) if http_sock is not None else None
     metrics.build_info.labels(metrics.VERSION).set(1)

@@ -422,6 +422,8 @@ _FROM_RESOLV = "from /etc/resolv.conf"
 @click.option("--answer-cache-size", "answer_cache_size", type=click.IntRange(0), hidden=True,
               default=_DEFAULTS.answer_cache_size, show_envvar=True,
               help="Encoded answers kept for the hot path; 0 turns the cache off (benchmarks).")
+@click.option("--answer-cache-mib", "answer_cache_mib", type=click.IntRange(1), default=_DEFAULTS.answer_cache_mib,
+              show_envvar=True, help="Most memory the encoded answers of local names take, MiB (oldest go first).")
 @forwarding.click_options  # FORWARD helper: --forward-policy, --max-concurrent, --stub-domain, --cache-*, --hosts...
 def command(**params: Any) -> None:
     app.run(build_settings(params))

@@ -76,27 +76,34 @@ class Unsupported(Exception):
     """The plan holds something this renderer does not write (rule 3)."""
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=kept_mod.NAMES)
 def _name_parts(text: str) -> tuple[tuple[bytes, bytes], ...]:
     """(lower-case suffix key, length-prefixed label) per label of a fully qualified name."""
     if not text.isascii() or "\\" in text:
         raise Unsupported(text)
     if text == ".":
         return ()
-    labels = [label.encode() for label in text[:-1].split(".")]
+    body = text[:-1].encode()
+    low = body.lower()
     parts = []
-    for i, label in enumerate(labels):
-        if not label or len(label) > 63:
+    pos = 0
+    for label in body.split(b"."):
+        size = len(label)
+        if not size or size > 63:
             raise Unsupported(text)
-        key = b".".join(labels[i:]).lower()
-        parts.append((key, bytes((len(label),)) + label))
+        parts.append((low[pos:], _LENGTHS[size] + label))  # the suffix key is a slice of the name
+        pos += size + 1
     return tuple(parts)
+
+
+# One length byte per label size.
+_LENGTHS = [bytes((n,)) for n in range(64)]
 
 
 _RRTYPE = struct.Struct("!HHI")
 
 
-@functools.lru_cache(maxsize=1 << 14)
+@functools.lru_cache(maxsize=kept_mod.NAMES)
 def _srv_rdata(value: tuple) -> bytes:
     """An SRV record's rdata length and rdata: priority, weight, port, the target uncompressed."""
     prio, weight, port, target = value
@@ -104,7 +111,7 @@ def _srv_rdata(value: tuple) -> bytes:
     return len(rdata).to_bytes(2, "big") + rdata
 
 
-@functools.lru_cache(maxsize=1 << 14)
+@functools.lru_cache(maxsize=kept_mod.NAMES)
 def _whole_name(text: str) -> bytes:
     """A name's wire form without compression (SRV targets)."""
     return b"".join([chunk for _, chunk in _name_parts(text)]) + b"\0"
@@ -114,7 +121,7 @@ def _whole_name(text: str) -> bytes:
 _IPV4_TEXT = re.compile(r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}")
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=kept_mod.VALUES)
 def _packed4(address: str) -> bytes:
     """The 4 bytes of an IPv4 address text, read as strictly as ``ipaddress`` reads it (four
     decimal octets, no leading zero, none above 255); Unsupported otherwise."""
@@ -123,7 +130,7 @@ def _packed4(address: str) -> bytes:
     return bytes(map(int, address.split(".")))
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=kept_mod.VALUES)
 def _packed6(address: str) -> bytes:
     try:
         return ipaddress.IPv6Address(address).packed
@@ -136,7 +143,7 @@ _FIXED = {_A: 4, _AAAA: 16}
 _PACK = {_A: _packed4, _AAAA: _packed6}
 
 
-@functools.lru_cache(maxsize=1 << 14)
+@functools.lru_cache(maxsize=kept_mod.NAMES)
 def _question_keys(qname: bytes) -> tuple[tuple[bytes, int], ...]:
     """(suffix key, offset) of every suffix of the question's name (at offset 12)."""
     out = []

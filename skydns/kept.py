@@ -7,9 +7,19 @@ Rules:
 2. An entry replaced by a patched copy of the same size (``memo[key] = entry``) is not counted
    again; ``clear()`` forgets the count too.
 3. It is a dict: lookups are the dict's own (the answer path reads these on every miss).
+4. The answer path's ``functools`` memos (each entry computed from one name or one value alone)
+   are bounded by ``NAMES`` or ``VALUES`` entries, so that all of them together hold about
+   10 MiB whatever is asked: an entry keyed by a name can take about 1.2 KB (the suffix keys of
+   a long name), one keyed by a value (an address, a host) about 150 bytes. At 10,000
+   services and 100,000 endpoints, with every name asked once, memos of 65,536 entries held
+   160 MiB between them (issue 12: skydns <= 100 MiB).
 """
 
 from __future__ import annotations
+
+# Most entries of a memo keyed by a name, and of one keyed by a value (rule 4).
+NAMES = 1 << 11
+VALUES = 1 << 12
 
 
 class Kept(dict):

@@ -141,6 +141,9 @@ class Settings:
     # Encoded answers of local names kept for the hot path (0 turns the cache off: every query
     # is parsed and rendered by dnspython; for benchmarks and debugging).
     answer_cache_size: int = 10000
+    # Most memory those answers take, MiB: the answer bytes and what each entry costs beside
+    # them (transport rule 3e); the oldest go first. Counted in deploy/sizing.py's skydns.
+    answer_cache_mib: int = 16
     # A TCP connection with no complete query for this long is closed, seconds.
     tcp_idle_timeout: float = 10.0
     # Most TCP connections open at once; when full, the least recently active one is closed

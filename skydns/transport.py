@@ -28,6 +28,11 @@ Rules:
    message); anything else is planned again. It starts from the exact-cache entry of the same
    bytes, so nothing is parsed and that entry's answer (after the ID), cache key and metric
    counters are reused.
+   3e. The caches hold at most ``cache_bytes`` between them, whatever the answers are: the
+   answer cache half of it (anscache rule 4), the exact cache of each protocol a quarter,
+   each entry counted as its bytes plus what the entry itself costs (``EXACT_BYTES``); the
+   oldest entries go first. Without it, 10,000 answers of a headless service's 100 SRV
+   targets would hold 150 MB.
    3b. A store change under ``arpa`` tells the forwarder to forget what it cached for that
    reverse name (the name may have become local); nothing else in the store touches forwarded
    answers.
@@ -80,12 +85,16 @@ import dns.rdatatype
 import dns.renderer
 import dns.rrset
 
-from skydns import anscache, answering, encode, forwarding, metrics, store, settings as settings_mod, wire
+from skydns import anscache, answering, encode, forwarding, kept, metrics, store, settings as settings_mod, wire
 
 logger = logging.getLogger(__name__)
 
 # Most encoded answers kept; the oldest entry goes first when full.
 CACHE_SIZE = 10000
+# Most bytes the answer cache and the exact-bytes caches hold between them (rule 3e).
+CACHE_BYTES = 16 << 20
+# What an exact-bytes entry costs besides its key and answer tails (rule 3e; tracemalloc).
+EXACT_BYTES = 600
 # Most rotations of one round-robin answer kept in the cache.
 ROTATIONS = 8
 # A TCP connection with no complete query for this long is closed, seconds.
@@ -245,6 +254,7 @@ class Handler:
         answer: Callable[..., Any] | None = None,
         stats: metrics.DnsStats | None = None,
         cache_size: int = CACHE_SIZE,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.settings = settings
         self.view = view
@@ -255,10 +265,13 @@ class Handler:
         self.stats.cache_misses.setdefault(_CACHE, 0)
         self.stats.cache_entries.setdefault(_CACHE, 0)
         self.cache_size = cache_size
-        # wire.cache_key -> anscache.Entry (rule 3)
-        self.cache = anscache.AnswerCache(max(1, cache_size))
-        # per proto: the query's bytes after the ID -> [answer tails after the ID, entry, revision]
+        # wire.cache_key -> anscache.Entry (rule 3); half of the byte budget (rule 3e)
+        self.cache = anscache.AnswerCache(max(1, cache_size), max(1, cache_bytes // 2))
+        # per proto: the query's bytes after the ID -> [answer tails after the ID, entry, ...]
+        # (see _cached); a quarter of the byte budget each (rule 3e)
         self.exact: dict[str, dict[bytes, list]] = {"udp": {}, "tcp": {}}
+        self.exact_bytes = {"udp": 0, "tcp": 0}
+        self.exact_budget = max(1, cache_bytes // 4)
         self.generation = -1
         # rule 3: a store with the on_change hook tells us what changed; else watch generation
         hook = getattr(view, "on_change", None)
@@ -359,9 +372,10 @@ class Handler:
         """data's ID + one of the cached answer tails of hit, an exact-cache entry (the next
         rotation when several), counted as an answer (the caller counts the hit or miss).
 
-        hit is ``[tails, entry, revision, counters, parsed]``; counters, once known, are the
-        metric counters this exact query updates (request and answer sizes never change for it)."""
-        tails, entry, revision, counters, _ = hit
+        hit is ``[tails, entry, revision, counters, parsed, size]``; counters, once known, are the
+        metric counters this exact query updates (request and answer sizes never change for it);
+        size is what it counts for in the byte budget (rule 3e)."""
+        tails, entry, revision, counters, _, _ = hit
         if entry.serials and revision != self._revision():
             # rule 3: the SOA serial of the current mirror (the tails are offset by the ID)
             revision = hit[2] = self._revision()
@@ -390,9 +404,16 @@ class Handler:
         """Keep the answer tails for data's exact bytes (rule 3a), with what the bytes parse to
         (``(query, limit, key)``: a miss after a change parses nothing); returns the new entry."""
         exact = self.exact[proto]
-        if len(exact) >= self.cache_size:
-            del exact[next(iter(exact))]
-        hit = exact[data[2:]] = [tails, entry, entry.revision, None, parsed]
+        key = data[2:]
+        size = EXACT_BYTES + len(data) + sum(map(len, tails))
+        held = self.exact_bytes
+        old = exact.pop(key, None)
+        if old is not None:
+            held[proto] -= old[5]
+        while exact and (len(exact) >= self.cache_size or held[proto] + size > self.exact_budget):
+            held[proto] -= exact.pop(next(iter(exact)))[5]
+        hit = exact[key] = [tails, entry, entry.revision, None, parsed, size]
+        held[proto] += size
         return hit
 
     def _fast(self, data: bytes, query: wire.Query, key: tuple, limit: int, proto: str, family: str,
@@ -439,7 +460,7 @@ class Handler:
         after the ID are the ones ``hit`` was filed under, so the answer after its ID, the
         cache key and the metric counters of ``hit`` are still the right ones."""
         old = hit[1]
-        recipe, reads, at = old.replay
+        recipe, at = old.replay
         try:
             got = answering.replay(recipe, self.view, self.settings)
             if got is None:
@@ -457,8 +478,8 @@ class Handler:
         except Exception:  # noqa: BLE001 - planned again, and the reference path reports it
             return None
         entry = anscache.Entry(variants, old.zone, old.qtype, old.serials, old.revision)
-        entry.replay = (recipe, reads, at)
-        self.cache.put(hit[4][2], entry, reads)
+        entry.replay = (recipe, at)
+        self.cache.put(hit[4][2], entry, old.deps)  # the same reads as the dropped entry's
         self.stats.cache_entries[_CACHE] = len(self.cache)
         self.stats.miss(_CACHE)
         # the same zone, type, rcode and sizes: hit's counters still apply; _cached patches the
@@ -476,6 +497,7 @@ class Handler:
         if segments is None:
             self.exact["udp"].clear()
             self.exact["tcp"].clear()
+            self.exact_bytes = {"udp": 0, "tcp": 0}
         else:
             forget = getattr(self.forwarder, "forget", None)
             if forget is not None and segments[:1] == ("arpa",):
@@ -630,8 +652,8 @@ class Handler:
 def _replay_of(query: wire.Query, path: tuple[str, ...], result: object, reads: anscache.LoggedReads,
                message: bytes, settings: settings_mod.Settings) -> tuple | None:
     """What ``Handler._replayed`` needs to redo ``message``, the answer of an A/AAAA ``query``
-    planned as ``result``: ``(recipe, reads, where the lone record's TTL is)``; None when
-    answering rule 16 does not apply."""
+    planned as ``result``: ``(recipe, where the lone record's TTL is)``; None when answering
+    rule 16 does not apply. (The paths read are the entry's own, ``anscache.Entry.deps``.)"""
     recipe = answering.replayable(path, query.qtype, result, reads.log, settings)
     if recipe is None:
         return None
@@ -641,10 +663,10 @@ def _replay_of(query: wire.Query, path: tuple[str, ...], result: object, reads: 
         rdata = encode.address(query.qtype, address)
         if message[at:at + 4] != ttl.to_bytes(4, "big") or message[at + 6:at + 6 + len(rdata)] != rdata:
             return None  # not laid out as _replayed patches it
-    return (recipe, reads, at)
+    return (recipe, at)
 
 
-@functools.lru_cache(maxsize=1 << 14)
+@functools.lru_cache(maxsize=kept.NAMES)
 def _zone_label(zones: tuple[tuple[bytes, str], ...], name: bytes) -> str:
     """The served zone holding a lower-case wire name (the metrics' zone label), "." when none."""
     for suffix, text in zones:

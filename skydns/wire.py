@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import functools
 
+from skydns import kept
+
 HEADER_SIZE = 12
 MAX_NAME = 255
 MAX_LABEL = 63
@@ -284,7 +286,7 @@ def _skip_name(message: bytes, pos: int) -> int:
         pos += length + 1
 
 
-@functools.lru_cache(maxsize=1 << 14)
+@functools.lru_cache(maxsize=kept.NAMES)
 def path_of(qname: bytes) -> tuple[str, ...]:
     """The lower-case key segments of an uncompressed wire name (labels reversed, root dropped),
     as ``answering`` computes them from a dnspython name."""

@@ -113,15 +113,21 @@ def _settings(round_robin: bool) -> settings_mod.Settings:
                                  no_rec=True, pods="insecure", max_answers=20)
 
 
+# The byte budgets the differential tests run with: the default, and one of a few entries
+# (transport rule 3e: the oldest answers go all the time).
+BUDGETS = [transport.CACHE_BYTES, 12_000]
+
+
+@pytest.mark.parametrize("cache_bytes", BUDGETS, ids=["default-budget", "small-budget"])
 @pytest.mark.parametrize("round_robin", [False, True], ids=["exact-bytes", "round-robin"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_cached_answers_equal_fresh_answers_after_every_step(seed, round_robin):
+def test_cached_answers_equal_fresh_answers_after_every_step(seed, round_robin, cache_bytes):
     rng = random.Random(seed)
     settings = _settings(round_robin)
     view = store.Store()
     view.replace([], 1)
     stats = metrics.DnsStats()
-    cached = transport.Handler(settings, view, None, stats=stats, cache_size=64)
+    cached = transport.Handler(settings, view, None, stats=stats, cache_size=64, cache_bytes=cache_bytes)
     reference = transport.Handler(settings, view, None, stats=metrics.DnsStats(), cache_size=0)
     revision = 1
     written: list[str] = []
@@ -158,6 +164,17 @@ def test_cached_answers_equal_fresh_answers_after_every_step(seed, round_robin):
                           + "\n".join(history[-25:])
                           + f"\ncached:\n{dns.message.from_wire(got)}\nreference:\n{dns.message.from_wire(want)}")
     assert stats.cache_hits["answers"] > 50  # the cache did serve (this is not a no-op test)
+    _assert_within_budget(cached)
+
+
+def _assert_within_budget(handler: transport.Handler) -> None:
+    """The caches' byte counts are the sums of their entries' sizes, within the budget."""
+    cache = handler.cache
+    assert cache.bytes == sum(entry.size for entry in cache.entries.values())
+    assert cache.bytes <= cache.max_bytes or len(cache.entries) == 1  # one answer bigger than all
+    for proto, exact in handler.exact.items():
+        assert handler.exact_bytes[proto] == sum(hit[5] for hit in exact.values())
+        assert handler.exact_bytes[proto] <= handler.exact_budget or len(exact) == 1
 
 
 def test_unrelated_write_keeps_entries_and_related_write_drops_them():
@@ -232,8 +249,9 @@ def _replay_value(rng: random.Random) -> bytes:
     return json.dumps(record).encode()
 
 
+@pytest.mark.parametrize("cache_bytes", BUDGETS, ids=["default-budget", "small-budget"])
 @pytest.mark.parametrize("seed", [11, 12, 13, 14])
-def test_replayed_misses_equal_fresh_answers(seed, monkeypatch):
+def test_replayed_misses_equal_fresh_answers(seed, cache_bytes, monkeypatch):
     """transport rule 3d / answering rule 16: a miss redone from the reads of the dropped entry
     (an A/AAAA answer of one address record, or NODATA beside one) equals the reference after
     random changes of the queried names' records (new addresses and TTLs, the other family,
@@ -242,7 +260,8 @@ def test_replayed_misses_equal_fresh_answers(seed, monkeypatch):
     settings = _settings(False)
     view = store.Store()
     view.replace([], 1)
-    cached = transport.Handler(settings, view, None, stats=metrics.DnsStats(), cache_size=256)
+    cached = transport.Handler(settings, view, None, stats=metrics.DnsStats(), cache_size=256,
+                               cache_bytes=cache_bytes)
     reference = transport.Handler(settings, view, None, stats=metrics.DnsStats(), cache_size=0)
     replayed = {"same": 0, "patched": 0, "refused": 0}
     ids = random.Random(-seed)
@@ -305,6 +324,61 @@ def test_replayed_misses_equal_fresh_answers(seed, monkeypatch):
                                  + "\n".join(history[-20:])
                                  + f"\ncached:\n{dns.message.from_wire(got)}\nreference:\n{dns.message.from_wire(want)}")
     # not a no-op: addresses were patched, NODATA kept, and other changes planned again
-    assert replayed["patched"] > 8 and replayed["same"] > 8 and replayed["refused"] > 10, replayed
+    most = 8 if cache_bytes == transport.CACHE_BYTES else 0  # a small budget keeps few to redo
+    assert replayed["patched"] > most and replayed["same"] > most and replayed["refused"] > most, replayed
     # every answer counted once, under the same labels and sizes, however it was made
     assert cached.stats.events == reference.stats.events
+    _assert_within_budget(cached)
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_indexes_and_byte_budget_follow_a_plain_model(seed):
+    """anscache rules 1, 2 and 4 against a plain model: entries (oldest first) with the paths
+    they read, dropped by a change exactly as rule 1 says, the oldest evicted past either
+    bound. Paths come from a small pool, so that one path is read by none, one or many
+    entries (the index holds a lone key or a set) and goes back and forth between those."""
+    rng = random.Random(seed)
+    pool = [("local", "cluster") + tail for tail in
+            [(), ("a",), ("a", "b"), ("a", "_x"), ("a", "_x", "y"), ("c",), ("c", "d"), ("a", "b", "e")]]
+    cache = anscache.AnswerCache(12, 12 * (anscache.ENTRY_BYTES + 2 * anscache.PATH_BYTES) + 400)
+    model: dict[int, tuple[dict[str, tuple], int]] = {}  # key -> (paths per kind, size), oldest first
+
+    def touches(kind: str, path: tuple, segments: tuple) -> bool:
+        if kind == "exact":
+            return path == segments
+        if segments[:len(path)] != path:
+            return False
+        return kind == "below" or not any(seg[:1] == "_" for seg in segments[len(path):])
+
+    for step in range(3000):
+        if rng.random() < 0.6:
+            key = rng.randrange(30)
+            reads = anscache.Reads(None)
+            paths = {kind: tuple(rng.sample(pool, rng.choice([0, 1, 1, 2]))) for kind in ("visible", "below", "exact")}
+            for kind, chosen in paths.items():
+                getattr(reads, kind).update(chosen)
+            entry = anscache.Entry([bytes(rng.choice([10, 60, 300]))], "z", 1)
+            cache.put(key, entry, reads)
+            model.pop(key, None)
+            size = entry.size
+            while model and (len(model) >= cache.capacity or sum(s for _, s in model.values()) + size > cache.max_bytes):
+                del model[next(iter(model))]
+            model[key] = ({kind: tuple(reads_of) for kind, reads_of in
+                           (("visible", reads.visible), ("below", reads.below), ("exact", reads.exact))}, size)
+        else:
+            segments = rng.choice(pool) + rng.choice([(), ("leaf",), ("_y", "leaf")])
+            cache.changed(segments)
+            for key in [k for k, (paths, _) in model.items()
+                        if any(touches(kind, p, segments) for kind, read in paths.items() for p in read)]:
+                del model[key]
+        assert list(cache.entries) == list(model), f"seed {seed} step {step}"
+        assert cache.bytes == sum(size for _, size in model.values()) <= cache.max_bytes
+    # the indexes hold exactly the live entries' paths, a lone key where one entry reads a path
+    for kind, index in (("visible", cache._visible), ("below", cache._below), ("exact", cache._exact)):
+        want: dict[tuple, set] = {}
+        for key, (paths, _) in model.items():
+            for path in paths[kind]:
+                want.setdefault(path, set()).add(key)
+        got = {path: keys if isinstance(keys, set) else {keys} for path, keys in index.items()}
+        assert got == want
+        assert all(len(keys) > 1 for keys in index.values() if isinstance(keys, set))

@@ -15,6 +15,8 @@ import ipaddress
 import json
 import random
 
+import hypothesis
+import hypothesis.strategies
 import pytest
 
 from skydns import anscache, answering, msg, rrs, settings as settings_mod, store, wire
@@ -307,3 +309,27 @@ def test_headless_srv_equals_plain_steps(seed, monkeypatch):
                                 assert _touches(fast_reads, key), (seed, name, key)
                     compared += 1
     assert compared == 480
+
+
+_NAME_TEXT = hypothesis.strategies.lists(
+    hypothesis.strategies.sampled_from(["a", "b-1", "_tcp", "*", "x" * 63, "y" * 64, "", "@", "\\", "\\.", "é",
+                                        "A", "0", " ", "z" * 20]),
+    max_size=16).map(".".join)
+
+
+@hypothesis.settings(max_examples=3000, deadline=None)
+@hypothesis.given(_NAME_TEXT, hypothesis.strategies.sampled_from(["", ".", ".."]))
+def test_valid_name_agrees_with_dnspython(text, end):
+    """answering._valid_name's check of plain ASCII names says what dnspython's parse says
+    (label sizes, empty labels, the 255-byte limit, the root, escapes and non-ASCII left to
+    dnspython)."""
+    import dns.exception
+
+    text += end
+    answering._valid_name.cache_clear()
+    try:
+        rrs.name(text)
+        want = True
+    except dns.exception.DNSException:
+        want = False
+    assert answering._valid_name(text) is want, text
