@@ -13,8 +13,9 @@ state.
 
 Rules:
 1. Stdlib only, pure: `python3 deploy/render.py` imports it without a venv.
-2. Requests are the formula (the measured peak); limits add HEADROOM (a quarter) and round up
-   to 16 MiB; never below the floors (an empty cluster still runs the interpreter and etcd).
+2. Requests are the formula (the measured peak) rounded up to 8 MiB; limits add HEADROOM (a
+   quarter) to the request and round up to 16 MiB; never below the floors (an empty cluster
+   still runs the interpreter and etcd).
 3. etcd's quota (--quota-backend-bytes) is 4x the measured database size for the cluster
    (room for the history kept between compactions and for a full rewrite), at least 256 MiB.
 4. etcd's Go garbage collector works against its memory request, not at every doubling of the
@@ -29,6 +30,11 @@ Rules:
    often (Go caps it at half the CPU) where GOGC=100 would have been OOM-killed; at 10k + 100k
    the live heap is under half the limit (Go's defaults peaked at 443-453 MiB of RSS, with a
    heap at most twice what is live).
+5. skydns's caches come on top of its formula, whose runs asked few names: CACHES adds, per
+   worker, the answer cache's default budget (skydns --answer-cache-mib 16) and what the memos
+   of the miss path and the allocator keep beside it, measured as the RSS after every name of
+   the cluster was asked once (bench/skydns_load.py --scan at 10k + 100k: 75 -> 108 MiB). Both
+   are bounded whatever is asked (skydns/transport.py rule 3e, skydns/kept.py rule 4).
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ FORMULAS = {
 }
 # etcd database size (MiB) per 1,000 services and per 1,000 endpoints, same runs.
 DB_FORMULA = (1.0, 0.62, 0.60)
+# Rule 5: MiB a component adds for its caches when every name is asked.
+CACHES = {"skydns": 33}
 HEADROOM = 1.25
 FLOORS = {"kube2sky": 96, "skydns": 64, "etcd": 64}
 QUOTA_FLOOR = 256
@@ -68,7 +76,7 @@ class Memory:
 def mib(component: str, services: int, endpoints: int) -> float:
     """The formula: expected peak MiB of a component for a cluster size."""
     a, b, c = FORMULAS[component]
-    return a + b * services / 1000 + c * endpoints / 1000
+    return a + b * services / 1000 + c * endpoints / 1000 + CACHES.get(component, 0)
 
 
 def _round_up(value: float, step: int = 16) -> int:
@@ -79,7 +87,7 @@ def memory(component: str, services: int, endpoints: int) -> Memory:
     """Request (the formula) and limit (with headroom) of a component, in MiB."""
     need = max(mib(component, services, endpoints), FLOORS[component])
     request = _round_up(need, 8)
-    return Memory(request=request, limit=_round_up(need * HEADROOM))
+    return Memory(request=request, limit=_round_up(request * HEADROOM))
 
 
 def _database_mib(services: int, endpoints: int) -> float:
