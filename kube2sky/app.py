@@ -35,6 +35,12 @@ Rules (DESIGN section 4, STYLE 5.7):
 6. With --leader-elect only the holder of the leader key writes (each write is guarded).
 7. Ready (GET /readiness 200 "ok") after the first full sync (3a: once every kind is listed
    and written; a standby replica: after its first listings, while its election reaches etcd). SIGTERM/SIGINT set one stop event; everything ends within grace_period.
+9. A build that raises (a bug, not bad input: bad input is skipped and reported by records)
+   never costs the records etcd already holds for that owner: the error is logged and counted
+   (kube2sky_invalid_objects_total), a change of the owner writes nothing and leaves what was
+   written as it was, and a sync or verify keeps every key of the owner's names (a service's
+   name and legacy name and what is below them, keys whose record points into them, such as
+   its PTRs; a pod's names; the cluster records) until the owner builds again.
 8. Bad objects are logged with their namespace/name and counted; they never stop the engine.
    A value under the prefix that is not a record (bad JSON, 1e400, NaN...) is never fatal:
    kube2sky overwrites it when it wants that key, else leaves it as not its own; the first
@@ -63,6 +69,7 @@ import prometheus_client
 
 from kube2sky import etcdwriter, k8swatch, leader, objects, reconcile, records
 from kube2sky import settings as settings_mod
+from skydns import msg
 
 logger = logging.getLogger(__name__)
 
@@ -311,9 +318,23 @@ class Engine:
                 return records.build_pod(inputs, self.settings)
             return records.build_cluster(inputs[1], self.settings)
         except Exception:  # noqa: BLE001 - one object never stops the engine
-            logger.exception("cannot compute the records of %s", "/".join(owner))
+            logger.exception("cannot compute the records of %s; what etcd holds of it is kept (rule 9)",
+                             "/".join(owner))
             INVALID.labels({"svc": "Service", "pod": "Pod"}.get(owner[0], owner[0])).inc()
-            return records.Result()
+            return records.Result(failed=True)
+
+    def owner_names(self, owner: tuple, inputs) -> tuple[str, ...]:
+        """The names whose records belong to an owner (rule 9), lower-case, fully qualified."""
+        settings = self.settings
+        if owner[0] == "svc":
+            ns, name = owner[1], owner[2]
+            legacy = records.legacy_name(ns, name, settings)
+            return (records.service_name(ns, name, settings),) + ((legacy,) if legacy else ())
+        if owner[0] == "pod":
+            pod = inputs if inputs is not None else self.pods.get((owner[1], owner[2]))
+            ips = pod.ips if pod is not None else ()
+            return tuple(records.pod_name(owner[1], ip, settings) for ip in ips)
+        return records.cluster_names(settings)
 
     def build_all(self, owners: list[tuple], remember: bool = False) -> list[tuple[tuple, object, records.Result]]:
         """(owner, inputs, records) of many owners, services hashed in one batch; with
@@ -579,8 +600,9 @@ class Engine:
                 self._recent.popitem(last=False)
         return result, known
 
-    def _owner_plan(self, owner: tuple) -> tuple[object, reconcile.Plan, int]:
-        """(current inputs, the plan from what was written to them, change in key count)."""
+    def _owner_plan(self, owner: tuple) -> tuple[object, reconcile.Plan | None, int]:
+        """(current inputs, the plan from what was written to them, change in key count); the
+        plan is None when the new records cannot be computed (rule 9)."""
         inputs = self.inputs(owner)
         written = self.written.get(owner)
         if (owner[0] == "svc" and inputs is not None and written is not None and written is not inputs
@@ -601,6 +623,8 @@ class Engine:
         else:
             old = {}
         result, _ = self._built(owner, inputs, memo)
+        if result.failed:
+            return inputs, None, 0  # rule 9: what was written stays
         _report(result.problems)
         new = result.values
         force = owner in self.force
@@ -658,6 +682,11 @@ class Engine:
         try:
             for owner, received, inputs, plan, delta in self._dirty_plans():
                 entry = (owner, received, inputs, delta)
+                if plan is None:
+                    # rule 9: nothing is written and what was written stays; the next change
+                    # of the owner (or a verify) tries again
+                    self.dirty.pop(owner, None)
+                    continue
                 if not plan:
                     # an owner never written that has no records stays unwritten (nothing of
                     # its is in etcd): a headless service listed before its slices is then
@@ -754,8 +783,16 @@ class Engine:
             per_call = outer * inner
             last_log = self.clock()
             chunk = _VERIFY_CHUNK if background else _SYNC_CHUNK
+            kept_names: set[str] = set()  # rule 9: the names of owners whose build failed
             for start in range(0, len(owners), chunk):
                 for owner, inputs, result in self.build_all(owners[start:start + chunk], remember=not background):
+                    if result.failed:
+                        kept_names.update(self.owner_names(owner, inputs))
+                        if owner in self.written:
+                            kept_names.update(self.owner_names(owner, self.written[owner]))
+                        if not background:
+                            self.dirty.pop(owner, None)
+                        continue
                     if not background:
                         self.written[owner] = inputs
                         self.dirty.pop(owner, None)
@@ -805,6 +842,7 @@ class Engine:
             del actual, found
             if unknown:
                 candidates: list[str] = []
+                values_of: dict[str, str] = {}  # the candidates' values, when some names are kept
                 bad = 0
                 async for page in self.store.scan(self.prefix):
                     for k, v in page:
@@ -813,6 +851,8 @@ class Engine:
                             continue
                         if self.owned(k, v):
                             candidates.append(k)
+                            if kept_names:
+                                values_of[k] = v
                             continue
                         self.not_ours.add(d)
                         reason = reconcile.unreadable(v)
@@ -828,9 +868,14 @@ class Engine:
                                    bad, self.prefix)
                 if candidates and self.verifying:
                     wanted = set()
-                    for _, _, result in self.build_all(sorted(self.verifying)):
+                    for owner, inputs, result in self.build_all(sorted(self.verifying)):
                         wanted.update(result.values)
+                        if result.failed:
+                            kept_names.update(self.owner_names(owner, inputs))
                     candidates = [k for k in candidates if k not in wanted]
+                if candidates and kept_names:
+                    candidates = [k for k in candidates
+                                  if not _belongs(k, values_of.get(k, ""), kept_names, self.settings.prefix)]
                 deletes = sorted(candidates)
                 for part in reconcile.chunk(reconcile.Plan((), tuple(deletes)), limit, self.settings.prefix):
                     await self._commit(part)
@@ -1062,6 +1107,18 @@ def _calls(puts: dict[str, str], outer: int, inner: int) -> list[list[reconcile.
         calls[-1].append(reconcile.Plan(tuple(part)))
         size += part_size
     return calls
+
+
+def _belongs(key: str, value: str, names: set[str], prefix: str) -> bool:
+    """Whether a key is at or below one of names, or its record points there (rule 9)."""
+    try:
+        name = msg.key_to_name(key, prefix)
+    except msg.PathError:
+        name = ""
+    host = _host_of(value).lower()
+    if host and not host.endswith("."):
+        host += "."
+    return any(seen == kept or seen.endswith("." + kept) for seen in (name, host) if seen for kept in names)
 
 
 def _host_of(value: str) -> str:

@@ -186,10 +186,13 @@ def _template(priority: int, weight: int, ttl: int, zone: str) -> _Template:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Result:
-    """Records of one object (etcd key -> JSON value) and why parts of it were skipped."""
+    """Records of one object (etcd key -> JSON value) and why parts of it were skipped;
+    ``failed``: computing them raised (a bug, not bad input: kube2sky then keeps what etcd
+    holds of the object, app rule 9)."""
 
     values: dict[str, str] = dataclasses.field(default_factory=dict)
     problems: tuple[str, ...] = ()
+    failed: bool = False
 
     @property
     def records(self) -> dict[str, msg.Service]:
@@ -232,6 +235,16 @@ def legacy_name(ns: str, name: str, settings: settings_mod.Settings) -> str | No
     if ns in settings_mod.RESERVED_LEGACY_NAMESPACES:
         return None
     return _under(settings.zone, name, ns)
+
+
+def pod_name(ns: str, ip: str, settings: settings_mod.Settings) -> str:
+    """``<dashed-ip>.<ns>.pod.<zone>.``"""
+    return _under(settings.zone, dashed(ip), ns, "pod")
+
+
+def cluster_names(settings: settings_mod.Settings) -> tuple[str, ...]:
+    """The names of the cluster records: ``dns-version.<zone>.`` and ``ns.dns.<zone>.``"""
+    return _under(settings.zone, "dns-version"), _under(settings.zone, "ns", "dns")
 
 
 def dashed(ip: str) -> str:
@@ -748,7 +761,7 @@ def build_pod(pod: objects.Pod, settings: settings_mod.Settings) -> Result:
         b.problem("namespace is not a DNS label, no records")
         return b.result()
     for ip in b.ips(pod.ips, "podIP"):
-        b.put(_under(settings.zone, dashed(ip), pod.ns, "pod"), b.value(ip))
+        b.put(pod_name(pod.ns, ip, settings), b.value(ip))
     return b.result()
 
 
@@ -760,15 +773,15 @@ def for_pod(pod: objects.Pod, settings: settings_mod.Settings) -> dict[str, msg.
 def build_cluster(dns_service: objects.Service | None, settings: settings_mod.Settings) -> Result:
     """``dns-version.<zone>`` TXT and ``ns.dns.<zone>`` A/AAAA (from the DNS service)."""
     b = _Builder("cluster", settings)
-    b.put(_under(settings.zone, "dns-version"),
-          _encode(msg.Service(text=settings.schema_version, ttl=settings.ttl)))
+    version, ns_dns = cluster_names(settings)
+    b.put(version, _encode(msg.Service(text=settings.schema_version, ttl=settings.ttl)))
     if dns_service is not None:
         if dns_service.headless or dns_service.type == objects.EXTERNAL_NAME:
             b.problem(f"DNS service {dns_service.ns}/{dns_service.name} has no ClusterIP, "
                       f"no ns.dns records")
         for ip in b.ips(() if dns_service.headless else dns_service.cluster_ips,
                         "DNS service clusterIP"):
-            b.put(_under(settings.zone, "ns", "dns"), b.value(ip))
+            b.put(ns_dns, b.value(ip))
     return b.result()
 
 

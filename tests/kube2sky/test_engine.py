@@ -592,3 +592,51 @@ def test_first_start_ready_when_the_last_listing_brings_nothing_to_write():
     run(_drive(e, _page(S, svc("web", "10.0.0.1")), _listed(S, svc("web", "10.0.0.1")), written,
                _listed(E), synced))
     assert store.data == e.desired()
+
+
+def test_a_build_that_raises_keeps_what_etcd_holds(monkeypatch):
+    """app rule 9: a bug in computing one service's records (not bad input) never deletes what
+    etcd holds for it, on a change, a relist's verify or a restart's full sync; other services
+    are written and cleaned up as usual, and once the service builds again it converges."""
+    from kube2sky import records
+
+    broken: set[str] = set()
+    real = records._service_builder
+
+    def builder(service, slices, settings):
+        if service.name in broken:
+            raise RuntimeError("a bug")
+        return real(service, slices, settings)
+
+    monkeypatch.setattr(records, "_service_builder", builder)
+    store = Store()
+    e = engine(store)
+
+    def of(name: str) -> dict[str, str]:
+        """The keys of a service: below its names, or pointing at them (its PTR)."""
+        return {k: v for k, v in store.data.items() if f"/{name}/" in k or f'"{name}.default.' in v}
+
+    async def go():
+        await settle(e, listed(svc("web", "10.0.0.1"), svc("old", "10.0.0.9"), svc("api", "10.0.0.5")))
+        web = of("web")
+        assert len(web) == 4 and any("/arpa/" in k for k in web)  # A, SRV, PTR, the legacy alias
+        broken.add("web")
+        await settle(e, changed("MODIFIED", svc("web", "10.0.0.2")))
+        assert of("web") == web
+        # a relist: "old" is gone and its keys go, "api" changed; web's keys stay
+        await settle(e, listed(svc("web", "10.0.0.2"), svc("api", "10.0.0.6"), cause="410 Gone"))
+        assert of("web") == web and not of("old")
+        assert '{"host":"10.0.0.6"' in "".join(of("api").values())
+        # a restart: a full sync that knows nothing written keeps them too
+        again = engine(store)
+        await settle(again, listed(svc("web", "10.0.0.2"), svc("api", "10.0.0.6")))
+        assert of("web") == web and not of("old")
+        # fixed: the next change writes web's records and a verify leaves exactly the desired
+        broken.clear()
+        await settle(again, changed("MODIFIED", svc("web", "10.0.0.3")))
+        await again.verify("test", background=True)
+        await settle(again)
+        assert store.data == again.desired()
+        assert '{"host":"10.0.0.3"' in "".join(of("web").values())
+
+    run(go())
