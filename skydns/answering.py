@@ -415,6 +415,10 @@ def _text_path(text: str) -> tuple[str, ...] | None:
 _IPV4_TEXT = re.compile(r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}")
 
 
+# Plain IPv4 addresses, one per line (_all_addresses).
+_IPV4_LINES = re.compile(f"(?:{_IPV4_TEXT.pattern}\n)*{_IPV4_TEXT.pattern}")
+
+
 def _plain_ipv4(host: str) -> bool:
     """Whether host is an IPv4 address written as ``ipaddress`` writes it: four decimal octets
     without leading zeros, none above 255 (``ipaddress`` accepts exactly these, and its text of
@@ -1032,7 +1036,8 @@ def _addresses(qtext: str, qtype: int, records: list[msg.Service], default_ttl: 
     if read is None:
         return None
     hosts, ttls = read
-    addresses = list(map(_ip, hosts))
+    # an IPv4 host of kind IPV4 is written as ipaddress writes it (_kind): its own canonical text
+    addresses = hosts if want is msg.HostType.IPV4 else list(map(_ip, hosts))
     got = [records, ttls, addresses, min(ttls), list(dict.fromkeys(addresses))]
     _addressed.keep(key, got, len(records))
     return got
@@ -1047,7 +1052,14 @@ def _all_addresses(records: list[msg.Service], kind, default_ttl: int) -> tuple[
     """The hosts and TTLs (the default for 0) of ``records`` when each host is an address of
     ``kind``; None otherwise."""
     hosts = list(map(_HOST, records))
-    if list(map(_kind, hosts)).count(kind) != len(hosts):
+    if kind is msg.HostType.IPV4:
+        # all plain IPv4 (_kind's IPV4) at once: one match over the hosts a line each (no host
+        # holds a newline, and the count of lines says so); else host by host
+        joined = "\n".join(hosts)
+        if (joined.count("\n") + 1 != len(hosts) or _IPV4_LINES.fullmatch(joined) is None) and \
+                list(map(_kind, hosts)).count(kind) != len(hosts):
+            return None
+    elif list(map(_kind, hosts)).count(kind) != len(hosts):
         return None
     ttls = list(map(_TTL_OF, records))
     if 0 in ttls:

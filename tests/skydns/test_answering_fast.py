@@ -333,3 +333,20 @@ def test_valid_name_agrees_with_dnspython(text, end):
     except dns.exception.DNSException:
         want = False
     assert answering._valid_name(text) is want, text
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_all_addresses_reads_ipv4_runs_as_host_by_host(seed):
+    """_all_addresses's one match over the hosts (a line each) says what msg.host_type says
+    host by host, with odd hosts (leading zeros, short, IPv6, names, a newline) among them."""
+    rng = random.Random(seed)
+    hosts = ODD_HOSTS + ["10.0.0.2", "10.0.0.3", "1.2.3.4\n5.6.7.8", "", "9.9.9.9 "]
+    for _ in range(2000):
+        chosen = [rng.choice(hosts if rng.random() < 0.3 else ["10.0.0.2", "10.0.0.3", "192.0.2.1"])
+                  for _ in range(rng.randint(1, 12))]
+        records = [msg.Service(host=host, ttl=rng.choice([0, 30])) for host in chosen]
+        want = all(msg.host_type(host) is msg.HostType.IPV4 for host in chosen)
+        got = answering._all_addresses(records, msg.HostType.IPV4, 7)
+        assert (got is not None) is want, chosen
+        if got is not None:
+            assert got == (chosen, [rec.ttl or 7 for rec in records])

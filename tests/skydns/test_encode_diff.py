@@ -172,23 +172,25 @@ def test_glue_sections_written_at_once_like_dnspython(seed, monkeypatch):
 
 
 def test_ipv4_packing_is_as_strict_as_ipaddress():
-    """encode packs exactly the IPv4 texts ``ipaddress`` reads (and answering's test agrees)."""
+    """encode packs exactly the IPv4 texts ``ipaddress`` reads, with the C library's inet_pton
+    and with its own reading (and answering's test agrees)."""
     import ipaddress
 
     rng = random.Random(77)
     octets = ["0", "00", "1", "01", "9", "10", "99", "100", "199", "200", "249", "250", "255", "256", "300", "",
-              "a", "\u0661", " 1", "1\n"]
+              "a", "\u0661", " 1", "1\n", "0x1", "1\0", "+1", "-0"]
     texts = [".".join(rng.choice(octets) for _ in range(rng.choice([3, 4, 4, 4, 5]))) for _ in range(20000)]
     for text in texts + ["1.2.3.4", "0.0.0.0", "255.255.255.255", "1.2.3.4\n"]:
         try:
             want = ipaddress.IPv4Address(text).packed
         except ValueError:
             want = None
-        try:
-            got = encode._packed4(text)
-        except encode.Unsupported:
-            got = None
-        assert got == want, text
+        for pack in (encode._packed4, encode._packed4_text, encode._packed4_pton):
+            try:
+                got = pack(text)
+            except encode.Unsupported:
+                got = None
+            assert got == want, (pack.__name__, text)
         assert answering._plain_ipv4(text) is (want is not None), text
 
 
