@@ -430,13 +430,15 @@ class Forwarder:
             key=lambda g: len(g.domain),
             reverse=True,
         )
+        budget = settings.cache_mib << 20
         self.cache = fwdcache.Cache(
-            settings.cache_size, settings.cache_max_ttl, settings.cache_max_negative_ttl, settings.cache_serve_stale
+            settings.cache_size, settings.cache_max_ttl, settings.cache_max_negative_ttl, settings.cache_serve_stale,
+            max_bytes=budget * 3 // 4,
         )
         self.failures = fwdcache.Failures(max(1, settings.cache_size), settings.servfail_cache_ttl)
         self.hosts = hostsfile.Hosts(settings.hosts_file, settings.hosts_ttl) if settings.hosts_file else None
         self._inflight: dict[fwdcache.Key, asyncio.Future] = {}
-        self._encoded = fwdcache.Encodings(max(1, settings.cache_size))
+        self._encoded = fwdcache.Encodings(max(1, settings.cache_size), max_bytes=budget // 4)
         self._local = _local_zones(settings.domains)
         self._tasks: list[asyncio.Task] = []
         self._probe_seen: set[str] = set()
@@ -850,6 +852,7 @@ OPTION_FIELDS = {
     "forward_failover": "forward_failover_rcodes",
     "stub_domains": "stub_domains",
     "cache_size": "cache_size",
+    "cache_mib": "cache_mib",
     "cache_max_ttl": "cache_max_ttl",
     "cache_max_negative_ttl": "cache_max_negative_ttl",
     "cache_serve_stale": "cache_serve_stale",
@@ -899,6 +902,8 @@ def click_options(command: Any) -> Any:
                      help="Send names under DOMAIN to these resolvers (repeatable; longest suffix wins)."),
         option("--cache-size", "cache_size", type=click.IntRange(min=0), default=d.cache_size,
                      show_default=True, help="Forwarded answers kept (0 turns the cache off)."),
+        option("--cache-mib", "cache_mib", type=click.IntRange(min=1), default=d.cache_mib, show_default=True,
+                     help="Most memory the forwarded answers take, MiB (least recently used go first)."),
         option("--cache-max-ttl", "cache_max_ttl", type=click.IntRange(min=0), default=d.cache_max_ttl,
                      show_default=True, help="Cap on the cached lifetime of positive answers, seconds."),
         option("--cache-max-negative-ttl", "cache_max_negative_ttl", type=click.IntRange(min=0),

@@ -12,8 +12,13 @@ Rules:
    min(SOA TTL, SOA MINIMUM) of the SOA in authority (RFC 2308), capped at max_negative_ttl;
    without an SOA it is not kept. A lifetime of 0 is not kept.
 3. Served answers have every TTL counted down by the whole seconds spent in the cache.
-4. The cache holds at most `capacity` entries; a new entry evicts the least recently used
-   (and any dead entries that come next in that order).
+4. The cache holds at most `capacity` entries and, with `max_bytes`, at most that many bytes
+   by ``size_of`` (what an answer's objects take: about 600 bytes, 200 per RRset and 150 per
+   record, plus the text of TXT records; tracemalloc); a new entry evicts the least recently
+   used (and any dead entries that come next in that order), and an answer bigger than the
+   whole budget is not kept. Whatever upstreams send (a lying one answering every name with
+   64 KB), the memory stays bounded: without it, 10,000 entries had no bound but the size of
+   an answer. ``Encodings`` and ``Failures`` are bounded the same way (rules 7 and 9).
 5. An expired entry stays usable for `stale` seconds after expiry through get_stale(), which
    the forwarder calls only when every upstream failed (RFC 8767); such answers carry
    STALE_TTL.
@@ -88,6 +93,24 @@ class _Entry:
     kind: Kind
     stored: float
     lifetime: int
+    size: int = 0
+
+
+# What a kept answer costs (rule 4), bytes: the entry, and per RRset and record of it.
+_ENTRY_BYTES = 600
+_RRSET_BYTES = 200
+_RECORD_BYTES = 150
+
+
+def size_of(answer: Answer) -> int:
+    """What an answer's objects take in memory, about (rule 4)."""
+    size = _ENTRY_BYTES
+    for section in (answer.answer, answer.authority, answer.additional):
+        for rrset in section:
+            size += _RRSET_BYTES + _RECORD_BYTES * len(rrset)
+            if rrset.rdtype == dns.rdatatype.TXT or rrset.rdtype == dns.rdatatype.SPF:
+                size += sum(len(chunk) for rdata in rrset for chunk in rdata.strings)
+    return size
 
 
 RELAYED_FLAGS = dns.flags.AA | dns.flags.AD
@@ -164,12 +187,15 @@ class Cache:
     """Bounded LRU of forwarded answers with TTL count-down and serve-stale."""
 
     def __init__(
-        self, capacity: int = 10000, max_ttl: int = 3600, max_negative_ttl: int = 30, stale: float = 0.0
+        self, capacity: int = 10000, max_ttl: int = 3600, max_negative_ttl: int = 30, stale: float = 0.0,
+        max_bytes: int | None = None,
     ) -> None:
         self.capacity = capacity
         self.max_ttl = max_ttl
         self.max_negative_ttl = max_negative_ttl
         self.stale = stale
+        self.max_bytes = max_bytes
+        self.bytes = 0  # the sizes of the entries held (rule 4)
         self._entries: collections.OrderedDict[Key, _Entry] = collections.OrderedDict()
         self._counts = {Kind.SUCCESS: 0, Kind.DENIAL: 0}
         self._names = _NameIndex()
@@ -191,12 +217,16 @@ class Cache:
         seconds = lifetime(answer, kind, self.max_ttl, self.max_negative_ttl)
         if seconds <= 0:
             return None
+        size = size_of(answer) if self.max_bytes is not None else 0
+        if self.max_bytes is not None and size > self.max_bytes:
+            return None
         self._remove(key)
-        if len(self._entries) >= self.capacity:
-            self._evict(now)
-        self._entries[key] = _Entry(answer, kind, now, seconds)
+        if len(self._entries) >= self.capacity or (self.max_bytes is not None and self.bytes + size > self.max_bytes):
+            self._evict(now, size)
+        self._entries[key] = _Entry(answer, kind, now, seconds, size)
         self._names.add(key.name, key)
         self._counts[kind] += 1
+        self.bytes += size
         return kind
 
     def forget(self, name: str) -> int:
@@ -244,12 +274,15 @@ class Cache:
         if entry is not None:
             self._counts[entry.kind] -= 1
             self._names.discard(key.name, key)
+            self.bytes -= entry.size
 
-    def _evict(self, now: float) -> None:
+    def _evict(self, now: float, size: int = 0) -> None:
         # Least recently used first; an entry past its stale window goes too if it is next.
+        limit = self.max_bytes if self.max_bytes is not None else float("inf")
         while self._entries:
             key, entry = next(iter(self._entries.items()))
-            if len(self._entries) < self.capacity and now - entry.stored - entry.lifetime <= self.stale:
+            if (len(self._entries) < self.capacity and self.bytes + size <= limit
+                    and now - entry.stored - entry.lifetime <= self.stale):
                 return
             self._remove(key)
 
@@ -406,13 +439,21 @@ class Encoded:
         return age_wire(self.message, self.offsets, int(now - self.stored) - self.rendered_elapsed)
 
 
-class Encodings:
-    """Encoded forwarded replies by the transport's cache key (rule 7), bounded (the oldest
-    entry goes first), with forget(name) (rule 8)."""
+# What an encoded reply costs besides its bytes (rule 7), and per TTL offset of it.
+_ENCODED_BYTES = 400
+_OFFSET_BYTES = 40
 
-    def __init__(self, capacity: int = 10000) -> None:
+
+class Encodings:
+    """Encoded forwarded replies by the transport's cache key (rule 7), bounded by entries and,
+    with ``max_bytes``, by their bytes and what each costs beside them (the oldest entry goes
+    first; a reply bigger than the budget is not kept), with forget(name) (rule 8)."""
+
+    def __init__(self, capacity: int = 10000, max_bytes: int | None = None) -> None:
         self.capacity = max(1, capacity)
-        self._entries: dict[tuple, tuple[str, Encoded]] = {}
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: dict[tuple, tuple[str, Encoded, int]] = {}
         self._names = _NameIndex()
 
     def __len__(self) -> int:
@@ -425,22 +466,31 @@ class Encodings:
     def put(self, key: tuple, name: str, encoded: Encoded) -> None:
         """File encoded under key for name (lower-case, fully qualified text)."""
         self.drop(key)
-        while len(self._entries) >= self.capacity:
+        size = _ENCODED_BYTES + len(encoded.message) + _OFFSET_BYTES * len(encoded.offsets)
+        limit = self.max_bytes if self.max_bytes is not None else float("inf")
+        if size > limit:
+            return
+        while self._entries and (len(self._entries) >= self.capacity or self.bytes + size > limit):
             self.drop(next(iter(self._entries)))
-        self._entries[key] = (name, encoded)
+        self._entries[key] = (name, encoded, size)
         self._names.add(name, key)
+        self.bytes += size
 
     def drop(self, key: tuple) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._names.discard(entry[0], key)
+            self.bytes -= entry[2]
 
     def forget(self, name: str) -> int:
         keys = self._names.pop(name)
         for key in keys:
-            self._entries.pop(key, None)
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                self.bytes -= entry[2]
         return len(keys)
 
     def clear(self) -> None:
         self._entries.clear()
         self._names.clear()
+        self.bytes = 0

@@ -108,6 +108,9 @@ class Settings:
     cache_size: int = 10000
     cache_max_ttl: int = 3600
     cache_max_negative_ttl: int = 30
+    # Most memory the forwarded answers take, MiB (fwdcache rule 4): 3/4 for the answers, 1/4
+    # for their encoded replies; the least recently used go first. Counted in deploy/sizing.py.
+    cache_mib: int = 16
     # Serve an expired cached answer for up to this long after expiry when every upstream
     # fails, seconds (RFC 8767; 0 turns it off).
     cache_serve_stale: float = 3600.0

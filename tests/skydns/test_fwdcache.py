@@ -267,3 +267,55 @@ def test_encodings_by_key_with_forget():
     assert len(enc) == 1 and enc.get(("b", 1)) is entry
     enc.drop(("b", 1))
     assert enc.forget("b.example.") == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_bytes_stay_within_the_budget_whatever_upstreams_send(seed):
+    """Rule 4: with max_bytes, the entries' sizes never add up to more than the budget, the
+    least recently used go first (as a plain model says), and an answer bigger than the whole
+    budget is not kept; forget and replacement keep the count right."""
+    import collections
+    import random
+
+    rng = random.Random(seed)
+    cache = fwdcache.Cache(capacity=50, max_bytes=20_000)
+    model: collections.OrderedDict = collections.OrderedDict()  # key -> size
+    for step in range(3000):
+        name = f"n{rng.randrange(40)}.example."
+        roll = rng.random()
+        if roll < 0.6:
+            text = " ".join(f'"{"x" * rng.choice([10, 200, 255])}"' for _ in range(rng.choice([1, 3, 30, 120])))
+            answer = ans(answer=[f"{name} 300 IN TXT {text}"] if rng.random() < 0.5 else
+                         [f"{name} 300 IN A 192.0.2.{i}" for i in range(1, rng.choice([2, 5, 40]))])
+            got = cache.put(key(name), answer, 0.0)
+            size = fwdcache.size_of(answer)
+            if size <= 20_000:
+                assert got is fwdcache.Kind.SUCCESS
+                model.pop(key(name), None)
+                while model and (len(model) >= 50 or sum(model.values()) + size > 20_000):
+                    model.popitem(last=False)
+                model[key(name)] = size
+            else:
+                assert got is None  # not kept; an answer kept before stays, as for an error
+        elif roll < 0.9:
+            if cache.get(key(name), 0.0) is not None:
+                model.move_to_end(key(name))
+        else:
+            cache.forget(name)
+            model.pop(key(name), None)
+        assert list(cache._entries) == list(model), f"seed {seed} step {step}"
+        assert cache.bytes == sum(model.values()) <= 20_000
+
+
+def test_encodings_stay_within_their_budget():
+    enc = fwdcache.Encodings(100, max_bytes=5_000)
+    small = fwdcache.Encoded(b"x" * 1000, (30,), 0.0, 0, 10.0)
+    for n in range(10):
+        enc.put(("n", n), f"n{n}.example.", small)
+        assert enc.bytes <= 5_000
+    assert len(enc) == 3 and enc.get(("n", 9)) is small and enc.get(("n", 6)) is None
+    enc.put(("big", 1), "big.example.", fwdcache.Encoded(b"x" * 6_000, (), 0.0, 0, 10.0))
+    assert enc.get(("big", 1)) is None and len(enc) == 3  # bigger than the budget: not kept
+    assert enc.forget("n9.example.") == 1 and enc.bytes == 2 * (1000 + 400 + 40)
+    enc.clear()
+    assert enc.bytes == 0
