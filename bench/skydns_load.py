@@ -1,9 +1,9 @@
 """How long does skydns take to load a large etcd, and how much memory does it need?
 
-A private etcd (the pod's flags, as bench/scale.py starts it) is filled with the keys kube2sky
-writes for a cluster (bench/mirror_memory.py's generator: N ClusterIP services, M headless
-services with E endpoints each, plus the dns-version record), then ``python -m skydns`` is
-started against it ``--runs`` times and each run measures:
+A private etcd (the pod's flags and Go memory settings, as bench/scale.py starts it) is filled
+with the keys kube2sky writes for a cluster (bench/mirror_memory.py's generator: N ClusterIP
+services, M headless services with E endpoints each, plus the dns-version record), then
+``python -m skydns`` is started against it ``--runs`` times and each run measures:
 
   start         skydns start -> first correct answer for a ClusterIP name (wall seconds and the
                 process's CPU seconds at that moment; the CPU includes the interpreter's start
@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import mirror_memory  # noqa: E402 - after the path tweak
+from deploy import sizing  # noqa: E402
 from scale import BenchEtcd, cpu_seconds, rss  # noqa: E402
 from tests import procs, skydnsproc  # noqa: E402
 
@@ -211,7 +212,9 @@ def main() -> None:
     items.append((VERSION_KEY, b'{"text":"1.0.0","ttl":30}'))
     if args.data_dir:
         os.makedirs(args.data_dir, exist_ok=True)
-    etcd = BenchEtcd(data_dir=args.data_dir).start()
+    # etcd with the pod's Go memory settings for this cluster's size, as bench/scale.py runs it
+    go_env = sizing.etcd_go_env(args.services + args.headless, args.headless * args.endpoints)
+    etcd = BenchEtcd(data_dir=args.data_dir, env=go_env).start()
     try:
         have = count_keys(etcd)
         if have != len(items):
