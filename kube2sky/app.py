@@ -35,16 +35,17 @@ Rules (DESIGN section 4, STYLE 5.7):
 6. With --leader-elect only the holder of the leader key writes (each write is guarded).
 7. Ready (GET /readiness 200 "ok") after the first full sync (3a: once every kind is listed
    and written; a standby replica: after its first listings, while its election reaches etcd). SIGTERM/SIGINT set one stop event; everything ends within grace_period.
-9. A build that raises (a bug, not bad input: bad input is skipped and reported by records)
-   never costs the records etcd already holds for that owner: the error is logged and counted
-   (kube2sky_invalid_objects_total), a change of the owner writes nothing and leaves what was
-   written as it was, and a sync or verify keeps every key of the owner's names (a service's
-   name and legacy name and what is below them, keys whose record points into them, such as
-   its PTRs; a pod's names; the cluster records) until the owner builds again.
 8. Bad objects are logged with their namespace/name and counted; they never stop the engine.
    A value under the prefix that is not a record (bad JSON, 1e400, NaN...) is never fatal:
    kube2sky overwrites it when it wants that key, else leaves it as not its own; the first
    few per sync are logged, all are counted (kube2sky_bad_etcd_values_total).
+9. A build that raises (a bug, not bad input: bad input is skipped and reported by records)
+   never costs the records etcd already holds for that owner: the error is logged and counted
+   (kube2sky_invalid_objects_total; the traceback at most once per 5 minutes per object), a
+   change of the owner writes nothing and leaves what was written as it was, and a sync or
+   verify keeps every key of the owner's names (a service's name and legacy name and what is
+   below them, keys whose record points into them, such as its PTRs; a pod's names; the
+   cluster records) until the owner builds again.
 """
 
 from __future__ import annotations
@@ -147,6 +148,10 @@ _RECENT_MAX_RECORDS = 4096
 _MIN_LABELLED = 32
 # Lines logged per sync about bad values under the prefix (the rest are counted).
 _BAD_VALUE_LOG_LIMIT = 5
+# A build that raises is logged with its traceback at most once per this many seconds per
+# owner (rule 9: every verify rebuilds it); the owners remembered for that, at most.
+_BUILD_LOG_INTERVAL = 300
+_BUILD_LOGGED_MOST = 1024
 
 
 # The collector's thresholds for the whole process (Python's default is 700, 10, 10): a large
@@ -278,6 +283,7 @@ class Engine:
         self.attempt = 0
         self.next_resync = 0.0
         self._bad_logged = 0
+        self._build_logged: dict[tuple, float] = {}  # owner -> when its failed build was logged
         self._recent: collections.OrderedDict[tuple, tuple[object, records.Result]] = collections.OrderedDict()
         # svc owner -> (inputs, the leaf labels of build(inputs)'s hashed values, in order);
         # used only for those very inputs (identity: objects are immutable, builds pure)
@@ -318,8 +324,13 @@ class Engine:
                 return records.build_pod(inputs, self.settings)
             return records.build_cluster(inputs[1], self.settings)
         except Exception:  # noqa: BLE001 - one object never stops the engine
-            logger.exception("cannot compute the records of %s; what etcd holds of it is kept (rule 9)",
-                             "/".join(owner))
+            now = self.clock()
+            if now - self._build_logged.get(owner, -_BUILD_LOG_INTERVAL) >= _BUILD_LOG_INTERVAL:
+                if len(self._build_logged) >= _BUILD_LOGGED_MOST:
+                    self._build_logged.clear()
+                self._build_logged[owner] = now
+                logger.exception("cannot compute the records of %s; what etcd holds of it is kept (rule 9; "
+                                 "logged once per %ds per object)", "/".join(owner), _BUILD_LOG_INTERVAL)
             INVALID.labels({"svc": "Service", "pod": "Pod"}.get(owner[0], owner[0])).inc()
             return records.Result(failed=True)
 

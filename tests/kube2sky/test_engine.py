@@ -594,7 +594,7 @@ def test_first_start_ready_when_the_last_listing_brings_nothing_to_write():
     assert store.data == e.desired()
 
 
-def test_a_build_that_raises_keeps_what_etcd_holds(monkeypatch):
+def test_a_build_that_raises_keeps_what_etcd_holds(monkeypatch, caplog):
     """app rule 9: a bug in computing one service's records (not bad input) never deletes what
     etcd holds for it, on a change, a relist's verify or a restart's full sync; other services
     are written and cleaned up as usual, and once the service builds again it converges."""
@@ -627,6 +627,9 @@ def test_a_build_that_raises_keeps_what_etcd_holds(monkeypatch):
         await settle(e, listed(svc("web", "10.0.0.2"), svc("api", "10.0.0.6"), cause="410 Gone"))
         assert of("web") == web and not of("old")
         assert '{"host":"10.0.0.6"' in "".join(of("api").values())
+        # built and failed again and again, its traceback logged once (rate-limited)
+        logged = [r for r in caplog.records if "cannot compute the records of svc/default/web" in r.getMessage()]
+        assert len(logged) == 1 and logged[0].exc_info
         # a restart: a full sync that knows nothing written keeps them too
         again = engine(store)
         await settle(again, listed(svc("web", "10.0.0.2"), svc("api", "10.0.0.6")))
