@@ -784,3 +784,10 @@ def test_a_probe_sent_by_another_worker_marks_the_loop_here():
     assert here == [False, True]
     assert forged == [False, False]
     assert ready[0] is False and ready[1].startswith("forwarding loop via 127.0.0.1:")
+
+
+def test_cache_mib_bounds_answers_and_encoded_replies():
+    """--cache-mib (fwdcache rule 4): 3/4 of it for the answers, 1/4 for the encoded replies."""
+    forwarder = make(upstreams.Upstream(), cache_mib=4)
+    assert forwarder.cache.max_bytes == 3 << 20
+    assert forwarder._encoded.max_bytes == 1 << 20
