@@ -439,6 +439,9 @@ class Forwarder:
         self.hosts = hostsfile.Hosts(settings.hosts_file, settings.hosts_ttl) if settings.hosts_file else None
         self._inflight: dict[fwdcache.Key, asyncio.Future] = {}
         self._encoded = fwdcache.Encodings(max(1, settings.cache_size), max_bytes=budget // 4)
+        held = getattr(self.metrics.dns, "cache_bytes", None)
+        if held is not None:
+            held[CACHE_NAME] = lambda: self.cache.bytes + self._encoded.bytes
         self._local = _local_zones(settings.domains)
         self._tasks: list[asyncio.Task] = []
         self._probe_seen: set[str] = set()

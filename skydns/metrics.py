@@ -25,6 +25,9 @@ DNS metrics (CoreDNS equivalent in brackets):
 - skydns_dns_dropped_total{server,reason}                    packets not answered (short, QR=1, ...)
 - skydns_cache_hits_total{cache}, skydns_cache_misses_total{cache}, skydns_cache_entries{cache}
                                                              [coredns_cache_hits_total ...]
+- skydns_cache_size_bytes{cache}                             what a cache holds, as its byte
+                                                             budget counts it (--answer-cache-mib,
+                                                             --cache-mib)
 - skydns_panics_total                                        [coredns_panics_total]
 """
 
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import bisect
 import importlib.metadata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import prometheus_client
 from prometheus_client import core
@@ -132,6 +135,8 @@ class DnsStats:
         self.cache_hits: dict[str, int] = {}
         self.cache_misses: dict[str, int] = {}
         self.cache_entries: dict[str, int] = {}
+        # cache -> a function giving the bytes it holds by its budget's count (read at scrape time)
+        self.cache_bytes: dict[str, Callable[[], int]] = {}
         self.panics = 0
         self.epoch = 0
 
@@ -277,6 +282,10 @@ class _DnsCollector:
         yield _counts_family(
             core.GaugeMetricFamily, f"{NAMESPACE}_cache_entries", "Entries held in a cache, by cache.",
             ["cache"], s.cache_entries, server)
+        yield _counts_family(
+            core.GaugeMetricFamily, f"{NAMESPACE}_cache_size_bytes",
+            "Bytes held in a cache as its byte budget counts them (--answer-cache-mib, --cache-mib), by cache.",
+            ["cache"], {cache: held() for cache, held in list(s.cache_bytes.items())}, server)
         fam = core.CounterMetricFamily(
             f"{NAMESPACE}_panics", "Exceptions caught at a packet handler (answered SERVFAIL or dropped).")
         fam.add_metric([], s.panics)

@@ -273,6 +273,9 @@ class Handler:
         self.exact: dict[str, dict[bytes, list]] = {"udp": {}, "tcp": {}}
         self.exact_bytes = {"udp": 0, "tcp": 0}
         self.exact_budget = max(1, cache_bytes * 3 // 16)
+        held = getattr(self.stats, "cache_bytes", None)
+        if held is not None:
+            held[_CACHE] = self.cache_bytes
         self.generation = -1
         # rule 3: a store with the on_change hook tells us what changed; else watch generation
         hook = getattr(view, "on_change", None)
@@ -294,6 +297,10 @@ class Handler:
         # optional fast path of forwarding.Forwarder: forwarded answers kept as bytes
         self._encoded_reply = getattr(self.forwarder, "encoded_reply", None)
         self._remember_encoded = getattr(self.forwarder, "remember_encoded", None)
+
+    def cache_bytes(self) -> int:
+        """What the answer cache and the exact caches hold, by their byte budget's count (rule 3e)."""
+        return self.cache.bytes + self.exact_bytes["udp"] + self.exact_bytes["tcp"]
 
     # -- the packet path ----------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ start-up errors and the stop path."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -79,8 +80,12 @@ def test_http_endpoints_and_metrics(shared_etcd):
             "skydns_etcd_ready",
             "skydns_etcd_revision",
             "skydns_panics_total 0.0",
+            'skydns_cache_size_bytes{cache="answers"',
+            'skydns_cache_size_bytes{cache="forward"',
         ):
             assert needle in body, needle
+        held = re.search(r'skydns_cache_size_bytes\{cache="answers"[^}]*\} ([0-9.e+]+)', body)
+        assert held and float(held.group(1)) > 0  # two answers cached, counted by the budget
 
 
 def test_garbage_never_stops_the_server(shared_etcd):

@@ -435,6 +435,7 @@ def test_metrics_count_requests_and_responses(server):
     assert s.responses()[("cluster.local.", "NOERROR")] == 2
     assert s.responses()[("cluster.local.", "NXDOMAIN")] == 1
     assert s.cache_entries["answers"] == 2
+    assert s.cache_bytes["answers"]() == server.handler.cache_bytes() > 0
 
 
 def test_idle_tcp_connections_are_closed(server):
