@@ -458,8 +458,8 @@ def _valid_name(text: str) -> bool:
         labels = text.split(".")
         if not labels[-1]:
             labels.pop()
-        return len(text) + (1 if text[-1] == "." else 2) <= wire.MAX_NAME and all(
-            0 < len(label) <= wire.MAX_LABEL for label in labels)
+        return (len(text) + (1 if text[-1] == "." else 2) <= wire.MAX_NAME and "" not in labels
+                and max(map(len, labels)) <= wire.MAX_LABEL)
     try:
         rrs.name(text)
         return True
