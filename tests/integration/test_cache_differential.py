@@ -43,10 +43,17 @@ def _revision(out: str) -> int:
     return int(json.loads(out)["header"]["revision"])
 
 
+# The default budget, and the smallest (1 MiB: a few hundred answers, the oldest evicted
+# as the run goes; transport rule 3e) with the entry count cut too.
+BUDGETS = {"default-budget": (), "small-budget": ("--answer-cache-mib=1", "--answer-cache-size=40")}
+
+
+@pytest.mark.parametrize("budget", sorted(BUDGETS))
 @pytest.mark.parametrize("seed", [11, 12])
-def test_running_server_answers_like_a_fresh_reference(seed):
+def test_running_server_answers_like_a_fresh_reference(seed, budget):
     rng = random.Random(seed)
-    with procs.running_etcd() as etcd, skydnsproc.running(etcd.url, "-round-robin=false") as server:
+    with procs.running_etcd() as etcd, skydnsproc.running(etcd.url, "-round-robin=false",
+                                                           *BUDGETS[budget]) as server:
         model: dict[str, bytes] = {}
         written: list[str] = []
         history: list[tuple[bytes, str]] = []
