@@ -387,8 +387,7 @@ class Handler:
         if entry.serials and revision != self._revision():
             # rule 3: the SOA serial of the current mirror (the tails are offset by the ID)
             revision = hit[2] = self._revision()
-            tails = hit[0] = [anscache.patch_serials(tail, [o - 2 for o in offsets], revision)
-                              for tail, offsets in zip(tails, entry.serials)]
+            tails = hit[0] = [_with_serial(tail, offsets, revision) for tail, offsets in zip(tails, entry.serials)]
         if len(tails) > 1:
             self.turn += 1
             out = data[:2] + tails[self.turn % len(tails)]
@@ -672,6 +671,15 @@ def _replay_of(query: wire.Query, path: tuple[str, ...], result: object, reads: 
         if message[at:at + 4] != ttl.to_bytes(4, "big") or message[at + 6:at + 6 + len(rdata)] != rdata:
             return None  # not laid out as _replayed patches it
     return (recipe, at)
+
+
+def _with_serial(tail: bytes, offsets: tuple[int, ...], revision: int) -> bytes:
+    """An answer tail (the message after its ID) with ``revision`` as the SOA serial at each of
+    ``offsets`` (the message's): a negative answer has one, written by two slices."""
+    if len(offsets) == 1:
+        at = offsets[0] - 2
+        return tail[:at] + (revision & 0xFFFFFFFF).to_bytes(4, "big") + tail[at + 4:]
+    return anscache.patch_serials(tail, [o - 2 for o in offsets], revision)
 
 
 @functools.lru_cache(maxsize=kept.NAMES)
