@@ -35,11 +35,11 @@ only the answers it can affect):
 4. At most ``capacity`` entries and, when ``max_bytes`` is given, at most that many bytes by
    the entries' sizes (or one entry bigger than that alone); the oldest entries go first
    when a new one would pass either bound, and their index references go with them (the
-   indexes never outgrow the cache). An
-   entry's size is its answer bytes plus ``ENTRY_BYTES`` and ``PATH_BYTES`` per path it
-   read: what it costs the process (the entry, its index references, the transport's
-   exact-bytes entry, its query), measured with tracemalloc, so that a budget in bytes holds
-   whatever the answers are (10,000 answers of 100 SRV targets are 75 MB of answer bytes).
+   indexes never outgrow the cache). An entry's size is its answer bytes plus ``ENTRY_BYTES``
+   and ``PATH_BYTES`` per path it read: what it costs the process (the entry, its index
+   references, the transport's exact-bytes entry, its query), measured with tracemalloc, so
+   that a budget in bytes holds whatever the answers are (10,000 answers of 100 SRV targets
+   are 75 MB of answer bytes).
 """
 
 from __future__ import annotations
