@@ -1107,7 +1107,7 @@ def _target(host: str, key: str, targetstrip: int, prefix: str) -> str:
     Raises:
         msg.PathError: as rrs.target does.
     """
-    return rrs.target(msg.Service(host=host, key=key, targetstrip=targetstrip), prefix)
+    return rrs.target_of(host, key, targetstrip, prefix)
 
 
 def _target_glue(ctx: _Ctx, rec: msg.Service, kind: msg.HostType, target: str, ttl: int,

@@ -162,8 +162,13 @@ def target(record: msg.Service, prefix: str) -> str:
     A name host is the target itself; an IP host gets the name of the record's key.
     ``targetstrip`` is applied to both.
     """
-    if msg.host_type(record.host) is msg.HostType.NAME:
-        base = msg.normalize(record.host)
+    return target_of(record.host, record.key, record.targetstrip, prefix)
+
+
+def target_of(host: str, key: str, targetstrip: int, prefix: str) -> str:
+    """``target`` of a record with these fields (the only ones it reads)."""
+    if msg.host_type(host) is msg.HostType.NAME:
+        base = msg.normalize(host)
     else:
-        base = msg.key_to_name(record.key, prefix)
-    return strip_labels(base, record.targetstrip)
+        base = msg.key_to_name(key, prefix)
+    return strip_labels(base, targetstrip)
