@@ -44,6 +44,7 @@ only the answers it can affect):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterable
 from typing import Any
 
@@ -203,7 +204,7 @@ class AnswerCache:
 
     def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         self.capacity = capacity
-        self.max_bytes = max_bytes
+        self.max_bytes: float = math.inf if max_bytes is None else max_bytes
         self.bytes = 0  # the sizes of the entries held (rule 4)
         self.entries: dict[Hashable, Entry] = {}
         # rule 1: path -> the key of the one entry that read it, or a set of the keys of the
@@ -228,11 +229,9 @@ class AnswerCache:
             tuple(reads.visible), tuple(reads.below), tuple(reads.exact))
         entry.size = size = ENTRY_BYTES + PATH_BYTES * len(paths) + sum(map(len, entry.variants))
         entries = self.entries
-        if len(entries) >= self.capacity or (self.max_bytes is not None and self.bytes + size > self.max_bytes):
-            limit = self.max_bytes if self.max_bytes is not None else float("inf")
-            while entries and (len(entries) >= self.capacity or self.bytes + size > limit):
-                oldest = next(iter(entries))
-                self._unlink(oldest, entries.pop(oldest))
+        while entries and (len(entries) >= self.capacity or self.bytes + size > self.max_bytes):
+            oldest = next(iter(entries))
+            self._unlink(oldest, entries.pop(oldest))
         for index, read in ((self._visible, paths.visible), (self._below, paths.below),
                             (self._exact, paths.exact)):
             for path in read:
@@ -256,33 +255,24 @@ class AnswerCache:
             dropped = len(self.entries)
             self.clear()
             return dropped
-        doomed: set[Hashable] = set()
         visible, below = self._visible, self._below
         # the first depth from which a reader sees the key: past its last "_" segment (1a)
         hidden = 0
         for i, seg in enumerate(segments):
             if seg[:1] == "_":
                 hidden = i + 1
+        # what the indexes hold for the paths the change touches: a key, a set of keys or None
+        held = [self._exact.get(segments)]
         for depth in range(len(segments) + 1):
             path = segments[:depth]
-            keys = below.get(path)
-            if keys is not None:
-                if type(keys) is set:
-                    doomed.update(keys)
-                else:
-                    doomed.add(keys)
+            held.append(below.get(path))
             if depth >= hidden:
-                keys = visible.get(path)
-                if keys is not None:
-                    if type(keys) is set:
-                        doomed.update(keys)
-                    else:
-                        doomed.add(keys)
-        keys = self._exact.get(segments)
-        if keys is not None:
+                held.append(visible.get(path))
+        doomed: set[Hashable] = set()
+        for keys in held:
             if type(keys) is set:
                 doomed.update(keys)
-            else:
+            elif keys is not None:
                 doomed.add(keys)
         for key in doomed:
             entry = self.entries.pop(key, None)
@@ -302,9 +292,7 @@ class AnswerCache:
     def _unlink(self, key: Hashable, entry: Entry) -> None:
         entry.alive = False
         self.bytes -= entry.size
-        paths = entry.deps
-        if paths is None:
-            return
+        paths = entry.deps  # an entry held has its paths (put)
         if entry.replay is None:
             # the transport's exact cache may still point at it, but only a replay reads a
             # dropped entry's answer and paths (rule 2): they go now, not with the exact entry

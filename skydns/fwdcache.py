@@ -18,7 +18,8 @@ Rules:
    used (and any dead entries that come next in that order), and an answer bigger than the
    whole budget is not kept. Whatever upstreams send (a lying one answering every name with
    64 KB), the memory stays bounded: without it, 10,000 entries had no bound but the size of
-   an answer. ``Encodings`` and ``Failures`` are bounded the same way (rules 7 and 9).
+   an answer. ``Encodings`` is bounded the same way (rule 7); ``Failures`` holds a key and a
+   time per entry and is bounded by entries (rule 9).
 5. An expired entry stays usable for `stale` seconds after expiry through get_stale(), which
    the forwarder calls only when every upstream failed (RFC 8767); such answers carry
    STALE_TTL.
@@ -41,6 +42,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import math
 import struct
 
 import dns.flags
@@ -194,7 +196,7 @@ class Cache:
         self.max_ttl = max_ttl
         self.max_negative_ttl = max_negative_ttl
         self.stale = stale
-        self.max_bytes = max_bytes
+        self.max_bytes: float = math.inf if max_bytes is None else max_bytes
         self.bytes = 0  # the sizes of the entries held (rule 4)
         self._entries: collections.OrderedDict[Key, _Entry] = collections.OrderedDict()
         self._counts = {Kind.SUCCESS: 0, Kind.DENIAL: 0}
@@ -217,11 +219,11 @@ class Cache:
         seconds = lifetime(answer, kind, self.max_ttl, self.max_negative_ttl)
         if seconds <= 0:
             return None
-        size = size_of(answer) if self.max_bytes is not None else 0
-        if self.max_bytes is not None and size > self.max_bytes:
+        size = size_of(answer)
+        if size > self.max_bytes:
             return None
         self._remove(key)
-        if len(self._entries) >= self.capacity or (self.max_bytes is not None and self.bytes + size > self.max_bytes):
+        if len(self._entries) >= self.capacity or self.bytes + size > self.max_bytes:
             self._evict(now, size)
         self._entries[key] = _Entry(answer, kind, now, seconds, size)
         self._names.add(key.name, key)
@@ -278,10 +280,9 @@ class Cache:
 
     def _evict(self, now: float, size: int = 0) -> None:
         # Least recently used first; an entry past its stale window goes too if it is next.
-        limit = self.max_bytes if self.max_bytes is not None else float("inf")
         while self._entries:
             key, entry = next(iter(self._entries.items()))
-            if (len(self._entries) < self.capacity and self.bytes + size <= limit
+            if (len(self._entries) < self.capacity and self.bytes + size <= self.max_bytes
                     and now - entry.stored - entry.lifetime <= self.stale):
                 return
             self._remove(key)
@@ -451,7 +452,7 @@ class Encodings:
 
     def __init__(self, capacity: int = 10000, max_bytes: int | None = None) -> None:
         self.capacity = max(1, capacity)
-        self.max_bytes = max_bytes
+        self.max_bytes: float = math.inf if max_bytes is None else max_bytes
         self.bytes = 0
         self._entries: dict[tuple, tuple[str, Encoded, int]] = {}
         self._names = _NameIndex()
@@ -467,10 +468,9 @@ class Encodings:
         """File encoded under key for name (lower-case, fully qualified text)."""
         self.drop(key)
         size = _ENCODED_BYTES + len(encoded.message) + _OFFSET_BYTES * len(encoded.offsets)
-        limit = self.max_bytes if self.max_bytes is not None else float("inf")
-        if size > limit:
+        if size > self.max_bytes:
             return
-        while self._entries and (len(self._entries) >= self.capacity or self.bytes + size > limit):
+        while self._entries and (len(self._entries) >= self.capacity or self.bytes + size > self.max_bytes):
             self.drop(next(iter(self._entries)))
         self._entries[key] = (name, encoded, size)
         self._names.add(name, key)
