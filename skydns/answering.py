@@ -218,8 +218,9 @@ class Section:
     An RRset is ``[display, owner, rdtype, ttl, rdatas]``: ``owner`` the lower-case name text,
     ``display`` None when the owner is the query name (it keeps the query's spelling) else the
     owner text; ``ttl`` the smallest TTL added (also by duplicates, as dnspython counts it);
-    ``rdatas`` plain rdata values in the order added (see ``rdata_of``). Equal names compare
-    equal whatever their letter case, as in DNS.
+    ``rdatas`` plain rdata values in the order added (see ``rdata_of``); a CNAME RRset holds one,
+    the last added (``_realias``). Equal names compare equal whatever their letter case, as in
+    DNS.
     """
 
     __slots__ = ("sets", "count", "limit", "_seen", "_kept")
@@ -264,9 +265,19 @@ class Section:
             rrset[3] = ttl
         seen = self._seen[key]
         if rdata not in seen:
+            if rdtype == _CNAME:
+                self._realias(key, rdata)
+                return
             seen.add(rdata)
             rrset[4].append(rdata)
             self.count += 1
+
+    def _realias(self, key: tuple[str, int], rdata: object) -> None:
+        """A second CNAME of one owner (the glue of A and AAAA can each follow another alias)
+        replaces the first, as dnspython's singleton rule does in the reference rendering: a
+        name has one CNAME, the last one added, with the smallest TTL of them."""
+        self._seen[key] = {rdata}
+        self.sets[key][4] = [rdata]
 
     def extend(self, items: list[tuple], qtext: str) -> None:
         """``add`` of each ``(owner, rdtype, ttl, rdata)`` in turn (the same steps, inline).
@@ -284,7 +295,7 @@ class Section:
                 # one RRset (a big address or SRV answer); the query name may own it
                 owner, rdtype = heads[0]
                 key = (qtext if owner is None else owner, rdtype)
-                if key not in sets:
+                if key not in sets and rdtype != _CNAME:
                     rdatas = dict.fromkeys(map(_RDATA, items))
                     sets[key] = [owner, key[0], rdtype, min(map(_TTL, items)), list(rdatas)]
                     seen_sets[key] = set(rdatas)
@@ -314,6 +325,9 @@ class Section:
                 rrset[3] = ttl
             seen = seen_sets[key]
             if rdata not in seen:
+                if rdtype == _CNAME:
+                    self._realias(key, rdata)
+                    continue
                 seen.add(rdata)
                 rrset[4].append(rdata)
                 count += 1
