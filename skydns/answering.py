@@ -1066,14 +1066,13 @@ def _all_addresses(records: list[msg.Service], kind, default_ttl: int) -> tuple[
     """The hosts and TTLs (the default for 0) of ``records`` when each host is an address of
     ``kind``; None otherwise."""
     hosts = list(map(_HOST, records))
+    at_once = False
     if kind is msg.HostType.IPV4:
         # all plain IPv4 (_kind's IPV4) at once: one match over the hosts a line each (no host
         # holds a newline, and the count of lines says so); else host by host
         joined = "\n".join(hosts)
-        if (joined.count("\n") + 1 != len(hosts) or _IPV4_LINES.fullmatch(joined) is None) and \
-                list(map(_kind, hosts)).count(kind) != len(hosts):
-            return None
-    elif list(map(_kind, hosts)).count(kind) != len(hosts):
+        at_once = joined.count("\n") + 1 == len(hosts) and _IPV4_LINES.fullmatch(joined) is not None
+    if not at_once and list(map(_kind, hosts)).count(kind) != len(hosts):
         return None
     ttls = list(map(_TTL_OF, records))
     if 0 in ttls:
