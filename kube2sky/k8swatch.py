@@ -436,7 +436,6 @@ def _no_proxy(url: str, rules: str) -> bool:
     """Whether a comma-separated NO_PROXY list covers url: '*', a host or domain suffix (with or
     without a leading dot), host:port, an IP address or a CIDR."""
     import ipaddress
-    import urllib.parse
 
     parts = urllib.parse.urlsplit(url)
     host = (parts.hostname or "").lower()
