@@ -424,13 +424,8 @@ def _text_path(text: str) -> tuple[str, ...] | None:
         return None
 
 
-# An IPv4 address as ``ipaddress`` reads it: four decimal octets of ASCII digits, no leading
-# zero, none above 255 (encode.py has the same pattern).
-_IPV4_TEXT = re.compile(r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}")
-
-
-# Plain IPv4 addresses, one per line (_all_addresses).
-_IPV4_LINES = re.compile(f"(?:{_IPV4_TEXT.pattern}\n)*{_IPV4_TEXT.pattern}")
+# Plain IPv4 addresses (msg.IPV4_TEXT), one per line (_all_addresses).
+_IPV4_LINES = re.compile(f"(?:{msg.IPV4_TEXT.pattern}\n)*{msg.IPV4_TEXT.pattern}")
 
 
 def _plain_ipv4(host: str) -> bool:
@@ -438,7 +433,7 @@ def _plain_ipv4(host: str) -> bool:
     without leading zeros, none above 255 (``ipaddress`` accepts exactly these, and its text of
     such an address is the host itself). A quick test: the first change of a pod address
     otherwise costs two ``ipaddress`` parses on the miss that follows it."""
-    return _IPV4_TEXT.fullmatch(host) is not None
+    return msg.IPV4_TEXT.fullmatch(host) is not None
 
 
 # Memoised helpers: records are immutable, so a miss reuses the checked forms of hosts seen

@@ -52,11 +52,10 @@ import functools
 import ipaddress
 import itertools
 import operator
-import re
 import socket
 import struct
 
-from skydns import kept as kept_mod, wire
+from skydns import kept as kept_mod, msg, wire
 
 _A, _NS, _CNAME, _SOA, _PTR, _HINFO, _MX, _TXT, _AAAA, _SRV = 1, 2, 5, 6, 12, 13, 15, 16, 28, 33
 _OPT = 41
@@ -119,14 +118,12 @@ def _whole_name(text: str) -> bytes:
 
 
 _inet_pton, _AF_INET = socket.inet_pton, socket.AF_INET
-# An IPv4 address as ``ipaddress`` reads it (answering.py has the same pattern).
-_IPV4_TEXT = re.compile(r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}")
 
 
 def _packed4_text(address: str) -> bytes:
     """The 4 bytes of an IPv4 address text, read as strictly as ``ipaddress`` reads it (four
     decimal octets, no leading zero, none above 255); Unsupported otherwise."""
-    if _IPV4_TEXT.fullmatch(address) is None:
+    if msg.IPV4_TEXT.fullmatch(address) is None:
         raise Unsupported(address)
     return bytes(map(int, address.split(".")))
 
