@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""The floor of a Python DNS server: uvloop's UDP path and one dict lookup, nothing else.
+"""The floor of a Python DNS server: skydns's UDP path and one dict lookup, nothing else.
 
 bench/run.py measures this next to skydns and NSD (configuration "floor") so that the CPU per
-query of skydns can be split into what any Python server on uvloop pays (the event loop, the
-datagram callback, the kernel's receive and send) and what skydns adds on a cache hit.
+query of skydns can be split into what any Python server with the same UDP path pays (the
+event loop, the system calls, the kernel's receive and send) and what skydns adds on a cache
+hit.
 
 Rules:
 1. An answer is built once per distinct query (the bytes after the ID) with dnspython, from the
@@ -13,9 +14,12 @@ Rules:
    rule 3a) without its metrics, invalidation, serial patching or round robin.
 2. UDP only, one process, 127.0.0.1. No EDNS handling beyond what dnspython does on the first
    answer; the benchmark's queries have none.
-3. Not a DNS server for any other use: no TCP, no truncation, no forwarding.
+3. The UDP path is skydns's default: batches of datagrams per system call
+   (``skydns.udpbatch``, on uvloop) where that is available; with ``--udp-batch 0``, or where
+   it is not, uvloop's datagram transport, one datagram per call.
+4. Not a DNS server for any other use: no TCP, no truncation, no forwarding.
 
-Usage (bench/run.py starts it): floor.py PORT RECORDS
+Usage (bench/run.py starts it): floor.py PORT RECORDS [--udp-batch N]
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-import run  # the records (names, addresses, domain, TTL) of the benchmark
+import run  # the records (names, addresses, domain, TTL) of the benchmark; puts the repo on sys.path
+
+from skydns import udpbatch  # noqa: E402 - after run.py's sys.path
 
 try:
     import uvloop
@@ -68,6 +74,7 @@ def answers(count: int):
             tail = tails[data[2:]] = build(data)
         return data[:2] + tail
 
+    answer.tails = tails  # type: ignore[attr-defined] - for the batched path (rule 3)
     return answer
 
 
@@ -87,21 +94,43 @@ class _Protocol(asyncio.DatagramProtocol):
         self.transport.sendto(out, addr)
 
 
-async def serve(port: int, count: int) -> None:
+def _batch_answers(answer):
+    """Rule 3: a batch's answers after their IDs, as udpbatch.Batcher asks for them."""
+    tails = answer.tails
+
+    def handle(keys: list[bytes], whole) -> list[bytes | None]:
+        outs: list[bytes | None] = []
+        for i, key in enumerate(keys):
+            tail = tails.get(key)
+            if tail is None:
+                try:
+                    tail = answer(whole(i))[2:]
+                except Exception:  # noqa: BLE001 - a bad packet is dropped
+                    tail = None
+            outs.append(tail)
+        return outs
+    return handle
+
+
+async def serve(port: int, count: int, batch: int) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # as skydns's --udp-rcvbuf
     sock.bind(("127.0.0.1", port))
-    loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(lambda: _Protocol(answers(count)), sock=sock)
+    if batch and udpbatch.available():
+        udpbatch.Batcher(sock, _batch_answers(answers(count)), lambda reason: None, batch).start()
+    else:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: _Protocol(answers(count)), sock=sock)
     await asyncio.Event().wait()
 
 
 def main() -> None:
     port, count = int(sys.argv[1]), int(sys.argv[2])
+    batch = int(sys.argv[4]) if sys.argv[3:4] == ["--udp-batch"] else udpbatch.SIZE
     if uvloop is not None:
-        uvloop.run(serve(port, count))
+        uvloop.run(serve(port, count, batch))
     else:
-        asyncio.run(serve(port, count))
+        asyncio.run(serve(port, count, batch))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,16 @@ serving the same N A records (svcN.nsM.svc.cluster.local., TTL 300), one server 
 configuration, checks a sample of the answers, warms them up and measures each for a fixed time:
 
   nsd        NSD, server-count 1 (one process answering, like skydns by default): the C baseline
-  floor      bench/floor.py: uvloop answering from a dict of prebuilt answers and nothing else, the
-             floor of any Python server on uvloop (--no-floor skips it)
+  knot       Knot DNS (knotd), one UDP and one TCP worker thread: the second C reference, when
+             installed (--no-knot skips it)
+  floor      bench/floor.py: a dict of prebuilt answers behind skydns's UDP path (batches of
+             datagrams per system call) and nothing else, the floor of a Python server on that
+             path (--no-floor skips it)
   cache      skydns default: cached encoded answers, ID and qname case patched (DESIGN section 5)
   nocache    skydns --answer-cache-size=0: dnspython parses and renders every packet
+  cache 1/call, floor 1/call
+             skydns --udp-batch=0 and floor.py --udp-batch 0: one datagram per system call
+             through uvloop's datagram transport, the path before batching (only with --unbatched)
   nsd x2     NSD, server-count 2, reuseport               (only with --workers-run)
   workers=2  skydns --workers=2 with the cache, SO_REUSEPORT (only with --workers-run)
 
@@ -52,9 +58,9 @@ CPU, so compare the ratios within one run, not absolute numbers across runs.
 --miss runs only the in-process microbenchmark of a cache miss (bench/churn.py rule 6): the
 cost of transport.Handler.handle for the first query of a name after its record changed.
 
-Missing tools are skipped with a message: NSD (`apt-get install -y nsd`), dnsperf
-(`apt-get install -y dnsperf`). Bounded in time (about 30 s with the defaults, 55 s with
---workers-run, on 2 CPUs; --churn adds two phases); loopback only; every process started is
+Missing tools are skipped with a message: NSD (`apt-get install -y nsd`), Knot
+(`apt-get install -y knot`), dnsperf (`apt-get install -y dnsperf`). Bounded in time (about
+40 s with the defaults, 65 s with --workers-run, on 2 CPUs; --churn adds two phases); loopback only; every process started is
 stopped at the end, also on errors, Ctrl-C and SIGTERM. Not run by the tests. Usage:
 
     .venv/bin/python bench/run.py [--workers-run] [--records 1000] [--seconds 4] [--no-nsd]
@@ -81,6 +87,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.exception
@@ -100,6 +107,7 @@ from tests import procs  # noqa: E402 - the repo's etcd runner
 DOMAIN = "cluster.local."
 TTL = 300  # skydns Settings.ttl default; the NSD zone uses the same
 NSD_INSTALL = "apt-get install -y nsd"
+KNOT_INSTALL = "apt-get install -y knot"
 DNSPERF_INSTALL = "apt-get install -y dnsperf"
 
 
@@ -418,10 +426,10 @@ def start_skydns(etcd: procs.Etcd, *extra: str) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def start_floor(count: int) -> tuple[subprocess.Popen, int]:
-    """bench/floor.py: uvloop and a dict of answers, the floor of any Python server."""
+def start_floor(count: int, *extra: str) -> tuple[subprocess.Popen, int]:
+    """bench/floor.py: skydns's UDP path and a dict of answers, the floor of a Python server."""
     port = procs.free_port()
-    proc = _popen([sys.executable, str(ROOT / "bench" / "floor.py"), str(port), str(count)])
+    proc = _popen([sys.executable, str(ROOT / "bench" / "floor.py"), str(port), str(count), *extra])
 
     def ready() -> bool:
         if proc.poll() is not None:
@@ -479,22 +487,55 @@ zone:
     zonefile: "cluster.local.zone"
 """)
     proc = _popen([binary, "-d", "-c", str(conf)])
+    log = run / "nsd.log"
+    _wait_answering(proc, port, "nsd", lambda: log.read_text().strip()[-500:] if log.exists() else "")
+    return proc, port
+
+
+def _wait_answering(proc: subprocess.Popen, port: int, what: str, log: Callable[[], str] = str) -> None:
+    """Until the C server proc answers the first name NOERROR on port (stopped on failure)."""
     probe = dns.message.make_query(names(1)[0], "A")
 
     def ready() -> bool:
         if proc.poll() is not None:
-            log = (run / "nsd.log").read_text() if (run / "nsd.log").exists() else ""
-            raise RuntimeError(f"nsd exited with {proc.returncode}: {log.strip()[-500:]}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log()}")
         try:
             return dns.query.udp(probe, "127.0.0.1", port=port, timeout=0.3).rcode() == dns.rcode.NOERROR
         except (OSError, dns.exception.Timeout):
             return False
 
     try:
-        _wait(ready, 20, "nsd answering")
+        _wait(ready, 20, f"{what} answering")
     except BaseException:
         stop(proc)
         raise
+
+
+def start_knot(binary: str, workdir: Path) -> tuple[subprocess.Popen, int]:
+    """knotd in the foreground: one UDP and one TCP worker, the zone file NSD serves, no journal."""
+    port = procs.free_port()
+    run = workdir / "knot"
+    run.mkdir()
+    conf = run / "knot.conf"
+    conf.write_text(f"""server:
+    rundir: "{run}"
+    listen: 127.0.0.1@{port}
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+database:
+    storage: "{run}"
+log:
+  - target: stderr
+    any: warning
+zone:
+  - domain: {DOMAIN.rstrip('.')}
+    file: "{workdir}/cluster.local.zone"
+    journal-content: none
+    zonefile-sync: -1
+""")
+    proc = _popen([binary, "-c", str(conf)])
+    _wait_answering(proc, port, "knotd")
     return proc, port
 
 
@@ -648,6 +689,10 @@ def main() -> None:
                         help="also measure skydns --workers=2 and NSD server-count 2")
     parser.add_argument("--nsd", default="nsd", help="the NSD executable (name or path)")
     parser.add_argument("--no-nsd", action="store_true", help="skip the C server (NSD)")
+    parser.add_argument("--knot", default="knotd", help="the Knot DNS executable (name or path)")
+    parser.add_argument("--no-knot", action="store_true", help="skip the second C server (Knot DNS)")
+    parser.add_argument("--unbatched", action="store_true",
+                        help="also measure skydns and the floor with one datagram per system call (--udp-batch=0)")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip bench/floor.py (uvloop answering from a dict: the floor of a Python server)")
     parser.add_argument("--mix", choices=("a", "pod"), default="a",
@@ -673,6 +718,9 @@ def main() -> None:
     nsd = None if args.no_nsd else nsd_binary(args.nsd)
     if nsd is None and not args.no_nsd:
         print(f"{args.nsd} not found: skipping the C server configurations (install: {NSD_INSTALL})", flush=True)
+    knot = None if args.no_knot else nsd_binary(args.knot)
+    if knot is None and not args.no_knot:
+        print(f"{args.knot} not found: skipping Knot DNS (install: {KNOT_INSTALL})", flush=True)
     if not shutil.which("dnsperf"):
         print(f"dnsperf not found: only the python load generator runs (install: {DNSPERF_INSTALL})", flush=True)
 
@@ -682,9 +730,15 @@ def main() -> None:
     configs: list[tuple[str, str, tuple]] = []  # (label, kind, skydns args or NSD server count)
     if nsd:
         configs.append(("nsd", "nsd", (1,)))
+    if knot:
+        configs.append(("knot", "knot", ()))
     if not args.no_floor:
         configs.append(("floor", "floor", ()))
+        if args.unbatched:
+            configs.append(("floor 1/call", "floor", ("--udp-batch", "0")))
     configs += [("cache", "skydns", ()), ("nocache", "skydns", ("--answer-cache-size=0",))]
+    if args.unbatched:
+        configs.append(("cache 1/call", "skydns", ("--udp-batch=0",)))
     if args.workers_run:
         if nsd:
             configs.append(("nsd x2", "nsd", (2,)))
@@ -728,8 +782,14 @@ def main() -> None:
                     except (RuntimeError, TimeoutError) as exc:
                         print(f"{label:10s} skipped: NSD did not start: {exc}", flush=True)
                         continue
+                elif kind == "knot":
+                    try:
+                        proc, port = start_knot(knot, tmp)
+                    except (RuntimeError, TimeoutError) as exc:
+                        print(f"{label:10s} skipped: knotd did not start: {exc}", flush=True)
+                        continue
                 elif kind == "floor":
-                    proc, port = start_floor(args.records)
+                    proc, port = start_floor(args.records, *extra)
                 else:
                     proc, port = start_skydns(etcd, *extra)
                 stack.callback(stop, proc)
@@ -830,19 +890,23 @@ def report(results: dict[tuple[str, str], dict[str, dict[int, Load]]], kinds: di
             pair = ((label, phase), (label, STATIC))
             print(f"| {label} {phase} / {label} static | {ratio(*pair, 'python') or '-'} | "
                   f"{ratio(*pair, 'dnsperf') or '-'} |")
-    for label, phase in results:
-        nsd = "nsd x2" if label == "workers=2" else "nsd"
-        if kinds[label] in ("skydns", "floor") and (nsd, STATIC) in results:
-            pair = ((label, phase), (nsd, STATIC))
-            print(f"| {label} {phase} / {nsd} static | {ratio(*pair, 'python') or '-'} | "
-                  f"{ratio(*pair, 'dnsperf') or '-'} |")
+    for reference in ("nsd", "knot"):
+        for label, phase in results:
+            other = "nsd x2" if label == "workers=2" and reference == "nsd" else reference
+            if kinds[label] in ("skydns", "floor") and (other, STATIC) in results:
+                pair = ((label, phase), (other, STATIC))
+                print(f"| {label} {phase} / {other} static | {ratio(*pair, 'python') or '-'} | "
+                      f"{ratio(*pair, 'dnsperf') or '-'} |")
+    if ("knot", STATIC) in results and ("nsd", STATIC) in results:
+        pair = (("knot", STATIC), ("nsd", STATIC))
+        print(f"| knot static / nsd static | {ratio(*pair, 'python') or '-'} | {ratio(*pair, 'dnsperf') or '-'} |")
     if ("floor", STATIC) in results:
         for label in [label for label, phase in results if phase == STATIC and kinds[label] == "skydns"]:
             pair = ((label, STATIC), ("floor", STATIC))
             print(f"| {label} static / floor static | {ratio(*pair, 'python') or '-'} | "
                   f"{ratio(*pair, 'dnsperf') or '-'} |")
     print()
-    for a, b in [("cache", "nocache"), ("workers=2", "nocache"), ("cache", "nsd"), ("nocache", "nsd"),
+    for a, b in [("cache", "nocache"), ("workers=2", "nocache"), ("cache", "nsd"), ("cache", "knot"), ("nocache", "nsd"),
                  ("workers=2", "nsd x2"), ("nsd x2", "nsd"), ("workers=2", "cache")]:
         x, y = means.get((a, STATIC)), means.get((b, STATIC))
         if x and y:

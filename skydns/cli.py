@@ -419,6 +419,9 @@ _FROM_RESOLV = "from /etc/resolv.conf"
               help="Same as --log-level=debug (old SkyDNS -verbose).")
 @click.option("--udp-rcvbuf", "udp_rcvbuf", type=click.IntRange(0), default=_DEFAULTS.udp_rcvbuf, show_envvar=True,
               help="UDP receive buffer to ask for (SO_RCVBUF), bytes; capped by net.core.rmem_max (0: kernel default).")
+@click.option("--udp-batch", "udp_batch", type=click.IntRange(0, 1024), default=_DEFAULTS.udp_batch, show_envvar=True,
+              help="Most UDP datagrams read and answered per system call (Linux recvmmsg/sendmmsg); "
+                   "0: one per call.")
 @click.option("--answer-cache-size", "answer_cache_size", type=click.IntRange(0), hidden=True,
               default=_DEFAULTS.answer_cache_size, show_envvar=True,
               help="Encoded answers kept for the hot path; 0 turns the cache off (benchmarks).")

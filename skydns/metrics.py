@@ -117,6 +117,14 @@ class _Histogram:
         return out
 
 
+def observe_all(histograms: list[_Histogram], value: float) -> None:
+    """One observation of value in each of histograms (all with ``DURATION_BUCKETS``)."""
+    index = bisect.bisect_left(DURATION_BUCKETS, value)
+    for hist in histograms:
+        hist.counts[index] += 1
+        hist.total += value
+
+
 class DnsStats:
     """Hot-path counters of one process, folded into metric families at scrape time.
 

@@ -155,6 +155,9 @@ class Settings:
     # Receive buffer asked for the UDP socket (SO_RCVBUF), bytes; the kernel caps it at
     # net.core.rmem_max (the default 208 KiB holds about 0.2 s of a query flood). 0: leave it.
     udp_rcvbuf: int = 4 * 1024 * 1024
+    # Most UDP datagrams read (recvmmsg) and answered (sendmmsg) per system call on Linux
+    # (skydns/udpbatch.py); 0: one per call, through the event loop's datagram transport.
+    udp_batch: int = 64
     # Log level name: debug, info, warning, error.
     log_level: str = "info"
 

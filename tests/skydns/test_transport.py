@@ -20,7 +20,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from skydns import answering, httpserver, metrics, msg, settings as settings_mod, store, transport, wire
+from skydns import answering, httpserver, metrics, msg, settings as settings_mod, store, transport, udpbatch, wire
 from tests import procs
 
 ZONE = dns.name.from_text("cluster.local.")
@@ -94,11 +94,11 @@ MANY = [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(100)]
 
 
 class Running:
-    """A transport.Server on 127.0.0.1:0 in an event loop thread."""
+    """A transport.Server on host (127.0.0.1), port 0, in an event loop thread."""
 
     def __init__(self, view: View, forwarder=None, cache_size: int = transport.CACHE_SIZE, *,
                  max_connections: int = 4, idle_timeout: float = 2.0, new_loop=asyncio.new_event_loop,
-                 **overrides) -> None:
+                 host: str = "127.0.0.1", udp_batch: int = udpbatch.SIZE, **overrides) -> None:
         self.settings = settings_mod.Settings(domains=("cluster.local.",), **overrides)
         self.stats = metrics.DnsStats()
         self.view = view
@@ -107,9 +107,9 @@ class Running:
         self.loop = new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        udp, tcp = transport.bind("127.0.0.1", 0)
+        udp, tcp = transport.bind(host, 0)
         self.server = transport.Server(self.handler, udp, tcp, idle_timeout=idle_timeout,
-                                       max_connections=max_connections)
+                                       max_connections=max_connections, udp_batch=udp_batch)
         self.call(self.server.start())
         self.host, self.port = self.server.address
 

@@ -1,0 +1,295 @@
+"""UDP in batches: many datagrams per system call (Linux ``recvmmsg``/``sendmmsg``).
+
+Under load most of a Python server's own CPU per query is the per-datagram cost of the event
+loop's datagram path (a callback, an address tuple each way). Reading and writing a batch per
+call makes that cost per batch instead (bench/README.md, "Seventh round").
+
+Rules:
+1. Available only where it can be checked: Linux, with ``recvmmsg`` and ``sendmmsg`` in the C
+   library and the 64-bit ``msghdr`` layout this module computes with ctypes. Elsewhere
+   ``available()`` is False and the server uses the event loop's datagram transport, which
+   answers the same.
+2. The socket is non-blocking and watched by the event loop (``add_reader``); everything runs
+   on the loop's thread, so the handler and its caches see no concurrency. One readable event
+   reads up to ``size`` datagrams in one call and the answers ready at once go out in one
+   call, in the order their queries arrived.
+3. Each datagram has a slot of 65,536 bytes, more than any UDP payload, so nothing is cut
+   short. The slots are one anonymous mapping: the kernel backs only the pages written (the
+   first page or two of a slot: about 256 KiB for the default 64 slots), not the 4 MiB they
+   span, which only datagrams of 64 KiB in every slot would fill. An answer is written
+   over its own query in its slot and sent to the address it came from, which the kernel
+   wrote beside the slot.
+4. An answer that is not ready at once (a forwarded name) is sent when it is, with
+   ``sendto``; a datagram the handler drops gets nothing.
+5. Answers the kernel refuses because the send buffer is full wait, at most ``BACKLOG`` of
+   them, and go out one by one as soon as the socket is writable, as the event loop's datagram
+   transport does; beyond that they are dropped. A send refused for one address loses that
+   answer only and the rest of the batch is still sent. Every lost answer is counted
+   (skydns_dns_dropped_total, ``udp_send_failed``) and logged at debug level. A receive error
+   other than "nothing to read" is logged (rate-limited) and reading goes on at the next
+   readable event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import ctypes.util
+import errno
+import logging
+import mmap
+import socket
+import sys
+import time
+from typing import Any, Callable
+
+logger = logging.getLogger(__name__)
+
+# Datagrams read per call by default.
+SIZE = 64
+# Bytes per datagram slot: more than the largest UDP payload (rule 3).
+SLOT = 65536
+# Most answers waiting for a full send buffer to drain (rule 5).
+BACKLOG = 1024
+# At most one receive-error log line per this many seconds (rule 5).
+_ERROR_LOG_INTERVAL = 10.0
+
+_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0x40)
+_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.c_void_p), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
+
+
+def _functions() -> tuple[Any, Any] | None:
+    """(recvmmsg, sendmmsg) from the C library, or None where rule 1 does not hold."""
+    if not sys.platform.startswith("linux") or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return None
+    # the offsets the fast loop reads and writes as 8- and 4-byte words
+    if (ctypes.sizeof(_MMsgHdr) != 64 or _MsgHdr.namelen.offset != 8 or _MMsgHdr.len.offset != 56
+            or ctypes.sizeof(_IoVec) != 16):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        recv, send = libc.recvmmsg, libc.sendmmsg
+    except (OSError, AttributeError):
+        return None
+    recv.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
+    recv.restype = ctypes.c_int
+    send.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
+    send.restype = ctypes.c_int
+    return recv, send
+
+
+_FUNCTIONS = _functions()
+
+
+
+def available() -> bool:
+    """Whether batched UDP works here (rule 1)."""
+    return _FUNCTIONS is not None
+
+
+def _address(name: bytes, family: int) -> tuple:
+    """The (host, port[, flowinfo, scope_id]) tuple of a raw sockaddr the kernel wrote."""
+    port = int.from_bytes(name[2:4], "big")
+    if family == socket.AF_INET6:
+        return (socket.inet_ntop(socket.AF_INET6, name[8:24]), port, int.from_bytes(name[4:8], "big"),
+                int.from_bytes(name[24:28], sys.byteorder))
+    return socket.inet_ntop(socket.AF_INET, name[4:8]), port
+
+
+class Batcher:
+    """Reads and answers a UDP socket in batches on the running loop (rules 2-5).
+
+    handle(keys, whole) answers a batch: keys are its datagrams after their first two bytes (the
+    ID), whole(i) is datagram i entire. It returns, for each in order, the answer after its ID
+    (which is the query's), None (no answer) or an awaitable of the whole answer or None.
+    drop(reason) counts a lost answer.
+    """
+
+    def __init__(self, sock: socket.socket, handle: Callable[[list[bytes], Callable[[int], bytes]], list[Any]], drop: Callable[[str], None],
+                 size: int = SIZE) -> None:
+        assert _FUNCTIONS is not None, "batched UDP is not available here (udpbatch.available())"
+        self._recv, self._send = _FUNCTIONS
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.family = sock.family
+        self.handle = handle
+        self.drop = drop
+        self.size = size
+        self.pending: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._logged = float("-inf")
+        self._held: collections.deque[tuple[bytes, tuple]] = collections.deque()  # rule 5
+        self._writing = False
+        namelen = 28 if sock.family == socket.AF_INET6 else 16
+        self._slots = mmap.mmap(-1, size * SLOT)
+        self._view = memoryview(self._slots)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self._slots))
+        self._names = ctypes.create_string_buffer(size * 32)
+        names = ctypes.addressof(self._names)
+        self._riov = (_IoVec * size)()
+        self._siov = (_IoVec * size)()
+        self._rhdr = (_MMsgHdr * size)()
+        self._shdr = (_MMsgHdr * size)()
+        for i in range(size):
+            self._riov[i].base = self._siov[i].base = base + i * SLOT
+            self._riov[i].len = SLOT
+            for hdrs, iovs in ((self._rhdr, self._riov), (self._shdr, self._siov)):
+                hdr = hdrs[i].hdr
+                hdr.name = names + 32 * i
+                hdr.namelen = namelen
+                hdr.iov = ctypes.addressof(iovs) + i * ctypes.sizeof(_IoVec)
+                hdr.iovlen = 1
+        self._slot_base = base
+        self._name_base = names
+        self._rptr = ctypes.addressof(self._rhdr)
+        self._sptr = ctypes.addressof(self._shdr)
+        # word views of the headers and iovecs, for the loop (offsets checked in _functions)
+        self._rwords = memoryview(self._rhdr).cast("B").cast("I")  # msg_len at 16*i + 14
+        self._swords = memoryview(self._shdr).cast("B").cast("Q")  # name at 8*j, namelen at 8*j + 1
+        self._siovw = memoryview(self._siov).cast("B").cast("Q")  # base at 2*j, len at 2*j + 1
+        self._namelen = namelen
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.fd, self._readable)
+
+    def stop(self) -> None:
+        """Stop reading and close the socket (as closing a datagram transport does)."""
+        if self._loop is not None:
+            self._loop.remove_reader(self.fd)
+            if self._writing:
+                self._loop.remove_writer(self.fd)
+            self._loop = None
+        self._writing = False
+        if self._held:
+            for _ in self._held:
+                self.drop("udp_send_failed")
+            self._held.clear()
+        self.sock.close()
+
+    def _readable(self) -> None:
+        count = self._recv(self.fd, self._rptr, self.size, _MSG_DONTWAIT, None)
+        if count <= 0:
+            if count < 0:
+                self._receive_error(ctypes.get_errno())
+            return
+        slots = self._slots
+        rwords = self._rwords
+        outs = self.handle([slots[i * SLOT + 2:i * SLOT + rwords[16 * i + 14]] for i in range(count)], self._whole)
+        swords = self._swords
+        siovw = self._siovw
+        slot_base = self._slot_base
+        name_base = self._name_base
+        ready = 0
+        for i, out in enumerate(outs):
+            if out is None:
+                continue
+            if type(out) is not bytes:
+                self._later(out, i)
+                continue
+            offset = i * SLOT + 2
+            size = len(out)
+            slots[offset:offset + size] = out
+            if ready != i:
+                swords[8 * ready] = name_base + 32 * i
+                siovw[2 * ready] = slot_base + offset - 2
+            siovw[2 * ready + 1] = size + 2
+            ready += 1
+        if ready:
+            self._flush(ready)
+            if ready != count:
+                for j in range(ready):  # back to slot j for the next batch
+                    swords[8 * j] = name_base + 32 * j
+                    siovw[2 * j] = slot_base + j * SLOT
+
+    def _whole(self, i: int) -> bytes:
+        """Datagram i of the batch being answered, whole."""
+        return self._slots[i * SLOT:i * SLOT + self._rwords[16 * i + 14]]
+
+    def _flush(self, count: int) -> None:
+        """Send the first count prepared answers; a refused one is dropped (rule 5)."""
+        start = 0
+        while start < count:
+            sent = self._send(self.fd, self._sptr + 64 * start, count - start, _MSG_DONTWAIT)
+            if sent > 0:
+                start += sent
+                continue
+            code = ctypes.get_errno()
+            if code == errno.EINTR:
+                continue
+            if code in (errno.EAGAIN, errno.EWOULDBLOCK):
+                self._hold(start, count)
+                return
+            self.drop("udp_send_failed")
+            logger.debug("UDP send failed: %s", errno.errorcode.get(code, code))
+            start += 1
+
+    def _hold(self, start: int, count: int) -> None:
+        """Queue prepared answers start..count-1 until the socket is writable (rule 5)."""
+        held = self._held
+        for j in range(start, count):
+            if len(held) >= BACKLOG:
+                self.drop("udp_send_failed")
+                continue
+            name = ctypes.string_at(self._swords[8 * j], self._namelen)
+            held.append((ctypes.string_at(self._siovw[2 * j], self._siovw[2 * j + 1]), _address(name, self.family)))
+        if held and not self._writing and self._loop is not None:
+            self._writing = True
+            self._loop.add_writer(self.fd, self._drain)
+
+    def _drain(self) -> None:
+        held = self._held
+        while held:
+            data, addr = held[0]
+            try:
+                self.sock.sendto(data, _MSG_DONTWAIT, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.drop("udp_send_failed")
+                logger.debug("UDP send to %s failed: %s", addr, exc)
+            held.popleft()
+        self._writing = False
+        if self._loop is not None:
+            self._loop.remove_writer(self.fd)
+
+    def _later(self, pending: Any, i: int) -> None:
+        name = ctypes.string_at(self._name_base + 32 * i, self._namelen)
+        task = asyncio.ensure_future(self._finish(pending, _address(name, self.family)))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _finish(self, pending: Any, addr: tuple) -> None:
+        out = await pending
+        if out is None or self.sock.fileno() < 0:
+            return
+        try:
+            self.sock.sendto(out, _MSG_DONTWAIT, addr)
+        except OSError as exc:
+            self.drop("udp_send_failed")
+            logger.debug("UDP send to %s failed: %s", addr, exc)
+
+    def _receive_error(self, code: int) -> None:
+        if code in _AGAIN:
+            return
+        now = time.monotonic()
+        if now - self._logged >= _ERROR_LOG_INTERVAL:
+            self._logged = now
+            logger.warning("UDP receive failed: %s", errno.errorcode.get(code, code))

@@ -1,0 +1,291 @@
+"""UDP in batches (skydns/udpbatch.py, transport rule 3f).
+
+- ``Handler.handle_batch`` proved by difference: a seeded random sequence of store writes and
+  batches of queries (repeated ones, so the exact cache answers, garbage among them) gives,
+  datagram by datagram, the very bytes and metrics a twin handler gives answering one
+  datagram at a time with ``handle``.
+- The batcher on real sockets: bursts from many clients over IPv4 and IPv6 get every answer,
+  each to its own client with its own ID, the same as with one datagram per call; forwarded
+  answers reach their client later; refused sends are held or dropped as rule 5 says.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import random
+import socket
+import struct
+
+import dns.message
+import dns.rrset
+import hypothesis
+import pytest
+from hypothesis import strategies as st
+
+from skydns import metrics, settings as settings_mod, store, transport, udpbatch
+from tests.skydns import test_anscache_diff as diff
+from tests.skydns import test_transport
+
+needs_batching = pytest.mark.skipif(not udpbatch.available(), reason="recvmmsg/sendmmsg not available here")
+
+
+def _garbage(rng: random.Random) -> bytes:
+    roll = rng.random()
+    if roll < 0.3:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(12)))  # shorter than a header
+    if roll < 0.6:  # a response: dropped
+        data = bytearray(dns.message.make_query("web.cluster.local.", "A").to_wire())
+        data[2] |= 0x80
+        return bytes(data)
+    return bytes(rng.randrange(256) for _ in range(rng.randrange(12, 80)))
+
+
+def _batch(handler: transport.Handler, datagrams: list[bytes]) -> list:
+    return handler.handle_batch([d[2:] for d in datagrams], datagrams.__getitem__, "udp")
+
+
+def _counts(stats: metrics.DnsStats) -> tuple:
+    histograms = {key: (sum(h.counts)) for key, h in stats.durations.items()}
+    return (dict(stats.events), dict(stats.cache_hits), dict(stats.cache_misses), dict(stats.dropped),
+            stats.panics, histograms)
+
+
+@pytest.mark.parametrize("round_robin", [False, True], ids=["exact-bytes", "round-robin"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_batched_answers_equal_one_at_a_time_answers(seed, round_robin):
+    rng = random.Random(seed)
+    settings = diff._settings(round_robin)
+    view = store.Store()
+    view.replace([], 1)
+    batched = transport.Handler(settings, view, None, stats=metrics.DnsStats(), cache_size=64, cache_bytes=60_000)
+    single = transport.Handler(settings, view, None, stats=metrics.DnsStats(), cache_size=64, cache_bytes=60_000)
+    revision = 1
+    written: list[str] = []
+    asked: list[bytes] = []
+    history: list[str] = []
+    fast = 0
+    for step in range(400):
+        if rng.random() < 0.3:
+            revision += 1
+            if written and rng.random() < 0.3:
+                key = rng.choice(written[-8:])
+                view.delete(key, revision)
+                history.append(f"del {key}")
+            else:
+                key, value = diff._key(rng), diff._value(rng)
+                view.put(key, value, revision)
+                written.append(key)
+                history.append(f"put {key} {value.decode(errors='replace')}")
+            continue
+        datagrams = []
+        for _ in range(rng.randint(1, 24)):
+            roll = rng.random()
+            if roll < 0.05:
+                datagrams.append(_garbage(rng))
+            elif asked and roll < 0.75:
+                # asked before, with a new ID: the exact cache may answer it
+                data = rng.choice(asked[-30:])
+                datagrams.append(rng.randrange(1 << 16).to_bytes(2, "big") + data[2:])
+            else:
+                data, _ = diff._query(rng, written)
+                asked.append(data)
+                datagrams.append(data)
+        hits_before = batched.stats.cache_hits.get("answers", 0)
+        got = _batch(batched, datagrams)
+        for i, data in enumerate(datagrams):
+            want = single.handle(data, "udp")
+            out = data[:2] + got[i] if isinstance(got[i], bytes) else got[i]
+            assert out == want, (f"seed {seed} step {step} datagram {i}: batched answer differs\n"
+                                 + "\n".join(history[-20:]))
+        fast += batched.stats.cache_hits.get("answers", 0) - hits_before
+        assert _counts(batched.stats) == _counts(single.stats), f"seed {seed} step {step}: metrics differ"
+    assert fast > 200  # the batch's own hit path did answer (this is not a no-op test)
+
+
+def test_a_failing_hit_path_answers_servfail_and_the_rest_of_the_batch(monkeypatch):
+    view = store.Store.from_records({"/skydns/local/cluster/web": '{"host":"10.0.0.1"}'})
+    settings = settings_mod.Settings(domains=("cluster.local.",), no_rec=True)
+    handler = transport.Handler(settings, view, None, stats=metrics.DnsStats())
+    query = dns.message.make_query("web.cluster.local.", "A").to_wire()
+    handler.handle(query, "udp")
+    handler.handle(query, "udp")  # now an exact hit with its counters
+
+    class Boom(dict):
+        def get(self, key, default=None):
+            raise RuntimeError("stand-in bug")
+
+    monkeypatch.setitem(handler.exact, "udp", Boom())
+    outs = _batch(handler, [query, query])
+    assert [dns.message.from_wire(query[:2] + out).rcode() for out in outs] == [2, 2]  # SERVFAIL
+    assert handler.stats.panics == 2
+
+
+# -- the batcher on real sockets ---------------------------------------------------------------
+
+
+def _server(host: str = "127.0.0.1", batch: int = udpbatch.SIZE, forwarder=None) -> test_transport.Running:
+    view = test_transport.View({"web.cluster.local.": ["10.0.0.1"], "many.cluster.local.": list(test_transport.MANY)})
+    return test_transport.Running(view, forwarder, host=host, udp_batch=batch)
+
+
+def _burst(server: test_transport.Running, family: int, clients: int = 8, each: int = 40) -> dict:
+    """Every client sends its queries at once, short packets among them, then reads; (client, id)
+    -> answer."""
+    socks = []
+    for _ in range(clients):
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind((server.host, 0))
+        sock.settimeout(5)
+        socks.append(sock)
+    names = ["web.cluster.local.", "many.cluster.local.", "nothere.cluster.local.", "WeB.cluster.local."]
+    for k, sock in enumerate(socks):
+        for i in range(each):
+            query = dns.message.make_query(names[(k + i) % len(names)], "A", id=k * 1000 + i)
+            sock.sendto(query.to_wire(), (server.host, server.port))
+            if i % 7 == k % 3:  # no answer: the answers after it in the batch move up a slot
+                sock.sendto(b"\x00\x01short", (server.host, server.port))
+    answers = {}
+    for k, sock in enumerate(socks):
+        for _ in range(each):
+            reply = dns.message.from_wire(sock.recv(65535))
+            answers[(k, reply.id)] = (reply.question[0].name.to_text(), reply.rcode(),
+                                      sorted(rd.to_text() for rrset in reply.answer for rd in rrset))
+        sock.close()
+    return answers
+
+
+@needs_batching
+@pytest.mark.parametrize("host,family", [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)], ids=["ipv4", "ipv6"])
+def test_bursts_are_answered_to_each_client_as_one_at_a_time(host, family):
+    results = []
+    for batch in (udpbatch.SIZE, 0):
+        server = _server(host, batch)
+        try:
+            assert (server.server._batcher is not None) == bool(batch)
+            results.append(_burst(server, family))
+        finally:
+            server.close()
+    batched, single = results
+    assert len(batched) == 8 * 40
+    assert all(ident == k * 1000 + ident % 1000 for k, ident in batched)  # each answer to its own client
+    assert batched == single
+
+
+@needs_batching
+def test_forwarded_answers_reach_their_client_later():
+    upstream = test_transport.Upstream()
+    server = _server(forwarder=upstream)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            sock.sendto(dns.message.make_query("example.org.", "A", id=7).to_wire(), (server.host, server.port))
+            sock.sendto(dns.message.make_query("web.cluster.local.", "A", id=8).to_wire(), (server.host, server.port))
+            replies = {}
+            for _ in range(2):
+                reply = dns.message.from_wire(sock.recv(65535))
+                replies[reply.id] = reply
+        assert replies[7].answer[0] == dns.rrset.from_text("example.org.", 60, "IN", "A", "192.0.2.1")
+        assert replies[8].answer[0][0].to_text() == "10.0.0.1"
+        assert upstream.seen == ["example.org."]
+    finally:
+        server.close()
+
+
+def _fake_send(results: list):
+    """A sendmmsg stand-in: each call takes the next of results (a count, or -errno)."""
+    calls = []
+
+    def send(fd, pointer, count, flags):
+        calls.append(count)
+        result = results.pop(0) if results else count
+        if result < 0:
+            ctypes.set_errno(-result)
+            return -1
+        real = udpbatch._FUNCTIONS[1]
+        return real(fd, pointer, result, flags) if result else 0
+
+    return send, calls
+
+
+def _one_batch(server: test_transport.Running, results: list, count: int) -> tuple[list[int], list[int]]:
+    """count queries read as one batch with sendmmsg answering as results say (``_fake_send``):
+    the IDs answered, and the counts sendmmsg was called with."""
+    batcher = server.server._batcher
+
+    async def pause():
+        server.loop.remove_reader(batcher.fd)
+        batcher._send, calls = _fake_send(results)
+        return calls
+
+    calls = server.call(pause())  # nothing is read until all the queries are queued
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.5)
+        for i in range(count):
+            sock.sendto(dns.message.make_query("web.cluster.local.", "A", id=i).to_wire(), (server.host, server.port))
+
+        async def resume():
+            server.loop.add_reader(batcher.fd, batcher._readable)
+
+        server.call(resume())
+        got = []
+        try:
+            while True:
+                got.append(dns.message.from_wire(sock.recv(512)).id)
+        except socket.timeout:
+            pass
+    return got, calls
+
+
+@needs_batching
+@pytest.mark.parametrize("results,answered,dropped", [
+    ([-errno.EAGAIN], 6, 0),  # all held, then sent one by one when writable
+    ([2, -errno.EAGAIN], 6, 0),  # two sent, four held
+    ([-errno.EINVAL], 5, 1),  # the first refused for its address, the rest sent
+    ([3, -errno.EPERM], 5, 1),
+    ([-errno.EINTR], 6, 0),  # tried again
+], ids=["full", "partly-full", "refused-first", "refused-fourth", "interrupted"])
+def test_refused_sends_are_held_or_dropped_one_by_one(results, answered, dropped):
+    server = _server()
+    try:
+        got, calls = _one_batch(server, list(results), 6)
+        assert len(set(got)) == len(got) == answered
+        assert server.stats.dropped.get("udp_send_failed", 0) == dropped
+        assert calls[0] == 6
+        batcher = server.server._batcher
+        assert not batcher._held and not batcher._writing
+    finally:
+        server.close()
+
+
+@needs_batching
+def test_a_full_backlog_drops_what_does_not_fit(monkeypatch):
+    monkeypatch.setattr(udpbatch, "BACKLOG", 2)
+    server = _server()
+    try:
+        got, _ = _one_batch(server, [-errno.EAGAIN], 5)
+        assert sorted(got) == [0, 1]
+        assert server.stats.dropped["udp_send_failed"] == 3
+    finally:
+        server.close()
+
+
+@needs_batching
+def test_close_stops_reading_and_closes_the_socket():
+    server = _server()
+    sock = server.server.udp_sock
+    server.close()
+    assert sock.fileno() == -1
+
+
+@hypothesis.given(st.ip_addresses(), st.integers(0, 65535), st.integers(0, (1 << 20) - 1), st.integers(0, 2**32 - 1))
+def test_kernel_addresses_decode_as_the_socket_module_gives_them(address, port, flowinfo, scope):
+    if address.version == 4:
+        name = struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + address.packed + bytes(8)
+        assert udpbatch._address(name, socket.AF_INET) == (str(address), port)
+    else:
+        name = (struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", port, flowinfo) + address.packed
+                + struct.pack("=I", scope))
+        host, got_port, got_flow, got_scope = udpbatch._address(name, socket.AF_INET6)
+        assert (socket.inet_pton(socket.AF_INET6, host), got_port, got_flow, got_scope) == (
+            address.packed, port, flowinfo, scope)
