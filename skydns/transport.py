@@ -35,9 +35,9 @@ Rules:
    holds about 4,700 usual answers (the pod query mix of 1,000 names, 4,000 answers, fits);
    without a byte bound, 10,000 answers of a headless service's 100 SRV targets held 150 MB.
    3f. UDP datagrams read together (``udpbatch``) are answered together by ``handle_batch``:
-   an exact hit whose entry is alive, whose metric counters are known and whose SOA serial is
-   current is answered in its loop, with no call per datagram; every other datagram goes
-   through ``handle``. The bytes, the rotation and the counters are what ``handle`` gives one
+   an exact hit whose entry is alive and whose metric counters are known is answered in its
+   loop (the SOA serial written in first when the mirror moved), with no call per datagram;
+   every other datagram goes through ``handle``. The bytes, the rotation and the counters are what ``handle`` gives one
    datagram at a time (tests/skydns/test_udpbatch.py proves it by difference); the latency a
    hit is counted with is the time its batch took, since its datagrams were read together and
    go out together.
@@ -404,8 +404,12 @@ class Handler:
                 hit = exact.get(key)
                 if hit is not None:
                     tails, entry, seen, counters, _, _ = hit
-                    if (entry.alive and counters is not None and counters[1] == epoch and counters[0] == family
-                            and (seen == revision or not entry.serials)):
+                    if entry.alive and counters is not None and counters[1] == epoch and counters[0] == family:
+                        if seen != revision and entry.serials:
+                            # rule 3: the SOA serial of the current mirror, as _cached writes it
+                            hit[2] = revision
+                            tails = hit[0] = [_with_serial(tail, offsets, revision)
+                                              for tail, offsets in zip(tails, entry.serials)]
                         if len(tails) > 1:
                             self.turn += 1
                             tail = tails[self.turn % len(tails)]
