@@ -164,6 +164,7 @@ class Batcher:
         self._swords = memoryview(self._shdr).cast("B").cast("Q")  # name at 8*j, namelen at 8*j + 1
         self._siovw = memoryview(self._siov).cast("B").cast("Q")  # base at 2*j, len at 2*j + 1
         self._namelen = namelen
+        self._starts = tuple(i * SLOT + 2 for i in range(size))  # where each datagram's bytes after the ID begin
 
     def start(self) -> None:
         self.sock.setblocking(False)
@@ -192,32 +193,33 @@ class Batcher:
             return
         slots = self._slots
         rwords = self._rwords
-        outs = self.handle([slots[i * SLOT + 2:i * SLOT + rwords[16 * i + 14]] for i in range(count)], self._whole)
-        swords = self._swords
+        starts = self._starts
+        outs = self.handle([slots[starts[i]:starts[i] + rwords[16 * i + 14] - 2] for i in range(count)], self._whole)
         siovw = self._siovw
-        slot_base = self._slot_base
-        name_base = self._name_base
         ready = 0
         for i, out in enumerate(outs):
-            if out is None:
-                continue
-            if type(out) is not bytes:
+            if out.__class__ is bytes:
+                start = starts[i]
+                size = len(out)
+                slots[start:start + size] = out
+                if ready != i:
+                    self._swords[8 * ready] = self._name_base + 32 * i
+                    siovw[2 * ready] = self._slot_base + start - 2
+                siovw[2 * ready + 1] = size + 2
+                ready += 1
+            elif out is not None:
                 self._later(out, i)
-                continue
-            offset = i * SLOT + 2
-            size = len(out)
-            slots[offset:offset + size] = out
-            if ready != i:
-                swords[8 * ready] = name_base + 32 * i
-                siovw[2 * ready] = slot_base + offset - 2
-            siovw[2 * ready + 1] = size + 2
-            ready += 1
         if ready:
             self._flush(ready)
             if ready != count:
-                for j in range(ready):  # back to slot j for the next batch
-                    swords[8 * j] = name_base + 32 * j
-                    siovw[2 * j] = slot_base + j * SLOT
+                self._reset(ready)
+
+    def _reset(self, count: int) -> None:
+        """Send headers 0..count-1 back to their own slots (after a batch with gaps)."""
+        swords, siovw = self._swords, self._siovw
+        for j in range(count):
+            swords[8 * j] = self._name_base + 32 * j
+            siovw[2 * j] = self._slot_base + j * SLOT
 
     def _whole(self, i: int) -> bytes:
         """Datagram i of the batch being answered, whole."""
