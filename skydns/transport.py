@@ -36,8 +36,11 @@ Rules:
    without a byte bound, 10,000 answers of a headless service's 100 SRV targets held 150 MB.
    3f. UDP datagrams read together (``udpbatch``) are answered together by ``handle_batch``:
    an exact hit whose entry is alive and whose metric counters are known is answered in its
-   loop (the SOA serial written in first when the mirror moved), with no call per datagram;
-   every other datagram goes through ``handle``. The bytes, the rotation and the counters are what ``handle`` gives one
+   loop, with no call per datagram; every other datagram goes through ``handle``. When the
+   mirror moved since a negative answer was filed, its new SOA serial is written into the
+   datagram's slot as the answer is copied there, and the entry is left as it is: under a
+   steady stream of writes nearly every hit of a negative answer sees a new serial, and making
+   a new answer each time cost more than the rest of the hit. The bytes, the rotation and the counters are what ``handle`` gives one
    datagram at a time (tests/skydns/test_udpbatch.py proves it by difference); the latency a
    hit is counted with is the time its batch took, since its datagrams were read together and
    go out together.
@@ -388,13 +391,16 @@ class Handler:
         """Answers to a batch of queries received together (rule 3f).
 
         keys are the queries after their ID, whole(i) is query i entire. For each in order:
-        the answer after its ID (the query's ID goes first), None (no answer), or an awaitable
-        of the whole answer or None (what ``handle`` returns).
+        the answer after its ID (the query's ID goes first); ``(tail, at, serial)``, the same
+        with the four bytes of serial written over tail at offset at (a negative answer whose
+        SOA serial moved); None (no answer); or an awaitable of the whole answer or None (what
+        ``handle`` returns).
         """
         start = time.perf_counter()
         handle = self.handle
         exact = self.exact[proto] if self.cache_size and self._scoped else {}
         revision = self._revision()
+        serial = (revision & 0xFFFFFFFF).to_bytes(4, "big")
         stats = self.stats
         epoch = stats.epoch
         outs: list[Any] = []
@@ -405,11 +411,18 @@ class Handler:
                 if hit is not None:
                     tails, entry, seen, counters, _, _ = hit
                     if entry.alive and counters is not None and counters[1] == epoch and counters[0] == family:
+                        out = None
                         if seen != revision and entry.serials:
                             # rule 3: the SOA serial of the current mirror, as _cached writes it
-                            hit[2] = revision
-                            tails = hit[0] = [_with_serial(tail, offsets, revision)
-                                              for tail, offsets in zip(tails, entry.serials)]
+                            offsets = entry.serials[0]
+                            if len(tails) == 1 and len(offsets) == 1:
+                                # a negative answer: the serial goes in as it is sent, so the
+                                # entry stays as it is whatever the writes
+                                out = (tails[0], offsets[0] - 2, serial)
+                            else:
+                                hit[2] = revision
+                                tails = hit[0] = [_with_serial(tail, offsets, revision)
+                                                  for tail, offsets in zip(tails, entry.serials)]
                         if len(tails) > 1:
                             self.turn += 1
                             tail = tails[self.turn % len(tails)]
@@ -420,7 +433,7 @@ class Handler:
                         counts[1] += len(key) + 2
                         counts[2] += len(tail) + 2
                         timed.append(counters[3])
-                        outs.append(tail)
+                        outs.append(tail if out is None else out)
                         continue
                 out = handle(whole(i), proto, family)
             except Exception:  # noqa: BLE001 - rule 1

@@ -117,7 +117,8 @@ class Batcher:
 
     handle(keys, whole) answers a batch: keys are its datagrams after their first two bytes (the
     ID), whole(i) is datagram i entire. It returns, for each in order, the answer after its ID
-    (which is the query's), None (no answer) or an awaitable of the whole answer or None.
+    (which is the query's); ``(tail, at, patch)``, that answer with the bytes of patch written
+    over tail at offset at; None (no answer); or an awaitable of the whole answer or None.
     drop(reason) counts a lost answer.
     """
 
@@ -198,17 +199,25 @@ class Batcher:
         siovw = self._siovw
         ready = 0
         for i, out in enumerate(outs):
-            if out.__class__ is bytes:
-                start = starts[i]
-                size = len(out)
-                slots[start:start + size] = out
-                if ready != i:
-                    self._swords[8 * ready] = self._name_base + 32 * i
-                    siovw[2 * ready] = self._slot_base + start - 2
-                siovw[2 * ready + 1] = size + 2
-                ready += 1
-            elif out is not None:
-                self._later(out, i)
+            kind = out.__class__
+            if kind is bytes:
+                tail, patch = out, None
+            elif kind is tuple:  # (tail, at, patch): patch written over the tail at offset at
+                tail, at, patch = out
+            else:
+                if out is not None:
+                    self._later(out, i)
+                continue
+            start = starts[i]
+            size = len(tail)
+            slots[start:start + size] = tail
+            if patch is not None:
+                slots[start + at:start + at + len(patch)] = patch
+            if ready != i:
+                self._swords[8 * ready] = self._name_base + 32 * i
+                siovw[2 * ready] = self._slot_base + start - 2
+            siovw[2 * ready + 1] = size + 2
+            ready += 1
         if ready:
             self._flush(ready)
             if ready != count:

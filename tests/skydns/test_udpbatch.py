@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import random
 import socket
 import struct
+import threading
 
 import dns.message
 import dns.rrset
@@ -43,6 +45,14 @@ def _garbage(rng: random.Random) -> bytes:
 
 def _batch(handler: transport.Handler, datagrams: list[bytes]) -> list:
     return handler.handle_batch([d[2:] for d in datagrams], datagrams.__getitem__, "udp")
+
+
+def _whole(data: bytes, out):
+    """The answer handle_batch gave for data, as handle gives it."""
+    if isinstance(out, tuple):  # (tail, at, patch)
+        tail, at, patch = out
+        out = tail[:at] + patch + tail[at + len(patch):]
+    return data[:2] + out if isinstance(out, bytes) else out
 
 
 def _counts(stats: metrics.DnsStats) -> tuple:
@@ -95,7 +105,7 @@ def test_batched_answers_equal_one_at_a_time_answers(seed, round_robin):
         got = _batch(batched, datagrams)
         for i, data in enumerate(datagrams):
             want = single.handle(data, "udp")
-            out = data[:2] + got[i] if isinstance(got[i], bytes) else got[i]
+            out = _whole(data, got[i])
             assert out == want, (f"seed {seed} step {step} datagram {i}: batched answer differs\n"
                                  + "\n".join(history[-20:]))
         fast += batched.stats.cache_hits.get("answers", 0) - hits_before
@@ -117,7 +127,7 @@ def test_a_failing_hit_path_answers_servfail_and_the_rest_of_the_batch(monkeypat
 
     monkeypatch.setitem(handler.exact, "udp", Boom())
     outs = _batch(handler, [query, query])
-    assert [dns.message.from_wire(query[:2] + out).rcode() for out in outs] == [2, 2]  # SERVFAIL
+    assert [dns.message.from_wire(_whole(query, out)).rcode() for out in outs] == [2, 2]  # SERVFAIL
     assert handler.stats.panics == 2
 
 
@@ -170,6 +180,49 @@ def test_bursts_are_answered_to_each_client_as_one_at_a_time(host, family):
     assert len(batched) == 8 * 40
     assert all(ident == k * 1000 + ident % 1000 for k, ident in batched)  # each answer to its own client
     assert batched == single
+
+
+@needs_batching
+def test_bursts_from_a_store_carry_the_serial_of_every_write():
+    """Negative answers served from the batch loop carry the mirror's revision as their SOA
+    serial after every write, as a handler without a cache answers them."""
+    view = store.Store.from_records({"/skydns/local/cluster/web": '{"host":"10.0.0.1"}'})
+    settings = settings_mod.Settings(domains=("cluster.local.",), no_rec=True)
+    handler = transport.Handler(settings, view, None, stats=metrics.DnsStats())
+    reference = transport.Handler(settings, view, None, stats=metrics.DnsStats(), cache_size=0)
+    server = test_transport.Running.__new__(test_transport.Running)
+    server.loop = asyncio.new_event_loop()
+    server.thread = threading.Thread(target=server.loop.run_forever, daemon=True)
+    server.thread.start()
+    udp, tcp = transport.bind("127.0.0.1", 0)
+    server.server = transport.Server(handler, udp, tcp)
+    server.call(server.server.start())
+    queries = [dns.message.make_query(name, rdtype, id=i).to_wire()
+               for i, (name, rdtype) in enumerate([("web.cluster.local.", "A"), ("web.cluster.local.", "AAAA"),
+                                                   ("nope.cluster.local.", "A"), ("NoPe.cluster.local.", "TXT")] * 5)]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            for revision in range(10, 16):
+                if revision > 10:
+                    async def write(revision=revision):
+                        view.put("/skydns/local/cluster/other/x", b'{"host":"10.0.0.9"}', revision)
+                    server.call(write())
+                for _ in range(3):  # the second and third bursts come from the exact cache
+                    for data in queries:
+                        sock.sendto(data, server.server.address)
+                    got = {}
+                    for _ in queries:
+                        answer = sock.recv(4096)
+                        got[answer[:2]] = answer
+                    for data in queries:
+                        assert got[data[:2]] == reference.handle(data, "udp"), f"revision {revision}"
+                serials = {rrset[0].serial for answer in got.values()
+                           for rrset in dns.message.from_wire(answer).authority}
+                assert serials == {view.revision}
+        assert handler.stats.cache_hits["answers"] > 6 * 2 * len(queries) - 40
+    finally:
+        server.close()
 
 
 @needs_batching
