@@ -14,11 +14,11 @@ Rules:
    reads up to ``size`` datagrams in one call and the answers ready at once go out in one
    call, in the order their queries arrived.
 3. Each datagram has a slot of 65,536 bytes, more than any UDP payload, so nothing is cut
-   short. The slots are one anonymous mapping: the kernel backs only the pages written (the
-   first page or two of a slot: about 256 KiB for the default 64 slots), not the 4 MiB they
-   span, which only datagrams of 64 KiB in every slot would fill. An answer is written
-   over its own query in its slot and sent to the address it came from, which the kernel
-   wrote beside the slot.
+   short. The slots are one private anonymous mapping: the kernel backs only the pages
+   written (the first page or two of a slot: about 256 KiB for the default 64 slots), not the
+   4 MiB they span, which only datagrams of 64 KiB in every slot would fill; a forked process
+   gets its own copy. An answer is written over its own query in its slot and sent to the
+   address it came from, which the kernel wrote beside the slot.
 4. An answer that is not ready at once (a forwarded name) is sent when it is, with
    ``sendto``; a datagram the handler drops gets nothing.
 5. Answers the kernel refuses because the send buffer is full wait, at most ``BACKLOG`` of
@@ -138,7 +138,7 @@ class Batcher:
         self._held: collections.deque[tuple[bytes, tuple]] = collections.deque()  # rule 5
         self._writing = False
         namelen = 28 if sock.family == socket.AF_INET6 else 16
-        self._slots = mmap.mmap(-1, size * SLOT)
+        self._slots = mmap.mmap(-1, size * SLOT, flags=mmap.MAP_PRIVATE)  # a fork gets its own copy
         self._view = memoryview(self._slots)
         base = ctypes.addressof(ctypes.c_char.from_buffer(self._slots))
         self._names = ctypes.create_string_buffer(size * 32)
