@@ -60,10 +60,11 @@ cost of transport.Handler.handle for the first query of a name after its record 
 
 Missing tools are skipped with a message: NSD (`apt-get install -y nsd`), Knot
 (`apt-get install -y knot`), dnsperf (`apt-get install -y dnsperf`). Bounded in time (about
-40 s with the defaults, 65 s with --workers-run, on 2 CPUs; --churn adds two phases); loopback only; every process started is
-stopped at the end, also on errors, Ctrl-C and SIGTERM. Not run by the tests. Usage:
+40 s with the defaults, 65 s with --workers-run, on 2 CPUs; --churn adds two phases,
+--unbatched two configurations); loopback only; every process started is stopped at the end,
+also on errors, Ctrl-C and SIGTERM. Not run by the tests. Usage:
 
-    .venv/bin/python bench/run.py [--workers-run] [--records 1000] [--seconds 4] [--no-nsd]
+    .venv/bin/python bench/run.py [--workers-run] [--unbatched] [--records 1000] [--seconds 4] [--no-nsd] [--no-knot]
     .venv/bin/python bench/run.py --churn 100 --mix pod --rounds 3 --seconds 6
     .venv/bin/python bench/run.py --miss
 """
@@ -906,7 +907,8 @@ def report(results: dict[tuple[str, str], dict[str, dict[int, Load]]], kinds: di
             print(f"| {label} static / floor static | {ratio(*pair, 'python') or '-'} | "
                   f"{ratio(*pair, 'dnsperf') or '-'} |")
     print()
-    for a, b in [("cache", "nocache"), ("workers=2", "nocache"), ("cache", "nsd"), ("cache", "knot"), ("nocache", "nsd"),
+    for a, b in [("cache", "nocache"), ("workers=2", "nocache"), ("cache", "nsd"), ("cache", "knot"),
+                 ("nocache", "nsd"),
                  ("workers=2", "nsd x2"), ("nsd x2", "nsd"), ("workers=2", "cache")]:
         x, y = means.get((a, STATIC)), means.get((b, STATIC))
         if x and y:

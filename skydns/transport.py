@@ -36,14 +36,14 @@ Rules:
    without a byte bound, 10,000 answers of a headless service's 100 SRV targets held 150 MB.
    3f. UDP datagrams read together (``udpbatch``) are answered together by ``handle_batch``:
    an exact hit whose entry is alive and whose metric counters are known is answered in its
-   loop, with no call per datagram; every other datagram goes through ``handle``. When the
-   mirror moved since a negative answer was filed, its new SOA serial is written into the
-   datagram's slot as the answer is copied there, and the entry is left as it is: under a
-   steady stream of writes nearly every hit of a negative answer sees a new serial, and making
-   a new answer each time cost more than the rest of the hit. The bytes, the rotation and the counters are what ``handle`` gives one
-   datagram at a time (tests/skydns/test_udpbatch.py proves it by difference); the latency a
-   hit is counted with is the time its batch took, since its datagrams were read together and
-   go out together.
+   loop, with no call per datagram; every other datagram goes through ``handle``. The bytes,
+   the rotation and the counters are what ``handle`` gives one datagram at a time
+   (tests/skydns/test_udpbatch.py proves it by difference). When the mirror moved since a
+   negative answer was filed, its new SOA serial is written into the datagram's slot as the
+   answer is copied there and the entry is left as it is: under a steady stream of writes
+   nearly every hit of a negative answer sees a new serial, and making a new answer each time
+   cost more than the rest of the hit. A hit is counted with the time its batch took to answer
+   as its latency, since its datagrams were read together and go out together.
    3b. A store change under ``arpa`` tells the forwarder to forget what it cached for that
    reverse name (the name may have become local); nothing else in the store touches forwarded
    answers.
@@ -96,7 +96,8 @@ import dns.rdatatype
 import dns.renderer
 import dns.rrset
 
-from skydns import anscache, answering, encode, forwarding, kept, metrics, store, settings as settings_mod, udpbatch, wire
+from skydns import anscache, answering, encode, forwarding, kept, metrics, store, udpbatch, wire
+from skydns import settings as settings_mod
 
 logger = logging.getLogger(__name__)
 

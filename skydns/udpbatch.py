@@ -97,7 +97,6 @@ def _functions() -> tuple[Any, Any] | None:
 _FUNCTIONS = _functions()
 
 
-
 def available() -> bool:
     """Whether batched UDP works here (rule 1)."""
     return _FUNCTIONS is not None
@@ -122,8 +121,8 @@ class Batcher:
     drop(reason) counts a lost answer.
     """
 
-    def __init__(self, sock: socket.socket, handle: Callable[[list[bytes], Callable[[int], bytes]], list[Any]], drop: Callable[[str], None],
-                 size: int = SIZE) -> None:
+    def __init__(self, sock: socket.socket, handle: Callable[[list[bytes], Callable[[int], bytes]], list[Any]],
+                 drop: Callable[[str], None], size: int = SIZE) -> None:
         assert _FUNCTIONS is not None, "batched UDP is not available here (udpbatch.available())"
         self._recv, self._send = _FUNCTIONS
         self.sock = sock

@@ -42,7 +42,7 @@ CASES = [
         addr_host="127.0.0.1", addr_port=53, etcd_endpoints=("http://127.0.0.1:2379",), domains=("skydns.local.",),
         prefix="skydns", nameservers=(Upstream("10.96.0.10"), Upstream("fe80::1")), ns_rotate=True, no_rec=False,
         round_robin=True, http_host="0.0.0.0", http_port=9153, workers=1, ttl=300, negative_ttl=30,
-        max_answers=1000, pods="disabled", lameduck=5.0, log_level="info", answer_cache_size=10000)),
+        max_answers=1000, pods="disabled", lameduck=5.0, log_level="info", answer_cache_size=10000, udp_batch=64)),
     ("old kube-dns manifest",
      ["-machines=http://127.0.0.1:4001", "-addr=0.0.0.0:53", "-ns-rotate=false", "-domain=cluster.local."], {},
      dict(etcd_endpoints=("http://127.0.0.1:4001",), addr_host="0.0.0.0", addr_port=53, ns_rotate=False,
@@ -68,6 +68,8 @@ CASES = [
     ("verbose", ["-verbose"], {}, dict(log_level="debug")),
     ("hostmaster mailbox", ["--hostmaster=Admin@Example.com"], {}, dict(hostmaster="admin.example.com.")),
     ("hidden cache size", ["--answer-cache-size=0"], {}, dict(answer_cache_size=0)),
+    ("udp batches", ["--udp-batch=16"], {}, dict(udp_batch=16)),
+    ("udp one per call", [], {"SKYDNS_UDP_BATCH": "0"}, dict(udp_batch=0)),
     ("obsolete SkyDNS flags are ignored", ["-rcache=0", "-systemd", "-rtimeout", "2s", "-addr=127.0.0.1:53"], {},
      dict(addr_host="127.0.0.1")),
     # env vars
@@ -128,6 +130,7 @@ BAD = [
     ("ca not PEM", ["-ca-cert", settings_mod.__file__], {}, "not a PEM file with a CERTIFICATE block"),
     ("bad env value", [], {"SKYDNS_TTL": "abc"}, "'--ttl'"),
     ("bad http addr", ["--http-addr=nowhere"], {}, "'--http-addr'"),
+    ("udp batch too big", ["--udp-batch=5000"], {}, "'--udp-batch'"),
 ]
 
 

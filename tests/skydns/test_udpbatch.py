@@ -131,6 +131,19 @@ def test_a_failing_hit_path_answers_servfail_and_the_rest_of_the_batch(monkeypat
     assert handler.stats.panics == 2
 
 
+def test_without_a_cache_every_datagram_is_handled_one_by_one():
+    view = store.Store.from_records({"/skydns/local/cluster/web": '{"host":"10.0.0.1"}'})
+    settings = settings_mod.Settings(domains=("cluster.local.",), no_rec=True)
+    handler = transport.Handler(settings, view, None, stats=metrics.DnsStats(), cache_size=0)
+    reference = transport.Handler(settings, view, None, stats=metrics.DnsStats(), cache_size=0)
+    datagrams = [dns.message.make_query(name, "A", id=7).to_wire()
+                 for name in ("web.cluster.local.", "x.cluster.local.")] + [b"\x00\x01short"]
+    datagrams *= 2
+    outs = _batch(handler, datagrams)
+    assert [_whole(d, out) for d, out in zip(datagrams, outs)] == [reference.handle(d, "udp") for d in datagrams]
+    assert handler.stats.cache_hits.get("answers", 0) == 0
+
+
 # -- the batcher on real sockets ---------------------------------------------------------------
 
 
@@ -319,6 +332,20 @@ def test_a_full_backlog_drops_what_does_not_fit(monkeypatch):
         got, _ = _one_batch(server, [-errno.EAGAIN], 5)
         assert sorted(got) == [0, 1]
         assert server.stats.dropped["udp_send_failed"] == 3
+    finally:
+        server.close()
+
+
+@needs_batching
+def test_receive_errors_are_logged_at_most_once_per_interval(caplog):
+    server = _server()
+    try:
+        batcher = server.server._batcher
+        with caplog.at_level("WARNING", logger="skydns.udpbatch"):
+            for code in (errno.EAGAIN, errno.EINTR, errno.ENOMEM, errno.ENOMEM, errno.EFAULT):
+                batcher._receive_error(code)
+        assert [r.getMessage() for r in caplog.records] == ["UDP receive failed: ENOMEM"]
+        assert server.udp().answer  # still answering
     finally:
         server.close()
 
