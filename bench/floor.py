@@ -94,22 +94,14 @@ class _Protocol(asyncio.DatagramProtocol):
         self.transport.sendto(out, addr)
 
 
-def _batch_answers(answer):
-    """Rule 3: a batch's answers after their IDs, as udpbatch.Batcher asks for them."""
-    tails = answer.tails
-
-    def handle(keys: list[bytes], whole) -> list[bytes | None]:
-        outs: list[bytes | None] = []
-        for i, key in enumerate(keys):
-            tail = tails.get(key)
-            if tail is None:
-                try:
-                    tail = answer(whole(i))[2:]
-                except Exception:  # noqa: BLE001 - a bad packet is dropped
-                    tail = None
-            outs.append(tail)
-        return outs
-    return handle
+def _safe(answer):
+    """answer, with a bad packet dropped (None) instead of raising."""
+    def safe(data: bytes) -> bytes | None:
+        try:
+            return answer(data)
+        except Exception:  # noqa: BLE001 - a bad packet is dropped
+            return None
+    return safe
 
 
 async def serve(port: int, count: int, batch: int) -> None:
@@ -117,7 +109,10 @@ async def serve(port: int, count: int, batch: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # as skydns's --udp-rcvbuf
     sock.bind(("127.0.0.1", port))
     if batch and udpbatch.available():
-        udpbatch.Batcher(sock, _batch_answers(answers(count)), lambda reason: None, batch).start()
+        answer = answers(count)
+        tails = answer.tails
+        udpbatch.Batcher(sock, lambda keys: [tails.get(key) for key in keys], _safe(answer), lambda reason: None,
+                         batch).start()
     else:
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: _Protocol(answers(count)), sock=sock)

@@ -34,16 +34,17 @@ Rules:
    what the entry itself costs (``EXACT_BYTES``); the oldest entries go first. The default
    holds about 4,700 usual answers (the pod query mix of 1,000 names, 4,000 answers, fits);
    without a byte bound, 10,000 answers of a headless service's 100 SRV targets held 150 MB.
-   3f. UDP datagrams read together (``udpbatch``) are answered together by ``handle_batch``:
-   an exact hit whose entry is alive and whose metric counters are known is answered in its
-   loop, with no call per datagram; every other datagram goes through ``handle``. The bytes,
-   the rotation and the counters are what ``handle`` gives one datagram at a time
+   3f. UDP datagrams read together (``udpbatch``) are answered in two passes: ``batch_hits``
+   answers the exact hits whose entry is alive and whose metric counters are known, in one
+   loop with no call per datagram, and those answers go out at once; then ``handle`` answers
+   the others one by one, so a slow miss never holds back a hit read with it. The bytes, the
+   rotation and the counters are what ``handle`` gives one datagram at a time in that order
    (tests/skydns/test_udpbatch.py proves it by difference). When the mirror moved since a
    negative answer was filed, its new SOA serial is written into the datagram's slot as the
    answer is copied there and the entry is left as it is: under a steady stream of writes
    nearly every hit of a negative answer sees a new serial, and making a new answer each time
-   cost more than the rest of the hit. A hit is counted with the time its batch took to answer
-   as its latency, since its datagrams were read together and go out together.
+   cost more than the rest of the hit. A hit is counted with the time the hits of its batch
+   took as its latency, since they were read together and go out together.
    3b. A store change under ``arpa`` tells the forwarder to forget what it cached for that
    reverse name (the name may have become local); nothing else in the store touches forwarded
    answers.
@@ -387,26 +388,24 @@ class Handler:
         except Exception:  # noqa: BLE001 - rule 1: nothing escapes a packet handler
             return self._panic(data, "handling")
 
-    def handle_batch(self, keys: list[bytes], whole: Callable[[int], bytes], proto: str,
-                     family: str = "1") -> list[Any]:
-        """Answers to a batch of queries received together (rule 3f).
+    def batch_hits(self, keys: list[bytes], proto: str, family: str = "1") -> list[Any]:
+        """The exact-cache answers of a batch of queries received together (rule 3f).
 
-        keys are the queries after their ID, whole(i) is query i entire. For each in order:
-        the answer after its ID (the query's ID goes first); ``(tail, at, serial)``, the same
-        with the four bytes of serial written over tail at offset at (a negative answer whose
-        SOA serial moved); None (no answer); or an awaitable of the whole answer or None (what
-        ``handle`` returns).
+        keys are the queries after their ID. For each in order: the answer after its ID (the
+        query's ID goes first); ``(tail, at, serial)``, the same with the four bytes of serial
+        written over tail at offset at (a negative answer whose SOA serial moved); or None when
+        the query is not answered here (``handle`` answers it).
         """
+        if not self.cache_size or not self._scoped:
+            return [None] * len(keys)
         start = time.perf_counter()
-        handle = self.handle
-        exact = self.exact[proto] if self.cache_size and self._scoped else {}
+        exact = self.exact[proto]
         revision = self._revision()
         serial = (revision & 0xFFFFFFFF).to_bytes(4, "big")
-        stats = self.stats
-        epoch = stats.epoch
+        epoch = self.stats.epoch
         outs: list[Any] = []
         timed = []  # the latency histograms of the hits
-        for i, key in enumerate(keys):
+        for key in keys:
             try:
                 hit = exact.get(key)
                 if hit is not None:
@@ -436,12 +435,11 @@ class Handler:
                         timed.append(counters[3])
                         outs.append(tail if out is None else out)
                         continue
-                out = handle(whole(i), proto, family)
-            except Exception:  # noqa: BLE001 - rule 1
-                out = self._panic(whole(i), "handling")
-            outs.append(out[2:] if type(out) is bytes else out)
+            except Exception:  # noqa: BLE001 - rule 1: handle answers it (and reports what fails)
+                pass
+            outs.append(None)
         if timed:
-            stats.cache_hits[_CACHE] += len(timed)
+            self.stats.cache_hits[_CACHE] += len(timed)
             metrics.observe_all(timed, time.perf_counter() - start)
         return outs
 
@@ -920,9 +918,10 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.udp_batch:
-            handle, family = self.handler.handle_batch, self.family
-            self._batcher = udpbatch.Batcher(self.udp_sock, lambda keys, whole: handle(keys, whole, "udp", family),
-                                             self.handler.stats.drop, self.udp_batch)
+            hits, handle, family = self.handler.batch_hits, self.handler.handle, self.family
+            self._batcher = udpbatch.Batcher(self.udp_sock, lambda keys: hits(keys, "udp", family),
+                                             lambda data: handle(data, "udp", family), self.handler.stats.drop,
+                                             self.udp_batch)
             self._batcher.start()
         else:
             self._udp_transport, self._udp_protocol = await loop.create_datagram_endpoint(

@@ -11,8 +11,9 @@ Rules:
    answers the same.
 2. The socket is non-blocking and watched by the event loop (``add_reader``); everything runs
    on the loop's thread, so the handler and its caches see no concurrency. One readable event
-   reads up to ``size`` datagrams in one call and the answers ready at once go out in one
-   call, in the order their queries arrived.
+   reads up to ``size`` datagrams in one call. The answers ``hits`` gives at once go out in one
+   call; then the other datagrams are answered one by one and those answers go out in a
+   second call, so a slow answer never holds back a quick one read with it.
 3. Each datagram has a slot of 65,536 bytes, more than any UDP payload, so nothing is cut
    short. The slots are one private anonymous mapping: the kernel backs only the pages
    written (the first page or two of a slot: about 256 KiB for the default 64 slots), not the
@@ -114,21 +115,22 @@ def _address(name: bytes, family: int) -> tuple:
 class Batcher:
     """Reads and answers a UDP socket in batches on the running loop (rules 2-5).
 
-    handle(keys, whole) answers a batch: keys are its datagrams after their first two bytes (the
-    ID), whole(i) is datagram i entire. It returns, for each in order, the answer after its ID
-    (which is the query's); ``(tail, at, patch)``, that answer with the bytes of patch written
-    over tail at offset at; None (no answer); or an awaitable of the whole answer or None.
-    drop(reason) counts a lost answer.
+    hits(keys) answers what it can of a batch at once: keys are its datagrams after their first
+    two bytes (the ID). It returns, for each in order, the answer after its ID (which is the
+    query's); ``(tail, at, patch)``, that answer with the bytes of patch written over tail at
+    offset at; or None, when answer(datagram) is to answer it: the whole answer, None (no
+    answer) or an awaitable of either. drop(reason) counts a lost answer.
     """
 
-    def __init__(self, sock: socket.socket, handle: Callable[[list[bytes], Callable[[int], bytes]], list[Any]],
-                 drop: Callable[[str], None], size: int = SIZE) -> None:
+    def __init__(self, sock: socket.socket, hits: Callable[[list[bytes]], list[Any]],
+                 answer: Callable[[bytes], Any], drop: Callable[[str], None], size: int = SIZE) -> None:
         assert _FUNCTIONS is not None, "batched UDP is not available here (udpbatch.available())"
         self._recv, self._send = _FUNCTIONS
         self.sock = sock
         self.fd = sock.fileno()
         self.family = sock.family
-        self.handle = handle
+        self.hits = hits
+        self.answer = answer
         self.drop = drop
         self.size = size
         self.pending: set[asyncio.Task] = set()
@@ -194,9 +196,10 @@ class Batcher:
         slots = self._slots
         rwords = self._rwords
         starts = self._starts
-        outs = self.handle([slots[starts[i]:starts[i] + rwords[16 * i + 14] - 2] for i in range(count)], self._whole)
+        outs = self.hits([slots[starts[i]:starts[i] + rwords[16 * i + 14] - 2] for i in range(count)])
         siovw = self._siovw
         ready = 0
+        misses = []
         for i, out in enumerate(outs):
             kind = out.__class__
             if kind is bytes:
@@ -204,8 +207,7 @@ class Batcher:
             elif kind is tuple:  # (tail, at, patch): patch written over the tail at offset at
                 tail, at, patch = out
             else:
-                if out is not None:
-                    self._later(out, i)
+                misses.append(i)
                 continue
             start = starts[i]
             size = len(tail)
@@ -219,8 +221,34 @@ class Batcher:
             ready += 1
         if ready:
             self._flush(ready)
-            if ready != count:
-                self._reset(ready)
+        moved = ready != count
+        if misses:
+            moved = True
+            ready = 0
+            for i in misses:
+                out = self._answer(i)
+                if out is None:
+                    continue
+                start = starts[i] - 2
+                slots[start:start + len(out)] = out
+                self._swords[8 * ready] = self._name_base + 32 * i
+                siovw[2 * ready] = self._slot_base + start
+                siovw[2 * ready + 1] = len(out)
+                ready += 1
+            if ready:
+                self._flush(ready)
+        if moved:
+            self._reset(count)
+
+    def _answer(self, i: int) -> bytes | None:
+        """The whole answer to datagram i, a miss (rule 2): None when there is none, or when it
+        is not ready yet (it is sent when it is, rule 4)."""
+        data = self._slots[self._starts[i] - 2:self._starts[i] + self._rwords[16 * i + 14] - 2]
+        out = self.answer(data)
+        if out is None or out.__class__ is bytes:
+            return out
+        self._later(out, i)
+        return None
 
     def _reset(self, count: int) -> None:
         """Send headers 0..count-1 back to their own slots (after a batch with gaps)."""
@@ -228,10 +256,6 @@ class Batcher:
         for j in range(count):
             swords[8 * j] = self._name_base + 32 * j
             siovw[2 * j] = self._slot_base + j * SLOT
-
-    def _whole(self, i: int) -> bytes:
-        """Datagram i of the batch being answered, whole."""
-        return self._slots[i * SLOT:i * SLOT + self._rwords[16 * i + 14]]
 
     def _flush(self, count: int) -> None:
         """Send the first count prepared answers; a refused one is dropped (rule 5)."""
