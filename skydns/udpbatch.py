@@ -29,6 +29,9 @@ Rules:
    (skydns_dns_dropped_total, ``udp_send_failed``) and logged at debug level. A receive error
    other than "nothing to read" is logged (rate-limited) and reading goes on at the next
    readable event.
+6. An exception while answering a batch (a bug: the handler catches what a packet can cause)
+   loses that batch's answers only: they are counted (``udp_batch_failed``), the traceback is
+   logged at most once per ``_ERROR_LOG_INTERVAL``, and the next batch is read as usual.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ SIZE = 64
 SLOT = 65536
 # Most answers waiting for a full send buffer to drain (rule 5).
 BACKLOG = 1024
-# At most one receive-error log line per this many seconds (rule 5).
+# At most one receive-error (rule 5) and one batch-failure (rule 6) log line per this many seconds.
 _ERROR_LOG_INTERVAL = 10.0
 
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0x40)
@@ -113,7 +116,7 @@ def _address(name: bytes, family: int) -> tuple:
 
 
 class Batcher:
-    """Reads and answers a UDP socket in batches on the running loop (rules 2-5).
+    """Reads and answers a UDP socket in batches on the running loop (rules 2-6).
 
     hits(keys) answers what it can of a batch at once: keys are its datagrams after their first
     two bytes (the ID). It returns, for each in order, the answer after its ID (which is the
@@ -135,12 +138,11 @@ class Batcher:
         self.size = size
         self.pending: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._logged = float("-inf")
+        self._logged = self._failed = float("-inf")  # the last receive error and batch failure logged
         self._held: collections.deque[tuple[bytes, tuple]] = collections.deque()  # rule 5
         self._writing = False
         namelen = 28 if sock.family == socket.AF_INET6 else 16
         self._slots = mmap.mmap(-1, size * SLOT, flags=mmap.MAP_PRIVATE)  # a fork gets its own copy
-        self._view = memoryview(self._slots)
         base = ctypes.addressof(ctypes.c_char.from_buffer(self._slots))
         self._names = ctypes.create_string_buffer(size * 32)
         names = ctypes.addressof(self._names)
@@ -193,6 +195,19 @@ class Batcher:
             if count < 0:
                 self._receive_error(ctypes.get_errno())
             return
+        try:
+            self._serve(count)
+        except Exception:  # noqa: BLE001 - a bug here must not stop the reading (rule 6)
+            self._reset(count)
+            for _ in range(count):
+                self.drop("udp_batch_failed")
+            now = time.monotonic()
+            if now - self._failed >= _ERROR_LOG_INTERVAL:
+                self._failed = now
+                logger.exception("answering a batch of %d UDP datagrams failed; they got no answer", count)
+
+    def _serve(self, count: int) -> None:
+        """Answer the count datagrams just read: the hits at once, then the rest (rule 2)."""
         slots = self._slots
         rwords = self._rwords
         starts = self._starts
@@ -258,7 +273,7 @@ class Batcher:
             siovw[2 * j] = self._slot_base + j * SLOT
 
     def _flush(self, count: int) -> None:
-        """Send the first count prepared answers; a refused one is dropped (rule 5)."""
+        """Send the first count prepared answers; a refused one is held or dropped (rule 5)."""
         start = 0
         while start < count:
             sent = self._send(self.fd, self._sptr + 64 * start, count - start, _MSG_DONTWAIT)
@@ -283,7 +298,8 @@ class Batcher:
                 self.drop("udp_send_failed")
                 continue
             name = ctypes.string_at(self._swords[8 * j], self._namelen)
-            held.append((ctypes.string_at(self._siovw[2 * j], self._siovw[2 * j + 1]), _address(name, self.family)))
+            data = ctypes.string_at(self._siovw[2 * j], self._siovw[2 * j + 1])
+            held.append((data, _address(name, self.family)))
         if held and not self._writing and self._loop is not None:
             self._writing = True
             self._loop.add_writer(self.fd, self._drain)

@@ -286,14 +286,24 @@ def _fake_send(results: list):
     return send, calls
 
 
-def _one_batch(server: test_transport.Running, results: list, count: int) -> tuple[list[int], list[int]]:
-    """count queries read as one batch with sendmmsg answering as results say (``_fake_send``):
-    the IDs answered, and the counts sendmmsg was called with."""
+@pytest.fixture
+def server():
+    """A batched server over the stand-in view (``_server``), closed after the test."""
+    running = _server()
+    yield running
+    running.close()
+
+
+def _one_batch(server: test_transport.Running, results: list, count: int,
+               before=lambda: None) -> tuple[list[int], list[int]]:
+    """count queries read as one batch with sendmmsg answering as results say (``_fake_send``),
+    before() called first on the loop: the IDs answered, and the counts sendmmsg was called with."""
     batcher = server.server._batcher
 
     async def pause():
         server.loop.remove_reader(batcher.fd)
         batcher._send, calls = _fake_send(results)
+        before()
         return calls
 
     calls = server.call(pause())  # nothing is read until all the queries are queued
@@ -323,43 +333,47 @@ def _one_batch(server: test_transport.Running, results: list, count: int) -> tup
     ([3, -errno.EPERM], 5, 1),
     ([-errno.EINTR], 6, 0),  # tried again
 ], ids=["full", "partly-full", "refused-first", "refused-fourth", "interrupted"])
-def test_refused_sends_are_held_or_dropped_one_by_one(results, answered, dropped):
-    server = _server()
-    try:
-        got, calls = _one_batch(server, list(results), 6)
-        assert len(set(got)) == len(got) == answered
-        assert server.stats.dropped.get("udp_send_failed", 0) == dropped
-        assert calls[0] == 6
-        batcher = server.server._batcher
-        assert not batcher._held and not batcher._writing
-    finally:
-        server.close()
+def test_refused_sends_are_held_or_dropped_one_by_one(results, answered, dropped, server):
+    got, calls = _one_batch(server, list(results), 6)
+    assert len(set(got)) == len(got) == answered
+    assert server.stats.dropped.get("udp_send_failed", 0) == dropped
+    assert calls[0] == 6
+    batcher = server.server._batcher
+    assert not batcher._held and not batcher._writing
 
 
 @needs_batching
-def test_a_full_backlog_drops_what_does_not_fit(monkeypatch):
+def test_a_full_backlog_drops_what_does_not_fit(monkeypatch, server):
     monkeypatch.setattr(udpbatch, "BACKLOG", 2)
-    server = _server()
-    try:
-        got, _ = _one_batch(server, [-errno.EAGAIN], 5)
-        assert sorted(got) == [0, 1]
-        assert server.stats.dropped["udp_send_failed"] == 3
-    finally:
-        server.close()
+    got, _ = _one_batch(server, [-errno.EAGAIN], 5)
+    assert sorted(got) == [0, 1]
+    assert server.stats.dropped["udp_send_failed"] == 3
 
 
 @needs_batching
-def test_receive_errors_are_logged_at_most_once_per_interval(caplog):
-    server = _server()
-    try:
-        batcher = server.server._batcher
-        with caplog.at_level("WARNING", logger="skydns.udpbatch"):
-            for code in (errno.EAGAIN, errno.EINTR, errno.ENOMEM, errno.ENOMEM, errno.EFAULT):
-                batcher._receive_error(code)
-        assert [r.getMessage() for r in caplog.records] == ["UDP receive failed: ENOMEM"]
-        assert server.udp().answer  # still answering
-    finally:
-        server.close()
+def test_receive_errors_are_logged_at_most_once_per_interval(caplog, server):
+    batcher = server.server._batcher
+    with caplog.at_level("WARNING", logger="skydns.udpbatch"):
+        for code in (errno.EAGAIN, errno.EINTR, errno.ENOMEM, errno.ENOMEM, errno.EFAULT):
+            batcher._receive_error(code)
+    assert [r.getMessage() for r in caplog.records] == ["UDP receive failed: ENOMEM"]
+    assert server.udp().answer  # still answering
+
+
+@needs_batching
+def test_a_batch_that_fails_loses_its_answers_only(caplog, server):
+    batcher = server.server._batcher
+    hits = batcher.hits
+
+    def broken(keys):
+        batcher.hits = hits  # once
+        raise RuntimeError("stand-in bug")
+
+    got, _ = _one_batch(server, [], 3, before=lambda: setattr(batcher, "hits", broken))
+    assert got == []
+    assert server.stats.dropped["udp_batch_failed"] == 3
+    assert "answering a batch of 3 UDP datagrams failed" in caplog.text
+    assert server.udp().answer[0][0].to_text() == "10.0.0.1"  # the next batch is answered
 
 
 @needs_batching
