@@ -21,6 +21,7 @@ import struct
 import threading
 
 import dns.message
+import dns.query
 import dns.rrset
 import hypothesis
 import pytest
@@ -266,6 +267,19 @@ def test_forwarded_answers_reach_their_client_later():
         assert replies[7].answer[0] == dns.rrset.from_text("example.org.", 60, "IN", "A", "192.0.2.1")
         assert replies[8].answer[0][0].to_text() == "10.0.0.1"
         assert upstream.seen == ["example.org."]
+    finally:
+        server.close()
+
+
+@needs_batching
+def test_a_dual_stack_socket_answers_both_families_also_later():
+    view = test_transport.View({"web.cluster.local.": ["10.0.0.1"]})
+    server = test_transport.Running(view, test_transport.Upstream(), host="::")
+    try:
+        for host in ("127.0.0.1", "::1"):  # IPv4 arrives as ::ffff:127.0.0.1
+            for name, want in (("web.cluster.local.", "10.0.0.1"), ("example.org.", "192.0.2.1")):
+                reply = dns.query.udp(dns.message.make_query(name, "A"), host, port=server.port, timeout=3)
+                assert reply.answer[0][0].to_text() == want, (host, name)
     finally:
         server.close()
 
