@@ -766,9 +766,7 @@ def _in_zone(ctx: _Ctx, qtype: int, path: tuple[str, ...], zone: _Zone) -> Plan 
         answer.extend(items, qtext)
     elif srv_name and qtype in _ADDRESS:
         answer.extend(_target_addresses(ctx, records, qtype), qtext)
-    elif qtype in (_A, _AAAA, _TXT) and not records:
-        pass  # nothing to answer with: the negative answer below
-    elif qtype in (_A, _AAAA, _TXT):
+    elif qtype in (_A, _AAAA, _TXT) and records:  # none: no branch below, the negative answer
         kept = (_addresses(qtext, qtype, records, settings.ttl)
                 if len(records) >= _BULK_MIN and qtype != _TXT and _MEMO_ADDRESSES and _BULK
                 and len(records) <= answer.limit else None)

@@ -477,18 +477,22 @@ class Encodings:
         self.bytes += size
 
     def drop(self, key: tuple) -> None:
-        entry = self._entries.pop(key, None)
+        entry = self._pop(key)
         if entry is not None:
             self._names.discard(entry[0], key)
-            self.bytes -= entry[2]
 
     def forget(self, name: str) -> int:
         keys = self._names.pop(name)
         for key in keys:
-            entry = self._entries.pop(key, None)
-            if entry is not None:
-                self.bytes -= entry[2]
+            self._pop(key)
         return len(keys)
+
+    def _pop(self, key: tuple) -> tuple[str, Encoded, int] | None:
+        """Remove key's entry (not from the name index) and its bytes from the count."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry[2]
+        return entry
 
     def clear(self) -> None:
         self._entries.clear()

@@ -43,7 +43,8 @@ _HOST_NAME = re.compile(HOST_NAME_PATTERN + r"\Z")
 _MAX_NAME_TEXT = 253
 # An IPv4 address as ``ipaddress`` reads it and writes it: four decimal octets of ASCII digits,
 # no leading zero, none above 255 (the answer path's quick test, skydns.answering and encode).
-IPV4_TEXT = re.compile(r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4_TEXT = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 # Longest quoted value in an error message, characters (a bad value may be a megabyte).
 _SHOWN = 60
 

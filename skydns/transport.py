@@ -420,9 +420,7 @@ class Handler:
                                 # entry stays as it is whatever the writes
                                 out = (tails[0], offsets[0] - 2, serial)
                             else:
-                                hit[2] = revision
-                                tails = hit[0] = [_with_serial(tail, offsets, revision)
-                                                  for tail, offsets in zip(tails, entry.serials)]
+                                tails = _reserial(hit, revision)
                         if len(tails) > 1:
                             self.turn += 1
                             tail = tails[self.turn % len(tails)]
@@ -450,11 +448,11 @@ class Handler:
         hit is ``[tails, entry, revision, counters, parsed, size]``; counters, once known, are the
         metric counters this exact query updates (request and answer sizes never change for it);
         size is what it counts for in the byte budget (rule 3e)."""
-        tails, entry, revision, counters, _, _ = hit
-        if entry.serials and revision != self._revision():
-            # rule 3: the SOA serial of the current mirror (the tails are offset by the ID)
-            revision = hit[2] = self._revision()
-            tails = hit[0] = [_with_serial(tail, offsets, revision) for tail, offsets in zip(tails, entry.serials)]
+        tails, entry, seen, counters, _, _ = hit
+        if entry.serials:
+            revision = self._revision()
+            if seen != revision:
+                tails = _reserial(hit, revision)  # rule 3: the SOA serial of the current mirror
         if len(tails) > 1:
             self.turn += 1
             out = data[:2] + tails[self.turn % len(tails)]
@@ -738,6 +736,14 @@ def _replay_of(query: wire.Query, path: tuple[str, ...], result: object, reads: 
         if message[at:at + 4] != ttl.to_bytes(4, "big") or message[at + 6:at + 6 + len(rdata)] != rdata:
             return None  # not laid out as _replayed patches it
     return (recipe, at)
+
+
+def _reserial(hit: list, revision: int) -> list[bytes]:
+    """The answer tails of an exact-cache entry with ``revision`` as their SOA serial, kept
+    in the entry for that revision (rule 3; see Handler._cached for the entry's layout)."""
+    hit[2] = revision
+    tails = hit[0] = [_with_serial(tail, offsets, revision) for tail, offsets in zip(hit[0], hit[1].serials)]
+    return tails
 
 
 def _with_serial(tail: bytes, offsets: tuple[int, ...], revision: int) -> bytes:

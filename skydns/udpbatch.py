@@ -139,7 +139,7 @@ class Batcher:
         self.size = size
         self.pending: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._logged = self._failed = float("-inf")  # the last receive error and batch failure logged
+        self._logged: dict[str, float] = {}  # what was logged ("receive", "batch") -> when (_due)
         self._held: collections.deque[tuple[bytes, tuple]] = collections.deque()  # rule 5
         self._writing = False
         namelen = 28 if sock.family == socket.AF_INET6 else 16
@@ -202,9 +202,7 @@ class Batcher:
             self._reset(count)
             for _ in range(count):
                 self.drop("udp_batch_failed")
-            now = time.monotonic()
-            if now - self._failed >= _ERROR_LOG_INTERVAL:
-                self._failed = now
+            if self._due("batch"):
                 logger.exception("answering a batch of %d UDP datagrams failed; they got no answer", count)
 
     def _serve(self, count: int) -> None:
@@ -338,9 +336,14 @@ class Batcher:
             logger.debug("UDP send to %s failed: %s", addr, exc)
 
     def _receive_error(self, code: int) -> None:
-        if code in _AGAIN:
-            return
-        now = time.monotonic()
-        if now - self._logged >= _ERROR_LOG_INTERVAL:
-            self._logged = now
+        if code not in _AGAIN and self._due("receive"):
             logger.warning("UDP receive failed: %s", errno.errorcode.get(code, code))
+
+    def _due(self, what: str) -> bool:
+        """Whether a log line about ``what`` may be written now (rules 5 and 6: at most one per
+        ``_ERROR_LOG_INTERVAL``); if so, the time is noted."""
+        now = time.monotonic()
+        if now - self._logged.get(what, float("-inf")) < _ERROR_LOG_INTERVAL:
+            return False
+        self._logged[what] = now
+        return True
