@@ -25,23 +25,26 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 # Only what the package needs; dependency versions are pinned in setup.cfg.
-COPY setup.cfg pyproject.toml README.md ./
+COPY setup.cfg setup.py pyproject.toml README.md ./
 COPY skydns ./skydns
 COPY kube2sky ./kube2sky
 COPY healthz ./healthz
 
-# libcap2-bin (setcap) lives only inside this layer, so it is not version-pinned: a pinned
-# Debian revision would break the build at each point release for no gain.
+# libcap2-bin (setcap) and the C compiler for skydns._hits (skydns/_hits.c, the compiled loop of
+# cached UDP hits) live only inside this layer, so they are not version-pinned: a pinned Debian
+# revision would break the build at each point release for no gain. The image must have the
+# compiled loop: the build fails when it did not build.
 # hadolint ignore=DL3008
 RUN set -eux; \
-    python -m pip install --no-compile . ; \
-    python -m compileall -q /usr/local/lib/python3.11/site-packages ; \
     apt-get update; \
-    apt-get install -y --no-install-recommends libcap2-bin; \
+    apt-get install -y --no-install-recommends libcap2-bin gcc libc6-dev; \
+    python -m pip install --no-compile . ; \
+    python -c 'import skydns._hits' ; \
+    python -m compileall -q /usr/local/lib/python3.11/site-packages ; \
     cp "$(readlink -f /usr/local/bin/python3.11)" /usr/local/bin/python-netbind; \
     setcap cap_net_bind_service=+ep /usr/local/bin/python-netbind; \
     sed -i '1s|^#!.*|#!/usr/local/bin/python-netbind|' /usr/local/bin/skydns; \
-    apt-get purge -y --auto-remove libcap2-bin; \
+    apt-get purge -y --auto-remove libcap2-bin gcc libc6-dev; \
     rm -rf /var/lib/apt/lists/* /src; \
     groupadd --system --gid 10001 skydns; \
     useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

@@ -17,6 +17,9 @@ configuration, checks a sample of the answers, warms them up and measures each f
   cache 1/call, floor 1/call
              skydns --udp-batch=0 and floor.py --udp-batch 0: one datagram per system call
              through uvloop's datagram transport, the path before batching (only with --unbatched)
+  cache py-hits
+             skydns --no-compiled-hits: the cached hits of a batch answered by the Python loop
+             instead of the compiled one (skydns/_hits.c; only with --python-hits)
   nsd x2     NSD, server-count 2, reuseport               (only with --workers-run)
   workers=2  skydns --workers=2 with the cache, SO_REUSEPORT (only with --workers-run)
 
@@ -64,7 +67,7 @@ Missing tools are skipped with a message: NSD (`apt-get install -y nsd`), Knot
 --unbatched two configurations); loopback only; every process started is stopped at the end,
 also on errors, Ctrl-C and SIGTERM. Not run by the tests. Usage:
 
-    .venv/bin/python bench/run.py [--workers-run] [--unbatched] [--records 1000] [--seconds 4] [--no-nsd] [--no-knot]
+    .venv/bin/python bench/run.py [--workers-run] [--unbatched] [--python-hits] [--records 1000] [--seconds 4] [--no-nsd] [--no-knot]
     .venv/bin/python bench/run.py --churn 100 --mix pod --rounds 3 --seconds 6
     .venv/bin/python bench/run.py --miss
 """
@@ -694,6 +697,8 @@ def main() -> None:
     parser.add_argument("--no-knot", action="store_true", help="skip the second C server (Knot DNS)")
     parser.add_argument("--unbatched", action="store_true",
                         help="also measure skydns and the floor with one datagram per system call (--udp-batch=0)")
+    parser.add_argument("--python-hits", action="store_true",
+                        help="also measure skydns with the Python loop for the cached hits (--no-compiled-hits)")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip bench/floor.py (uvloop answering from a dict: the floor of a Python server)")
     parser.add_argument("--mix", choices=("a", "pod"), default="a",
@@ -738,6 +743,8 @@ def main() -> None:
         if args.unbatched:
             configs.append(("floor 1/call", "floor", ("--udp-batch", "0")))
     configs += [("cache", "skydns", ()), ("nocache", "skydns", ("--answer-cache-size=0",))]
+    if args.python_hits:
+        configs.append(("cache py-hits", "skydns", ("--no-compiled-hits",)))
     if args.unbatched:
         configs.append(("cache 1/call", "skydns", ("--udp-batch=0",)))
     if args.workers_run:

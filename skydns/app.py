@@ -182,7 +182,8 @@ def _settle_after_load(update: etcdwatch.Update) -> None:
 def _dns_server(settings: settings_mod.Settings, handler: transport.Handler,
                 udp: socket.socket, tcp: socket.socket) -> transport.Server:
     return transport.Server(handler, udp, tcp, idle_timeout=settings.tcp_idle_timeout,
-                            max_connections=settings.tcp_max_connections, udp_batch=settings.udp_batch)
+                            max_connections=settings.tcp_max_connections, udp_batch=settings.udp_batch,
+                            compiled_hits=settings.compiled_hits)
 
 
 async def main(settings: settings_mod.Settings, udp: socket.socket | None, tcp: socket.socket | None,

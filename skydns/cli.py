@@ -422,6 +422,9 @@ _FROM_RESOLV = "from /etc/resolv.conf"
 @click.option("--udp-batch", "udp_batch", type=click.IntRange(0, 1024), default=_DEFAULTS.udp_batch, show_envvar=True,
               help="Most UDP datagrams read and answered per system call (Linux recvmmsg/sendmmsg); "
                    "0: one per call.")
+@click.option("--compiled-hits/--no-compiled-hits", "compiled_hits", default=_DEFAULTS.compiled_hits,
+              show_envvar=True, help="Answer the cached hits of a UDP batch with the compiled loop (skydns._hits) "
+                                     "when it is built; off: the Python loop (same answers, more CPU).")
 @click.option("--answer-cache-size", "answer_cache_size", type=click.IntRange(0), hidden=True,
               default=_DEFAULTS.answer_cache_size, show_envvar=True,
               help="Encoded answers kept for the hot path; 0 turns the cache off (benchmarks).")

@@ -125,6 +125,14 @@ def observe_all(histograms: list[_Histogram], value: float) -> None:
         hist.total += value
 
 
+def observe_counted(histograms: dict[_Histogram, int], value: float) -> None:
+    """``n`` observations of value in each histogram of ``{histogram: n}`` (``DURATION_BUCKETS``)."""
+    index = bisect.bisect_left(DURATION_BUCKETS, value)
+    for hist, times in histograms.items():
+        hist.counts[index] += times
+        hist.total += value * times
+
+
 class DnsStats:
     """Hot-path counters of one process, folded into metric families at scrape time.
 

@@ -158,6 +158,9 @@ class Settings:
     # Most UDP datagrams read (recvmmsg) and answered (sendmmsg) per system call on Linux
     # (skydns/udpbatch.py); 0: one per call, through the event loop's datagram transport.
     udp_batch: int = 64
+    # Answer the cached hits of a UDP batch with the compiled loop (skydns/_hits.c) when it is
+    # built; False: the Python loop it mirrors (the same answers, more CPU per query).
+    compiled_hits: bool = True
     # Log level name: debug, info, warning, error.
     log_level: str = "info"
 

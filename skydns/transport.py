@@ -45,6 +45,13 @@ Rules:
    nearly every hit of a negative answer sees a new serial, and making a new answer each time
    cost more than the rest of the hit. A hit is counted with the time the hits of its batch
    took as its latency, since they were read together and go out together.
+   3g. Where ``skydns._hits`` is built (skydns/_hits.c, optional: setup.py builds it when a C
+   compiler is there) and ``--compiled-hits`` is on, the server's batcher reads, answers and
+   sends the hits in C (``serve_hits``): the same checks, bytes, rotation and counters as
+   ``batch_hits`` (tests/skydns/test_udpbatch.py proves it by difference), with no Python per
+   datagram. It reads until the socket is empty or a batch has a datagram it does not answer,
+   which ``handle`` then answers as in rule 3f. Only the caches' hits run in C; every answer
+   is still made by the Python paths.
    3b. A store change under ``arpa`` tells the forwarder to forget what it cached for that
    reverse name (the name may have become local); nothing else in the store touches forwarded
    answers.
@@ -98,6 +105,11 @@ import dns.renderer
 import dns.rrset
 
 from skydns import anscache, answering, encode, forwarding, kept, metrics, store, udpbatch, wire
+
+try:  # the compiled twin of batch_hits' loop (rule 3g); optional, setup.py builds it when it can
+    from skydns import _hits
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _hits = None
 from skydns import settings as settings_mod
 
 logger = logging.getLogger(__name__)
@@ -440,6 +452,56 @@ class Handler:
             self.stats.cache_hits[_CACHE] += len(timed)
             metrics.observe_all(timed, time.perf_counter() - start)
         return outs
+
+    def fill_hits(self, slots: Any, rhdr: Any, shdr: Any, count: int, slot: int, proto: str,
+                  family: str = "1") -> tuple[int, list[int]]:
+        """The exact-cache hits of a batch already read, answered in place by the compiled loop
+        (rule 3g; what ``serve_hits`` does for each batch it reads).
+
+        slots, rhdr and shdr are the batch's buffers (``udpbatch.Batcher``: the datagrams, one
+        per ``slot`` bytes, their receive and send headers). Returns (ready, misses): the hits
+        are answered in their slots with send headers 0..ready-1 pointing at them, in order;
+        misses are the indexes of the other datagrams, for ``handle``.
+        """
+        start = time.perf_counter()
+        revision = self._revision()
+        ready, self.turn, misses, timed = _hits.fill(
+            self._exact_for(proto), slots, rhdr, shdr, count, slot, (revision & 0xFFFFFFFF).to_bytes(4, "big"),
+            revision, self.stats.epoch, family, self.turn)
+        if ready:
+            self.stats.cache_hits[_CACHE] += ready
+            metrics.observe_counted(timed, time.perf_counter() - start)
+        return ready, misses
+
+    def serve_hits(self, recv: int, send: int, fd: int, flags: int, rounds: int, slots: Any, rhdr: Any,
+                   shdr: Any, size: int, slot: int, proto: str = "udp", family: str = "1") -> tuple:
+        """Up to ``rounds`` batches read, their hits answered and sent by the compiled loop (rule
+        3g, udpbatch rule 7); recv and send are the addresses of recvmmsg and sendto.
+
+        Returns (count, ready, sent, send_errno, misses, recv_errno) of the batch it stopped at:
+        its datagrams, its hits (send headers 0..ready-1), how many of them went out, why the
+        next did not, the indexes of the others, and why the last read found nothing (0: a
+        batch with misses or refused sends, or ``rounds`` batches, ended the call).
+        """
+        start = time.perf_counter()
+        revision = self._revision()
+        (self.turn, hits, batches, timed, count, ready, sent, send_errno, misses, recv_errno) = _hits.serve(
+            recv, send, fd, flags, rounds, self._exact_for(proto), slots, rhdr, shdr, size, slot,
+            (revision & 0xFFFFFFFF).to_bytes(4, "big"), revision, self.stats.epoch, family, self.turn)
+        if hits:
+            self.stats.cache_hits[_CACHE] += hits
+            # each hit is counted with the time of its batch (rule 3f): the call's, per batch
+            metrics.observe_counted(timed, (time.perf_counter() - start) / batches)
+        return count, ready, sent, send_errno, misses, recv_errno
+
+    @property
+    def caches_answers(self) -> bool:
+        """Whether answers of our zones are kept in the exact cache (rule 3a)."""
+        return bool(self.cache_size and self._scoped)
+
+    def _exact_for(self, proto: str) -> dict:
+        """The exact cache the compiled loop may answer from: none when answers are not cached."""
+        return self.exact[proto] if self.caches_answers else {}
 
     def _cached(self, data: bytes, hit: list, proto: str, family: str, start: float) -> bytes:
         """data's ID + one of the cached answer tails of hit, an exact-cache entry (the next
@@ -900,9 +962,12 @@ class Server:
 
     def __init__(self, handler: Handler, udp: socket.socket, tcp: socket.socket, *,
                  idle_timeout: float = TCP_IDLE_TIMEOUT, max_connections: int = TCP_MAX_CONNECTIONS,
-                 udp_batch: int = udpbatch.SIZE) -> None:
+                 udp_batch: int = udpbatch.SIZE, compiled_hits: bool = True) -> None:
         self.handler = handler
         self.udp_batch = udp_batch if udpbatch.available() else 0
+        # rule 3g: the compiled loop when it is built and its headers match udpbatch's
+        self.compiled_hits = bool(compiled_hits and self.udp_batch and _hits is not None
+                                  and _hits.MMSGHDR == udpbatch.MMSGHDR and handler.caches_answers)
         self.udp_sock = udp
         self.tcp_sock = tcp
         self.family = "2" if udp.family == socket.AF_INET6 else "1"
@@ -925,9 +990,15 @@ class Server:
         loop = asyncio.get_running_loop()
         if self.udp_batch:
             hits, handle, family = self.handler.batch_hits, self.handler.handle, self.family
+            fill = None
+            if self.compiled_hits:
+                serve_hits = self.handler.serve_hits
+
+                def fill(*batch: Any) -> tuple:
+                    return serve_hits(*batch, "udp", family)
             self._batcher = udpbatch.Batcher(self.udp_sock, lambda keys: hits(keys, "udp", family),
                                              lambda data: handle(data, "udp", family), self.handler.stats.drop,
-                                             self.udp_batch)
+                                             self.udp_batch, fill=fill)
             self._batcher.start()
         else:
             self._udp_transport, self._udp_protocol = await loop.create_datagram_endpoint(
@@ -936,7 +1007,14 @@ class Server:
         self._tcp_server = await asyncio.start_server(self._serve_tcp, sock=self.tcp_sock, backlog=TCP_BACKLOG)
         host, port = self.address
         self.handler.stats.server = f"dns://{_fmt(host, port)}"
-        logger.info("serving DNS on %s (udp, tcp)", _fmt(host, port))
+        if not self.udp_batch:
+            udp = "udp one datagram per call"
+        elif self.compiled_hits:
+            udp = f"udp in batches of {self.udp_batch}, cached hits by the compiled loop"
+        else:
+            why = "off" if _hits is not None else "not built"
+            udp = f"udp in batches of {self.udp_batch}, cached hits by the Python loop (compiled loop {why})"
+        logger.info("serving DNS on %s (%s; tcp)", _fmt(host, port), udp)
 
     async def close(self) -> None:
         """Stop listening, drop open TCP connections and wait for pending forwarded answers briefly."""

@@ -5,7 +5,7 @@ loop's datagram path (a callback, an address tuple each way). Reading and writin
 call makes that cost per batch instead (bench/README.md, "Seventh round").
 
 Rules:
-1. Available only where it can be checked: Linux, with ``recvmmsg`` and ``sendmmsg`` in the C
+1. Available only where it can be checked: Linux, with ``recvmmsg``, ``sendmmsg`` and ``sendto`` in the C
    library and the 64-bit ``msghdr`` layout this module computes with ctypes. Elsewhere
    ``available()`` is False and the server uses the event loop's datagram transport, which
    answers the same.
@@ -32,6 +32,15 @@ Rules:
 6. An exception while answering a batch (a bug: the handler catches what a packet can cause)
    loses that batch's answers only: they are counted (``udp_batch_failed``), the traceback is
    logged at most once per ``_ERROR_LOG_INTERVAL``, and the next batch is read as usual.
+7. A ``fill`` function, when given, does what one readable event does (the compiled loop of
+   skydns/_hits.c, transport rule 3g): fill(recvmmsg, sendto, fd, flags, ROUNDS, slots,
+   receive headers, send headers, size, SLOT) reads batches, answers their hits in their slots
+   and sends them one by one until the socket is empty, a batch has other datagrams or a send
+   is refused, or ``ROUNDS`` batches were read, and returns (count, ready, sent, send_errno,
+   misses, recv_errno) of the batch it stopped at. What it did not send is held or dropped as
+   in rule 5 and the other datagrams are answered as in rule 2. The headers are C's ``struct
+   mmsghdr``, so the server gives a fill only when its ``MMSGHDR`` equals this module's. An
+   exception from fill loses at most the batch it was answering, counted once.
 """
 
 from __future__ import annotations
@@ -55,6 +64,8 @@ logger = logging.getLogger(__name__)
 SIZE = 64
 # Bytes per datagram slot: more than the largest UDP payload (rule 3).
 SLOT = 65536
+# Most batches one readable event reads with a compiled fill (rule 7).
+ROUNDS = 16
 # Most answers waiting for a full send buffer to drain (rule 5).
 BACKLOG = 1024
 # At most one receive-error (rule 5) and one batch-failure (rule 6) log line per this many seconds.
@@ -79,8 +90,12 @@ class _MMsgHdr(ctypes.Structure):
     _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
 
 
-def _functions() -> tuple[Any, Any] | None:
-    """(recvmmsg, sendmmsg) from the C library, or None where rule 1 does not hold."""
+# Bytes per receive or send header (struct mmsghdr): a compiled fill must agree (rule 7).
+MMSGHDR = ctypes.sizeof(_MMsgHdr)
+
+
+def _functions() -> tuple[Any, Any, Any] | None:
+    """(recvmmsg, sendmmsg, sendto) from the C library, or None where rule 1 does not hold."""
     if not sys.platform.startswith("linux") or ctypes.sizeof(ctypes.c_void_p) != 8:
         return None
     # the offsets the fast loop reads and writes as 8- and 4-byte words
@@ -89,14 +104,16 @@ def _functions() -> tuple[Any, Any] | None:
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        recv, send = libc.recvmmsg, libc.sendmmsg
+        recv, send, sendto = libc.recvmmsg, libc.sendmmsg, libc.sendto
     except (OSError, AttributeError):
         return None
     recv.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
     recv.restype = ctypes.c_int
     send.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
     send.restype = ctypes.c_int
-    return recv, send
+    sendto.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
+    sendto.restype = ctypes.c_ssize_t
+    return recv, send, sendto
 
 
 _FUNCTIONS = _functions()
@@ -123,13 +140,15 @@ class Batcher:
     two bytes (the ID). It returns, for each in order, the answer after its ID (which is the
     query's); ``(tail, at, patch)``, that answer with the bytes of patch written over tail at
     offset at; or None, when answer(datagram) is to answer it: the whole answer, None (no
-    answer) or an awaitable of either. drop(reason) counts a lost answer.
+    answer) or an awaitable of either. drop(reason) counts a lost answer. fill, when given,
+    answers the hits instead of hits (rule 7).
     """
 
     def __init__(self, sock: socket.socket, hits: Callable[[list[bytes]], list[Any]],
-                 answer: Callable[[bytes], Any], drop: Callable[[str], None], size: int = SIZE) -> None:
+                 answer: Callable[[bytes], Any], drop: Callable[[str], None], size: int = SIZE,
+                 fill: Callable[..., tuple[int, list[int]]] | None = None) -> None:
         assert _FUNCTIONS is not None, "batched UDP is not available here (udpbatch.available())"
-        self._recv, self._send = _FUNCTIONS
+        self._recv, self._send, self._sendto = _FUNCTIONS
         self.sock = sock
         self.fd = sock.fileno()
         self.family = sock.family
@@ -137,6 +156,7 @@ class Batcher:
         self.answer = answer
         self.drop = drop
         self.size = size
+        self.fill = fill
         self.pending: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged: dict[str, float] = {}  # what was logged ("receive", "batch") -> when (_due)
@@ -161,6 +181,8 @@ class Batcher:
                 hdr.iov = ctypes.addressof(iovs) + i * ctypes.sizeof(_IoVec)
                 hdr.iovlen = 1
         self._slot_base = base
+        # the functions a compiled fill calls (rule 7), set by start(): tests put stand-ins there
+        self._recv_at = self._sendto_at = 0
         self._name_base = names
         self._rptr = ctypes.addressof(self._rhdr)
         self._sptr = ctypes.addressof(self._shdr)
@@ -172,6 +194,8 @@ class Batcher:
         self._starts = tuple(i * SLOT + 2 for i in range(size))  # where each datagram's bytes after the ID begin
 
     def start(self) -> None:
+        self._recv_at = ctypes.cast(self._recv, ctypes.c_void_p).value or 0
+        self._sendto_at = ctypes.cast(self._sendto, ctypes.c_void_p).value or 0
         self.sock.setblocking(False)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.fd, self._readable)
@@ -191,6 +215,9 @@ class Batcher:
         self.sock.close()
 
     def _readable(self) -> None:
+        if self.fill is not None:
+            self._serve_compiled()
+            return
         count = self._recv(self.fd, self._rptr, self.size, _MSG_DONTWAIT, None)
         if count <= 0:
             if count < 0:
@@ -235,24 +262,53 @@ class Batcher:
             ready += 1
         if ready:
             self._flush(ready)
-        moved = ready != count
         if misses:
-            moved = True
-            ready = 0
-            for i in misses:
-                out = self._answer(i)
-                if out is None:
-                    continue
-                start = starts[i] - 2
-                slots[start:start + len(out)] = out
-                self._swords[8 * ready] = self._name_base + 32 * i
-                siovw[2 * ready] = self._slot_base + start
-                siovw[2 * ready + 1] = len(out)
-                ready += 1
-            if ready:
-                self._flush(ready)
-        if moved:
+            self._misses(misses)
+        if ready != count:
             self._reset(count)
+
+    def _serve_compiled(self) -> None:
+        """Rule 7: batches read, their hits answered and sent by fill; then what it left."""
+        try:
+            count, ready, sent, code, misses, recv_code = self.fill(
+                self._recv_at, self._sendto_at, self.fd, _MSG_DONTWAIT, ROUNDS, self._slots, self._rhdr,
+                self._shdr, self.size, SLOT)
+        except Exception:  # noqa: BLE001 - a bug here must not stop the reading (rule 6)
+            self.drop("udp_batch_failed")
+            if self._due("batch"):
+                logger.exception("answering a batch of UDP datagrams failed; it got no answer")
+            return
+        if recv_code:
+            self._receive_error(recv_code)
+        try:
+            if sent < ready:
+                self._flush(ready, sent, code)
+            if misses:
+                self._misses(misses)
+        except Exception:  # noqa: BLE001 - rule 6
+            self._reset(count)
+            for _ in range(count - sent):
+                self.drop("udp_batch_failed")
+            if self._due("batch"):
+                logger.exception("answering a batch of %d UDP datagrams failed; they got no answer", count)
+
+    def _misses(self, misses: list[int]) -> None:
+        """Answer datagrams misses one by one and send what is ready (rule 2); every send
+        header used is written here."""
+        slots, siovw, swords = self._slots, self._siovw, self._swords
+        ready = 0
+        for i in misses:
+            out = self._answer(i)
+            if out is None:
+                continue
+            start = i * SLOT
+            slots[start:start + len(out)] = out
+            swords[8 * ready] = self._name_base + 32 * i
+            siovw[2 * ready] = self._slot_base + start
+            siovw[2 * ready + 1] = len(out)
+            ready += 1
+        if ready:
+            self._flush(ready)
 
     def _answer(self, i: int) -> bytes | None:
         """The whole answer to datagram i, a miss (rule 2): None when there is none, or when it
@@ -271,16 +327,18 @@ class Batcher:
             swords[8 * j] = self._name_base + 32 * j
             siovw[2 * j] = self._slot_base + j * SLOT
 
-    def _flush(self, count: int) -> None:
-        """Send the first count prepared answers; a refused one is held or dropped (rule 5)."""
-        start = 0
+    def _flush(self, count: int, start: int = 0, code: int = 0) -> None:
+        """Send prepared answers start..count-1; a refused one is held or dropped (rule 5). code,
+        when given, is why the send of answer start was refused already."""
         while start < count:
-            sent = self._send(self.fd, self._sptr + 64 * start, count - start, _MSG_DONTWAIT)
-            if sent > 0:
-                start += sent
-                continue
-            code = ctypes.get_errno()
+            if not code:
+                sent = self._send(self.fd, self._sptr + 64 * start, count - start, _MSG_DONTWAIT)
+                if sent > 0:
+                    start += sent
+                    continue
+                code = ctypes.get_errno()
             if code == errno.EINTR:
+                code = 0
                 continue
             if code in (errno.EAGAIN, errno.EWOULDBLOCK):
                 self._hold(start, count)
@@ -288,6 +346,7 @@ class Batcher:
             self.drop("udp_send_failed")
             logger.debug("UDP send failed: %s", errno.errorcode.get(code, code))
             start += 1
+            code = 0
 
     def _hold(self, start: int, count: int) -> None:
         """Queue prepared answers start..count-1 until the socket is writable (rule 5)."""

@@ -115,11 +115,10 @@ def test_dockerignore_is_an_allow_list():
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"setup.cfg", "pyproject.toml", "README.md", "skydns", "kube2sky", "healthz"}
+    assert allowed == {"setup.cfg", "setup.py", "pyproject.toml", "README.md", "skydns", "kube2sky", "healthz"}
     for secret in (".kube/kind-internal.yaml", ".git/config", ".venv/bin/python"):
         assert fnmatch.fnmatch(secret, lines[0])
         assert secret.split("/")[0] not in allowed
-
 
 
 def _hadolint() -> str | None:

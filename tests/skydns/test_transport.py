@@ -98,18 +98,20 @@ class Running:
 
     def __init__(self, view: View, forwarder=None, cache_size: int = transport.CACHE_SIZE, *,
                  max_connections: int = 4, idle_timeout: float = 2.0, new_loop=asyncio.new_event_loop,
-                 host: str = "127.0.0.1", udp_batch: int = udpbatch.SIZE, **overrides) -> None:
+                 host: str = "127.0.0.1", udp_batch: int = udpbatch.SIZE, compiled_hits: bool = True,
+                 answer_fn=answer, **overrides) -> None:
         self.settings = settings_mod.Settings(domains=("cluster.local.",), **overrides)
         self.stats = metrics.DnsStats()
         self.view = view
-        self.handler = transport.Handler(self.settings, view, forwarder, answer=answer,
+        self.handler = transport.Handler(self.settings, view, forwarder, answer=answer_fn,
                                          stats=self.stats, cache_size=cache_size)
         self.loop = new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         udp, tcp = transport.bind(host, 0)
         self.server = transport.Server(self.handler, udp, tcp, idle_timeout=idle_timeout,
-                                       max_connections=max_connections, udp_batch=udp_batch)
+                                       max_connections=max_connections, udp_batch=udp_batch,
+                                       compiled_hits=compiled_hits)
         self.call(self.server.start())
         self.host, self.port = self.server.address
 
