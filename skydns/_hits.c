@@ -30,6 +30,11 @@
  *    more than the system calls it saves (bench/README.md, "Eighth round"). It returns where it
  *    stopped so that Python answers the misses and holds or drops what was not sent (udpbatch
  *    rules 2 and 5).
+ * 6. The cache's values for a batch are looked up first, then their objects are prefetched
+ *    into the CPU's caches stage by stage before they are read. After the kernel's work for a
+ *    batch the caches are cold, and a hit reads about ten objects: fetched one after another
+ *    they cost more than the rest of the hit (in process, with the caches flushed: 1.3 us per
+ *    datagram in batches of 18 without, 0.7 us with).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -172,6 +177,8 @@ lookup(PyObject *hit, PyObject *revision, PyObject *epoch, PyObject *family, str
 /* Counters of one call, added to the Python objects once at its end (rule 3): most hits of a
  * batch share their counts list and histogram (both come from the entry's counters). */
 #define SUMS 16
+/* Most datagrams in a batch (skydns --udp-batch is at most 1024). */
+#define MOST 1024
 struct sums {
     int used;
     struct { PyObject *counts, *hist; long long n, in, out; } of[SUMS];
@@ -236,6 +243,37 @@ struct cache {
     PyObject *timed;
 };
 
+/* The exact cache's values of a batch (hits[i]: NULL, or a value of any shape), their objects
+ * fetched into the CPU's caches stage by stage, each stage reading only what the one before
+ * fetched (rule 6): the value list (as it is looked up), its items, the tails list, entry and
+ * counters, the tails' items, the first tail. */
+static inline PyObject **
+items_of(PyObject *hit)
+{
+    return hit != NULL && PyList_CheckExact(hit) && PyList_GET_SIZE(hit) == 6 ? ((PyListObject *)hit)->ob_item : NULL;
+}
+
+static void
+prefetch(PyObject **hits, Py_ssize_t count)
+{
+    PyObject **items;
+    for (Py_ssize_t i = 0; i < count; i++)
+        if ((items = items_of(hits[i])) != NULL)
+            __builtin_prefetch(items);
+    for (Py_ssize_t i = 0; i < count; i++)
+        if ((items = items_of(hits[i])) != NULL) {
+            __builtin_prefetch(items[0]);
+            __builtin_prefetch(items[1]);
+            __builtin_prefetch(items[3]);
+        }
+    for (Py_ssize_t i = 0; i < count; i++)
+        if ((items = items_of(hits[i])) != NULL && PyList_CheckExact(items[0]))
+            __builtin_prefetch(((PyListObject *)items[0])->ob_item);
+    for (Py_ssize_t i = 0; i < count; i++)
+        if ((items = items_of(hits[i])) != NULL && PyList_CheckExact(items[0]) && PyList_GET_SIZE(items[0]) > 0)
+            __builtin_prefetch(PyList_GET_ITEM(items[0], 0));
+}
+
 /* Answers the hits of the count datagrams in slots (rules 1, 2, 4): returns how many, their
  * send headers 0..ready-1 written; the other indexes are appended to misses. -1 on a memory
  * error. */
@@ -244,22 +282,31 @@ answer_batch(struct cache *cache, char *base, Py_ssize_t slot, struct mmsghdr *r
              Py_ssize_t count, PyObject *misses)
 {
     Py_ssize_t ready = 0;
+    PyObject *hits[MOST];  /* borrowed, or NULL; check_buffers saw count <= MOST */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        char *data = base + i * slot;
+        Py_ssize_t size = (Py_ssize_t)rh[i].msg_len;
+        hits[i] = NULL;
+        if (size > 2 && size <= slot) {
+            PyObject *key = PyBytes_FromStringAndSize(data + 2, size - 2);
+            if (key == NULL)
+                return -1;
+            hits[i] = PyDict_GetItemWithError(cache->exact, key);
+            Py_DECREF(key);
+            if (hits[i] == NULL && PyErr_Occurred())
+                return -1;
+            if (hits[i] != NULL)
+                __builtin_prefetch(hits[i]);  /* the first stage of prefetch() */
+        }
+    }
+    prefetch(hits, count);
     for (Py_ssize_t i = 0; i < count; i++) {
         char *data = base + i * slot;
         Py_ssize_t size = (Py_ssize_t)rh[i].msg_len;
         struct hit found;
         int ok = 0;
-        if (size > 2 && size <= slot) {
-            PyObject *key = PyBytes_FromStringAndSize(data + 2, size - 2);
-            if (key == NULL)
-                return -1;
-            PyObject *hit = PyDict_GetItemWithError(cache->exact, key);  /* borrowed */
-            Py_DECREF(key);
-            if (hit == NULL && PyErr_Occurred())
-                return -1;
-            if (hit != NULL)
-                ok = lookup(hit, cache->revision, cache->epoch, cache->family, &found);
-        }
+        if (hits[i] != NULL)
+            ok = lookup(hits[i], cache->revision, cache->epoch, cache->family, &found);
         PyObject *tail = NULL;
         if (ok) {
             Py_ssize_t ntails = length(found.tails);
@@ -311,7 +358,7 @@ static int
 check_buffers(Py_buffer *slots, Py_buffer *rhdr, Py_buffer *shdr, Py_buffer *serial, Py_ssize_t size,
               Py_ssize_t slot)
 {
-    if (size < 0 || slot < 16 || serial->len != 4 || size > slots->len / slot
+    if (size < 0 || size > MOST || slot < 16 || serial->len != 4 || size > slots->len / slot
         || size > rhdr->len / (Py_ssize_t)sizeof(struct mmsghdr)
         || size > shdr->len / (Py_ssize_t)sizeof(struct mmsghdr)) {
         PyErr_SetString(PyExc_ValueError, "buffers too small for the batch");
