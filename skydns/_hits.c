@@ -184,34 +184,31 @@ struct sums {
     struct { PyObject *counts, *hist; long long n, in, out; } of[SUMS];
 };
 
-/* Adds what sums holds to the counts lists and to timed ({histogram: hits}); 0 on success. */
-static int
+/* Adds what sums holds to the counts lists and to timed ({histogram: hits}). Counts that are
+ * not numbers, or a histogram that cannot be a dict key, are skipped (rule 1: a value of
+ * another shape never makes a call raise; transport's are ints and histogram objects). */
+static void
 flush_sums(struct sums *sums, PyObject *timed)
 {
     for (int k = 0; k < sums->used; k++) {
         PyObject *counts = sums->of[k].counts, *hist = sums->of[k].hist;
         if (add_to(counts, 0, sums->of[k].n) < 0 || add_to(counts, 1, sums->of[k].in) < 0
             || add_to(counts, 2, sums->of[k].out) < 0)
-            return -1;
+            PyErr_Clear();
         PyObject *had = PyDict_GetItemWithError(timed, hist);
-        if (had == NULL && PyErr_Occurred())
-            return -1;
         long long before = had == NULL ? 0 : PyLong_AsLongLong(had);
-        PyObject *now = PyLong_FromLongLong(before + sums->of[k].n);
-        if (now == NULL || PyDict_SetItem(timed, hist, now) < 0) {
-            Py_XDECREF(now);
-            return -1;
-        }
-        Py_DECREF(now);
+        PyObject *now = PyErr_Occurred() ? NULL : PyLong_FromLongLong(before + sums->of[k].n);
+        if (now == NULL || PyDict_SetItem(timed, hist, now) < 0)
+            PyErr_Clear();
+        Py_XDECREF(now);
     }
     sums->used = 0;
-    return 0;
 }
 
-/* Counts one hit; 0 on success. The counts lists and histograms are kept alive by the exact
+/* Counts one hit. The counts lists and histograms are kept alive by the exact
  * cache's entries, which nothing changes during a call (no Python code runs in it), and a
  * flush happens before the call returns. */
-static int
+static void
 count_hit(struct sums *sums, PyObject *timed, PyObject *counts, PyObject *hist, long long in, long long out)
 {
     int k;
@@ -219,8 +216,7 @@ count_hit(struct sums *sums, PyObject *timed, PyObject *counts, PyObject *hist, 
         ;
     if (k == sums->used) {
         if (k == SUMS) {
-            if (flush_sums(sums, timed) < 0)
-                return -1;
+            flush_sums(sums, timed);
             k = 0;
         }
         sums->of[k].counts = counts;
@@ -231,7 +227,6 @@ count_hit(struct sums *sums, PyObject *timed, PyObject *counts, PyObject *hist, 
     sums->of[k].n += 1;
     sums->of[k].in += in;
     sums->of[k].out += out;
-    return 0;
 }
 
 /* What one call answers from: the exact cache and the mirror's state. */
@@ -334,8 +329,7 @@ answer_batch(struct cache *cache, char *base, Py_ssize_t slot, struct mmsghdr *r
         memcpy(data + 2, PyBytes_AS_STRING(tail), (size_t)tsize);
         if (found.patch_at >= 0)
             memcpy(data + 2 + found.patch_at, cache->serial, 4);
-        if (count_hit(&cache->sums, cache->timed, found.counts, found.hist, size, tsize + 2) < 0)
-            return -1;
+        count_hit(&cache->sums, cache->timed, found.counts, found.hist, size, tsize + 2);
         sh[ready].msg_hdr.msg_name = rh[i].msg_hdr.msg_name;
         sh[ready].msg_hdr.msg_iov->iov_base = data;
         sh[ready].msg_hdr.msg_iov->iov_len = (size_t)(tsize + 2);
@@ -385,8 +379,9 @@ fill(PyObject *module, PyObject *args)
     if (misses == NULL || cache.timed == NULL)
         goto done;
     Py_ssize_t ready = answer_batch(&cache, slots.buf, slot, rhdr.buf, shdr.buf, count, misses);
-    if (ready < 0 || flush_sums(&cache.sums, cache.timed) < 0)
+    if (ready < 0)
         goto done;
+    flush_sums(&cache.sums, cache.timed);
     result = Py_BuildValue("(nLOO)", ready, cache.turn, misses, cache.timed);
 done:
     Py_XDECREF(misses);
@@ -456,8 +451,7 @@ serve(PyObject *module, PyObject *args)
         if (sent < ready || PyList_GET_SIZE(misses) > 0)
             break;
     }
-    if (flush_sums(&cache.sums, cache.timed) < 0)
-        goto done;
+    flush_sums(&cache.sums, cache.timed);
     result = Py_BuildValue("(LnnOnnniOi)", cache.turn, hits, batches, cache.timed, count, ready, sent,
                            send_errno, misses, recv_errno);
 done:

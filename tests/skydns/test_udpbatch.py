@@ -238,11 +238,15 @@ def _hit(tails, serials, seen, hist, corrupt, junk):
         value[1] = junk
     elif corrupt == 9:
         value = tuple(value)
+    elif corrupt == 10:  # counts that are not numbers: answered, not counted
+        value[3] = ("1", 0, [junk, 0, "x"], hist)
+    elif corrupt == 11:  # a histogram that is no dict key: answered, not timed
+        value[3] = ("1", 0, [0, 0, 0], [hist])
     return value
 
 
 _HIT = st.builds(_hit, _GOOD_TAILS, _GOOD_SERIALS, st.integers(0, 3), st.sampled_from(["h1", "h2"]),
-                 st.sampled_from([0] * 9 + list(range(1, 10))), _ANY)
+                 st.sampled_from([0] * 11 + list(range(1, 12))), _ANY)
 _VALUE = st.integers(0, 9).flatmap(lambda k: _HIT if k < 7 else st.one_of(_ANY, st.lists(_ANY, max_size=7)))
 
 
@@ -265,7 +269,7 @@ def test_the_compiled_loop_answers_or_leaves_whatever_the_cache_holds(values, pi
             exact, batcher._slots, batcher._rhdr, batcher._shdr, len(datagrams), udpbatch.SLOT, b"SOA!",
             revision, 0, "1", 5)
         assert turn >= 5 and sorted(misses) == misses and ready + len(misses) == len(datagrams)
-        assert sum(timed.values()) == ready
+        timed_hits = 0
         hypothesis.event(f"hits: {min(ready, 2)}, misses: {min(len(misses), 2)}")
         for j in range(ready):
             i, _ = divmod(batcher._siov[j].base - batcher._slot_base, udpbatch.SLOT)
@@ -274,12 +278,14 @@ def test_the_compiled_loop_answers_or_leaves_whatever_the_cache_holds(values, pi
             answer = ctypes.string_at(batcher._siov[j].base, batcher._siov[j].len)
             assert i not in misses and answer[:2] == b"\xab\xcd"
             assert entry.alive and counters[1] == 0 and counters[0] == "1"
+            timed_hits += not isinstance(counters[3], list)
             if seen == revision or not entry.serials:
                 assert answer[2:] in tails
             else:  # the single answer, with the serial at its one offset
                 at = entry.serials[0][0]
                 assert answer[:at] + answer[at + 4:] == datagrams[i][:2] + tails[0][:at - 2] + tails[0][at + 2:]
                 assert answer[at:at + 4] == b"SOA!"
+        assert sum(timed.values()) == timed_hits
         for i in misses:  # untouched
             assert batcher._slots[i * udpbatch.SLOT:i * udpbatch.SLOT + len(datagrams[i])] == datagrams[i]
         batcher.sock = socket.socket()
