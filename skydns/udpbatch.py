@@ -5,10 +5,10 @@ loop's datagram path (a callback, an address tuple each way). Reading and writin
 call makes that cost per batch instead (bench/README.md, "Seventh round").
 
 Rules:
-1. Available only where it can be checked: Linux, with ``recvmmsg``, ``sendmmsg`` and ``sendto`` in the C
-   library and the 64-bit ``msghdr`` layout this module computes with ctypes. Elsewhere
-   ``available()`` is False and the server uses the event loop's datagram transport, which
-   answers the same.
+1. Available only where it can be checked: Linux, with ``recvmmsg``, ``sendmmsg`` and
+   ``sendto`` in the C library and the 64-bit ``msghdr`` layout this module computes with
+   ctypes. Elsewhere ``available()`` is False and the server uses the event loop's datagram
+   transport, which answers the same.
 2. The socket is non-blocking and watched by the event loop (``add_reader``); everything runs
    on the loop's thread, so the handler and its caches see no concurrency. One readable event
    reads up to ``size`` datagrams in one call. The answers ``hits`` gives at once go out in one
@@ -111,7 +111,8 @@ def _functions() -> tuple[Any, Any, Any] | None:
     recv.restype = ctypes.c_int
     send.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
     send.restype = ctypes.c_int
-    sendto.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
+    sendto.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p,
+                       ctypes.c_uint32)
     sendto.restype = ctypes.c_ssize_t
     return recv, send, sendto
 
@@ -146,7 +147,7 @@ class Batcher:
 
     def __init__(self, sock: socket.socket, hits: Callable[[list[bytes]], list[Any]],
                  answer: Callable[[bytes], Any], drop: Callable[[str], None], size: int = SIZE,
-                 fill: Callable[..., tuple[int, list[int]]] | None = None) -> None:
+                 fill: Callable[..., tuple] | None = None) -> None:
         assert _FUNCTIONS is not None, "batched UDP is not available here (udpbatch.available())"
         self._recv, self._send, self._sendto = _FUNCTIONS
         self.sock = sock
