@@ -433,14 +433,16 @@ def test_forwarded_answers_reach_their_client_later():
 
 
 @needs_batching
-def test_a_dual_stack_socket_answers_both_families_also_later():
-    view = test_transport.View({"web.cluster.local.": ["10.0.0.1"]})
-    server = test_transport.Running(view, test_transport.Upstream(), host="::")
+@pytest.mark.parametrize("compiled", COMPILED)
+def test_a_dual_stack_socket_answers_both_families_also_later(compiled):
+    server = _server("::", forwarder=test_transport.Upstream(), compiled=compiled)
     try:
         for host in ("127.0.0.1", "::1"):  # IPv4 arrives as ::ffff:127.0.0.1
-            for name, want in (("web.cluster.local.", "10.0.0.1"), ("example.org.", "192.0.2.1")):
-                reply = dns.query.udp(dns.message.make_query(name, "A"), host, port=server.port, timeout=3)
-                assert reply.answer[0][0].to_text() == want, (host, name)
+            for _ in range(3):  # the third is an exact hit
+                for name, want in (("web.cluster.local.", "10.0.0.1"), ("example.org.", "192.0.2.1")):
+                    reply = dns.query.udp(dns.message.make_query(name, "A"), host, port=server.port, timeout=3)
+                    assert reply.answer[0][0].to_text() == want, (host, name)
+        assert server.stats.cache_hits["answers"] >= 2
     finally:
         server.close()
 
