@@ -120,10 +120,6 @@ lookup(PyObject *hit, PyObject *revision, PyObject *epoch, PyObject *family, str
     Py_ssize_t ntails = length(tails);
     if (ntails < 1 || !PyTuple_CheckExact(counters) || PyTuple_GET_SIZE(counters) != 4)
         return 0;
-    for (Py_ssize_t k = 0; k < ntails; k++) {
-        if (!PyBytes_CheckExact(item(tails, k)))
-            return 0;
-    }
     int live;
     Py_XDECREF(attribute(entry, str_alive, &live));
     if (live != 1)
@@ -168,7 +164,8 @@ lookup(PyObject *hit, PyObject *revision, PyObject *epoch, PyObject *family, str
         }
     }
     Py_DECREF(serials);
-    if (where < 0 || where + 4 > PyBytes_GET_SIZE(item(tails, 0)))
+    PyObject *only = item(tails, 0);
+    if (where < 0 || !PyBytes_CheckExact(only) || where + 4 > PyBytes_GET_SIZE(only))
         return 0;
     out->patch_at = where;
     return 1;
@@ -303,18 +300,17 @@ answer_batch(struct cache *cache, char *base, Py_ssize_t slot, struct mmsghdr *r
         if (hits[i] != NULL)
             ok = lookup(hits[i], cache->revision, cache->epoch, cache->family, &found);
         PyObject *tail = NULL;
-        if (ok) {
+        if (ok) {  /* the tail this hit sends: the next rotation, taken only if it can be sent */
             Py_ssize_t ntails = length(found.tails);
-            Py_ssize_t pick = 0;
-            if (ntails > 1) {
-                cache->turn += 1;
-                pick = (Py_ssize_t)(cache->turn % ntails);
-                if (pick < 0)
-                    pick += ntails;
-            }
+            long long turn = ntails > 1 ? cache->turn + 1 : cache->turn;
+            Py_ssize_t pick = ntails > 1 ? (Py_ssize_t)(turn % ntails) : 0;
+            if (pick < 0)
+                pick += ntails;
             tail = item(found.tails, pick);
-            if (PyBytes_GET_SIZE(tail) + 2 > slot)
+            if (tail == NULL || !PyBytes_CheckExact(tail) || PyBytes_GET_SIZE(tail) + 2 > slot)
                 ok = 0;
+            else
+                cache->turn = turn;
         }
         if (!ok) {
             PyObject *index = PyLong_FromSsize_t(i);
