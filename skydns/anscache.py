@@ -190,10 +190,15 @@ class Entry:
         return self.variants
 
 
+def serial_bytes(revision: int) -> bytes:
+    """The 4 bytes of the SOA serial of ``revision`` (mod 2**32), as the wire carries them."""
+    return (revision & 0xFFFFFFFF).to_bytes(4, "big")
+
+
 def patch_serials(message: bytes, offsets: Iterable[int], revision: int) -> bytes:
     """A copy of message with ``revision`` (mod 2**32) as the 4-byte serial at each offset."""
     out = bytearray(message)
-    serial = (revision & 0xFFFFFFFF).to_bytes(4, "big")
+    serial = serial_bytes(revision)
     for offset in offsets:
         out[offset:offset + 4] = serial
     return bytes(out)

@@ -105,12 +105,12 @@ import dns.renderer
 import dns.rrset
 
 from skydns import anscache, answering, encode, forwarding, kept, metrics, store, udpbatch, wire
+from skydns import settings as settings_mod
 
 try:  # the compiled twin of batch_hits' loop (rule 3g); optional, setup.py builds it when it can
     from skydns import _hits
 except ImportError:  # pragma: no cover - a build without a C compiler
     _hits = None
-from skydns import settings as settings_mod
 
 logger = logging.getLogger(__name__)
 
@@ -408,12 +408,12 @@ class Handler:
         written over tail at offset at (a negative answer whose SOA serial moved); or None when
         the query is not answered here (``handle`` answers it).
         """
-        if not self.cache_size or not self._scoped:
+        if not self.caches_answers:
             return [None] * len(keys)
         start = time.perf_counter()
         exact = self.exact[proto]
         revision = self._revision()
-        serial = (revision & 0xFFFFFFFF).to_bytes(4, "big")
+        serial = anscache.serial_bytes(revision)
         epoch = self.stats.epoch
         outs: list[Any] = []
         timed = []  # the latency histograms of the hits
@@ -466,8 +466,8 @@ class Handler:
         start = time.perf_counter()
         revision = self._revision()
         ready, self.turn, misses, timed = _hits.fill(
-            self._exact_for(proto), slots, rhdr, shdr, count, slot, (revision & 0xFFFFFFFF).to_bytes(4, "big"),
-            revision, self.stats.epoch, family, self.turn)
+            self._exact_for(proto), slots, rhdr, shdr, count, slot, anscache.serial_bytes(revision), revision,
+            self.stats.epoch, family, self.turn)
         if ready:
             self.stats.cache_hits[_CACHE] += ready
             metrics.observe_counted(timed, time.perf_counter() - start)
@@ -487,7 +487,7 @@ class Handler:
         revision = self._revision()
         (self.turn, hits, batches, timed, count, ready, sent, send_errno, misses, recv_errno) = _hits.serve(
             recv, send, fd, flags, rounds, self._exact_for(proto), slots, rhdr, shdr, size, slot,
-            (revision & 0xFFFFFFFF).to_bytes(4, "big"), revision, self.stats.epoch, family, self.turn)
+            anscache.serial_bytes(revision), revision, self.stats.epoch, family, self.turn)
         if hits:
             self.stats.cache_hits[_CACHE] += hits
             # each hit is counted with the time of its batch (rule 3f): the call's, per batch
@@ -813,7 +813,7 @@ def _with_serial(tail: bytes, offsets: tuple[int, ...], revision: int) -> bytes:
     ``offsets`` (the message's): a negative answer has one, written by two slices."""
     if len(offsets) == 1:
         at = offsets[0] - 2
-        return tail[:at] + (revision & 0xFFFFFFFF).to_bytes(4, "big") + tail[at + 4:]
+        return tail[:at] + anscache.serial_bytes(revision) + tail[at + 4:]
     return anscache.patch_serials(tail, [o - 2 for o in offsets], revision)
 
 
@@ -992,10 +992,7 @@ class Server:
             hits, handle, family = self.handler.batch_hits, self.handler.handle, self.family
             fill = None
             if self.compiled_hits:
-                serve_hits = self.handler.serve_hits
-
-                def fill(*batch: Any) -> tuple:
-                    return serve_hits(*batch, "udp", family)
+                fill = functools.partial(self.handler.serve_hits, proto="udp", family=family)
             self._batcher = udpbatch.Batcher(self.udp_sock, lambda keys: hits(keys, "udp", family),
                                              lambda data: handle(data, "udp", family), self.handler.stats.drop,
                                              self.udp_batch, fill=fill)
