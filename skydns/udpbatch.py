@@ -227,11 +227,7 @@ class Batcher:
         try:
             self._serve(count)
         except Exception:  # noqa: BLE001 - a bug here must not stop the reading (rule 6)
-            self._reset(count)
-            for _ in range(count):
-                self.drop("udp_batch_failed")
-            if self._due("batch"):
-                logger.exception("answering a batch of %d UDP datagrams failed; they got no answer", count)
+            self._failed(count, count)
 
     def _serve(self, count: int) -> None:
         """Answer the count datagrams just read: the hits at once, then the rest (rule 2)."""
@@ -275,9 +271,7 @@ class Batcher:
                 self._recv_at, self._sendto_at, self.fd, _MSG_DONTWAIT, ROUNDS, self._slots, self._rhdr,
                 self._shdr, self.size, SLOT)
         except Exception:  # noqa: BLE001 - a bug here must not stop the reading (rule 6)
-            self.drop("udp_batch_failed")
-            if self._due("batch"):
-                logger.exception("answering a batch of UDP datagrams failed; it got no answer")
+            self._failed(0, 1)
             return
         if recv_code:
             self._receive_error(recv_code)
@@ -287,11 +281,20 @@ class Batcher:
             if misses:
                 self._misses(misses)
         except Exception:  # noqa: BLE001 - rule 6
-            self._reset(count)
-            for _ in range(count - sent):
-                self.drop("udp_batch_failed")
-            if self._due("batch"):
+            self._failed(count, count - sent)
+
+    def _failed(self, count: int, lost: int) -> None:
+        """Rule 6, from an exception handler: answering a batch of count datagrams (0: not
+        known) failed and ``lost`` of its answers did not go out. The send headers go back to
+        their slots, the lost answers are counted and the traceback is logged, rate-limited."""
+        self._reset(count)
+        for _ in range(lost):
+            self.drop("udp_batch_failed")
+        if self._due("batch"):
+            if count:
                 logger.exception("answering a batch of %d UDP datagrams failed; they got no answer", count)
+            else:
+                logger.exception("answering a batch of UDP datagrams failed; it got no answer")
 
     def _misses(self, misses: list[int]) -> None:
         """Answer datagrams misses one by one and send what is ready (rule 2); every send
