@@ -100,14 +100,14 @@ attribute(PyObject *obj, PyObject *name, int *truth)
 
 /* What one hit needs, found by lookup() before anything is changed (rule 4). */
 struct hit {
-    PyObject *tails;     /* borrowed list/tuple of bytes */
+    PyObject *tails;     /* borrowed list/tuple (the tail sent is checked to be bytes) */
     PyObject *counts;    /* borrowed list of at least 3 */
     PyObject *hist;      /* borrowed */
     Py_ssize_t patch_at; /* where the serial goes in the tail, or -1 */
 };
 
-/* 1 and *out filled when the hit list can be answered here (rule 1), 0 when not, -1 on a
- * memory error. */
+/* 1 and *out filled when the hit list can be answered here (rule 1), 0 when not (no
+ * exception is left set). */
 static int
 lookup(PyObject *hit, PyObject *revision, PyObject *epoch, PyObject *family, struct hit *out)
 {
@@ -235,16 +235,17 @@ struct cache {
     PyObject *timed;
 };
 
-/* The exact cache's values of a batch (hits[i]: NULL, or a value of any shape), their objects
- * fetched into the CPU's caches stage by stage, each stage reading only what the one before
- * fetched (rule 6): the value list (as it is looked up), its items, the tails list, entry and
- * counters, the tails' items, the first tail. */
+/* The items of an exact-cache value of the usual shape (a list of 6), or NULL. */
 static inline PyObject **
 items_of(PyObject *hit)
 {
     return hit != NULL && PyList_CheckExact(hit) && PyList_GET_SIZE(hit) == 6 ? ((PyListObject *)hit)->ob_item : NULL;
 }
 
+/* The exact cache's values of a batch (hits[i]: NULL, or a value of any shape), their objects
+ * fetched into the CPU's caches stage by stage, each stage reading only what the one before
+ * fetched (rule 6): the value list (as it is looked up), its items, the tails list, entry and
+ * counters, the tails' items, the first tail. */
 static void
 prefetch(PyObject **hits, Py_ssize_t count)
 {
